@@ -1,0 +1,137 @@
+"""Stage capture: one forward pass with hooks, returning the residual stream at all S = 2L+1 stages.
+
+Stage 0 is what the first decoder layer receives, stage 2i+2 what layer i returns, stage 2i+1 the stream after
+layer i's attention block (see :mod:`lenskit.adapters` for how each adapter says where that lives). Hooks only
+read tensors the model computes anyway, so the capture reproduces the model's own arithmetic.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .adapters import Adapter, get_module
+from .errors import AdapterError
+
+
+def stage_names(n_layers: int) -> list[dict]:
+    """``[{name, kind, layer}]`` for the 2L+1 stages of an L-layer decoder."""
+    stages = [{"name": "embed", "kind": "embed", "layer": -1}]
+    for i in range(n_layers):
+        stages.append({"name": f"L{i}.attn", "kind": "attn", "layer": i})
+        stages.append({"name": f"L{i}.ffn", "kind": "ffn", "layer": i})
+    return stages
+
+
+def _first(x):
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+
+def _hidden_arg(args, kwargs):
+    if args:
+        return args[0]
+    for key in ("hidden_states", "x", "input"):
+        if key in kwargs:
+            return kwargs[key]
+    raise AdapterError("a hooked module was called without a hidden-state argument")
+
+
+@torch.inference_mode()
+def capture_stages(model, adapter: Adapter, input_ids: torch.Tensor) -> torch.Tensor:
+    """Run ``model`` on ``input_ids`` ([T] or [1, T]) and return the stages, ``[S, T, D]``, on the CPU.
+
+    The stream is kept in the model's dtype (no rounding); the lens upcasts.
+    """
+    layers = get_module(model, adapter.layers)
+    n = len(layers)
+    parallel = adapter.is_parallel(model.config)
+    mid_name = adapter.mid_module(model.config)
+    if not parallel and not mid_name:
+        raise AdapterError(f"adapter '{adapter.name}' declares neither a mid-layer module nor parallel blocks")
+    if parallel and not adapter.attn:
+        raise AdapterError(f"adapter '{adapter.name}' is parallel but declares no attention module")
+    inputs: list = [None] * n  # layer inputs, [1, T, D] each
+    mids: list = [None] * n
+    outs: list = [None] * n
+    handles = []
+
+    def keep(t):  # [1, T, D] -> [T, D], detached from the model's buffers
+        return t[0].detach().clone()
+
+    try:
+        for i, layer in enumerate(layers):
+
+            def pre(mod, args, kwargs, i=i):
+                inputs[i] = keep(_hidden_arg(args, kwargs))
+
+            def post(mod, args, kwargs, out, i=i):
+                outs[i] = keep(_first(out))
+
+            if i == 0 or parallel:
+                handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(layer.register_forward_hook(post, with_kwargs=True))
+            if parallel:
+
+                def attn_hook(mod, args, out, i=i):
+                    mids[i] = _first(out)[0].detach().clone()  # attention contribution [T, D]
+
+                handles.append(get_module(layer, adapter.attn).register_forward_hook(attn_hook))
+            else:
+
+                def mid_hook(mod, args, kwargs, i=i):
+                    if mids[i] is None:  # first call only (a norm module is never reused, but be safe)
+                        mids[i] = keep(_hidden_arg(args, kwargs))
+
+                handles.append(get_module(layer, mid_name).register_forward_pre_hook(mid_hook, with_kwargs=True))
+        ids = input_ids.reshape(1, -1).to(_input_device(model))
+        model(input_ids=ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    if any(o is None for o in outs) or any(m is None for m in mids) or inputs[0] is None:
+        raise AdapterError(f"adapter '{adapter.name}' hooks did not fire for every layer; check its module paths")
+    stages = [inputs[0]]
+    for i in range(n):
+        mid = inputs[i] + mids[i] if parallel else mids[i]
+        stages += [mid, outs[i]]
+    dev = stages[0].device
+    return torch.stack([s.to(dev) for s in stages]).cpu()  # [S, T, D]
+
+
+def _input_device(model) -> torch.device:
+    emb = model.get_input_embeddings()
+    return emb.weight.device if emb is not None and emb.weight.device.type != "meta" else next(model.parameters()).device
+
+
+def fingerprint_info(loaded) -> dict:
+    """The ``model`` section of a trace's metadata."""
+    from .lens import lens_from_model
+
+    lens = lens_from_model(loaded.model, loaded.adapter)
+    return {
+        "id": loaded.source["id"],
+        "revision": loaded.source.get("revision"),
+        "source": loaded.source,
+        "fingerprint": lens.fingerprint(),
+        "architecture": loaded.architecture,
+        "adapter": loaded.adapter.name,
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "n_layers": len(get_module(loaded.model, loaded.adapter.layers)),
+        "vocab_size": lens.vocab_size,
+    }
+
+
+def trace_prompts(loaded, texts: list[str], log=None) -> tuple[list[torch.Tensor], dict]:
+    """Capture every prompt; return the ``[S, T, D]`` stage tensors and the trace metadata document."""
+    from .store import build_metadata
+    from .tokens import context_length, token_texts, tokenize
+
+    max_len = context_length(loaded.model.config)
+    encoded = [tokenize(loaded.tokenizer, t, max_len) for t in texts]  # validate every prompt before running any
+    states, prompts = [], []
+    for i, (text, ids) in enumerate(zip(texts, encoded)):
+        if log:
+            log(f"prompt {i + 1}/{len(texts)}: {len(ids)} tokens")
+        states.append(capture_stages(loaded.model, loaded.adapter, torch.tensor(ids)))
+        prompts.append({"text": text, "token_ids": ids, "tokens": token_texts(loaded.tokenizer, ids)})
+    n_layers = len(get_module(loaded.model, loaded.adapter.layers))
+    return states, build_metadata(fingerprint_info(loaded), stage_names(n_layers), prompts)

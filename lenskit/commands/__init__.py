@@ -1,0 +1,1 @@
+"""One module per ``lenskit`` command; each exposes ``register(app)``."""

