@@ -1,0 +1,390 @@
+"""Export: stage states -> lens scores (chunked, on the lens's device) -> statistics -> compact JSON (schema.py).
+
+Never holds ``[S, T, V]``: positions are processed in chunks of ``c`` positions x all S stages, sized from a
+memory budget; only the small per-row results leave the device. Chunk size does not change any result.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+import torch
+
+from . import __version__
+from .errors import InputError, ModelError
+from .lens import Lens
+from .schema import HIST_BINS, HIST_SAMPLES, HIST_Z_MAX, HIST_Z_MIN, ROUND_SCORE, ROUND_STAT, SCHEMA_VERSION
+from .stats import chunk_stats, top_k_columns
+
+EXPORT_FILE = "export.json"
+BYTES_PER_SCORE = 28  # working bytes per (row, vocab) entry in a chunk: scores, softmax, bins, masks
+PERM_SEED = 0x1E45  # fixed vocabulary order used to pick histogram samples
+
+
+@dataclass
+class ExportOptions:
+    """What to export and how."""
+
+    top_k: int = 10
+    track: list = field(default_factory=list)  # strings or ids
+    positions: str | None = None  # "3,10-20"
+    prompt: int | None = None
+    norm: bool = True
+    precision: str = "float32"  # "float32" | "fast"
+    max_memory: int | None = None  # bytes for one chunk's working set
+    device: str = "auto"
+
+
+def parse_positions(spec: str | None, n: int) -> list[int]:
+    """``"3,10-20"`` -> sorted positions; negative numbers count from the end. All positions if ``spec`` is None."""
+    if not spec:
+        return list(range(n))
+    out: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            if "-" in part[1:]:
+                a, b = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
+                lo, hi = int(a), int(b)
+                lo, hi = (lo + n if lo < 0 else lo), (hi + n if hi < 0 else hi)
+                if lo > hi:
+                    raise ValueError
+                rng = range(lo, hi + 1)
+            else:
+                v = int(part)
+                rng = [v + n if v < 0 else v]
+        except ValueError:
+            raise InputError(f"bad --positions '{spec}': use e.g. 3,10-20") from None
+        for p in rng:
+            if not 0 <= p < n:
+                raise InputError(f"position {p} is out of range: the prompt has {n} tokens (0-{n - 1})")
+            out.add(p)
+    return sorted(out)
+
+
+def resolve_track(tokenizer, items: list, vocab_size: int) -> list[int]:
+    """``--track`` values (token strings or ids) -> vocabulary ids; a string must be exactly one token."""
+    ids = []
+    for item in items:
+        text = str(item)
+        if text.lstrip("-").isdigit():
+            tid = int(text)
+            if not 0 <= tid < vocab_size:
+                raise InputError(f"--track {text}: token id out of range (vocabulary has {vocab_size} entries)")
+        else:
+            enc = tokenizer(text, add_special_tokens=False)["input_ids"] if tokenizer is not None else []
+            if len(enc) != 1:
+                raise InputError(
+                    f"--track {text!r} is not a single token ({len(enc)} tokens); give a token id or one token's text"
+                )
+            tid = enc[0]
+        ids.append(tid)
+    return ids
+
+
+def auto_max_memory(device: torch.device) -> int:
+    """Default chunk working set: 1/8 of free GPU memory, or 512 MiB on CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(64 << 20, free // 8)
+    return 512 << 20
+
+
+def chunk_positions(n_stages: int, vocab: int, budget: int) -> int:
+    """Positions per chunk so that ``positions * S * V * BYTES_PER_SCORE`` fits the budget (at least 1)."""
+    return max(1, budget // (n_stages * vocab * BYTES_PER_SCORE))
+
+
+class Scorer:
+    """The lens prepared for batched scoring: float32 weights on the device, columns in a fixed permuted order."""
+
+    def __init__(self, lens: Lens, device: torch.device, norm: bool, precision: str):
+        self.lens = lens.to(device=device, dtype=torch.float32)
+        self.device = device
+        self.norm = norm
+        self.precision = precision
+        V = lens.vocab_size
+        g = torch.Generator().manual_seed(PERM_SEED)
+        self.col_ids = torch.randperm(V, generator=g).to(device)  # column -> vocab id
+        self.inv = torch.empty_like(self.col_ids)
+        self.inv[self.col_ids] = torch.arange(V, device=device)  # vocab id -> column
+        w = self.lens.weight[self.col_ids]  # [V, D] permuted rows
+        self.w_t = w.t().contiguous()  # [D, V]
+        self.bias = self.lens.bias[self.col_ids] if self.lens.bias is not None else None
+
+    @torch.inference_mode()
+    def scores(self, h: torch.Tensor) -> torch.Tensor:
+        """``[N, D]`` stream -> ``[N, V]`` float32 scores in permuted column order."""
+        x = self.lens.normed(h.to(self.device, torch.float32), self.norm)  # [N, D]
+        out = x @ self.w_t  # [N, V]
+        if self.bias is not None:
+            out += self.bias
+        return self.lens.finish(out)
+
+
+def _round(t: torch.Tensor, digits: int) -> list:
+    return np.round(t.detach().cpu().double().numpy(), digits).tolist()
+
+
+@torch.inference_mode()
+def export_prompt(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int], positions: list[int],
+                  top_k: int, track_ids: list[int], budget: int, log=None) -> list[dict]:
+    """Statistics for the chosen positions of one prompt. ``stages_of(p0, p1)`` returns stages ``[S, p1-p0, D]``.
+
+    Returns one dict per position with vocabulary ids (not yet string-table indices).
+    """
+    V = scorer.lens.vocab_size
+    if top_k > V:
+        raise InputError(f"--top-k {top_k} is larger than the vocabulary ({V} tokens)")
+    per_chunk = chunk_positions(n_stages, V, budget)
+    out = []
+    groups = _contiguous_groups(positions, per_chunk)
+    started = time.perf_counter()
+    for gi, group in enumerate(groups):
+        h = stages_of(group[0], group[-1] + 1)  # [S, c', D]
+        h = h[:, [p - group[0] for p in group]]  # [S, c, D]
+        c = len(group)
+        rows = h.permute(1, 0, 2).reshape(c * n_stages, -1)  # [c*S, D] (position, stage)
+        s = scorer.scores(rows)  # [R, V]
+        final = s.view(c, n_stages, V)[:, -1]  # [c, V]
+        top_cols = top_k_columns(final, top_k, scorer.col_ids)  # [c, k]
+        tracked_ids = []
+        for i, p in enumerate(group):
+            ids = scorer.col_ids[top_cols[i]].tolist()
+            nxt = token_ids[p + 1] if p + 1 < len(token_ids) else None
+            extra = ([nxt] if nxt is not None else []) + track_ids
+            for tid in extra:
+                if tid not in ids:
+                    ids.append(tid)
+            tracked_ids.append(ids)
+        K = max(len(x) for x in tracked_ids)
+        padded = torch.tensor([x + [x[0]] * (K - len(x)) for x in tracked_ids], device=scorer.device)
+        st = chunk_stats(s, n_stages, scorer.inv[padded])
+        del s
+        samples = _samples_by_row(st, c * n_stages, scorer.col_ids)
+        for i, p in enumerate(group):
+            r0, r1 = i * n_stages, (i + 1) * n_stages
+            k_i = len(tracked_ids[i])
+            nxt = token_ids[p + 1] if p + 1 < len(token_ids) else None
+            counts = st.counts[r0:r1].cpu()  # [S, BINS]
+            nz = counts > 0
+            lo = nz.int().argmax(-1)  # first non-empty bin
+            hi = HIST_BINS - 1 - nz.flip(-1).int().argmax(-1)
+            out.append({
+                "pos": p,
+                "tracked_ids": tracked_ids[i],
+                "next": tracked_ids[i].index(nxt) if nxt is not None else None,
+                "score": _round(st.tracked_score[r0:r1, :k_i].t(), ROUND_SCORE),
+                "rank": st.rank[r0:r1, :k_i].t().cpu().tolist(),
+                "bin": st.tracked_bin[r0:r1, :k_i].t().cpu().tolist(),
+                "mean": _round(st.mean[r0:r1], ROUND_STAT),
+                "std": _round(st.std[r0:r1], ROUND_STAT),
+                "lse": _round(st.lse[r0:r1], ROUND_STAT),
+                "entropy": _round(st.entropy[r0:r1], ROUND_STAT),
+                "kl": _round(st.kl[r0:r1], ROUND_STAT),
+                "hist_lo": lo.tolist(),
+                "hist_counts": [counts[j, lo[j]: hi[j] + 1].tolist() for j in range(n_stages)],
+                "sample_ids": samples[r0:r1],
+            })
+        if log and len(groups) > 1 and (gi + 1) % max(1, len(groups) // 10) == 0:
+            done = sum(len(g) for g in groups[: gi + 1])
+            log(f"exported {done}/{len(positions)} positions ({time.perf_counter() - started:.1f}s)")
+    return out
+
+
+def _samples_by_row(st, n_rows: int, col_ids: torch.Tensor) -> list[list[int]]:
+    """Sample vocabulary ids per row, bin after bin (already sorted by row, bin, column)."""
+    rows = st.sample_rows.cpu().numpy()
+    ids = col_ids[st.sample_cols].cpu().numpy()
+    bounds = np.searchsorted(rows, np.arange(n_rows + 1))
+    return [ids[bounds[r]: bounds[r + 1]].tolist() for r in range(n_rows)]
+
+
+def _contiguous_groups(positions: list[int], size: int) -> list[list[int]]:
+    groups, cur = [], []
+    for p in positions:
+        if cur and (len(cur) == size or p - cur[0] >= 4 * size):
+            groups.append(cur)
+            cur = []
+        cur.append(p)
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokenizer, options: ExportOptions,
+                   vocab_size: int) -> dict:
+    """Assemble the export document (see :mod:`lenskit.schema`): string table + columnar per-position arrays."""
+    from .tokens import token_texts
+
+    table: dict[int, int] = {}
+
+    def ref(tid: int) -> int:
+        idx = table.get(tid)
+        if idx is None:
+            idx = table[tid] = len(table)
+        return idx
+
+    prompts = []
+    for pi, positions in prompts_out:
+        p_meta = meta["prompts"][pi]
+        entry = {"index": pi, "text": p_meta["text"], "tokens": [ref(t) for t in p_meta["token_ids"]], "positions": []}
+        for row in positions:
+            entry["positions"].append({
+                "pos": row["pos"],
+                "tracked": [ref(t) for t in row["tracked_ids"]],
+                "next": row["next"],
+                "score": row["score"],
+                "rank": row["rank"],
+                "bin": row["bin"],
+                "mean": row["mean"],
+                "std": row["std"],
+                "lse": row["lse"],
+                "entropy": row["entropy"],
+                "kl": row["kl"],
+                "hist": {
+                    "lo": row["hist_lo"],
+                    "counts": row["hist_counts"],
+                    "samples": [[ref(t) for t in ids] for ids in row["sample_ids"]],
+                },
+            })
+        prompts.append(entry)
+    ids = list(table)
+    model = {k: v for k, v in meta["model"].items() if k != "source"}
+    return {
+        "schema": SCHEMA_VERSION,
+        "lenskit_version": __version__,
+        "model": model,
+        "lens": {"norm": options.norm, "precision": options.precision, "top_k": options.top_k},
+        "vocab_size": vocab_size,
+        "stages": {k: [s[k] for s in meta["stages"]] for k in ("name", "kind", "layer")},
+        "histogram": {"bins": HIST_BINS, "z_min": HIST_Z_MIN, "z_max": HIST_Z_MAX, "samples": HIST_SAMPLES},
+        "tokens": token_texts(tokenizer, ids) if ids else [],
+        "token_ids": ids,
+        "prompts": prompts,
+    }
+
+
+def export_document(meta: dict, lens: Lens, tokenizer, stages_for_prompt, options: ExportOptions, log=None) -> dict:
+    """Compute the whole export document for a trace's metadata and a way to read each prompt's stages.
+
+    ``stages_for_prompt(i)`` returns a callable ``(p0, p1) -> [S, p1 - p0, D]`` for prompt ``i``.
+    """
+    from .models import resolve_device
+
+    device = resolve_device(options.device)
+    if options.precision not in ("float32", "fast"):
+        raise InputError(f"unknown precision '{options.precision}'; use float32 or fast")
+    n_prompts = len(meta["prompts"])
+    if options.prompt is not None and not 0 <= options.prompt < n_prompts:
+        raise InputError(f"--prompt {options.prompt} is out of range: the trace has {n_prompts} prompt(s) (0-{n_prompts - 1})")
+    V = lens.vocab_size
+    if options.top_k < 1 or options.top_k > V:
+        raise InputError(f"--top-k {options.top_k} must be between 1 and the vocabulary size ({V})")
+    track_ids = resolve_track(tokenizer, options.track, V)
+    chosen = [options.prompt] if options.prompt is not None else list(range(n_prompts))
+    plans = [(i, parse_positions(options.positions, len(meta["prompts"][i]["token_ids"]))) for i in chosen]
+    scorer = Scorer(lens, device, options.norm, options.precision)
+    budget = options.max_memory or auto_max_memory(device)
+    n_stages = len(meta["stages"])
+    results = []
+    started = time.perf_counter()
+    for i, positions in plans:
+        ids = meta["prompts"][i]["token_ids"]
+        rows = export_prompt(scorer, stages_for_prompt(i), n_stages, ids, positions, options.top_k, track_ids, budget, log)
+        results.append((i, rows))
+    if log:
+        log(f"lens statistics for {sum(len(p) for _, p in plans)} positions x {n_stages} stages x {V} tokens "
+            f"in {time.perf_counter() - started:.2f}s")
+    return build_document(meta, results, tokenizer, options, V)
+
+
+def dumps(doc: dict) -> bytes:
+    """Compact JSON bytes (orjson)."""
+    return orjson.dumps(doc)
+
+
+def write_document(doc: dict, output: str | Path) -> None:
+    """Write ``doc`` to ``output`` atomically, or to stdout when ``output`` is ``-``."""
+    from .store import atomic_write
+
+    data = dumps(doc)
+    if str(output) == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.write(b"\n")
+        sys.stdout.flush()
+        return
+    atomic_write(Path(output), lambda tmp: Path(tmp).write_bytes(data))
+
+
+def lens_for_trace(meta: dict, device: str = "cpu") -> tuple[Lens, object]:
+    """Load only the lens weights (and the tokenizer) of a trace's model, checking the weights' fingerprint."""
+    from transformers import AutoTokenizer
+
+    from .adapters import find_adapter
+    from .lens import _resolve_folder, load_lens
+    from .models import DTYPES, _quiet
+
+    model = meta["model"]
+    adapter = find_adapter(model["architecture"], model.get("adapter"))
+    dtype = DTYPES.get(model.get("dtype", "float32"), torch.float32)
+    lens = load_lens(model["source"], adapter, dtype=dtype)
+    fp = lens.fingerprint()
+    if fp != model["fingerprint"]:
+        raise ModelError(
+            f"the weights found for '{model['id']}' differ from the traced model's (fingerprint {fp} != "
+            f"{model['fingerprint']}); re-run `lenskit trace`"
+        )
+    try:
+        with _quiet():
+            tok = AutoTokenizer.from_pretrained(str(_resolve_folder(model["source"])))
+    except Exception as e:
+        raise ModelError(f"cannot load the tokenizer of '{model['id']}': {str(e).splitlines()[0]}") from None
+    return lens, tok
+
+
+def export_run_dir(run_dir: Path, options: ExportOptions, output=None, loaded=None, states=None, log=None) -> dict:
+    """Export a run folder's trace to ``output`` (default ``RUN_DIR/export.json``).
+
+    When called right after tracing, pass the loaded model and the in-memory ``states`` to skip re-reading.
+    """
+    from .lens import lens_from_model
+    from .store import read_trace
+
+    run_dir = Path(run_dir)
+    trace = read_trace(run_dir)
+    if loaded is not None:
+        lens, tok = lens_from_model(loaded.model, loaded.adapter), loaded.tokenizer
+    else:
+        lens, tok = lens_for_trace(trace.meta)
+
+    def stages_for_prompt(i):
+        if states is not None:
+            return lambda p0, p1: states[i][:, p0:p1]
+        return _slice_reader(trace.path, i)
+
+    doc = export_document(trace.meta, lens, tok, stages_for_prompt, options, log)
+    write_document(doc, output or (run_dir / EXPORT_FILE if run_dir.is_dir() else run_dir.parent / EXPORT_FILE))
+    return doc
+
+
+def _slice_reader(path: Path, i: int):
+    """Read ``[S, p0:p1, D]`` of prompt ``i`` from the trace file without loading the rest."""
+    from safetensors import safe_open
+
+    from .errors import TraceFileError
+
+    def read(p0: int, p1: int) -> torch.Tensor:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return f.get_slice(f"prompt.{i}.stages")[:, p0:p1, :]
+        except Exception as e:
+            raise TraceFileError(f"{path}: cannot read prompt {i} ({str(e).splitlines()[0] if str(e) else e})") from None
+
+    return read

@@ -1,0 +1,176 @@
+"""Exact per-row statistics of lens scores: top-k, comparison-count ranks, z-histograms with samples, entropy, KL.
+
+One chunk holds all S stages of ``c`` positions: scores ``[c, S, V]`` (rows = (position, stage)). Everything is
+computed with a handful of vectorised passes over the chunk, never by sorting a vocabulary:
+
+* **fine bins.** Each score gets a sub-bin ``u = floor(score * a + b)`` of a fine grid (``FINE`` sub-bins per
+  histogram bin, a and b from the row's mean and std), clamped to the grid. One ``bincount`` gives the histogram
+  (sum of ``FINE`` sub-bins) and, by suffix sums, how many scores lie above any sub-bin.
+* **ranks.** rank(t) = 1 + #{score > t}. Scores whose sub-bin is more than one above t's are certainly greater
+  (the binning is monotone up to one sub-bin of rounding); only the few in t's sub-bin and its two neighbours are
+  compared exactly. Ties therefore count exactly as in a brute-force sort.
+* **samples.** Vocabulary columns are in a fixed pseudo-random order (the lens weight is permuted once); the
+  samples of a bin are its first ``HIST_SAMPLES`` columns in that order, found in a short prefix of columns for
+  dense bins and by one exact scan of the few sparse-bin members otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .schema import HIST_BINS, HIST_SAMPLES, HIST_Z_MAX, HIST_Z_MIN
+
+FINE = 64  # sub-bins per histogram bin
+N_FINE = HIST_BINS * FINE
+PREFIX = 2048  # columns scanned first for samples of dense bins
+
+
+@dataclass
+class ChunkStats:
+    """Results for one chunk of ``c`` positions x ``S`` stages (R = c*S rows, K tracked tokens per position)."""
+
+    mean: torch.Tensor  # [R]
+    std: torch.Tensor  # [R]
+    lse: torch.Tensor  # [R]
+    entropy: torch.Tensor  # [R]
+    kl: torch.Tensor  # [R]
+    tracked_score: torch.Tensor  # [R, K]
+    rank: torch.Tensor  # [R, K]
+    tracked_bin: torch.Tensor  # [R, K]
+    counts: torch.Tensor  # [R, HIST_BINS]
+    sample_rows: torch.Tensor  # [n] row of each sample
+    sample_bins: torch.Tensor  # [n] bin of each sample
+    sample_cols: torch.Tensor  # [n] column of each sample; sorted by (row, bin, column)
+
+
+def top_k_columns(final: torch.Tensor, k: int, col_ids: torch.Tensor) -> torch.Tensor:
+    """Columns of the k highest scores per row of ``final`` [c, V]; ties broken by smaller vocabulary id.
+
+    ``col_ids`` [V] maps columns to vocabulary ids. Returns ``[c, k]`` columns in rank order.
+    """
+    vals, cols = torch.topk(final, k, dim=-1)  # [c, k]
+    kth = vals[:, -1:]  # [c, 1]
+    n_ge = (final >= kth).sum(-1)  # [c]
+    has_tie = (n_ge > k) | (vals[:, 1:] == vals[:, :-1]).any(-1)
+    for r in torch.nonzero(has_tie).flatten().tolist():
+        cand = torch.nonzero(final[r] >= kth[r]).flatten()  # every column that could be in the top k
+        ids = col_ids[cand]
+        order = sorted(range(len(cand)), key=lambda i: (-final[r, cand[i]].item(), ids[i].item()))[:k]
+        cols[r] = cand[order]
+    return cols
+
+
+def fine_bins(s: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Sub-bin of every score: ``floor(((s - mean) / std - z_min) * N_FINE / (z_max - z_min))``, clamped. [R, V] int64."""
+    scale = N_FINE / (HIST_Z_MAX - HIST_Z_MIN)
+    a = scale / std  # [R]
+    b = -mean * a - HIST_Z_MIN * scale  # [R]
+    u = torch.addcmul(b[:, None], s, a[:, None])  # [R, V]
+    return u.floor_().clamp_(0, N_FINE - 1).to(torch.int64)
+
+
+def _first_per_group(keys: torch.Tensor, limit: int) -> torch.Tensor:
+    """Mask of the first ``limit`` entries of each run of equal ``keys`` (keys already grouped, order kept)."""
+    if keys.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool, device=keys.device)
+    start = torch.ones_like(keys, dtype=torch.bool)
+    start[1:] = keys[1:] != keys[:-1]
+    idx = torch.arange(keys.numel(), device=keys.device)
+    group_start = torch.cummax(torch.where(start, idx, torch.zeros_like(idx)), 0).values
+    return (idx - group_start) < limit
+
+
+@torch.inference_mode()
+def chunk_stats(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor) -> ChunkStats:
+    """All statistics of one chunk.
+
+    Args:
+        s: ``[R, V]`` float32 scores, R = c * n_stages, rows ordered (position, stage); the last stage of each
+            position is its final distribution.
+        n_stages: S.
+        tracked_cols: ``[c, K]`` columns to rank and follow, per position.
+    """
+    R, V = s.shape
+    c = R // n_stages
+    dev = s.device
+    # moments: sum and sum of squares (bmm avoids a slow two-pass std)
+    mean = s.sum(-1) / V  # [R]
+    sq = torch.bmm(s[:, None, :], s[:, :, None]).view(R)  # [R]
+    var = ((sq - V * mean * mean) / max(V - 1, 1)).clamp_min(0)
+    std = var.sqrt().clamp_min(1e-12)  # [R]
+    # softmax statistics
+    mx, amx = s.max(-1)  # [R]
+    p = torch.softmax(s, -1)  # [R, V]
+    lse = mx - torch.log(p.gather(1, amx[:, None]).view(R))  # [R]
+    ps = torch.bmm(p[:, None, :], s[:, :, None]).view(R)  # [R] E_p[s]
+    entropy = lse - ps
+    s3 = s.view(c, n_stages, V)
+    pf = p.view(c, n_stages, V)[:, -1]  # [c, V] final distribution
+    pfs = torch.bmm(s3, pf[:, :, None]).view(c, n_stages)  # [c, S] E_pf[s]
+    ent3 = entropy.view(c, n_stages)
+    kl = (lse.view(c, n_stages) - pfs - ent3[:, -1:]).clamp_min(0).view(R)  # KL(final || stage)
+    del p
+    # fine bins, histogram, suffix counts
+    u = fine_bins(s, mean, std)  # [R, V]
+    row_off = torch.arange(R, device=dev)[:, None] * N_FINE
+    fine = torch.bincount((u + row_off).view(-1), minlength=R * N_FINE).view(R, N_FINE)  # [R, N_FINE]
+    counts = fine.view(R, HIST_BINS, FINE).sum(-1)  # [R, BINS]
+    above = torch.zeros(R, N_FINE + 3, dtype=torch.int64, device=dev)
+    above[:, :N_FINE] = fine.flip(-1).cumsum(-1).flip(-1)  # above[r, j] = #{u >= j}
+    # tracked tokens
+    K = tracked_cols.shape[1]
+    trk = tracked_cols.repeat_interleave(n_stages, 0)  # [R, K]
+    t = s.gather(1, trk)  # [R, K]
+    tu = u.gather(1, trk)  # [R, K]
+    rank = 1 + above.gather(1, tu + 2)  # certainly greater: u >= tu + 2
+    # samples in a prefix of columns (dense bins fill here)
+    P = min(PREFIX, V)
+    pb = u[:, :P] // FINE  # [R, P]
+    keys = (torch.arange(R, device=dev)[:, None] * HIST_BINS + pb).view(-1)
+    order = torch.sort(keys, stable=True).indices
+    keep = _first_per_group(keys[order], HIST_SAMPLES)
+    pre_idx = order[keep]
+    pre_rows, pre_cols = pre_idx // P, pre_idx % P
+    pre_bins = pb.view(-1)[pre_idx]
+    found = torch.bincount(pre_rows * HIST_BINS + pre_bins, minlength=R * HIST_BINS).view(R, HIST_BINS)
+    unfilled = found < counts.clamp(max=HIST_SAMPLES)  # [R, BINS] bins needing a full scan
+    # one gathered pass marks the few columns needing exact treatment: rank windows and unfilled bins
+    mark = unfilled.repeat_interleave(FINE, 1)  # [R, N_FINE]
+    mark = torch.cat([mark, torch.zeros(R, 2, dtype=torch.bool, device=dev)], 1)
+    win = (tu[:, :, None] + torch.arange(-1, 2, device=dev)).clamp(0, N_FINE - 1).view(R, -1)  # [R, 3K]
+    mark.scatter_(1, win, True)
+    sel = torch.nonzero(mark.gather(1, u))  # [n, 2] (row, col), row-major
+    rows, cols = sel[:, 0], sel[:, 1]
+    su = u[rows, cols]  # [n]
+    sv = s[rows, cols]  # [n]
+    in_win = (su[:, None] - tu[rows]).abs() <= 1  # [n, K]
+    greater = in_win & (sv[:, None] > t[rows])  # [n, K]
+    rank = rank.index_add_(0, rows, greater.to(torch.int64))
+    sb = su // FINE
+    scan = unfilled[rows, sb]
+    rows2, cols2, sb2 = rows[scan], cols[scan], sb[scan]
+    keys2 = rows2 * HIST_BINS + sb2
+    order2 = torch.sort(keys2, stable=True).indices  # stable: column order kept within a bin
+    keep2 = order2[_first_per_group(keys2[order2], HIST_SAMPLES)]
+    # merge: prefix samples of filled bins + scanned samples of unfilled bins
+    pf_keep = ~unfilled[pre_rows, pre_bins]
+    all_rows = torch.cat([pre_rows[pf_keep], rows2[keep2]])
+    all_bins = torch.cat([pre_bins[pf_keep], sb2[keep2]])
+    all_cols = torch.cat([pre_cols[pf_keep], cols2[keep2]])
+    final_order = torch.argsort(all_rows * (HIST_BINS * V) + all_bins * V + all_cols)
+    return ChunkStats(
+        mean=mean,
+        std=std,
+        lse=lse,
+        entropy=entropy,
+        kl=kl,
+        tracked_score=t,
+        rank=rank,
+        tracked_bin=tu // FINE,
+        counts=counts,
+        sample_rows=all_rows[final_order],
+        sample_bins=all_bins[final_order],
+        sample_cols=all_cols[final_order],
+    )
