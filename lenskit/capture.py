@@ -41,6 +41,7 @@ def capture_stages(model, adapter: Adapter, input_ids: torch.Tensor) -> torch.Te
 
     The stream is kept in the model's dtype (no rounding); the lens upcasts.
     """
+    adapter = adapter.for_config(model.config)  # config-dependent variants (e.g. OPT post-LN)
     layers = get_module(model, adapter.layers)
     n = len(layers)
     parallel = adapter.is_parallel(model.config)
@@ -54,8 +55,8 @@ def capture_stages(model, adapter: Adapter, input_ids: torch.Tensor) -> torch.Te
     outs: list = [None] * n
     handles = []
 
-    def keep(t):  # [1, T, D] -> [T, D], detached from the model's buffers
-        return t[0].detach().clone()
+    def keep(t):  # [1, T, D] (or [T, D]: OPT flattens the stream before its FFN) -> [T, D], detached
+        return t.reshape(-1, t.shape[-1]).detach().clone()
 
     try:
         for i, layer in enumerate(layers):
@@ -72,7 +73,7 @@ def capture_stages(model, adapter: Adapter, input_ids: torch.Tensor) -> torch.Te
             if parallel:
 
                 def attn_hook(mod, args, out, i=i):
-                    mids[i] = _first(out)[0].detach().clone()  # attention contribution [T, D]
+                    mids[i] = keep(_first(out))  # attention contribution [T, D]
 
                 handles.append(get_module(layer, adapter.attn).register_forward_hook(attn_hook))
             else:

@@ -23,8 +23,9 @@ from .schema import HIST_BINS, HIST_SAMPLES, HIST_Z_MAX, HIST_Z_MIN, ROUND_SCORE
 from .stats import chunk_stats, top_k_columns
 
 EXPORT_FILE = "export.json"
-BYTES_PER_SCORE = 28  # working bytes per (row, vocab) entry in a chunk: scores, softmax, bins, masks
+BYTES_PER_SCORE = 17  # workspace bytes per (row, vocab) entry: scores, softmax/bins (f32), bins (i64), mask
 PERM_SEED = 0x1E45  # fixed vocabulary order used to pick histogram samples
+BLOCK = 64  # rows per matmul call: a fixed shape makes each row's float32 result independent of the chunking
 
 
 @dataclass
@@ -89,11 +90,12 @@ def resolve_track(tokenizer, items: list, vocab_size: int) -> list[int]:
 
 
 def auto_max_memory(device: torch.device) -> int:
-    """Default chunk working set: 1/8 of free GPU memory, or 512 MiB on CPU."""
+    """Default chunk working set: 1/8 of free GPU memory; on CPU 64 MiB (cache-friendly, one position at a time
+    for a 50k vocabulary)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return max(64 << 20, free // 8)
-    return 512 << 20
+    return 64 << 20
 
 
 def chunk_positions(n_stages: int, vocab: int, budget: int) -> int:
@@ -118,11 +120,31 @@ class Scorer:
         self.w_t = w.t().contiguous()  # [D, V]
         self.bias = self.lens.bias[self.col_ids] if self.lens.bias is not None else None
 
+        self.ws = None
+
+    def workspace(self, rows: int):
+        """Buffers for ``rows`` rows (rounded up to whole matmul blocks), allocated once and reused by every chunk."""
+        from .stats import Workspace
+
+        rows = -(-rows // BLOCK) * BLOCK
+        if self.ws is None or not self.ws.fits(rows, self.lens.vocab_size):
+            self.ws = None
+            self.ws = Workspace(rows, self.lens.vocab_size, self.device)
+        return self.ws
+
     @torch.inference_mode()
-    def scores(self, h: torch.Tensor) -> torch.Tensor:
-        """``[N, D]`` stream -> ``[N, V]`` float32 scores in permuted column order."""
+    def scores(self, h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N, D]`` stream -> ``[N, V]`` float32 scores in permuted column order (into ``out`` if given)."""
         x = self.lens.normed(h.to(self.device, torch.float32), self.norm)  # [N, D]
-        out = x @ self.w_t  # [N, V]
+        n = x.shape[0]
+        padded = -(-n // BLOCK) * BLOCK
+        if padded != n:
+            x = torch.cat([x, x.new_zeros(padded - n, x.shape[1])])  # [N', D]
+        if out is None:
+            out = torch.empty(padded, self.w_t.shape[1], device=self.device)
+        for i in range(0, padded, BLOCK):  # same GEMM shape every call
+            torch.matmul(x[i: i + BLOCK], self.w_t, out=out[i: i + BLOCK])  # [BLOCK, V]
+        out = out[:n]
         if self.bias is not None:
             out += self.bias
         return self.lens.finish(out)
@@ -151,7 +173,8 @@ def export_prompt(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int]
         h = h[:, [p - group[0] for p in group]]  # [S, c, D]
         c = len(group)
         rows = h.permute(1, 0, 2).reshape(c * n_stages, -1)  # [c*S, D] (position, stage)
-        s = scorer.scores(rows)  # [R, V]
+        ws = scorer.workspace(per_chunk * n_stages)
+        s = scorer.scores(rows, out=ws.scores)  # [R, V]
         final = s.view(c, n_stages, V)[:, -1]  # [c, V]
         top_cols = top_k_columns(final, top_k, scorer.col_ids)  # [c, k]
         tracked_ids = []
@@ -165,7 +188,7 @@ def export_prompt(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int]
             tracked_ids.append(ids)
         K = max(len(x) for x in tracked_ids)
         padded = torch.tensor([x + [x[0]] * (K - len(x)) for x in tracked_ids], device=scorer.device)
-        st = chunk_stats(s, n_stages, scorer.inv[padded])
+        st = chunk_stats(s, n_stages, scorer.inv[padded], ws)
         del s
         samples = _samples_by_row(st, c * n_stages, scorer.col_ids)
         for i, p in enumerate(group):

@@ -97,9 +97,10 @@ def _config_value(config, attr: str | None):
 
 def lens_from_model(model, adapter: Adapter) -> Lens:
     """The lens of a loaded model, sharing its modules and weights."""
+    adapter = adapter.for_config(model.config)  # config-dependent variants (OPT post-LN: no final norm)
     head = get_module(model, adapter.unembed)
     norm = get_module(model, adapter.final_norm) if adapter.final_norm else None
-    pre = get_module(model, adapter.pre_unembed) if adapter.pre_unembed else None
+    pre = get_module(model, adapter.pre_unembed, optional=True) if adapter.pre_unembed else None
     cfg = model.config
     return Lens(
         norm=norm,
@@ -142,6 +143,34 @@ def _resolve_folder(source: dict) -> Path:
         raise ModelError(f"cannot find the weights of '{model_id}': {str(e).splitlines()[0] if str(e) else e}") from None
 
 
+def _checkpoint_renamer(skeleton):
+    """``file key -> model key`` through transformers' own checkpoint renames (identity where there are none).
+
+    Transformers 5 saves and reads some families under legacy names (GPT-NeoX / Pythia: ``embed_out.weight`` for
+    ``lm_head.weight``); only plain renames matter here, never the tensor-merging converters.
+    """
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+        renamings = [
+            t for t in get_model_conversion_mapping(skeleton)
+            if isinstance(t, WeightRenaming) and not isinstance(t, WeightConverter)
+        ]
+    except Exception:  # older transformers: keys are module paths
+        return lambda key: key
+    if not renamings:
+        return lambda key: key
+
+    def rename(key: str) -> str:
+        try:
+            return rename_source_key(key, renamings, [])[0]
+        except Exception:
+            return key
+
+    return rename
+
+
 def load_lens(source: dict, adapter: Adapter, dtype: torch.dtype = torch.float32, device="cpu") -> Lens:
     """Build only the lens of the model described by a trace's ``model.source``: final norm, projection, unembedding.
 
@@ -158,19 +187,23 @@ def load_lens(source: dict, adapter: Adapter, dtype: torch.dtype = torch.float32
             skeleton = AutoModelForCausalLM.from_config(config)
     except Exception as e:
         raise ModelError(f"cannot read the model config in {folder}: {str(e).splitlines()[0] if str(e) else e}") from None
+    adapter = adapter.for_config(config)
     wanted = [p for p in (adapter.final_norm, adapter.pre_unembed, adapter.unembed) if p]
+    wanted = [p for p in wanted if get_module(skeleton, p, optional=True) is not None]
     want_keys = {}
     for path in wanted:
         for name, _ in get_module(skeleton, path).named_parameters():
             want_keys[f"{path}.{name}"] = None
     tied_key = f"{adapter.embed}.weight" if adapter.embed else None
     found: dict = {}
+    targets = set(want_keys) | ({tied_key} if tied_key else set())
+    rename = _checkpoint_renamer(skeleton)
     for file in _checkpoint_files(folder):
         with safe_open(str(file), framework="pt") as f:
-            keys = set(f.keys())
-            for key in list(want_keys) + ([tied_key] if tied_key else []):
-                if key in keys and key not in found:
-                    found[key] = f.get_tensor(key)
+            for file_key in f.keys():
+                key = file_key if file_key in targets else rename(file_key)
+                if key in targets and key not in found:
+                    found[key] = f.get_tensor(file_key)
     unembed_key = f"{adapter.unembed}.weight"
     if unembed_key not in found and tied_key in found:
         found[unembed_key] = found[tied_key]

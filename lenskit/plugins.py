@@ -16,7 +16,30 @@ from .errors import AdapterError
 
 DEFAULT_PLUGINS = (
     "lenskit.adapters.gpt2",
+    "lenskit.adapters.gpt_neo",
+    "lenskit.adapters.gptj",
+    "lenskit.adapters.codegen",
+    "lenskit.adapters.gpt_neox",
     "lenskit.adapters.llama",
+    "lenskit.adapters.mixtral",
+    "lenskit.adapters.qwen2_moe",
+    "lenskit.adapters.qwen3",
+    "lenskit.adapters.qwen3_moe",
+    "lenskit.adapters.gemma",
+    "lenskit.adapters.gemma2",
+    "lenskit.adapters.gemma3",
+    "lenskit.adapters.phi",
+    "lenskit.adapters.phi3",
+    "lenskit.adapters.opt",
+    "lenskit.adapters.falcon",
+    "lenskit.adapters.bloom",
+    "lenskit.adapters.stablelm",
+    "lenskit.adapters.olmo",
+    "lenskit.adapters.olmo2",
+    "lenskit.adapters.gpt_bigcode",
+    "lenskit.adapters.starcoder2",
+    "lenskit.adapters.cohere",
+    "lenskit.adapters.granite",
 )
 
 BUILTIN = "lenskit (built-in)"

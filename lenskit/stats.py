@@ -62,13 +62,34 @@ def top_k_columns(final: torch.Tensor, k: int, col_ids: torch.Tensor) -> torch.T
     return cols
 
 
-def fine_bins(s: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Sub-bin of every score: ``floor(((s - mean) / std - z_min) * N_FINE / (z_max - z_min))``, clamped. [R, V] int64."""
+class Workspace:
+    """Reusable ``[R, V]`` buffers for one chunk size: big temporaries are written in place, not re-allocated
+    (fresh multi-MB allocations page-fault on every op and cost more than the arithmetic)."""
+
+    def __init__(self, rows: int, vocab: int, device):
+        self.scores = torch.empty(rows, vocab, device=device)  # [R, V] float32
+        self.tmp = torch.empty(rows, vocab, device=device)  # [R, V] softmax, then fine-bin floats
+        self.bins = torch.empty(rows, vocab, dtype=torch.int64, device=device)  # [R, V] global sub-bin index
+        self.mask = torch.empty(rows, vocab, dtype=torch.bool, device=device)  # [R, V]
+
+    def fits(self, rows: int, vocab: int) -> bool:
+        return self.scores.shape[0] >= rows and self.scores.shape[1] == vocab
+
+
+def fine_bins(s: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, out_f: torch.Tensor, out_u: torch.Tensor):
+    """Global sub-bin of every score, ``row * N_FINE + clamp(floor(((s - mean)/std - z_min) * N_FINE / (z_max - z_min)))``.
+
+    Writes floats to ``out_f`` and the int64 result to ``out_u`` ([R, V] each); returns ``out_u``.
+    """
+    R = s.shape[0]
     scale = N_FINE / (HIST_Z_MAX - HIST_Z_MIN)
     a = scale / std  # [R]
     b = -mean * a - HIST_Z_MIN * scale  # [R]
-    u = torch.addcmul(b[:, None], s, a[:, None])  # [R, V]
-    return u.floor_().clamp_(0, N_FINE - 1).to(torch.int64)
+    torch.addcmul(b[:, None], s, a[:, None], out=out_f)  # [R, V]
+    out_f.floor_().clamp_(0, N_FINE - 1)
+    out_f += (torch.arange(R, device=s.device, dtype=s.dtype) * N_FINE)[:, None]  # exact: integers < 2**24
+    out_u.copy_(out_f)
+    return out_u
 
 
 def _first_per_group(keys: torch.Tensor, limit: int) -> torch.Tensor:
@@ -83,14 +104,15 @@ def _first_per_group(keys: torch.Tensor, limit: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def chunk_stats(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor) -> ChunkStats:
+def chunk_stats(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor, ws: Workspace) -> ChunkStats:
     """All statistics of one chunk.
 
     Args:
         s: ``[R, V]`` float32 scores, R = c * n_stages, rows ordered (position, stage); the last stage of each
-            position is its final distribution.
+            position is its final distribution. May be a view of ``ws.scores``.
         n_stages: S.
         tracked_cols: ``[c, K]`` columns to rank and follow, per position.
+        ws: buffers with at least R rows.
     """
     R, V = s.shape
     c = R // n_stages
@@ -102,7 +124,7 @@ def chunk_stats(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor) -> C
     std = var.sqrt().clamp_min(1e-12)  # [R]
     # softmax statistics
     mx, amx = s.max(-1)  # [R]
-    p = torch.softmax(s, -1)  # [R, V]
+    p = torch.ops.aten._softmax.out(s, -1, False, out=ws.tmp[:R])  # [R, V]
     lse = mx - torch.log(p.gather(1, amx[:, None]).view(R))  # [R]
     ps = torch.bmm(p[:, None, :], s[:, :, None]).view(R)  # [R] E_p[s]
     entropy = lse - ps
@@ -111,23 +133,21 @@ def chunk_stats(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor) -> C
     pfs = torch.bmm(s3, pf[:, :, None]).view(c, n_stages)  # [c, S] E_pf[s]
     ent3 = entropy.view(c, n_stages)
     kl = (lse.view(c, n_stages) - pfs - ent3[:, -1:]).clamp_min(0).view(R)  # KL(final || stage)
-    del p
-    # fine bins, histogram, suffix counts
-    u = fine_bins(s, mean, std)  # [R, V]
-    row_off = torch.arange(R, device=dev)[:, None] * N_FINE
-    fine = torch.bincount((u + row_off).view(-1), minlength=R * N_FINE).view(R, N_FINE)  # [R, N_FINE]
+    # fine bins (global index: row * N_FINE + sub-bin), histogram, suffix counts
+    ug = fine_bins(s, mean, std, ws.tmp[:R], ws.bins[:R])  # [R, V]
+    row_off = torch.arange(R, device=dev)[:, None] * N_FINE  # [R, 1]
+    fine = torch.bincount(ug.view(-1), minlength=R * N_FINE).view(R, N_FINE)  # [R, N_FINE]
     counts = fine.view(R, HIST_BINS, FINE).sum(-1)  # [R, BINS]
     above = torch.zeros(R, N_FINE + 3, dtype=torch.int64, device=dev)
     above[:, :N_FINE] = fine.flip(-1).cumsum(-1).flip(-1)  # above[r, j] = #{u >= j}
     # tracked tokens
-    K = tracked_cols.shape[1]
     trk = tracked_cols.repeat_interleave(n_stages, 0)  # [R, K]
     t = s.gather(1, trk)  # [R, K]
-    tu = u.gather(1, trk)  # [R, K]
+    tu = ug.gather(1, trk) - row_off  # [R, K] local sub-bin
     rank = 1 + above.gather(1, tu + 2)  # certainly greater: u >= tu + 2
     # samples in a prefix of columns (dense bins fill here)
     P = min(PREFIX, V)
-    pb = u[:, :P] // FINE  # [R, P]
+    pb = (ug[:, :P] - row_off) // FINE  # [R, P]
     keys = (torch.arange(R, device=dev)[:, None] * HIST_BINS + pb).view(-1)
     order = torch.sort(keys, stable=True).indices
     keep = _first_per_group(keys[order], HIST_SAMPLES)
@@ -138,12 +158,12 @@ def chunk_stats(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor) -> C
     unfilled = found < counts.clamp(max=HIST_SAMPLES)  # [R, BINS] bins needing a full scan
     # one gathered pass marks the few columns needing exact treatment: rank windows and unfilled bins
     mark = unfilled.repeat_interleave(FINE, 1)  # [R, N_FINE]
-    mark = torch.cat([mark, torch.zeros(R, 2, dtype=torch.bool, device=dev)], 1)
     win = (tu[:, :, None] + torch.arange(-1, 2, device=dev)).clamp(0, N_FINE - 1).view(R, -1)  # [R, 3K]
     mark.scatter_(1, win, True)
-    sel = torch.nonzero(mark.gather(1, u))  # [n, 2] (row, col), row-major
+    g = torch.take(mark, ug, out=ws.mask[:R])  # [R, V]
+    sel = torch.nonzero(g)  # [n, 2] (row, col), row-major
     rows, cols = sel[:, 0], sel[:, 1]
-    su = u[rows, cols]  # [n]
+    su = ug[rows, cols] - rows * N_FINE  # [n] local sub-bin
     sv = s[rows, cols]  # [n]
     in_win = (su[:, None] - tu[rows]).abs() <= 1  # [n, K]
     greater = in_win & (sv[:, None] > t[rows])  # [n, K]

@@ -89,7 +89,7 @@ def read_trace(run: Path) -> Trace:
     """Open and validate a trace (format version, stage/prompt shapes); raise :class:`TraceFileError` if unusable."""
     path = trace_path(run)
     if not path.is_file():
-        raise TraceFileError(f"no trace at {path}: run `lenskit trace ... -o {path.parent}` first")
+        raise TraceFileError(f"no trace at {path}: run `lenskit trace ... -o {run}` first")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(META_KEY)

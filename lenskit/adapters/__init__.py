@@ -34,14 +34,24 @@ class Adapter:
         unembed: path of the unembedding linear layer (``lm_head``); its bias, if any, is the output bias.
         embed: path of the token embedding (for documentation and tied-weight detection).
         mid: path, inside a layer, of the module whose input is the stream after attention (sequential blocks).
-        attn: path, inside a layer, of the attention module; its first output is added to the stream (parallel blocks).
-        ffn: path, inside a layer, of the feed-forward block (documentation, conformance checks).
+        attn: path, inside a layer, of the module whose (first) output is the attention block's raw contribution:
+            parallel blocks add it to the stream as is; sequential blocks may pass it through a post-norm or a
+            multiplier first. The conformance suite (:mod:`lenskit.testing`) zeroes it to isolate the block.
+        ffn: path, inside a layer, of the module whose (first) output is the feed-forward block's raw contribution
+            (conformance checks zero it; an output of zero must mean "the FFN adds nothing").
         parallel: True if attention and FFN read the same input; or the name of a boolean config attribute that says so.
         parallel_mid: for models whose flag can switch to sequential: the ``mid`` module to use when it is off.
-        pre_unembed: path of a projection applied after the final norm and before the unembedding (OPT).
+        pre_unembed: path of a projection applied after the final norm and before the unembedding (OPT); skipped
+            where the model holds None at that path (OPT checkpoints without a projection).
         softcap: config attribute holding a final logit softcap (``logits = cap * tanh(logits / cap)``).
         logit_scale: config attribute multiplied into the logits (Cohere).
         logit_divide: config attribute the logits are divided by (Granite).
+        post_norm: True for post-LN blocks, which normalize the stream *after* adding a block (OPT-350m): stages
+            are still the tensors the model passes on, but stage differences are not additive block contributions
+            (the conformance suite skips that check).
+        variants: config-dependent overrides, ``((config_attribute, value, ((field, new_value), ...)), ...)``:
+            when ``config.<attribute> == value`` the listed fields are replaced (see :meth:`for_config`); e.g.
+            OPT's post-LN checkpoints (``do_layer_norm_before=False``) have no final norm and another ``mid``.
         quirks: human-readable notes shown in the coverage table.
     """
 
@@ -61,7 +71,17 @@ class Adapter:
     softcap: str | None = None
     logit_scale: str | None = None
     logit_divide: str | None = None
+    post_norm: bool = False
+    variants: tuple = ()
     quirks: tuple[str, ...] = field(default=())
+
+    def for_config(self, config) -> "Adapter":
+        """This adapter with the :attr:`variants` that match ``config`` applied (itself if none match)."""
+        changes: dict = {}
+        for attr, value, overrides in self.variants:
+            if getattr(config, attr, None) == value:
+                changes.update(dict(overrides))
+        return dataclasses.replace(self, **changes) if changes else self
 
     def is_parallel(self, config) -> bool:
         """Whether this model instance uses parallel attention/FFN blocks."""
@@ -80,11 +100,18 @@ class Adapter:
         return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, (), "")}
 
 
-def get_module(root, path: str):
-    """Resolve a dotted module path (``model.layers``) on ``root``; '' is root itself."""
+def get_module(root, path: str, optional: bool = False):
+    """Resolve a dotted module path (``model.layers``) on ``root``; '' is root itself.
+
+    With ``optional``, a path whose last attribute exists but is None (OPT's ``project_out``) resolves to None.
+    """
     obj = root
-    for part in filter(None, path.split(".")):
+    parts = [p for p in path.split(".") if p]
+    for k, part in enumerate(parts):
+        parent = obj
         obj = obj[int(part)] if part.isdigit() else getattr(obj, part, None)
+        if obj is None and optional and k == len(parts) - 1 and hasattr(parent, part):
+            return None
         if obj is None:
             raise AdapterError(f"module path '{path}' does not exist on {type(root).__name__} (stopped at '{part}')")
     return obj
@@ -95,6 +122,35 @@ def registry() -> dict:
     from ..plugins import collect_adapters
 
     return collect_adapters()
+
+
+def coverage_markdown(builtin_only: bool = True) -> str:
+    """The adapter coverage table in Markdown: family, adapter name, Hugging Face architectures, quirks handled.
+
+    Args:
+        builtin_only: list only lenskit's own adapters (the README's table); False adds those from plugins, with
+            a column naming the package that provides each.
+
+    Returns:
+        The table, one row per adapter sorted by family, ending with a newline.
+    """
+    from ..plugins import BUILTIN
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    rows = sorted(
+        ((a, p) for a, p in registry().values() if p == BUILTIN or not builtin_only),
+        key=lambda ap: (ap[0].family.lower(), ap[0].name),
+    )
+    head = ["Family", "Adapter", "Hugging Face architectures", "Quirks handled"] + ([] if builtin_only else ["Provided by"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for a, provider in rows:
+        cells = [a.family, f"`{a.name}`", ", ".join(f"`{x}`" for x in a.architectures), "; ".join(a.quirks) or "-"]
+        if not builtin_only:
+            cells.append(provider)
+        lines.append("| " + " | ".join(cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def model_architecture(model) -> str:

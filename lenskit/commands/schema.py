@@ -1,7 +1,23 @@
-"""``lenskit schema``: placeholder until implemented."""
+"""``lenskit schema``: print the published JSON Schema of the export format (or its Markdown reference)."""
+
+from __future__ import annotations
 
 import typer
 
 
+def schema(
+    markdown: bool = typer.Option(False, "--markdown", help="Print the field-by-field Markdown reference instead."),
+) -> None:
+    """Print the JSON Schema that every `lenskit export` document validates against (lenskit.export/1)."""
+    import orjson
+
+    from ..schema import JSON_SCHEMA, markdown_reference
+
+    if markdown:
+        typer.echo(markdown_reference(), nl=False)
+    else:
+        typer.echo(orjson.dumps(JSON_SCHEMA, option=orjson.OPT_INDENT_2).decode())
+
+
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("schema")(schema)

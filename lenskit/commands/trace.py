@@ -39,6 +39,9 @@ def read_prompts(prompts: list[str], files: list[Path]) -> list[str]:
             texts.append(f.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"cannot read prompt file {f}: {e}") from None
+    for i, t in enumerate(texts):
+        if not t.strip():
+            raise InputError(f"prompt {i + 1} is empty: give some text, or --file with text in it")
     return texts or [example_text()]
 
 

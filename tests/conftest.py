@@ -1,0 +1,106 @@
+"""Shared fixtures: tiny random models built from configs in code (never downloaded), saved with a tokenizer."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("LENSKIT_LOAD_PLUGINS", "0")  # third-party plugins installed on the machine stay out of tests
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "and", "ran", "to", "Paris", "is", "capital", "of", "France", "."]
+
+
+def make_tokenizer(vocab_size: int):
+    """A word-level fast tokenizer with BOS, whose vocabulary fills ``vocab_size`` ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for w in WORDS:
+        vocab.setdefault(w, len(vocab))
+    i = 0
+    while len(vocab) < vocab_size:
+        vocab.setdefault(f"w{i}", len(vocab))
+        i += 1
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    from tokenizers import processors
+
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def llama_config(**kw):
+    from transformers import LlamaConfig
+
+    base = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+    base.update(kw)
+    return LlamaConfig(**base)
+
+
+def gpt2_config(**kw):
+    from transformers import GPT2Config
+
+    base = dict(vocab_size=96, n_embd=32, n_layer=3, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2)
+    base.update(kw)
+    return GPT2Config(**base)
+
+
+def build(config):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def save_model(path, config):
+    """Save a tiny random model and a matching tokenizer into ``path``; return the path as str."""
+    model = build(config)
+    model.save_pretrained(path)
+    make_tokenizer(config.vocab_size).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def tiny_model(request):
+    """(name, model) for a tiny random Llama and GPT-2."""
+    cfg = llama_config() if request.param == "llama" else gpt2_config()
+    return request.param, build(cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A saved tiny Llama (with tokenizer) usable as ``--model``."""
+    return save_model(tmp_path_factory.mktemp("tiny-llama"), llama_config())
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_dir, tmp_path_factory):
+    """A run folder traced from ``tiny_dir`` (two prompts), with export.json."""
+    from typer.testing import CliRunner
+
+    from lenskit.cli import app
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    res = CliRunner().invoke(
+        app, ["trace", "the cat sat on the mat and ran to Paris", "Paris is the capital of France .", "-m", tiny_dir,
+              "-o", str(out), "-q", "--track", "France"]
+    )
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.fixture(scope="session")
+def default_model_available():
+    from lenskit.errors import ModelError
+    from lenskit.models import default_model_path
+
+    try:
+        default_model_path()
+    except ModelError as e:
+        pytest.skip(str(e))

@@ -1,0 +1,137 @@
+"""`lenskit export` end to end on a tiny model: schema validity, stdout, options, and bad input."""
+
+import json
+import shutil
+
+import jsonschema
+import orjson
+import pytest
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from lenskit.cli import app
+from lenskit.schema import JSON_SCHEMA, SCHEMA_VERSION, markdown_reference
+from lenskit.store import TRACE_FILE, read_trace
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_clean_error(res, fragment):
+    assert res.exit_code == 1, res.output
+    err = res.stderr.strip().splitlines()[-1]  # earlier lines are progress messages
+    assert err.startswith("lenskit: error:") and "Traceback" not in res.output, res.output
+    assert res.stderr.count("lenskit: error:") == 1
+    assert fragment in err, err
+
+
+def test_trace_writes_a_valid_export(tiny_run):
+    doc = orjson.loads((tiny_run / "export.json").read_bytes())
+    jsonschema.validate(doc, JSON_SCHEMA)
+    assert doc["schema"] == SCHEMA_VERSION
+    assert len(doc["prompts"]) == 2
+    p0 = doc["prompts"][0]
+    S = len(doc["stages"]["name"])
+    assert S == 2 * 3 + 1
+    assert len(p0["positions"]) == len(p0["tokens"])
+    pos = p0["positions"][0]
+    assert all(len(row) == S for row in pos["rank"]) and len(pos["tracked"]) >= doc["lens"]["top_k"]
+    assert "France" in [doc["tokens"][i] for i in pos["tracked"]]  # --track
+    assert all(sum(c) == doc["vocab_size"] for c in pos["hist"]["counts"])
+    assert len(doc["tokens"]) == len(set(doc["token_ids"]))  # each token string once
+
+
+def test_export_to_stdout_with_positions_and_prompt(tiny_run):
+    res = invoke("export", tiny_run, "-o", "-", "--positions", "1,3-4", "--prompt", "1", "--top-k", "3")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert [p["pos"] for p in doc["prompts"][0]["positions"]] == [1, 3, 4]
+    assert doc["prompts"][0]["index"] == 1 and doc["lens"]["top_k"] == 3
+
+
+def test_export_to_file_is_deterministic(tiny_run, tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    assert invoke("export", tiny_run, "-o", a, "-q", "--track", "France").exit_code == 0
+    assert invoke("export", tiny_run, "-o", b, "-q", "--track", "France", "--max-memory", "1").exit_code == 0
+    assert a.read_bytes() == b.read_bytes()
+    # export from the saved trace equals the export written right after tracing
+    assert orjson.loads(a.read_bytes()) == orjson.loads((tiny_run / "export.json").read_bytes())
+
+
+def test_schema_command_and_docs_are_current():
+    res = invoke("schema")
+    assert json.loads(res.stdout) == json.loads(json.dumps(JSON_SCHEMA))
+    from pathlib import Path
+
+    doc = Path(__file__).parent.parent / "docs" / "export-format.md"
+    assert doc.read_text() == markdown_reference(), "docs/export-format.md is stale: lenskit schema --markdown > docs/export-format.md"
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--positions", "99"], "out of range"),
+    (["--positions", "x-y"], "bad --positions"),
+    (["--prompt", "5"], "--prompt 5 is out of range"),
+    (["--top-k", "100000"], "--top-k 100000"),
+    (["--track", "no such words here"], "not a single token"),
+    (["--track", "123456"], "out of range"),
+    (["--precision", "half"], "unknown precision"),
+])
+def test_export_bad_options(tiny_run, tmp_path, args, fragment):
+    out = tmp_path / "x.json"
+    res = invoke("export", tiny_run, "-o", out, *args)
+    assert_clean_error(res, fragment)
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def _copy_run(tiny_run, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(tiny_run, dst)
+    return dst
+
+
+def test_truncated_trace(tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    data = (run / TRACE_FILE).read_bytes()
+    (run / TRACE_FILE).write_bytes(data[: len(data) // 2])
+    assert_clean_error(invoke("export", run, "-o", tmp_path / "o.json"), "trace")
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_garbage_trace(tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    (run / TRACE_FILE).write_bytes(b"not a safetensors file at all")
+    assert_clean_error(invoke("export", run), "not a readable safetensors file")
+
+
+def test_other_format_version(tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    tensors = load_file(run / TRACE_FILE)
+    meta = read_trace(run).meta
+    meta["format"] = 99
+    save_file(tensors, run / TRACE_FILE, metadata={"lenskit": json.dumps(meta)})
+    assert_clean_error(invoke("export", run), "format 99")
+
+
+def test_fingerprint_mismatch(tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    tensors = load_file(run / TRACE_FILE)
+    meta = read_trace(run).meta
+    meta["model"]["fingerprint"] = "0000000000000000"
+    save_file(tensors, run / TRACE_FILE, metadata={"lenskit": json.dumps(meta)})
+    assert_clean_error(invoke("export", run), "differ from the traced model")
+
+
+def test_missing_weights(tiny_run, tmp_path):
+    run = _copy_run(tiny_run, tmp_path)
+    tensors = load_file(run / TRACE_FILE)
+    meta = read_trace(run).meta
+    meta["model"]["source"] = {"id": str(tmp_path / "gone"), "path": str(tmp_path / "gone"), "gguf": None, "revision": None}
+    save_file(tensors, run / TRACE_FILE, metadata={"lenskit": json.dumps(meta)})
+    assert_clean_error(invoke("export", run), "cannot find the weights")
+
+
+def test_missing_run(tmp_path):
+    assert_clean_error(invoke("export", tmp_path / "nope"), "no trace at")

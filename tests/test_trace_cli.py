@@ -1,0 +1,142 @@
+"""`lenskit trace` on a tiny model: the trace contract, and every kind of bad input."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors import safe_open
+from typer.testing import CliRunner
+
+from lenskit.cli import app
+from lenskit.store import TRACE_FILE, TRACE_FORMAT, read_trace
+
+runner = CliRunner()
+
+
+def invoke(*args, **kw):
+    return runner.invoke(app, [str(a) for a in args], **kw)
+
+
+def assert_clean_error(res, fragment, out_dir=None):
+    assert res.exit_code == 1, res.output
+    err = res.stderr.strip().splitlines()[-1]  # earlier lines are progress messages
+    assert err.startswith("lenskit: error:") and "Traceback" not in res.output, res.output
+    assert res.stderr.count("lenskit: error:") == 1
+    assert fragment in err, err
+    if out_dir is not None:
+        assert not out_dir.exists() or out_dir.is_dir() and not any(out_dir.iterdir())
+        parent = out_dir.parent
+        assert not [p for p in parent.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+
+
+def test_trace_contract(tiny_dir, tmp_path):
+    out = tmp_path / "run"
+    res = invoke("trace", "the cat sat", "-f", _file(tmp_path, "a dog ran"), "-m", tiny_dir, "-o", out, "-q", "--no-export")
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip() == str(out)
+    trace = read_trace(out)
+    meta = trace.meta
+    assert meta["format"] == TRACE_FORMAT and meta["lenskit_version"]
+    assert set(meta["model"]) >= {"id", "revision", "fingerprint", "architecture", "adapter", "dtype"}
+    assert meta["model"]["architecture"] == "LlamaForCausalLM" and meta["model"]["adapter"] == "llama"
+    assert len(meta["stages"]) == 7 and {s["kind"] for s in meta["stages"]} == {"embed", "attn", "ffn"}
+    assert [p["text"] for p in meta["prompts"]] == ["the cat sat", "a dog ran"]
+    p0 = meta["prompts"][0]
+    assert p0["token_ids"][0] == 1 and p0["tokens"] == ["<s>", "the", "cat", "sat"]  # BOS as the tokenizer adds it
+    with safe_open(str(out / TRACE_FILE), framework="pt") as f:
+        assert json.loads(f.metadata()["lenskit"]) == meta
+        for i, p in enumerate(meta["prompts"]):
+            t = f.get_tensor(f"prompt.{i}.stages")
+            assert t.shape == (7, len(p["token_ids"]), 32)
+            assert torch.equal(trace.stages(i), t)
+    assert not (out / "export.json").exists()
+
+
+def test_read_back_equals_written(tiny_dir, tmp_path):
+    from lenskit.capture import trace_prompts
+    from lenskit.models import load_model
+    from lenskit.store import write_trace
+
+    loaded = load_model(tiny_dir)
+    states, meta = trace_prompts(loaded, ["the cat sat on the mat"])
+    write_trace(tmp_path / TRACE_FILE, states, meta)
+    back = read_trace(tmp_path)
+    assert back.meta == json.loads(json.dumps(meta))
+    assert torch.equal(back.stages(0), states[0])
+
+
+def _file(tmp_path, text):
+    p = tmp_path / f"prompt{abs(hash(text))}.txt"
+    p.write_text(text)
+    return p
+
+
+def test_empty_prompt(tiny_dir, tmp_path):
+    assert_clean_error(invoke("trace", "   ", "-m", tiny_dir, "-o", tmp_path / "r"), "empty", tmp_path / "r")
+
+
+def test_missing_file(tiny_dir, tmp_path):
+    assert_clean_error(invoke("trace", "-f", tmp_path / "nope.txt", "-m", tiny_dir, "-o", tmp_path / "r"),
+                       "prompt file not found", tmp_path / "r")
+
+
+def test_unknown_model_path(tmp_path):
+    assert_clean_error(invoke("trace", "hi", "-m", tmp_path / "no-model", "-o", tmp_path / "r"), "model", tmp_path / "r")
+
+
+def test_unknown_model_id(tmp_path):
+    res = invoke("trace", "hi", "-m", "nobody-at-all/not-a-model-xyz", "-o", tmp_path / "r")
+    assert_clean_error(res, "cannot load model", tmp_path / "r")
+
+
+def test_prompt_longer_than_context(tiny_dir, tmp_path):
+    assert_clean_error(invoke("trace", " ".join(["cat"] * 80), "-m", tiny_dir, "-o", tmp_path / "r"),
+                       "context is 64 tokens", tmp_path / "r")
+
+
+def test_existing_output_needs_force(tiny_dir, tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    assert_clean_error(invoke("trace", "the cat", "-m", tiny_dir, "-o", out), "--force")
+    assert (out / "keep.txt").exists()
+    res = invoke("trace", "the cat", "-m", tiny_dir, "-o", out, "--force", "-q")
+    assert res.exit_code == 0, res.output
+    assert not (out / "keep.txt").exists() and (out / TRACE_FILE).exists() and (out / "export.json").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_unprivileged(tiny_dir, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    assert_clean_error(invoke("trace", "the cat", "-m", tiny_dir, "-o", ro / "r"), "cannot write")
+
+
+def test_unwritable_output(tiny_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where a folder is needed: unwritable for root too
+    assert_clean_error(invoke("trace", "the cat", "-m", tiny_dir, "-o", blocker / "r"), "cannot write")
+
+
+def test_corrupted_gguf(tmp_path, monkeypatch):
+    monkeypatch.setenv("LENSKIT_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + os.urandom(2000))
+    assert_clean_error(invoke("trace", "hi", "-m", bad, "-o", tmp_path / "r"), "cannot read GGUF file", tmp_path / "r")
+    assert not any((tmp_path / "cache").rglob("*.safetensors"))
+
+
+def test_missing_gguf(tmp_path):
+    assert_clean_error(invoke("trace", "hi", "-m", tmp_path / "nope.gguf", "-o", tmp_path / "r"), "GGUF file not found")
+
+
+def test_unknown_device(tiny_dir, tmp_path):
+    assert_clean_error(invoke("trace", "hi", "-m", tiny_dir, "--device", "tpu", "-o", tmp_path / "r"), "unknown device")
+
+
+def test_help_is_useful():
+    for cmd in ("trace", "export", "serve", "adapters", "schema"):
+        res = invoke(cmd, "--help")
+        assert res.exit_code == 0 and "Usage" in res.stdout, cmd
