@@ -104,3 +104,16 @@ def default_model_available():
         default_model_path()
     except ModelError as e:
         pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def real_run(default_model_available, tmp_path_factory):
+    """`lenskit trace` of the standard test paragraph on the embedded default model (trace + export.json)."""
+    from typer.testing import CliRunner
+
+    from lenskit.cli import app
+
+    out = tmp_path_factory.mktemp("real") / "smollm2"
+    res = CliRunner().invoke(app, ["trace", "-o", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    return out

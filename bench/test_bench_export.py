@@ -1,0 +1,54 @@
+"""The export step against its floor: a bare float32 matmul of the same shapes ([S*T, D] x [D, V]), same run."""
+
+import pytest
+import torch
+
+from lenskit.export import BLOCK, ExportOptions, export_document, lens_for_trace
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from lenskit.cli import app
+    from lenskit.store import read_trace
+
+    out = tmp_path_factory.mktemp("bench") / "run"
+    res = CliRunner().invoke(app, ["trace", "-o", str(out), "-q", "--no-export"])
+    assert res.exit_code == 0, res.output
+    trace = read_trace(out)
+    lens, tok = lens_for_trace(trace.meta)
+    return trace, lens, tok
+
+
+@pytest.mark.benchmark(group="export")
+def test_bare_float32_matmul(benchmark, real):
+    trace, lens, _ = real
+    stages = trace.stages(0).float()  # [S, T, D]
+    S, T, D = stages.shape
+    with torch.inference_mode():
+        x = lens.normed(stages.reshape(S * T, D))  # [S*T, D]
+    w_t = lens.weight.t().contiguous()  # [D, V]
+    out = torch.empty(1024, w_t.shape[1])
+    benchmark.extra_info.update(role="baseline", shape=f"{S * T}x{D}x{w_t.shape[1]}", gflop=round(2 * S * T * D * w_t.shape[1] / 1e9))
+
+    @torch.inference_mode()
+    def matmul():
+        for i in range(0, S * T, 1024):
+            xb = x[i: i + 1024]
+            torch.matmul(xb, w_t, out=out[: len(xb)])
+
+    benchmark.pedantic(matmul, rounds=3, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("precision", ["float32"])
+@pytest.mark.benchmark(group="export")
+def test_export_step(benchmark, real, precision):
+    trace, lens, tok = real
+    stages = trace.stages(0)
+    benchmark.extra_info.update(role="subject", precision=precision, block=BLOCK)
+    opts = ExportOptions(precision=precision)
+    benchmark.pedantic(
+        lambda: export_document(trace.meta, lens, tok, lambda i: (lambda p0, p1: stages[:, p0:p1]), opts),
+        rounds=3, warmup_rounds=1,
+    )
