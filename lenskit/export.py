@@ -18,14 +18,12 @@ import torch
 
 from . import __version__
 from .errors import InputError, ModelError
-from .lens import Lens
+from .lens import BLOCK, Lens, Scorer
 from .schema import HIST_BINS, HIST_SAMPLES, HIST_Z_MAX, HIST_Z_MIN, ROUND_SCORE, ROUND_STAT, SCHEMA_VERSION
-from .stats import chunk_stats, top_k_columns
+from .stats import chunk_stats
 
 EXPORT_FILE = "export.json"
 BYTES_PER_SCORE = 17  # workspace bytes per (row, vocab) entry: scores, softmax/bins (f32), bins (i64), mask
-PERM_SEED = 0x1E45  # fixed vocabulary order used to pick histogram samples
-BLOCK = 64  # rows per matmul call: a fixed shape makes each row's float32 result independent of the chunking
 
 
 @dataclass
@@ -103,53 +101,6 @@ def chunk_positions(n_stages: int, vocab: int, budget: int) -> int:
     return max(1, budget // (n_stages * vocab * BYTES_PER_SCORE))
 
 
-class Scorer:
-    """The lens prepared for batched scoring: float32 weights on the device, columns in a fixed permuted order."""
-
-    def __init__(self, lens: Lens, device: torch.device, norm: bool, precision: str):
-        self.lens = lens.to(device=device, dtype=torch.float32)
-        self.device = device
-        self.norm = norm
-        self.precision = precision
-        V = lens.vocab_size
-        g = torch.Generator().manual_seed(PERM_SEED)
-        self.col_ids = torch.randperm(V, generator=g).to(device)  # column -> vocab id
-        self.inv = torch.empty_like(self.col_ids)
-        self.inv[self.col_ids] = torch.arange(V, device=device)  # vocab id -> column
-        w = self.lens.weight[self.col_ids]  # [V, D] permuted rows
-        self.w_t = w.t().contiguous()  # [D, V]
-        self.bias = self.lens.bias[self.col_ids] if self.lens.bias is not None else None
-
-        self.ws = None
-
-    def workspace(self, rows: int):
-        """Buffers for ``rows`` rows (rounded up to whole matmul blocks), allocated once and reused by every chunk."""
-        from .stats import Workspace
-
-        rows = -(-rows // BLOCK) * BLOCK
-        if self.ws is None or not self.ws.fits(rows, self.lens.vocab_size):
-            self.ws = None
-            self.ws = Workspace(rows, self.lens.vocab_size, self.device)
-        return self.ws
-
-    @torch.inference_mode()
-    def scores(self, h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``[N, D]`` stream -> ``[N, V]`` float32 scores in permuted column order (into ``out`` if given)."""
-        x = self.lens.normed(h.to(self.device, torch.float32), self.norm)  # [N, D]
-        n = x.shape[0]
-        padded = -(-n // BLOCK) * BLOCK
-        if padded != n:
-            x = torch.cat([x, x.new_zeros(padded - n, x.shape[1])])  # [N', D]
-        if out is None:
-            out = torch.empty(padded, self.w_t.shape[1], device=self.device)
-        for i in range(0, padded, BLOCK):  # same GEMM shape every call
-            torch.matmul(x[i: i + BLOCK], self.w_t, out=out[i: i + BLOCK])  # [BLOCK, V]
-        out = out[:n]
-        if self.bias is not None:
-            out += self.bias
-        return self.lens.finish(out)
-
-
 def _round(t: torch.Tensor, digits: int) -> list:
     return np.round(t.detach().cpu().double().numpy(), digits).tolist()
 
@@ -175,8 +126,7 @@ def export_prompt(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int]
         rows = h.permute(1, 0, 2).reshape(c * n_stages, -1)  # [c*S, D] (position, stage)
         ws = scorer.workspace(per_chunk * n_stages)
         s = scorer.scores(rows, out=ws.scores)  # [R, V]
-        final = s.view(c, n_stages, V)[:, -1]  # [c, V]
-        top_cols = top_k_columns(final, top_k, scorer.col_ids)  # [c, k]
+        top_cols = scorer.top_k(s, top_k, final_rows=torch.arange(c, device=s.device) * n_stages + n_stages - 1)  # [c, k]
         tracked_ids = []
         for i, p in enumerate(group):
             ids = scorer.col_ids[top_cols[i]].tolist()
@@ -188,7 +138,7 @@ def export_prompt(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int]
             tracked_ids.append(ids)
         K = max(len(x) for x in tracked_ids)
         padded = torch.tensor([x + [x[0]] * (K - len(x)) for x in tracked_ids], device=scorer.device)
-        st = chunk_stats(s, n_stages, scorer.inv[padded], ws)
+        st = chunk_stats(s, n_stages, scorer.inv[padded], ws, bound=scorer.bound, exact=scorer.exact)
         del s
         samples = _samples_by_row(st, c * n_stages, scorer.col_ids)
         for i, p in enumerate(group):

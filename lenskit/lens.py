@@ -3,6 +3,10 @@
 The lens reuses the model's own norm and projection modules so that, on the last stage, it reproduces the model's
 logits with the model's own arithmetic. From a saved trace only those few weights are loaded (``safe_open``), on
 an otherwise empty (meta-device) model skeleton -- never the whole model.
+
+:class:`Scorer` is the batched form used by export: fixed-shape matmul blocks (so every row's float32 scores are
+independent of how rows are chunked), vocabulary columns in a fixed pseudo-random order, and an optional fast mode
+(bfloat16 matmul + a provable per-row error bound + exact float32 re-computation of the few scores that matter).
 """
 
 from __future__ import annotations
@@ -218,3 +222,131 @@ def load_lens(source: dict, adapter: Adapter, dtype: torch.dtype = torch.float32
                 p.copy_(found[f"{path}.{name}"])
         mod.to(device=device, dtype=dtype)
     return lens_from_model(skeleton, adapter)
+
+
+BLOCK = 64  # rows per matmul call: a fixed shape makes each row's float32 result independent of the chunking
+MIN_COLS = 16  # narrower column gathers take another BLAS path (different rounding); pad up to this
+PERM_SEED = 0x1E45  # fixed vocabulary order used to pick histogram samples
+BF16_U = 2.0**-8  # unit roundoff of bfloat16
+F32_U = 2.0**-24
+
+
+class Scorer:
+    """The lens prepared for batched scoring on ``device``, columns in a fixed permuted order.
+
+    ``precision="float32"``: scores are float32 GEMM results. ``precision="fast"``: scores come from a bfloat16
+    GEMM and ``bound[r]`` bounds ``|fast - float32|`` for every score of row r; :meth:`exact` recomputes chosen
+    entries bit-identically to the float32 mode (same GEMM block shape), and :meth:`top_k` uses it, so top-k and
+    ranks equal float32 mode's.
+    """
+
+    def __init__(self, lens: Lens, device: torch.device, norm: bool, precision: str):
+        self.lens = lens.to(device=device, dtype=torch.float32)
+        self.device = device
+        self.norm = norm
+        self.fast = precision == "fast"
+        V = lens.vocab_size
+        g = torch.Generator().manual_seed(PERM_SEED)
+        self.col_ids = torch.randperm(V, generator=g).to(device)  # column -> vocab id
+        self.inv = torch.empty_like(self.col_ids)
+        self.inv[self.col_ids] = torch.arange(V, device=device)  # vocab id -> column
+        w = self.lens.weight[self.col_ids]  # [V, D] permuted rows
+        self.w_t = w.t().contiguous()  # [D, V]
+        self.bias = self.lens.bias[self.col_ids] if self.lens.bias is not None else None
+        if self.fast:
+            self.w_t16 = self.w_t.to(torch.bfloat16)  # [D, V]
+            self.w_norm_max = w.norm(dim=1).max().item()
+        self.ws = None
+        self.x = None  # [N', D] normed rows of the last scored chunk
+        self.bound = None  # [N] error bound per row (zeros in float32 mode)
+
+    def workspace(self, rows: int):
+        """Buffers for ``rows`` rows (rounded up to whole matmul blocks), allocated once and reused by every chunk."""
+        from .stats import Workspace
+
+        rows = -(-rows // BLOCK) * BLOCK
+        if self.ws is None or not self.ws.fits(rows, self.lens.vocab_size):
+            self.ws = None
+            self.ws = Workspace(rows, self.lens.vocab_size, self.device)
+        return self.ws
+
+    def _finish(self, out: torch.Tensor, cols=None) -> torch.Tensor:
+        if self.bias is not None:
+            out += self.bias if cols is None else self.bias[cols]
+        return self.lens.finish(out)
+
+    @torch.inference_mode()
+    def scores(self, h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N, D]`` stream -> ``[N, V]`` float32 scores in permuted column order (into ``out`` if given)."""
+        x = self.lens.normed(h.to(self.device, torch.float32), self.norm)  # [N, D]
+        n = x.shape[0]
+        padded = -(-n // BLOCK) * BLOCK
+        if padded != n:
+            x = torch.cat([x, x.new_zeros(padded - n, x.shape[1])])  # [N', D]
+        self.x = x
+        if out is None:
+            out = torch.empty(padded, self.w_t.shape[1], device=self.device)
+        for i in range(0, padded, BLOCK):  # same GEMM shape every call
+            if self.fast:
+                out[i: i + BLOCK].copy_(torch.matmul(x[i: i + BLOCK].to(torch.bfloat16), self.w_t16))  # [BLOCK, V]
+            else:
+                torch.matmul(x[i: i + BLOCK], self.w_t, out=out[i: i + BLOCK])  # [BLOCK, V]
+        out = out[:n]
+        if self.fast:
+            self.bound = self._bound(x[:n], out)
+        out = self._finish(out)
+        if not self.fast:
+            self.bound = torch.zeros(n, device=self.device)
+        return out
+
+    def _bound(self, x: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        """Per-row bound on |bfloat16 GEMM - float32 GEMM| (after bias and logit transforms).
+
+        |x.w - bf16(x).bf16(w)| <= (2u + u^2) sum|x_i w_i| (input rounding) + u |result| (output rounding), plus
+        float32 accumulation error of both GEMMs (<= 2 D u32 sum|x_i w_i|); sum|x_i w_i| <= |x| max|w_v| (Cauchy-
+        Schwarz). Logit transforms: a scale multiplies the bound; a softcap is 1-Lipschitz.
+        """
+        D = x.shape[1]
+        absdot = x.norm(dim=1) * self.w_norm_max  # [N]
+        top = raw.abs().amax(dim=1)  # [N]
+        e = (2 * BF16_U + BF16_U**2 + 2 * D * F32_U) * absdot + BF16_U * top
+        if self.bias is not None:
+            e = e + 4 * F32_U * (top + self.bias.abs().max())
+        if self.lens.scale is not None:
+            e = e * abs(self.lens.scale)
+        if self.lens.divide is not None:
+            e = e / abs(self.lens.divide)
+        return e * 1.01 + 1e-6 * (1 + top)  # margin for the bound's own rounding
+
+    @torch.inference_mode()
+    def exact(self, rows: torch.Tensor, cols: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
+        """Float32-mode scores at (rows, cols) of the last chunk, bit-identical to a float32-mode run."""
+        if not self.fast:
+            return s[rows, cols]
+        out = torch.empty(rows.shape[0], device=self.device)
+        blocks = rows // BLOCK
+        for b in torch.unique(blocks).tolist():
+            sel = torch.nonzero(blocks == b).flatten()
+            ucols = torch.unique(cols[sel])
+            if ucols.numel() < MIN_COLS:  # keep the GEMM on the same kernel as the full-width one
+                extra = torch.arange(MIN_COLS * 2, device=self.device)
+                ucols = torch.unique(torch.cat([ucols, extra]))
+            part = torch.matmul(self.x[b * BLOCK: (b + 1) * BLOCK], self.w_t[:, ucols])  # [BLOCK, n]
+            part = self._finish(part, ucols)
+            out[sel] = part[rows[sel] - b * BLOCK, torch.searchsorted(ucols, cols[sel])]
+        return out
+
+    @torch.inference_mode()
+    def top_k(self, s: torch.Tensor, k: int, final_rows: torch.Tensor) -> torch.Tensor:
+        """Columns of the k highest float32 scores of each final row, ties broken by smaller vocabulary id. [c, k]"""
+        final = s[final_rows]  # [c, V]
+        vals = torch.topk(final, k, dim=-1).values  # [c, k]
+        slack = 2 * self.bound[final_rows]  # [c]
+        out = []
+        for i, r in enumerate(final_rows.tolist()):
+            cand = torch.nonzero(final[i] >= vals[i, -1] - slack[i]).flatten()  # all that could be in the top k
+            exact = self.exact(torch.full_like(cand, r), cand, s)
+            ids = self.col_ids[cand]
+            order = sorted(range(len(cand)), key=lambda j: (-exact[j].item(), ids[j].item()))[:k]
+            out.append(cand[order])
+        return torch.stack(out)

@@ -13,7 +13,6 @@ import gzip
 import json
 import threading
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
@@ -28,7 +27,7 @@ VIEWER_SUFFIXES = {".html", ".css", ".js", ".json", ".svg", ".png", ".ico"}
 VIEWER_DIRS = ("", "js", "vendor")  # folders of the viewer that are served (the rest, e.g. __init__.py, is not)
 SCAN_DEPTH = 2  # `lenskit serve` with no RUN_DIR: folders up to this many levels below the current one
 GZIP_MIN_BYTES = 1024
-GZIP_LEVEL = 6
+GZIP_LEVEL = 1  # loopback first: level 1 compresses the ~12 MB default export 3x in 0.15 s (level 6: 0.8 s, 15% smaller)
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".css": "text/css; charset=utf-8",
@@ -136,6 +135,11 @@ class Site:
             self.routes[f"/runs/{name}/{EXPORT_FILE}"] = ("file", path)
         self._gz_cache: dict[tuple, bytes] = {}
         self._lock = threading.Lock()
+
+    def warm(self) -> None:
+        """Compress every run's export.json now (a server calls it in a thread at start, so first loads are quick)."""
+        for name in self.runs:
+            self.get(f"/runs/{quote(name)}/{EXPORT_FILE}", accept_gzip=True)
 
     def run_list(self) -> dict:
         """The ``/runs.json`` document: name and URL of each run (in the order given)."""

@@ -104,7 +104,8 @@ def _first_per_group(keys: torch.Tensor, limit: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def chunk_stats(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor, ws: Workspace) -> ChunkStats:
+def chunk_stats(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor, ws: Workspace,
+                bound: torch.Tensor | None = None, exact=None) -> ChunkStats:
     """All statistics of one chunk.
 
     Args:
@@ -113,6 +114,8 @@ def chunk_stats(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor, ws: 
         n_stages: S.
         tracked_cols: ``[c, K]`` columns to rank and follow, per position.
         ws: buffers with at least R rows.
+        bound: ``[R]`` bound on |s - float32 score| per row (fast mode), or None when ``s`` is exact.
+        exact: ``exact(rows, cols, s)`` -> float32-mode scores at those entries (None: read ``s``).
     """
     R, V = s.shape
     c = R // n_stages
@@ -140,11 +143,18 @@ def chunk_stats(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor, ws: 
     counts = fine.view(R, HIST_BINS, FINE).sum(-1)  # [R, BINS]
     above = torch.zeros(R, N_FINE + 3, dtype=torch.int64, device=dev)
     above[:, :N_FINE] = fine.flip(-1).cumsum(-1).flip(-1)  # above[r, j] = #{u >= j}
-    # tracked tokens
+    # tracked tokens: exact scores; sub-bin windows wide enough for the bound (1 sub-bin of rounding when exact)
+    K = tracked_cols.shape[1]
     trk = tracked_cols.repeat_interleave(n_stages, 0)  # [R, K]
-    t = s.gather(1, trk)  # [R, K]
-    tu = ug.gather(1, trk) - row_off  # [R, K] local sub-bin
-    rank = 1 + above.gather(1, tu + 2)  # certainly greater: u >= tu + 2
+    if exact is None:
+        t = s.gather(1, trk)  # [R, K]
+    else:
+        t = exact(torch.arange(R, device=dev).repeat_interleave(K), trk.reshape(-1), s).view(R, K)
+    tu = ug.gather(1, trk) - row_off  # [R, K] local sub-bin of the (approximate) score
+    a = N_FINE / ((HIST_Z_MAX - HIST_Z_MIN) * std)  # [R] sub-bins per unit score
+    w = torch.ones(R, dtype=torch.int64, device=dev) if bound is None else (2 * bound * a).ceil().long() + 1  # [R]
+    w = w.clamp(max=N_FINE)
+    rank = 1 + above.gather(1, (tu + w[:, None] + 1).clamp(max=N_FINE))  # certainly greater: beyond the window
     # samples in a prefix of columns (dense bins fill here)
     P = min(PREFIX, V)
     pb = (ug[:, :P] - row_off) // FINE  # [R, P]
@@ -157,17 +167,21 @@ def chunk_stats(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor, ws: 
     found = torch.bincount(pre_rows * HIST_BINS + pre_bins, minlength=R * HIST_BINS).view(R, HIST_BINS)
     unfilled = found < counts.clamp(max=HIST_SAMPLES)  # [R, BINS] bins needing a full scan
     # one gathered pass marks the few columns needing exact treatment: rank windows and unfilled bins
-    mark = unfilled.repeat_interleave(FINE, 1)  # [R, N_FINE]
-    win = (tu[:, :, None] + torch.arange(-1, 2, device=dev)).clamp(0, N_FINE - 1).view(R, -1)  # [R, 3K]
-    mark.scatter_(1, win, True)
+    edges = torch.zeros(R, N_FINE + 1, dtype=torch.int32, device=dev)  # difference array of window coverage
+    ones = torch.ones_like(tu, dtype=torch.int32)
+    edges.scatter_add_(1, (tu - w[:, None]).clamp(min=0), ones)
+    edges.scatter_add_(1, (tu + w[:, None] + 1).clamp(max=N_FINE), -ones)
+    mark = (edges.cumsum(1)[:, :N_FINE] > 0) | unfilled.repeat_interleave(FINE, 1)  # [R, N_FINE]
     g = torch.take(mark, ug, out=ws.mask[:R])  # [R, V]
     sel = torch.nonzero(g)  # [n, 2] (row, col), row-major
     rows, cols = sel[:, 0], sel[:, 1]
     su = ug[rows, cols] - rows * N_FINE  # [n] local sub-bin
-    sv = s[rows, cols]  # [n]
-    in_win = (su[:, None] - tu[rows]).abs() <= 1  # [n, K]
-    greater = in_win & (sv[:, None] > t[rows])  # [n, K]
-    rank = rank.index_add_(0, rows, greater.to(torch.int64))
+    in_win = (su[:, None] - tu[rows]).abs() <= w[rows, None]  # [n, K]
+    near = torch.nonzero(in_win.any(1)).flatten()  # entries compared exactly
+    r_near = rows[near]
+    sv = s[r_near, cols[near]] if exact is None else exact(r_near, cols[near], s)  # [m]
+    greater = in_win[near] & (sv[:, None] > t[r_near])  # [m, K]
+    rank = rank.index_add_(0, r_near, greater.to(torch.int64))
     sb = su // FINE
     scan = unfilled[rows, sb]
     rows2, cols2, sb2 = rows[scan], cols[scan], sb[scan]

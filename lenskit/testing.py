@@ -16,7 +16,10 @@ the adapter, and checks them against tensors obtained independently of the adapt
 * block contributions (skipped for post-LN blocks): with layer i's FFN output zeroed, layer i returns stage 2i+1
   (so ``stage[2i+2] - stage[2i+1]`` is what the FFN adds to the stream, post-norms and multipliers included); with
   its attention output zeroed as well, it returns stage 2i (so ``stage[2i+1] - stage[2i]`` is what attention adds).
-  This holds for sequential and parallel blocks alike.
+  This holds for sequential and parallel blocks alike;
+* the CLI (:func:`check_cli`): ``lenskit adapters`` lists the adapter, and ``lenskit trace --adapter NAME`` on the
+  model saved with a tiny offline tokenizer writes exactly the stages captured in memory; ``lenskit export`` then
+  runs on that trace (when asked, or by default where the command exists).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class ConformanceReport:
     model: torch.nn.Module
     stages: torch.Tensor
     contributions_checked: bool
+    traced: bool = False  # `lenskit trace` ran and wrote the same stages
+    exported: bool = False  # `lenskit export` ran on that trace
 
 
 def build_tiny_model(config, seed: int = 0) -> torch.nn.Module:
@@ -120,6 +125,64 @@ def _hidden(args, kwargs):
     return args[0] if args else kwargs.get("hidden_states", kwargs.get("x"))
 
 
+def has_command(name: str) -> bool:
+    """Whether ``lenskit NAME`` is a command of this installation."""
+    import typer
+
+    from .cli import app
+
+    return name in typer.main.get_command(app).commands
+
+
+def check_cli(model, adapter_name: str, folder, export: bool | None = None, prompt: str = "The cat sat on the mat .") -> bool:
+    """Check the CLI on ``model``: listing, ``trace --adapter NAME --no-export`` and (optionally) ``export``.
+
+    Args:
+        model: the model; saved to ``folder/model`` (with :func:`tiny_tokenizer`) and reloaded by the CLI.
+        adapter_name: a registered adapter's name (forced with ``--adapter``).
+        folder: a working folder (the run goes to ``folder/run``).
+        export: run ``lenskit export`` on the trace: True, False, or None for "if the command exists".
+        prompt: the text to trace.
+
+    Returns:
+        Whether ``lenskit export`` ran (and succeeded).
+    """
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+    from typer.testing import CliRunner
+
+    from .cli import app
+
+    runner, folder = CliRunner(), Path(folder)
+    listing = runner.invoke(app, ["adapters"])
+    if listing.exit_code != 0 or adapter_name not in listing.output.split():
+        raise AssertionError(f"`lenskit adapters` does not list '{adapter_name}':\n{listing.output}")
+    save_tiny_model(model, folder / "model")
+    run = folder / "run"
+    args = ["trace", prompt, "-m", str(folder / "model"), "-o", str(run), "--adapter", adapter_name]
+    result = runner.invoke(app, args + ["--device", "cpu", "--dtype", "float32", "--no-export", "-q"])
+    if result.exit_code != 0:
+        raise AssertionError(f"`lenskit trace` failed (exit {result.exit_code}): {result.output}{result.stderr}")
+    with safe_open(str(run / "trace.safetensors"), framework="pt") as f:
+        stored = f.get_tensor("prompt.0.stages")  # [S, T, D]
+        meta = json.loads(f.metadata()["lenskit"])
+    if meta["model"]["adapter"] != adapter_name:
+        raise AssertionError(f"the trace names adapter '{meta['model']['adapter']}', not '{adapter_name}'")
+    # AutoTokenizer may pick a family tokenizer class that splits text its own way: use the ids the trace recorded
+    ids = torch.tensor(meta["prompts"][0]["token_ids"])  # [T]
+    expected = capture_stages(model, find_adapter("", adapter_name), ids)  # [S, T, D]
+    _close(stored, expected, "stages in trace.safetensors vs captured in memory")
+    if export is None:
+        export = has_command("export")
+    if export:
+        result = runner.invoke(app, ["export", str(run), "-q"])
+        if result.exit_code != 0 or not (run / "export.json").is_file():
+            raise AssertionError(f"`lenskit export` failed (exit {result.exit_code}): {result.output}{result.stderr}")
+    return bool(export)
+
+
 @torch.inference_mode()
 def _run(model, ids, layers, zero: tuple = ()) -> tuple[torch.Tensor, list, torch.Tensor]:
     """One forward pass; returns (layer-0 input, every layer's output, logits), each ``[T, ...]``.
@@ -158,24 +221,32 @@ def check_adapter(
     input_ids: torch.Tensor | None = None,
     seed: int = 0,
     contributions: bool = True,
+    cli: bool = True,
+    export: bool | None = None,
+    workdir=None,
     rtol: float = 1e-5,
 ) -> ConformanceReport:
     """Check that ``adapter`` captures exact stages for a model; raise AssertionError on the first failure.
 
     Args:
-        model_or_config: a Hugging Face causal LM (used as is; put it in eval mode) or a config to build a tiny
-            random float32 model from.
+        model_or_config: a Hugging Face causal LM (switched to eval mode) or a config to build a tiny random
+            float32 model from.
         adapter: an :class:`~lenskit.adapters.Adapter`, a registered adapter's name, or None to look it up from the
             model's architecture as ``lenskit trace`` does.
         input_ids: token ids ``[T]``; default: 7 ids drawn with ``seed``, avoiding ids 0-2 (pad/BOS/EOS).
         seed: seeds the model initialization (configs only) and the default ids.
-        contributions: also check block contributions by zeroing the adapter's ``attn``/``ffn`` modules.
+        contributions: check block contributions by zeroing the adapter's ``attn``/``ffn`` modules.
+        cli: also run :func:`check_cli` (only for a registered adapter -- a plugin's, once installed or registered
+            on :data:`lenskit.plugins.pm`; skipped for an unregistered :class:`Adapter` object).
+        export: passed to :func:`check_cli`: run ``lenskit export`` (None: where the command exists).
+        workdir: a folder for the CLI checks (default: a temporary folder, removed afterwards).
         rtol: relative tolerance (the absolute one scales with the stage's largest row norm).
 
     Returns:
         A :class:`ConformanceReport` (the adapter used, the model and its stages).
     """
     model = model_or_config if isinstance(model_or_config, torch.nn.Module) else build_tiny_model(model_or_config, seed)
+    model.eval()  # dropout off: every pass below must compute the same function
     declared = _resolve_adapter(model, adapter)
     resolved = declared.for_config(model.config)
     if input_ids is None:
@@ -214,4 +285,21 @@ def check_adapter(
                 stages[2 * i], outs_none[i],
                 f"stage {2 * i} vs layer {i}'s output with attention ({resolved.attn}) and FFN zeroed", rtol,
             )
-    return ConformanceReport(adapter=resolved, model=model, stages=stages, contributions_checked=check)
+    report = ConformanceReport(adapter=resolved, model=model, stages=stages, contributions_checked=check)
+    if cli and _registered(declared):
+        if workdir is None:
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="lenskit-check-") as tmp:
+                report.exported = check_cli(model, declared.name, tmp, export)
+        else:
+            report.exported = check_cli(model, declared.name, workdir, export)
+        report.traced = True
+    return report
+
+
+def _registered(adapter: Adapter) -> bool:
+    from .adapters import registry
+
+    entry = registry().get(adapter.name)
+    return entry is not None and entry[0] == adapter

@@ -161,3 +161,20 @@ def test_no_norm_is_raw_projection(data):
     pos = doc["prompts"][0]["positions"][0]
     tid = doc["token_ids"][pos["tracked"][0]]
     assert_close(torch.tensor(pos["score"][0]), raw[:, tid], atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_fast_mode_equals_float32_mode(data, ties):
+    """bfloat16 matmul + bound + exact re-check: top-k, ranks and tracked scores identical; the rest close."""
+    stages, token_ids = data
+    lens = make_lens(ties)
+    f32 = run(lens, stages, token_ids, track=["tok7"])
+    fast = run(lens, stages, token_ids, track=["tok7"], precision="fast")
+    assert fast["lens"]["precision"] == "fast"
+    for a, b in zip(f32["prompts"][0]["positions"], fast["prompts"][0]["positions"]):
+        assert [f32["token_ids"][i] for i in a["tracked"]] == [fast["token_ids"][i] for i in b["tracked"]]
+        assert a["rank"] == b["rank"] and a["score"] == b["score"] and a["next"] == b["next"]
+        for key in ("mean", "std", "lse", "entropy"):
+            assert_close(torch.tensor(a[key]), torch.tensor(b[key]), atol=0.05, rtol=0.02)
+        for s in range(S):
+            assert sum(b["hist"]["counts"][s]) == V

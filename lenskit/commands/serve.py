@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import webbrowser
 from pathlib import Path
 from typing import List, Optional
@@ -15,7 +16,7 @@ from ..errors import LenskitError
 def serve(
     run_dirs: Optional[List[Path]] = typer.Argument(
         None,
-        metavar="[RUN_DIR]...",
+        metavar="RUN_DIR",
         help="Run folders holding export.json. None: those in the current folder and up to 2 levels below it.",
     ),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (default: this machine only)."),
@@ -41,6 +42,7 @@ def serve(
         sys.stdout.flush()
         return
     server = Server(site, host, port, verbose=verbose)
+    threading.Thread(target=site.warm, name="lenskit-gzip", daemon=True).start()
     typer.echo(f"lenskit: serving {len(site.runs)} run(s): {', '.join(site.runs)} (Ctrl-C to stop)", err=True)
     typer.echo(server.url)
     if open_browser:

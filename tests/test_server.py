@@ -1,0 +1,265 @@
+"""``lenskit serve`` and :mod:`lenskit.server` without a browser; the single-file report's inlining (:mod:`lenskit.report`).
+
+Path containment is tested on :meth:`Site.get` (what ``--get`` uses) and over a real socket with raw request lines,
+since HTTP clients normalise ``..`` away before sending.
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lenskit.cli import app
+from lenskit.errors import InputError, OutputError
+from lenskit.server import Server, Site, find_runs
+
+sys.path.insert(0, str(Path(__file__).parent))
+from viewer_fixture import make_export, write_run  # noqa: E402
+
+TRAVERSALS = [
+    "/../pyproject.toml",
+    "/%2e%2e/pyproject.toml",
+    "/%2E%2E/%2E%2E/etc/passwd",
+    "/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+    "/js/../../lenskit/server.py",
+    "/js/%2e%2e/%2e%2e/lenskit/server.py",
+    "/js/..%2f..%2flenskit%2fserver.py",
+    "/runs/../../../etc/passwd",
+    "/runs/synth/../../../pyproject.toml",
+    "/runs/synth/%2e%2e/export.json",
+    "/runs/synth%2f..%2fsynth/export.json",
+    "/..%5c..%5cpyproject.toml",
+    "/js\\..\\..\\lenskit\\server.py",
+    "//etc/passwd",
+    "/etc/passwd",
+    "/__init__.py",
+    "/viewer/index.html",
+    "/js/",
+    "/runs/",
+    "/runs/synth/",
+    "/runs/synth/trace.safetensors",
+    "/%00",
+    "/index.html%00.js",
+    "/%ff%fe",
+    "/./index.html",
+    "/index.html/",
+]
+
+
+@pytest.fixture(scope="module")
+def doc():
+    return make_export(prompts=1, positions=6, layers=2, vocab_size=120)
+
+
+@pytest.fixture()
+def runs_dir(tmp_path, doc):
+    write_run(tmp_path / "runs" / "synth", doc)
+    (tmp_path / "runs" / "synth" / "trace.safetensors").write_bytes(b"secret")
+    (tmp_path / "pyproject.toml").write_text("secret")
+    return tmp_path
+
+
+@pytest.fixture()
+def site(runs_dir):
+    return Site(find_runs([runs_dir / "runs" / "synth"]))
+
+
+@pytest.fixture()
+def server(site):
+    srv = Server(site, "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def raw_get(srv, target: str, headers: dict | None = None):
+    """Send a request line exactly as given (no client-side normalisation)."""
+    host, port = srv.server_address[:2]
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.putrequest("GET", target, skip_accept_encoding=True)
+    for k, v in (headers or {}).items():
+        conn.putheader(k, v)
+    conn.endheaders()
+    res = conn.getresponse()
+    body = res.read()
+    conn.close()
+    return res, body
+
+
+# ---- runs discovery
+
+
+def test_find_runs_named_and_deduplicated(tmp_path, doc):
+    a = write_run(tmp_path / "a" / "run", doc)
+    b = write_run(tmp_path / "b" / "run", doc)
+    runs = find_runs([a, b])
+    assert list(runs) == ["run", "run-2"]
+    assert runs["run"] == a / "export.json"
+
+
+def test_find_runs_scans_two_levels(tmp_path, doc):
+    write_run(tmp_path / "runs" / "one", doc)
+    write_run(tmp_path / "two", doc)
+    write_run(tmp_path / "x" / "y" / "too-deep", doc)
+    assert sorted(find_runs(cwd=tmp_path)) == ["one", "two"]
+
+
+def test_find_runs_errors(tmp_path):
+    with pytest.raises(InputError, match="no runs found"):
+        find_runs(cwd=tmp_path)
+    with pytest.raises(InputError, match="not found"):
+        find_runs([tmp_path / "missing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no export.json"):
+        find_runs([tmp_path / "empty"])
+
+
+# ---- what is served
+
+
+def test_site_serves_viewer_and_runs(site, runs_dir):
+    index = site.get("/")
+    assert index.status == 200 and index.content_type.startswith("text/html")
+    assert b'src="js/main.js"' in index.body
+    assert site.get("/index.html").body == index.body
+    for path in ("/style.css", "/js/main.js", "/js/data.js", "/vendor/d3.min.js"):
+        assert site.get(path).status == 200, path
+    assert site.get("/js/main.js").content_type.startswith("text/javascript")
+    listing = json.loads(site.get("/runs.json").body)
+    assert listing["runs"] == [{"name": "synth", "url": "runs/synth/export.json"}]
+    res = site.get("/runs/synth/export.json?x=1")
+    assert res.status == 200 and res.content_type == "application/json"
+    assert res.body == (runs_dir / "runs" / "synth" / "export.json").read_bytes()
+
+
+@pytest.mark.parametrize("path", TRAVERSALS)
+def test_traversal_is_404(site, path):
+    assert site.get(path).status == 404
+
+
+def test_traversal_over_socket_is_404(server):
+    for path in TRAVERSALS:
+        if "\\" in path:
+            continue  # not a valid request target for http.client; covered by Site.get above
+        res, body = raw_get(server, path)
+        assert res.status == 404, path
+        assert b"secret" not in body and b"root:" not in body
+
+
+def test_gzip_when_accepted(server, runs_dir):
+    plain = (runs_dir / "runs" / "synth" / "export.json").read_bytes()
+    res, body = raw_get(server, "/runs/synth/export.json", {"Accept-Encoding": "gzip, deflate"})
+    assert res.status == 200
+    assert res.getheader("Content-Encoding") == "gzip"
+    assert len(body) < len(plain)
+    assert gzip.decompress(body) == plain
+    res, body = raw_get(server, "/runs/synth/export.json")
+    assert res.getheader("Content-Encoding") is None and body == plain
+    res, body = raw_get(server, "/runs/synth/export.json", {"Accept-Encoding": "br;q=1, gzip;q=0.5"})
+    assert res.getheader("Content-Encoding") == "gzip"
+
+
+def test_headers_lock_down_the_page(server):
+    res, _ = raw_get(server, "/")
+    csp = res.getheader("Content-Security-Policy")
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp
+    assert res.getheader("X-Content-Type-Options") == "nosniff"
+
+
+def test_port_in_use_is_a_one_line_error(site):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    try:
+        with pytest.raises(OutputError, match=r"port \d+ on 127.0.0.1 is in use"):
+            Server(site, "127.0.0.1", sock.getsockname()[1])
+    finally:
+        sock.close()
+
+
+# ---- the command
+
+
+def test_cli_get(runs_dir, monkeypatch):
+    monkeypatch.chdir(runs_dir)
+    runner = CliRunner()
+    res = runner.invoke(app, ["serve", "--get", "/runs.json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["runs"][0]["name"] == "synth"
+    res = runner.invoke(app, ["serve", "runs/synth", "--get", "/runs/synth/export.json"])
+    assert res.exit_code == 0
+    assert json.loads(res.stdout)["schema"] == "lenskit.export/1"
+    res = runner.invoke(app, ["serve", "--get", "/%2e%2e/pyproject.toml"])
+    assert res.exit_code == 1
+    assert res.output.strip().splitlines() == ["lenskit: error: GET /%2e%2e/pyproject.toml: 404 not found"]
+
+
+def test_cli_no_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["serve", "--get", "/"])
+    assert res.exit_code == 1
+    assert res.output.startswith("lenskit: error: no runs found")
+    assert "Traceback" not in res.output
+
+
+def test_cli_port_0_serves_and_stops_on_ctrl_c(runs_dir):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from lenskit.cli import main; main()", "serve", "--port", "0"],
+        cwd=runs_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        url = proc.stdout.readline().strip()
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url), url
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        assert port != 8000
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/runs.json")
+        assert json.loads(conn.getresponse().read())["runs"][0]["name"] == "synth"
+        conn.close()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert "stopped" in err
+
+
+# ---- the single-file report (no browser; tests/test_viewer_browser.py opens it)
+
+
+def test_write_html_inlines_everything_safely(tmp_path, doc):
+    from lenskit.report import DATA_ID, write_html
+
+    path = write_html(doc, tmp_path / "report.html")
+    text = path.read_text(encoding="utf-8")
+    assert not list(tmp_path.glob(".report.html.*"))  # written atomically, temp file gone
+    # Nothing is loaded from elsewhere.
+    assert not re.search(r'<(script|link)[^>]+(src|href)="(?!data:)', text)
+    assert "modulepreload" not in text
+    # Hostile token texts cannot end the data element: exactly one </script> per <script.
+    assert text.lower().count("<script") == text.lower().count("</script>") == 3
+    m = re.search(rf'<script type="application/json" id="{DATA_ID}"[^>]*>(.*?)</script>', text, flags=re.S)
+    assert m and "<" not in m.group(1) and "\u2028" not in m.group(1)
+    assert json.loads(m.group(1)) == json.loads(json.dumps(doc))
+    assert "</script>" in doc["tokens"]  # the fixture really is hostile

@@ -1,0 +1,192 @@
+"""A synthetic, schema-valid export document for the viewer and server tests (no model needed).
+
+:func:`make_export` simulates a small vocabulary's logits at every stage of a ``layers``-layer model and derives every
+field the way ``lenskit export`` defines them (ranks by comparison counting, z-histograms with seeded samples), so a
+value drawn by the viewer can be compared with the JSON. The vocabulary is full of hostile texts: markup, ``</script>``,
+quotes, control, zero-width and bidi characters, and byte-level tokens written as ``\\xNN`` text.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lenskit.schema import (
+    HIST_BINS,
+    HIST_SAMPLES,
+    HIST_Z_MAX,
+    HIST_Z_MIN,
+    JSON_SCHEMA,
+    ROUND_SCORE,
+    ROUND_STAT,
+    SCHEMA_VERSION,
+)
+
+HOSTILE = [
+    "<img src=x onerror=alert(1)>",
+    "</script>",
+    "<script>alert(2)</script>",
+    "\"quoted' text",
+    "\n",
+    "\t",
+    " ",
+    "a\u200bb",
+    "\u202eRTL",
+    "\\xe2\\x80",
+    "&amp;",
+    "\u2028",
+    " Kra",
+    "<!--",
+]
+WORDS = [" the", " a", ".", ",", " and", " of", " to", " in", " is", " model", " token", " score", "ing", "ed", " Kra", "emer"]
+
+
+def _vocab(size: int) -> list[str]:
+    vocab = list(HOSTILE)
+    for w in WORDS:
+        if w not in vocab:
+            vocab.append(w)
+    i = 0
+    while len(vocab) < size:
+        vocab.append(f"w{i}")
+        i += 1
+    return vocab[:size]
+
+
+def _round(x, places):
+    return [round(float(v), places) for v in x]
+
+
+def make_export(
+    prompts: int = 2,
+    positions: int = 20,
+    layers: int = 4,
+    top_k: int = 10,
+    vocab_size: int = 400,
+    seed: int = 0,
+    validate: bool = True,
+) -> dict:
+    """Build a ``lenskit.export/1`` document: ``prompts`` prompts of ``positions`` tokens, S = 2*layers+1 stages."""
+    rng = np.random.default_rng(seed)
+    vocab = _vocab(vocab_size)
+    S = 2 * layers + 1
+    order = rng.permutation(vocab_size)  # the fixed pseudo-random order samples are drawn in
+    order_rank = np.empty(vocab_size, dtype=np.int64)
+    order_rank[order] = np.arange(vocab_size)
+
+    table: dict[int, int] = {}  # vocab id -> string-table index
+
+    def ref(vid: int) -> int:
+        vid = int(vid)
+        if vid not in table:
+            table[vid] = len(table)
+        return table[vid]
+
+    out_prompts = []
+    for p in range(prompts):
+        # Prompt tokens: hostile ones first (so the strip shows them), then words.
+        ids = [i for i in range(len(HOSTILE))] + list(rng.integers(len(HOSTILE), len(HOSTILE) + len(WORDS), positions))
+        ids = ids[p : p + positions]
+        text = "".join(vocab[i] for i in ids)
+        pos_list = []
+        for t in range(positions):
+            nxt = ids[t + 1] if t + 1 < positions else None
+            final = rng.normal(0.0, 2.0, vocab_size)
+            if nxt is not None and t % 3 == 0:
+                final[nxt] += 9.0  # the model "knows" the next token here
+            final[rng.integers(0, len(HOSTILE))] += 7.0  # a hostile token near the top
+            start = rng.normal(0.0, 1.0, vocab_size)
+            stages = []
+            for s in range(S):
+                a = s / (S - 1)
+                x = (1 - a) * start + a * final + rng.normal(0.0, 0.3 * (1 - a), vocab_size)
+                stages.append(np.round((3.0 + s) * x + 0.5 * s, ROUND_SCORE))
+            sc = np.stack(stages)  # (S, V)
+            top = np.argsort(-sc[-1], kind="stable")[:top_k]
+            tracked = list(top)
+            if nxt is not None and nxt not in tracked:
+                tracked.append(nxt)
+            mean = sc.mean(axis=1)
+            std = sc.std(axis=1)
+            m = sc.max(axis=1, keepdims=True)
+            lse = (m[:, 0] + np.log(np.exp(sc - m).sum(axis=1)))
+            logp = sc - lse[:, None]
+            prob = np.exp(logp)
+            entropy = -(prob * logp).sum(axis=1)
+            kl = (prob[-1][None, :] * (logp[-1][None, :] - logp)).sum(axis=1)
+            z = (sc - mean[:, None]) / std[:, None]
+            bins = np.clip(np.floor((z - HIST_Z_MIN) / (HIST_Z_MAX - HIST_Z_MIN) * HIST_BINS), 0, HIST_BINS - 1).astype(int)
+            lo, counts, samples = [], [], []
+            for s in range(S):
+                c = np.bincount(bins[s], minlength=HIST_BINS)
+                nz = np.nonzero(c)[0]
+                lo.append(int(nz[0]))
+                counts.append([int(v) for v in c[nz[0] : nz[-1] + 1]])
+                flat = []
+                for b in range(nz[0], nz[-1] + 1):
+                    members = np.nonzero(bins[s] == b)[0]
+                    members = members[np.argsort(order_rank[members])][:HIST_SAMPLES]
+                    flat.extend(ref(v) for v in members)
+                samples.append(flat)
+            pos_list.append(
+                {
+                    "pos": t,
+                    "tracked": [ref(v) for v in tracked],
+                    "next": tracked.index(nxt) if nxt is not None else None,
+                    "score": [_round(sc[:, v], ROUND_SCORE) for v in tracked],
+                    "rank": [[int(1 + (sc[s] > sc[s, v]).sum()) for s in range(S)] for v in tracked],
+                    "bin": [[int(bins[s, v]) for s in range(S)] for v in tracked],
+                    "mean": _round(mean, ROUND_STAT),
+                    "std": _round(std, ROUND_STAT),
+                    "lse": _round(lse, ROUND_STAT),
+                    "entropy": _round(entropy, ROUND_STAT),
+                    "kl": _round(np.maximum(kl, 0.0), ROUND_STAT),
+                    "hist": {"lo": lo, "counts": counts, "samples": samples},
+                }
+            )
+        out_prompts.append({"index": p, "text": text, "tokens": [ref(i) for i in ids], "positions": pos_list})
+
+    by_index = sorted(table.items(), key=lambda kv: kv[1])
+    doc = {
+        "schema": SCHEMA_VERSION,
+        "lenskit_version": "0.1.0",
+        "model": {
+            "id": "synthetic/<b>tiny</b>",
+            "fingerprint": "0" * 16,
+            "architecture": "SyntheticForCausalLM",
+            "adapter": "synthetic",
+            "dtype": "float32",
+        },
+        "lens": {"norm": True, "precision": "float32", "top_k": top_k},
+        "vocab_size": vocab_size,
+        "stages": {
+            "name": ["embed"] + [f"L{i}.{k}" for i in range(layers) for k in ("attn", "ffn")],
+            "kind": ["embed"] + [k for _ in range(layers) for k in ("attn", "ffn")],
+            "layer": [-1] + [i for i in range(layers) for _ in range(2)],
+        },
+        "histogram": {"bins": HIST_BINS, "z_min": HIST_Z_MIN, "z_max": HIST_Z_MAX, "samples": HIST_SAMPLES},
+        "tokens": [vocab[v] for v, _ in by_index],
+        "token_ids": [v for v, _ in by_index],
+        "prompts": out_prompts,
+    }
+    if validate:
+        import jsonschema
+
+        jsonschema.validate(doc, JSON_SCHEMA)
+    return doc
+
+
+def write_run(folder: Path, doc: dict | None = None) -> Path:
+    """Write ``doc`` (default: :func:`make_export`) as ``folder/export.json``; return the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "export.json").write_text(json.dumps(doc or make_export(), ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
+if __name__ == "__main__":  # python tests/viewer_fixture.py DIR: write a synthetic run for manual viewing
+    import sys
+
+    print(write_run(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/synthetic")))

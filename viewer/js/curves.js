@@ -1,0 +1,201 @@
+// curves.js — what Figures 1 and 2 share: token colours, curves striped by block (segments that end at an attention
+// stage drawn light, at an FFN stage dark), the stage axis, the token legend, and nearest-point hover (Delaunay).
+// Every curve is a <g class="curve" data-token=j> with two paths and one <circle class="pt"> per stage carrying
+// data-stage / data-value / data-rank (what the tests compare with the JSON).
+
+import { d3 } from "./d3.js";
+import { appendTokenParts, formatNumber, formatRank } from "./format.js";
+import { showTooltip, hideTooltip } from "./tooltip.js";
+
+export const TOKEN_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"];
+export const EXTRA_COLOR = "#444444";
+export const LIGHTEN = 0.6; // attention segments: this far towards white
+export const HOVER_RADIUS_PX = 28;
+export const POINT_RADIUS = 2.6;
+export const MAX_STAGE_TICKS = 13;
+export const MODE_LABELS = {
+  raw: "score (logit)",
+  centred: "score − mean",
+  z: "z-score",
+  logprob: "log-probability",
+};
+
+/** Colour of tracked token j: one of ten for the top-k, dark grey for the next token / --track extras. */
+export function tokenColor(j, topCount) {
+  return j < topCount ? TOKEN_COLORS[j % TOKEN_COLORS.length] : EXTRA_COLOR;
+}
+
+export function lightColor(color) {
+  return d3.interpolateRgb(color, "#ffffff")(LIGHTEN);
+}
+
+/** "attn" segments end at an attention stage, "ffn" ones at an FFN stage; one SVG path (several subpaths) each. */
+function segmentPath(points, kindOf, kind) {
+  let d = "";
+  for (let i = 1; i < points.length; i++) {
+    if (kindOf(points[i].s) !== kind) continue;
+    const a = points[i - 1];
+    const b = points[i];
+    d += `M${a.x.toFixed(1)},${a.y.toFixed(1)}L${b.x.toFixed(1)},${b.y.toFixed(1)}`;
+  }
+  return d || null;
+}
+
+/**
+ * Draw `curves` ([{j, cls, color, points: [{s, x, y, value, rank}]}]) into `layer`, marking the points at `stage`.
+ */
+export function renderCurves(layer, curves, kindOf, stage) {
+  const groups = layer
+    .selectAll("g.curve")
+    .data(curves, (d) => d.j)
+    .join((enter) => {
+      const g = enter.append("g");
+      g.append("path").attr("class", "seg seg-attn");
+      g.append("path").attr("class", "seg seg-ffn");
+      return g;
+    })
+    .attr("class", (d) => `curve ${d.cls}`)
+    .attr("data-token", (d) => d.j)
+    .attr("fill", (d) => d.color);
+  groups.select("path.seg-attn").attr("d", (d) => segmentPath(d.points, kindOf, "attn")).attr("stroke", (d) => lightColor(d.color));
+  groups.select("path.seg-ffn").attr("d", (d) => segmentPath(d.points, kindOf, "ffn")).attr("stroke", (d) => d.color);
+  groups
+    .selectAll("circle.pt")
+    .data((d) => d.points)
+    .join("circle")
+    .attr("class", (p) => (p.s === stage ? "pt at-stage" : "pt"))
+    .attr("cx", (p) => p.x)
+    .attr("cy", (p) => p.y)
+    .attr("r", POINT_RADIUS)
+    .attr("data-stage", (p) => p.s)
+    .attr("data-value", (p) => p.value)
+    .attr("data-rank", (p) => p.rank);
+  groups.raise();
+}
+
+/** Move the "at-stage" mark to another stage without redrawing. */
+export function markStage(layer, stage) {
+  layer.selectAll("circle.pt").classed("at-stage", (p) => p.s === stage);
+}
+
+/** Faint bands behind the attention segments of a shared stage axis. */
+export function renderBands(layer, run, x, height) {
+  const S = run.stageCount;
+  const bands = [];
+  for (let s = 1; s < S; s++) if (run.stageKind(s) === "attn") bands.push(s);
+  layer
+    .selectAll("rect.band-attn")
+    .data(bands)
+    .join("rect")
+    .attr("class", "band-attn")
+    .attr("x", (s) => x(s - 1))
+    .attr("width", (s) => Math.max(0, x(s) - x(s - 1)))
+    .attr("y", 0)
+    .attr("height", height);
+}
+
+/** Bottom axis over stages: "emb", then L0, L1, … at each layer's output (thinned to ≤ MAX_STAGE_TICKS). */
+export function stageAxis(run, x) {
+  const S = run.stageCount;
+  const L = run.layerCount;
+  const step = Math.max(1, Math.ceil((L + 1) / MAX_STAGE_TICKS));
+  const ticks = [0];
+  for (let i = 0; i < L; i++) {
+    if ((i + 1) % step === 0 || i === L - 1) ticks.push(Math.min(S - 1, 2 * i + 2));
+  }
+  return d3
+    .axisBottom(x)
+    .tickValues([...new Set(ticks)])
+    .tickFormat((s) => (s === 0 ? "emb" : `L${run.stageLayer(s)}`));
+}
+
+/** Token legend (colour, final rank, visible text) plus the light/dark block key, into an HTML container. */
+export function renderLegend(container, position) {
+  const items = [];
+  for (let j = 0; j < position.trackedCount; j++) {
+    const extra = j >= position.topCount;
+    items.push({
+      j,
+      color: tokenColor(j, position.topCount),
+      tag: extra ? (j === position.nextIndex ? "next" : "tracked") : `#${j + 1}`,
+      text: position.tokenText(j),
+      extra,
+    });
+  }
+  container.selectAll("*").remove();
+  const list = container.append("div").attr("class", "legend-tokens");
+  for (const it of items) {
+    const item = list.append("span").attr("class", it.extra ? "legend-item extra" : "legend-item").attr("data-token", it.j);
+    item.append("span").attr("class", "swatch").style("background", it.color);
+    item.append("span").attr("class", "legend-tag").text(it.tag);
+    appendTokenParts(item.append("span").attr("class", "tok-text"), it.text);
+  }
+  const key = container.append("div").attr("class", "legend-blocks");
+  const a = key.append("span").attr("class", "legend-item");
+  a.append("span").attr("class", "swatch-line").style("background", lightColor(TOKEN_COLORS[0]));
+  a.append("span").text("attention block");
+  const f = key.append("span").attr("class", "legend-item");
+  f.append("span").attr("class", "swatch-line").style("background", TOKEN_COLORS[0]);
+  f.append("span").text("FFN block");
+}
+
+/** Tooltip rows for point (token j, stage s) of a Position. */
+export function pointTooltip(event, run, position, mode, j, s) {
+  const value = position.value(mode, j, s);
+  const prev = s > 0 ? position.value(mode, j, s - 1) : null;
+  const prevRank = s > 0 ? position.rank(j, s - 1) : null;
+  const rank = position.rank(j, s);
+  const kind = run.stageKind(s);
+  const rows = [
+    { label: "stage", value: `${s} (${run.stageName(s)})` },
+    { label: "layer", value: kind === "embed" ? "– (embedding)" : String(run.stageLayer(s)) },
+    { label: "block", value: kind === "embed" ? "embedding" : kind === "attn" ? "attention" : "FFN" },
+    { label: MODE_LABELS[mode], value: formatNumber(value, 3) },
+    { label: "change", value: prev === null ? "–" : formatNumber(value - prev, 3, true) },
+    {
+      label: "rank",
+      value: `${formatRank(rank)} of ${formatRank(run.vocabSize)}` + (prevRank === null || prevRank === rank ? "" : ` (was ${formatRank(prevRank)})`),
+    },
+    { label: "probability", value: formatNumber(position.prob(j, s), 4) },
+    {
+      label: "final rank",
+      value: j < position.topCount ? `#${j + 1}` : j === position.nextIndex ? `${formatRank(position.rank(j, run.stageCount - 1))} (actual next token)` : `${formatRank(position.rank(j, run.stageCount - 1))} (tracked)`,
+    },
+  ];
+  showTooltip(event, { title: position.tokenText(j), rows });
+}
+
+/**
+ * Nearest-point hover and click on a plot: `overlay` is a transparent rect over the plot area of `frame` (a <g>),
+ * `points` all drawn points [{j, s, x, y}]. Calls onHover(event, point) / onLeave() / onClick(point).
+ */
+export function attachHover(frame, overlay, points, { onHover, onClick }) {
+  const delaunay = d3.Delaunay.from(points, (p) => p.x, (p) => p.y);
+  const dot = frame.selectAll("circle.hover-dot").data([0]).join("circle").attr("class", "hover-dot").attr("r", 5).attr("visibility", "hidden");
+  const nearest = (event) => {
+    const [mx, my] = d3.pointer(event, frame.node());
+    const i = delaunay.find(mx, my);
+    if (i < 0) return null;
+    const p = points[i];
+    return Math.hypot(p.x - mx, p.y - my) <= HOVER_RADIUS_PX ? p : null;
+  };
+  overlay
+    .on("pointermove", (event) => {
+      const p = nearest(event);
+      if (!p) {
+        dot.attr("visibility", "hidden");
+        hideTooltip();
+        return;
+      }
+      dot.attr("cx", p.x).attr("cy", p.y).attr("stroke", p.color).attr("visibility", "visible").raise();
+      onHover(event, p);
+    })
+    .on("pointerleave", () => {
+      dot.attr("visibility", "hidden");
+      hideTooltip();
+    })
+    .on("click", (event) => {
+      const p = nearest(event);
+      if (p) onClick(p);
+    });
+}

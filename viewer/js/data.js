@@ -1,0 +1,183 @@
+// data.js — the only module that knows the export JSON's shape (lenskit.export/1, see lenskit/schema.py) and the
+// server's /runs.json. It turns them into plain accessors: stages, prompts, positions, and per position the tracked
+// tokens' scores/ranks/bins, the per-stage statistics and the histogram (bins with their sample tokens).
+// Nothing here touches the DOM except reading the JSON embedded by the single-file report.
+
+export const SCHEMA_VERSION = "lenskit.export/1";
+export const EMBEDDED_ID = "lenskit-data";
+export const RUNS_URL = "runs.json";
+export const MODES = ["raw", "centred", "z", "logprob"];
+export const KIND_LABELS = { embed: "embedding", attn: "attention", ffn: "FFN" };
+
+/** The run list: served mode fetches runs.json; the single-file report carries one embedded run. */
+export async function loadRunList() {
+  const embedded = document.getElementById(EMBEDDED_ID);
+  if (embedded) {
+    return [{ name: embedded.dataset.run || "report", url: null, embedded: true }];
+  }
+  const res = await fetch(RUNS_URL, { cache: "no-cache" });
+  if (!res.ok) throw new Error(`cannot load ${RUNS_URL}: HTTP ${res.status}`);
+  const body = await res.json();
+  return body.runs.map((r) => ({ name: String(r.name), url: String(r.url), embedded: false }));
+}
+
+/** Load one run of the list as a Run. */
+export async function loadRun(entry) {
+  let doc;
+  if (entry.embedded) {
+    doc = JSON.parse(document.getElementById(EMBEDDED_ID).textContent);
+  } else {
+    const res = await fetch(entry.url, { cache: "no-cache" });
+    if (!res.ok) throw new Error(`cannot load run ${entry.name}: HTTP ${res.status}`);
+    doc = await res.json();
+  }
+  return new Run(doc);
+}
+
+/** One export document. */
+export class Run {
+  constructor(doc) {
+    if (!doc || doc.schema !== SCHEMA_VERSION) {
+      throw new Error(`not a ${SCHEMA_VERSION} document (schema: ${doc && doc.schema})`);
+    }
+    this._doc = doc;
+    this._positions = new Map();
+  }
+
+  get modelId() { return String(this._doc.model.id); }
+  get modelSummary() {
+    const m = this._doc.model;
+    const lens = this._doc.lens;
+    return `${m.id} · ${m.architecture} · ${m.dtype} · ${lens.norm ? "final norm applied" : "raw projection"} · vocab ${this.vocabSize.toLocaleString("en-US")}`;
+  }
+  get vocabSize() { return this._doc.vocab_size; }
+  get topK() { return this._doc.lens.top_k; }
+
+  // Stages
+  get stageCount() { return this._doc.stages.name.length; }
+  stageName(s) { return this._doc.stages.name[s]; }
+  stageKind(s) { return this._doc.stages.kind[s]; }
+  stageLayer(s) { return this._doc.stages.layer[s]; }
+  get layerCount() { return Math.max(-1, ...this._doc.stages.layer) + 1; }
+  /** "Embedding", "Layer 12 · after attention", "Layer 12 · after FFN". */
+  stageLabel(s) {
+    const kind = this.stageKind(s);
+    if (kind === "embed") return "Embedding";
+    return `Layer ${this.stageLayer(s)} · after ${KIND_LABELS[kind]}`;
+  }
+
+  // Histogram layout
+  get binCount() { return this._doc.histogram.bins; }
+  get zMin() { return this._doc.histogram.z_min; }
+  get zMax() { return this._doc.histogram.z_max; }
+  get samplesPerBin() { return this._doc.histogram.samples; }
+  binEdges(b) {
+    const w = (this.zMax - this.zMin) / this.binCount;
+    return [this.zMin + b * w, this.zMin + (b + 1) * w];
+  }
+
+  // Strings
+  tokenText(index) { return this._doc.tokens[index]; }
+  tokenId(index) { return this._doc.token_ids[index]; }
+
+  // Prompts and positions
+  get promptCount() { return this._doc.prompts.length; }
+  promptText(p) { return this._doc.prompts[p].text; }
+  promptTokenTexts(p) { return this._doc.prompts[p].tokens.map((i) => this._doc.tokens[i]); }
+  promptTokenIds(p) { return this._doc.prompts[p].tokens.map((i) => this._doc.token_ids[i]); }
+  /** Token positions (numbers in the prompt) that were exported, in order. */
+  exportedPositions(p) { return this._doc.prompts[p].positions.map((x) => x.pos); }
+  /** The Position for token position `pos` of prompt `p`, or null when it was not exported. */
+  position(p, pos) {
+    const key = `${p}:${pos}`;
+    let hit = this._positions.get(key);
+    if (hit === undefined) {
+      const raw = this._doc.prompts[p].positions.find((x) => x.pos === pos);
+      hit = raw ? new Position(this, raw) : null;
+      this._positions.set(key, hit);
+    }
+    return hit;
+  }
+}
+
+/** One token position: tracked tokens `j` (the first `topCount` are the final top-k, top-1 first) × stages `s`. */
+export class Position {
+  constructor(run, raw) {
+    this._run = run;
+    this._raw = raw;
+    this._hist = new Map();
+  }
+
+  get pos() { return this._raw.pos; }
+  get trackedCount() { return this._raw.tracked.length; }
+  get topCount() { return Math.min(this._run.topK, this._raw.tracked.length); }
+  /** Index into the tracked tokens of the actual next token, or null (last position). */
+  get nextIndex() { return this._raw.next; }
+  tokenText(j) { return this._run.tokenText(this._raw.tracked[j]); }
+  tokenId(j) { return this._run.tokenId(this._raw.tracked[j]); }
+  score(j, s) { return this._raw.score[j][s]; }
+  rank(j, s) { return this._raw.rank[j][s]; }
+  bin(j, s) { return this._raw.bin[j][s]; }
+  mean(s) { return this._raw.mean[s]; }
+  std(s) { return this._raw.std[s]; }
+  lse(s) { return this._raw.lse[s]; }
+  entropy(s) { return this._raw.entropy[s]; }
+  kl(s) { return this._raw.kl[s]; }
+
+  /** The score of tracked token j at stage s in a display mode: raw, centred (−mean), z ((−mean)/std), logprob (−lse). */
+  value(mode, j, s) {
+    const x = this._raw.score[j][s];
+    switch (mode) {
+      case "centred": return x - this._raw.mean[s];
+      case "z": return this._raw.std[s] > 0 ? (x - this._raw.mean[s]) / this._raw.std[s] : 0;
+      case "logprob": return x - this._raw.lse[s];
+      default: return x;
+    }
+  }
+
+  /** Probability of tracked token j at stage s (softmax over the whole vocabulary). */
+  prob(j, s) { return Math.exp(this._raw.score[j][s] - this._raw.lse[s]); }
+
+  /** Largest bin count over all stages (a stable y range while the stage changes). */
+  get maxBinCount() {
+    if (this._maxCount === undefined) {
+      let m = 1;
+      for (const row of this._raw.hist.counts) for (const c of row) if (c > m) m = c;
+      this._maxCount = m;
+    }
+    return this._maxCount;
+  }
+
+  /** Histogram at stage s: non-empty bins [{bin, count, z0, z1, samples: [text], sampleIds: [id]}]. */
+  histogram(s) {
+    let hit = this._hist.get(s);
+    if (hit) return hit;
+    const h = this._raw.hist;
+    const lo = h.lo[s];
+    const counts = h.counts[s];
+    const flat = h.samples[s];
+    const per = this._run.samplesPerBin;
+    const bins = [];
+    let offset = 0;
+    for (let i = 0; i < counts.length; i++) {
+      const count = counts[i];
+      const n = Math.min(per, count);
+      if (count > 0) {
+        const idx = flat.slice(offset, offset + n);
+        const [z0, z1] = this._run.binEdges(lo + i);
+        bins.push({
+          bin: lo + i,
+          count,
+          z0,
+          z1,
+          samples: idx.map((t) => this._run.tokenText(t)),
+          sampleIds: idx.map((t) => this._run.tokenId(t)),
+        });
+      }
+      offset += n;
+    }
+    hit = { bins };
+    this._hist.set(s, hit);
+    return hit;
+  }
+}

@@ -1,0 +1,149 @@
+// evolution.js — Figure 1 "Logit Evolution": the score of each final top-k token over all stages.
+// "panels" view (as in the post): each token its own short curve, side by side in final-rank order (top-1 left);
+// "shared" view: all curves over one stage axis. Display modes: raw score, score − mean, z-score, log-probability.
+// Segments into an attention stage are light, into an FFN stage dark; hover shows layer, block, score, change, rank.
+
+import { d3 } from "./d3.js";
+import { shortToken } from "./format.js";
+import { MODE_LABELS, attachHover, markStage, pointTooltip, renderBands, renderCurves, renderLegend, stageAxis, tokenColor } from "./curves.js";
+
+const HEIGHT = 340;
+const MARGIN = { top: 12, right: 14, bottom: 58, left: 62 };
+const PANEL_GAP = 6;
+const EXTRA_GAP = 18;
+const LABEL_CHAR_PX = 6.6;
+const Y_PAD = 0.05;
+
+/** Figure 1 inside `root` (its .plot and .legend children); `onStage(s)` when a point is clicked. */
+export function createEvolution(root, { onStage }) {
+  const plot = root.select(".plot");
+  const legend = root.select(".legend");
+  const svg = plot.append("svg").attr("class", "chart").attr("role", "img").attr("aria-label", "Figure 1: logit evolution");
+  const frame = svg.append("g").attr("class", "frame").attr("transform", `translate(${MARGIN.left},${MARGIN.top})`);
+  const bands = frame.append("g").attr("class", "bands");
+  const grid = frame.append("g").attr("class", "grid");
+  const panels = frame.append("g").attr("class", "panels");
+  const yAxis = frame.append("g").attr("class", "axis y-axis");
+  const xAxis = frame.append("g").attr("class", "axis x-axis");
+  const yTitle = svg.append("text").attr("class", "axis-title").attr("text-anchor", "middle");
+  const xTitle = svg.append("text").attr("class", "axis-title").attr("text-anchor", "middle");
+  const markers = frame.append("g").attr("class", "markers");
+  const curvesLayer = frame.append("g").attr("class", "curves");
+  const overlay = frame.append("rect").attr("class", "overlay");
+  let last = null;
+
+  /** Redraw for a Position; `width` is the plot width in px (read once by the caller, to avoid layout thrash). */
+  function draw(run, position, { mode, view, stage }, width) {
+    const w = width - MARGIN.left - MARGIN.right;
+    const h = HEIGHT - MARGIN.top - MARGIN.bottom;
+    svg.attr("width", width).attr("height", HEIGHT).attr("viewBox", `0 0 ${width} ${HEIGHT}`);
+    svg.attr("data-view", view).attr("data-mode", mode).attr("data-pos", position.pos);
+    const S = run.stageCount;
+    const n = position.trackedCount;
+    const top = position.topCount;
+
+    // x: one panel per token (panels) or one shared stage axis.
+    const extras = n - top;
+    const pw = view === "panels" ? (w - PANEL_GAP * (n - 1) - (extras > 0 ? EXTRA_GAP : 0)) / n : w;
+    const panelX = (j) => (view === "panels" ? j * (pw + PANEL_GAP) + (j >= top ? EXTRA_GAP : 0) : 0);
+    const sx = d3.scaleLinear().domain([0, S - 1]).range([0, pw]);
+    const x = (j, s) => panelX(j) + sx(s);
+
+    // y: shared by all tokens, over every stage.
+    let lo = Infinity;
+    let hi = -Infinity;
+    for (let j = 0; j < n; j++) {
+      for (let s = 0; s < S; s++) {
+        const v = position.value(mode, j, s);
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
+      }
+    }
+    if (!(hi > lo)) { lo -= 1; hi += 1; }
+    const pad = (hi - lo) * Y_PAD;
+    const y = d3.scaleLinear().domain([lo - pad, hi + pad]).nice().range([h, 0]);
+
+    const curves = [];
+    const points = [];
+    for (let j = 0; j < n; j++) {
+      const color = tokenColor(j, top);
+      const pts = [];
+      for (let s = 0; s < S; s++) {
+        const value = position.value(mode, j, s);
+        const p = { j, s, x: x(j, s), y: y(value), value, rank: position.rank(j, s), color };
+        pts.push(p);
+        points.push(p);
+      }
+      curves.push({ j, cls: j < top ? "top" : "extra", color, points: pts });
+    }
+
+    yAxis.call(d3.axisLeft(y).ticks(6).tickFormat(d3.format("~g")));
+    grid.selectAll("line").data(y.ticks(6)).join("line").attr("x1", 0).attr("x2", w).attr("y1", y).attr("y2", y);
+    yTitle.attr("transform", `translate(14,${MARGIN.top + h / 2}) rotate(-90)`).text(MODE_LABELS[mode]);
+
+    // Panels: background, token label under each; or the shared stage axis.
+    const panelData = view === "panels" ? d3.range(n) : [];
+    const panel = panels
+      .selectAll("g.panel")
+      .data(panelData)
+      .join((enter) => {
+        const g = enter.append("g").attr("class", "panel");
+        g.append("rect").attr("class", "panel-bg");
+        g.append("text").attr("class", "panel-rank").attr("text-anchor", "middle");
+        g.append("text").attr("class", "panel-label").attr("text-anchor", "middle");
+        return g;
+      })
+      .attr("data-token", (j) => j);
+    panel.select("rect.panel-bg").attr("x", (j) => panelX(j)).attr("y", 0).attr("width", pw).attr("height", h);
+    const maxChars = Math.max(3, Math.floor(pw / LABEL_CHAR_PX));
+    panel
+      .select("text.panel-rank")
+      .attr("x", (j) => panelX(j) + pw / 2)
+      .attr("y", h + 16)
+      .attr("fill", (j) => tokenColor(j, top))
+      .text((j) => (j < top ? `#${j + 1}` : j === position.nextIndex ? "next" : "tracked"));
+    panel
+      .select("text.panel-label")
+      .attr("x", (j) => panelX(j) + pw / 2)
+      .attr("y", h + 32)
+      .text((j) => shortToken(position.tokenText(j), maxChars));
+    if (view === "panels") {
+      bands.selectAll("*").remove();
+      xAxis.selectAll("*").remove();
+      xTitle.attr("x", MARGIN.left + w / 2).attr("y", HEIGHT - 6).text("each panel: one token's score from the embedding (left) to the last layer (right), in final-rank order");
+    } else {
+      renderBands(bands, run, (s) => sx(s), h);
+      xAxis.attr("transform", `translate(0,${h})`).call(stageAxis(run, sx));
+      xTitle.attr("x", MARGIN.left + w / 2).attr("y", HEIGHT - 8).text("stage (layer output; light band = attention block)");
+    }
+
+    renderCurves(curvesLayer, curves, (s) => run.stageKind(s), stage);
+    overlay.attr("width", w).attr("height", h);
+    attachHover(frame, overlay, points, {
+      onHover: (event, p) => pointTooltip(event, run, position, mode, p.j, p.s),
+      onClick: (p) => onStage(p.s),
+    });
+    renderLegend(legend, position);
+    last = { sx, panelX, pw, n: view === "panels" ? n : 1, h };
+    setStage(stage);
+  }
+
+  /** Move the stage marker(s) only. */
+  function setStage(stage) {
+    if (!last) return;
+    const { sx, panelX, n, h } = last;
+    markers
+      .selectAll("line.stage-marker")
+      .data(d3.range(n))
+      .join("line")
+      .attr("class", "stage-marker")
+      .attr("x1", (j) => panelX(j) + sx(stage))
+      .attr("x2", (j) => panelX(j) + sx(stage))
+      .attr("y1", 0)
+      .attr("y2", h)
+      .attr("data-stage", stage);
+    markStage(curvesLayer, stage);
+  }
+
+  return { draw, setStage };
+}

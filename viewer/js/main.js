@@ -1,0 +1,186 @@
+// main.js — boots the viewer: loads the run list (served: runs.json; single file: the embedded run), restores the
+// view state from the URL, builds the strip and the three figures, and links them: every change of run, prompt,
+// position, stage, mode or view goes through one state store, redraws what depends on it and updates the URL.
+
+import { d3 } from "./d3.js";
+import { MODES, loadRun, loadRunList } from "./data.js";
+import { VIEWS, createState, readUrlState, writeUrlState } from "./state.js";
+import { createStrip } from "./strip.js";
+import { createEvolution } from "./evolution.js";
+import { createRanks } from "./ranks.js";
+import { createHistogram } from "./histogram.js";
+import { hideTooltip } from "./tooltip.js";
+
+const DEFAULT_TOKEN = " Kra"; // the post's figures start at this token
+const RESIZE_DEBOUNCE_MS = 120;
+const MIN_PLOT_WIDTH = 480;
+
+/** Where the view opens when the URL says nothing: the post's " Kra" if present, else mid-prompt. */
+function defaultPosition(run, prompt) {
+  const exported = run.exportedPositions(prompt);
+  const texts = run.promptTokenTexts(prompt);
+  const kra = exported.find((p) => texts[p] === DEFAULT_TOKEN);
+  return kra !== undefined ? kra : exported[Math.floor(exported.length / 2)];
+}
+
+function clampInt(v, lo, hi, fallback) {
+  return Number.isInteger(v) && v >= lo && v <= hi ? v : fallback;
+}
+
+function showStatus(message, isError = false) {
+  d3.select("#status").classed("error", isError).text(message).attr("hidden", message ? null : true);
+}
+
+async function boot() {
+  const started = performance.now();
+  const root = d3.select(document.documentElement);
+  root.attr("data-state", "loading");
+  const runs = await loadRunList();
+  if (runs.length === 0) throw new Error("no runs to show");
+  const wanted = readUrlState();
+  const runEntry = runs.find((r) => r.name === wanted.run) || runs[0];
+  let run = await loadRun(runEntry);
+  let runName = runEntry.name;
+
+  const state = createState({});
+  const strip = createStrip(d3.select("#strip-section"), { onPosition: (pos) => state.set({ pos }) });
+  const onStage = (stage) => state.set({ stage });
+  const evolution = createEvolution(d3.select("#fig-evolution"), { onStage });
+  const ranks = createRanks(d3.select("#fig-ranks"), { onStage });
+  const histogram = createHistogram(d3.select("#fig-histogram"), { onStage });
+
+  /** A complete, valid state for `run`, starting from `want` (URL values or the previous state). */
+  function resolve(want) {
+    const prompt = clampInt(want.prompt, 0, run.promptCount - 1, 0);
+    const exported = run.exportedPositions(prompt);
+    if (exported.length === 0) throw new Error(`prompt ${prompt} of run ${runName} has no exported positions`);
+    const pos = exported.includes(want.pos) ? want.pos : defaultPosition(run, prompt);
+    return {
+      run: want.run,
+      prompt,
+      pos,
+      stage: clampInt(want.stage, 0, run.stageCount - 1, run.stageCount - 1),
+      mode: MODES.includes(want.mode) ? want.mode : "raw",
+      view: VIEWS.includes(want.view) ? want.view : "panels",
+    };
+  }
+
+  // Pickers and toggles.
+  const runSelect = d3.select("#run-select");
+  runSelect
+    .selectAll("option")
+    .data(runs)
+    .join("option")
+    .attr("value", (r) => r.name)
+    .text((r) => r.name);
+  d3.select("#run-picker").attr("hidden", runs.length > 1 ? null : true);
+  /** Go to the view `want` (loading another run first when it names one). */
+  async function apply(want) {
+    const entry = runs.find((r) => r.name === want.run);
+    if (entry && entry.name !== runName) {
+      showStatus(`loading ${entry.name} …`);
+      try {
+        run = await loadRun(entry);
+        runName = entry.name;
+        showStatus("");
+      } catch (err) {
+        showStatus(String(err.message || err), true);
+        runSelect.property("value", runName);
+        return;
+      }
+    }
+    state.set(resolve({ ...want, run: runName }));
+  }
+  runSelect.on("change", function () {
+    apply({ ...state.get(), run: this.value, prompt: 0 });
+  });
+  // A link edited or pasted into the address bar of an open viewer changes only the fragment: follow it.
+  window.addEventListener("hashchange", () => apply({ ...state.get(), ...readUrlState() }));
+  const promptSelect = d3.select("#prompt-select");
+  promptSelect.on("change", function () {
+    state.set({ prompt: Number(this.value), pos: defaultPosition(run, Number(this.value)) });
+  });
+  d3.selectAll("input[name=mode]").on("change", function () {
+    state.set({ mode: this.value });
+  });
+  d3.select("#shared-axis").on("change", function () {
+    state.set({ view: this.checked ? "shared" : "panels" });
+  });
+
+  function fillPrompts() {
+    promptSelect
+      .selectAll("option")
+      .data(d3.range(run.promptCount))
+      .join("option")
+      .attr("value", (p) => p)
+      .text((p) => `${p}: ${Array.from(run.promptText(p)).slice(0, 60).join("")}`);
+    d3.select("#prompt-picker").attr("hidden", run.promptCount > 1 ? null : true);
+    d3.select("#model-info").text(run.modelSummary);
+  }
+
+  function drawAll(s, changed) {
+    const t0 = performance.now();
+    const position = run.position(s.prompt, s.pos);
+    // Read the layout once, before any DOM write (all plots share the card width).
+    const width = Math.max(MIN_PLOT_WIDTH, d3.select("#fig-evolution .plot").node().clientWidth || 900);
+    if (changed.has("run")) fillPrompts();
+    runSelect.property("value", s.run);
+    promptSelect.property("value", s.prompt);
+    d3.selectAll("input[name=mode]").property("checked", function () {
+      return this.value === s.mode;
+    });
+    d3.select("#shared-axis").property("checked", s.view === "shared");
+    const full = ["run", "prompt", "pos", "resize"].some((k) => changed.has(k));
+    if (full || changed.has("mode") || changed.has("view")) {
+      evolution.draw(run, position, s, width);
+    } else if (changed.has("stage")) {
+      evolution.setStage(s.stage);
+    }
+    if (full || changed.has("mode")) {
+      ranks.draw(run, position, s, width);
+    } else if (changed.has("stage")) {
+      ranks.setStage(s.stage);
+    }
+    if (full || changed.has("stage")) histogram.draw(run, position, s.stage, width);
+    if (full) strip.draw(run, s.prompt, position);
+    writeUrlState(s);
+    root.attr("data-draw-ms", (performance.now() - t0).toFixed(2));
+  }
+
+  state.subscribe((s, changed) => {
+    hideTooltip();
+    drawAll(s, changed);
+  });
+  state.set(resolve({ ...wanted, run: runEntry.name }));
+
+  // Keys: ←/→ position, Shift+←/→ stage (not while typing in a control).
+  document.addEventListener("keydown", (event) => {
+    const tag = event.target && event.target.tagName;
+    if (tag === "INPUT" || tag === "SELECT" || tag === "TEXTAREA" || event.altKey || event.ctrlKey || event.metaKey) return;
+    if (event.key !== "ArrowLeft" && event.key !== "ArrowRight") return;
+    const delta = event.key === "ArrowLeft" ? -1 : 1;
+    const s = state.get();
+    if (event.shiftKey) {
+      state.set({ stage: Math.min(run.stageCount - 1, Math.max(0, s.stage + delta)) });
+    } else {
+      strip.step(s.pos, delta);
+    }
+    event.preventDefault();
+  });
+
+  let resizeTimer = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => drawAll(state.get(), new Set(["resize"])), RESIZE_DEBOUNCE_MS);
+  });
+
+  // For tests and curious users: boot-to-drawn time, and time since navigation start when everything was drawn.
+  root.attr("data-ready-ms", (performance.now() - started).toFixed(1)).attr("data-ready-at", performance.now().toFixed(1));
+  root.attr("data-state", "ready");
+}
+
+boot().catch((err) => {
+  showStatus(`lenskit viewer: ${err && err.message ? err.message : err}`, true);
+  d3.select(document.documentElement).attr("data-state", "error");
+  console.error(err);
+});

@@ -1,0 +1,77 @@
+// ranks.js — Figure 2 "Rank Ordering Evolution": each tracked token's rank among the whole vocabulary (1 = top)
+// over the stages, log y axis (rank 1 at the top), the same light/dark striping and hover as Figure 1.
+
+import { d3 } from "./d3.js";
+import { attachHover, markStage, pointTooltip, renderBands, renderCurves, renderLegend, stageAxis, tokenColor } from "./curves.js";
+
+const HEIGHT = 320;
+const MARGIN = { top: 12, right: 14, bottom: 44, left: 62 };
+
+/** Figure 2 inside `root` (its .plot and .legend children); `onStage(s)` when a point is clicked. */
+export function createRanks(root, { onStage }) {
+  const plot = root.select(".plot");
+  const legend = root.select(".legend");
+  const svg = plot.append("svg").attr("class", "chart").attr("role", "img").attr("aria-label", "Figure 2: rank ordering evolution");
+  const frame = svg.append("g").attr("class", "frame").attr("transform", `translate(${MARGIN.left},${MARGIN.top})`);
+  const bands = frame.append("g").attr("class", "bands");
+  const grid = frame.append("g").attr("class", "grid");
+  const yAxis = frame.append("g").attr("class", "axis y-axis");
+  const xAxis = frame.append("g").attr("class", "axis x-axis");
+  const yTitle = svg.append("text").attr("class", "axis-title").attr("text-anchor", "middle");
+  const xTitle = svg.append("text").attr("class", "axis-title").attr("text-anchor", "middle");
+  const marker = frame.append("line").attr("class", "stage-marker");
+  const curvesLayer = frame.append("g").attr("class", "curves");
+  const overlay = frame.append("rect").attr("class", "overlay");
+  let last = null;
+
+  function draw(run, position, { mode, stage }, width) {
+    const w = width - MARGIN.left - MARGIN.right;
+    const h = HEIGHT - MARGIN.top - MARGIN.bottom;
+    svg.attr("width", width).attr("height", HEIGHT).attr("viewBox", `0 0 ${width} ${HEIGHT}`).attr("data-pos", position.pos);
+    const S = run.stageCount;
+    const n = position.trackedCount;
+    const top = position.topCount;
+    const x = d3.scaleLinear().domain([0, S - 1]).range([0, w]);
+    const y = d3.scaleLog().domain([1, Math.max(10, run.vocabSize)]).range([0, h]).clamp(true);
+
+    const curves = [];
+    const points = [];
+    for (let j = 0; j < n; j++) {
+      const color = tokenColor(j, top);
+      const pts = [];
+      for (let s = 0; s < S; s++) {
+        const rank = position.rank(j, s);
+        const p = { j, s, x: x(s), y: y(rank), value: rank, rank, color };
+        pts.push(p);
+        points.push(p);
+      }
+      curves.push({ j, cls: j < top ? "top" : "extra", color, points: pts });
+    }
+
+    const ticks = y.ticks().filter((t) => Math.log10(t) % 1 === 0);
+    yAxis.call(d3.axisLeft(y).tickValues(ticks).tickFormat(d3.format("~s")));
+    grid.selectAll("line").data(ticks).join("line").attr("x1", 0).attr("x2", w).attr("y1", y).attr("y2", y);
+    yTitle.attr("transform", `translate(14,${MARGIN.top + h / 2}) rotate(-90)`).text("rank (1 = top, log scale)");
+    renderBands(bands, run, x, h);
+    xAxis.attr("transform", `translate(0,${h})`).call(stageAxis(run, x));
+    xTitle.attr("x", MARGIN.left + w / 2).attr("y", HEIGHT - 6).text("stage (layer output; light band = attention block)");
+
+    renderCurves(curvesLayer, curves, (s) => run.stageKind(s), stage);
+    overlay.attr("width", w).attr("height", h);
+    attachHover(frame, overlay, points, {
+      onHover: (event, p) => pointTooltip(event, run, position, mode, p.j, p.s),
+      onClick: (p) => onStage(p.s),
+    });
+    renderLegend(legend, position);
+    last = { x, h };
+    setStage(stage);
+  }
+
+  function setStage(stage) {
+    if (!last) return;
+    marker.attr("x1", last.x(stage)).attr("x2", last.x(stage)).attr("y1", 0).attr("y2", last.h).attr("data-stage", stage);
+    markStage(curvesLayer, stage);
+  }
+
+  return { draw, setStage };
+}

@@ -1,0 +1,60 @@
+// state.js — the view state (run, prompt, position, stage, mode, view) shared by all figures, and its mirror in the
+// URL (#run=…&prompt=…&pos=…&stage=…&mode=…&view=…, written with history.replaceState so a link reproduces the view;
+// the fragment works from file:// too). Listeners get the set of keys that changed.
+
+export const STATE_KEYS = ["run", "prompt", "pos", "stage", "mode", "view"];
+export const NUMERIC_KEYS = new Set(["prompt", "pos", "stage"]);
+export const VIEWS = ["panels", "shared"];
+
+/** A tiny store: get(), set(patch) notifies subscribers with the changed keys. */
+export function createState(initial) {
+  let current = { ...initial };
+  const listeners = [];
+  return {
+    get: () => current,
+    set(patch) {
+      const changed = new Set();
+      for (const [k, v] of Object.entries(patch)) {
+        if (current[k] !== v) changed.add(k);
+      }
+      if (changed.size === 0) return;
+      current = { ...current, ...patch };
+      for (const fn of listeners) fn(current, changed);
+    },
+    subscribe(fn) { listeners.push(fn); },
+  };
+}
+
+/** State values found in the page's URL (fragment first, then query string); numbers parsed, unknown keys dropped. */
+export function readUrlState(location = window.location) {
+  const out = {};
+  const sources = [new URLSearchParams(location.search), new URLSearchParams(location.hash.replace(/^#/, ""))];
+  for (const params of sources) {
+    for (const key of STATE_KEYS) {
+      const raw = params.get(key);
+      if (raw === null) continue;
+      if (NUMERIC_KEYS.has(key)) {
+        const n = Number.parseInt(raw, 10);
+        if (Number.isFinite(n)) out[key] = n;
+      } else {
+        out[key] = raw;
+      }
+    }
+  }
+  return out;
+}
+
+/** Write the state into the URL fragment without adding history entries. */
+export function writeUrlState(state) {
+  const params = new URLSearchParams();
+  for (const key of STATE_KEYS) {
+    if (state[key] !== undefined && state[key] !== null) params.set(key, String(state[key]));
+  }
+  const url = new URL(window.location.href);
+  url.hash = params.toString();
+  try {
+    window.history.replaceState(null, "", url.href);
+  } catch (err) {
+    // Some embedders forbid it; the view still works, only the link does not follow.
+  }
+}
