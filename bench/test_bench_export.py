@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lenskit.export import BLOCK, ExportOptions, export_document, lens_for_trace
+from lenskit.export import ExportOptions, export_document, lens_for_trace
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_bare_float32_matmul(benchmark, real):
 def test_export_step(benchmark, real, precision):
     trace, lens, tok = real
     stages = trace.stages(0)
-    benchmark.extra_info.update(role="subject", precision=precision, block=BLOCK)
+    benchmark.extra_info.update(role="subject", precision=precision)
     opts = ExportOptions(precision=precision)
     benchmark.pedantic(
         lambda: export_document(trace.meta, lens, tok, lambda i: (lambda p0, p1: stages[:, p0:p1]), opts),

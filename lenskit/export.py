@@ -18,12 +18,13 @@ import torch
 
 from . import __version__
 from .errors import InputError, ModelError
-from .lens import BLOCK, Lens, Scorer
+from .lens import Lens, Scorer
 from .schema import HIST_BINS, HIST_SAMPLES, HIST_Z_MAX, HIST_Z_MIN, ROUND_SCORE, ROUND_STAT, SCHEMA_VERSION
 from .stats import chunk_stats
 
 EXPORT_FILE = "export.json"
-BYTES_PER_SCORE = 17  # workspace bytes per (row, vocab) entry: scores, softmax/bins (f32), bins (i64), mask
+WORK_BYTES = 13  # statistics workspace bytes per (row, vocab) entry: softmax/bins (f32), bins (i64), mask
+STATS_ROWS = 64  # rows per statistics pass: one position of a 30-layer model, cache-sized
 
 
 @dataclass
@@ -88,21 +89,28 @@ def resolve_track(tokenizer, items: list, vocab_size: int) -> list[int]:
 
 
 def auto_max_memory(device: torch.device) -> int:
-    """Default chunk working set: 1/8 of free GPU memory; on CPU 64 MiB (cache-friendly, one position at a time
-    for a 50k vocabulary)."""
+    """Default working-memory budget: 1/8 of free GPU memory; 256 MiB on CPU."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return max(64 << 20, free // 8)
-    return 64 << 20
-
-
-def chunk_positions(n_stages: int, vocab: int, budget: int) -> int:
-    """Positions per chunk so that ``positions * S * V * BYTES_PER_SCORE`` fits the budget (at least 1)."""
-    return max(1, budget // (n_stages * vocab * BYTES_PER_SCORE))
+        return max(256 << 20, free // 8)
+    return 256 << 20
 
 
 def _round(t: torch.Tensor, digits: int) -> list:
     return np.round(t.detach().cpu().double().numpy(), digits).tolist()
+
+
+def _tracked(scorer: Scorer, top_cols: torch.Tensor, group: list[int], token_ids: list[int], track_ids: list[int]):
+    """Per position: final top-k ids, then the actual next token and the user's tokens when not already there."""
+    out = []
+    for i, p in enumerate(group):
+        ids = scorer.col_ids[top_cols[i]].tolist()
+        nxt = token_ids[p + 1] if p + 1 < len(token_ids) else None
+        for tid in ([nxt] if nxt is not None else []) + track_ids:
+            if tid not in ids:
+                ids.append(tid)
+        out.append(ids)
+    return out
 
 
 @torch.inference_mode()
@@ -110,12 +118,15 @@ def export_prompt(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int]
                   top_k: int, track_ids: list[int], budget: int, log=None) -> list[dict]:
     """Statistics for the chosen positions of one prompt. ``stages_of(p0, p1)`` returns stages ``[S, p1-p0, D]``.
 
-    Returns one dict per position with vocabulary ids (not yet string-table indices).
+    Chunks hold whole matmul blocks (``scorer.block`` rows = a fixed number of positions x S stages); statistics
+    run on cache-sized groups of positions inside a chunk. Returns one dict per position, with vocabulary ids
+    (string-table indices are assigned by :func:`build_document`).
     """
     V = scorer.lens.vocab_size
-    if top_k > V:
-        raise InputError(f"--top-k {top_k} is larger than the vocabulary ({V} tokens)")
-    per_chunk = chunk_positions(n_stages, V, budget)
+    block_pos = scorer.set_block(n_stages)  # positions per matmul block
+    stats_pos = max(1, STATS_ROWS // n_stages)  # positions per statistics pass
+    per_block = block_pos * n_stages * V * 4
+    per_chunk = block_pos * max(1, (budget - stats_pos * n_stages * V * WORK_BYTES) // per_block)
     out = []
     groups = _contiguous_groups(positions, per_chunk)
     started = time.perf_counter()
@@ -124,59 +135,62 @@ def export_prompt(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int]
         h = h[:, [p - group[0] for p in group]]  # [S, c, D]
         c = len(group)
         rows = h.permute(1, 0, 2).reshape(c * n_stages, -1)  # [c*S, D] (position, stage)
-        ws = scorer.workspace(per_chunk * n_stages)
+        ws = scorer.workspace(per_chunk * n_stages, stats_pos * n_stages)
         s = scorer.scores(rows, out=ws.scores)  # [R, V]
-        top_cols = scorer.top_k(s, top_k, final_rows=torch.arange(c, device=s.device) * n_stages + n_stages - 1)  # [c, k]
-        tracked_ids = []
-        for i, p in enumerate(group):
-            ids = scorer.col_ids[top_cols[i]].tolist()
-            nxt = token_ids[p + 1] if p + 1 < len(token_ids) else None
-            extra = ([nxt] if nxt is not None else []) + track_ids
-            for tid in extra:
-                if tid not in ids:
-                    ids.append(tid)
-            tracked_ids.append(ids)
+        final_rows = torch.arange(c, device=s.device) * n_stages + n_stages - 1
+        tracked_ids = _tracked(scorer, scorer.top_k(s, top_k, final_rows), group, token_ids, track_ids)
         K = max(len(x) for x in tracked_ids)
-        padded = torch.tensor([x + [x[0]] * (K - len(x)) for x in tracked_ids], device=scorer.device)
-        st = chunk_stats(s, n_stages, scorer.inv[padded], ws, bound=scorer.bound, exact=scorer.exact)
-        del s
-        samples = _samples_by_row(st, c * n_stages, scorer.col_ids)
-        for i, p in enumerate(group):
-            r0, r1 = i * n_stages, (i + 1) * n_stages
-            k_i = len(tracked_ids[i])
-            nxt = token_ids[p + 1] if p + 1 < len(token_ids) else None
-            counts = st.counts[r0:r1].cpu()  # [S, BINS]
-            nz = counts > 0
-            lo = nz.int().argmax(-1)  # first non-empty bin
-            hi = HIST_BINS - 1 - nz.flip(-1).int().argmax(-1)
-            out.append({
-                "pos": p,
-                "tracked_ids": tracked_ids[i],
-                "next": tracked_ids[i].index(nxt) if nxt is not None else None,
-                "score": _round(st.tracked_score[r0:r1, :k_i].t(), ROUND_SCORE),
-                "rank": st.rank[r0:r1, :k_i].t().cpu().tolist(),
-                "bin": st.tracked_bin[r0:r1, :k_i].t().cpu().tolist(),
-                "mean": _round(st.mean[r0:r1], ROUND_STAT),
-                "std": _round(st.std[r0:r1], ROUND_STAT),
-                "lse": _round(st.lse[r0:r1], ROUND_STAT),
-                "entropy": _round(st.entropy[r0:r1], ROUND_STAT),
-                "kl": _round(st.kl[r0:r1], ROUND_STAT),
-                "hist_lo": lo.tolist(),
-                "hist_counts": [counts[j, lo[j]: hi[j] + 1].tolist() for j in range(n_stages)],
-                "sample_ids": samples[r0:r1],
-            })
+        padded = torch.tensor([x + [x[0]] * (K - len(x)) for x in tracked_ids], device=scorer.device)  # [c, K]
+        for g0 in range(0, c, stats_pos):
+            g1 = min(c, g0 + stats_pos)
+            r0, r1 = g0 * n_stages, g1 * n_stages
+
+            def exact(rr, cc, ss, r0=r0):
+                return scorer.exact(rr + r0, cc, s)
+
+            st = chunk_stats(s[r0:r1], n_stages, scorer.inv[padded[g0:g1]], ws, bound=scorer.bound[r0:r1], exact=exact)
+            samples = _samples_by_row(st, r1 - r0, scorer.col_ids)
+            for i in range(g1 - g0):
+                out.append(_position_record(st, i, n_stages, group[g0 + i], tracked_ids[g0 + i], token_ids, samples))
         if log and len(groups) > 1 and (gi + 1) % max(1, len(groups) // 10) == 0:
             done = sum(len(g) for g in groups[: gi + 1])
             log(f"exported {done}/{len(positions)} positions ({time.perf_counter() - started:.1f}s)")
     return out
 
 
-def _samples_by_row(st, n_rows: int, col_ids: torch.Tensor) -> list[list[int]]:
+def _position_record(st, i: int, n_stages: int, p: int, ids: list[int], token_ids: list[int], samples) -> dict:
+    """One position's results (vocabulary ids, rounded numbers) from a statistics group."""
+    r0, r1 = i * n_stages, (i + 1) * n_stages
+    k = len(ids)
+    nxt = token_ids[p + 1] if p + 1 < len(token_ids) else None
+    counts = st.counts[r0:r1].cpu()  # [S, BINS]
+    nz = counts > 0
+    lo = nz.int().argmax(-1)  # first non-empty bin
+    hi = HIST_BINS - 1 - nz.flip(-1).int().argmax(-1)
+    return {
+        "pos": p,
+        "tracked_ids": ids,
+        "next": ids.index(nxt) if nxt is not None else None,
+        "score": _round(st.tracked_score[r0:r1, :k].t(), ROUND_SCORE),
+        "rank": st.rank[r0:r1, :k].t().cpu().tolist(),
+        "bin": st.tracked_bin[r0:r1, :k].t().cpu().tolist(),
+        "mean": _round(st.mean[r0:r1], ROUND_STAT),
+        "std": _round(st.std[r0:r1], ROUND_STAT),
+        "lse": _round(st.lse[r0:r1], ROUND_STAT),
+        "entropy": _round(st.entropy[r0:r1], ROUND_STAT),
+        "kl": _round(st.kl[r0:r1], ROUND_STAT),
+        "hist_lo": lo.tolist(),
+        "hist_counts": [counts[j, lo[j]: hi[j] + 1].tolist() for j in range(n_stages)],
+        "sample_ids": samples[r0:r1],
+    }
+
+
+def _samples_by_row(st, n_rows: int, col_ids: torch.Tensor) -> list[np.ndarray]:
     """Sample vocabulary ids per row, bin after bin (already sorted by row, bin, column)."""
     rows = st.sample_rows.cpu().numpy()
     ids = col_ids[st.sample_cols].cpu().numpy()
     bounds = np.searchsorted(rows, np.arange(n_rows + 1))
-    return [ids[bounds[r]: bounds[r + 1]].tolist() for r in range(n_rows)]
+    return [ids[bounds[r]: bounds[r + 1]] for r in range(n_rows)]
 
 
 def _contiguous_groups(positions: list[int], size: int) -> list[list[int]]:
@@ -193,25 +207,30 @@ def _contiguous_groups(positions: list[int], size: int) -> list[list[int]]:
 
 def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokenizer, options: ExportOptions,
                    vocab_size: int) -> dict:
-    """Assemble the export document (see :mod:`lenskit.schema`): string table + columnar per-position arrays."""
+    """Assemble the export document (see :mod:`lenskit.schema`): string table (sorted by token id) + columnar
+    per-position arrays referring to it."""
     from .tokens import token_texts
 
-    table: dict[int, int] = {}
+    referenced = [np.asarray(meta["prompts"][pi]["token_ids"], dtype=np.int64) for pi, _ in prompts_out]
+    for _, positions in prompts_out:
+        for row in positions:
+            referenced.append(np.asarray(row["tracked_ids"], dtype=np.int64))
+            referenced.extend(row["sample_ids"])
+    table = np.unique(np.concatenate(referenced)) if referenced else np.zeros(0, dtype=np.int64)
+    lut = np.full(vocab_size, -1, dtype=np.int64)
+    lut[table] = np.arange(len(table))
 
-    def ref(tid: int) -> int:
-        idx = table.get(tid)
-        if idx is None:
-            idx = table[tid] = len(table)
-        return idx
+    def refs(ids) -> list:
+        return lut[np.asarray(ids, dtype=np.int64)].tolist()
 
     prompts = []
     for pi, positions in prompts_out:
         p_meta = meta["prompts"][pi]
-        entry = {"index": pi, "text": p_meta["text"], "tokens": [ref(t) for t in p_meta["token_ids"]], "positions": []}
+        entry = {"index": pi, "text": p_meta["text"], "tokens": refs(p_meta["token_ids"]), "positions": []}
         for row in positions:
             entry["positions"].append({
                 "pos": row["pos"],
-                "tracked": [ref(t) for t in row["tracked_ids"]],
+                "tracked": refs(row["tracked_ids"]),
                 "next": row["next"],
                 "score": row["score"],
                 "rank": row["rank"],
@@ -221,14 +240,10 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
                 "lse": row["lse"],
                 "entropy": row["entropy"],
                 "kl": row["kl"],
-                "hist": {
-                    "lo": row["hist_lo"],
-                    "counts": row["hist_counts"],
-                    "samples": [[ref(t) for t in ids] for ids in row["sample_ids"]],
-                },
+                "hist": {"lo": row["hist_lo"], "counts": row["hist_counts"], "samples": [refs(x) for x in row["sample_ids"]]},
             })
         prompts.append(entry)
-    ids = list(table)
+    ids = table.tolist()
     model = {k: v for k, v in meta["model"].items() if k != "source"}
     return {
         "schema": SCHEMA_VERSION,

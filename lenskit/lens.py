@@ -224,7 +224,7 @@ def load_lens(source: dict, adapter: Adapter, dtype: torch.dtype = torch.float32
     return lens_from_model(skeleton, adapter)
 
 
-BLOCK = 64  # rows per matmul call: a fixed shape makes each row's float32 result independent of the chunking
+BLOCK_ROWS = 256  # target rows per matmul call (whole positions): large enough for full GEMM speed
 MIN_COLS = 16  # narrower column gathers take another BLAS path (different rounding); pad up to this
 PERM_SEED = 0x1E45  # fixed vocabulary order used to pick histogram samples
 BF16_U = 2.0**-8  # unit roundoff of bfloat16
@@ -257,17 +257,28 @@ class Scorer:
             self.w_t16 = self.w_t.to(torch.bfloat16)  # [D, V]
             self.w_norm_max = w.norm(dim=1).max().item()
         self.ws = None
+        self.block = BLOCK_ROWS
         self.x = None  # [N', D] normed rows of the last scored chunk
         self.bound = None  # [N] error bound per row (zeros in float32 mode)
 
-    def workspace(self, rows: int):
-        """Buffers for ``rows`` rows (rounded up to whole matmul blocks), allocated once and reused by every chunk."""
+    def set_block(self, n_stages: int) -> int:
+        """Fix the matmul block to a whole number of positions (~BLOCK_ROWS rows); returns positions per block.
+
+        Every matmul call has this same shape, so each row's float32 scores are independent of how positions are
+        chunked (the memory budget, ``--positions``); it depends only on the model's stage count.
+        """
+        per = max(1, round(BLOCK_ROWS / n_stages))
+        self.block = per * n_stages
+        return per
+
+    def workspace(self, rows: int, stats_rows: int):
+        """Buffers for ``rows`` score rows (whole blocks) and ``stats_rows`` statistics rows, reused by every chunk."""
         from .stats import Workspace
 
-        rows = -(-rows // BLOCK) * BLOCK
-        if self.ws is None or not self.ws.fits(rows, self.lens.vocab_size):
+        rows = -(-rows // self.block) * self.block
+        if self.ws is None or not self.ws.fits(rows, stats_rows, self.lens.vocab_size):
             self.ws = None
-            self.ws = Workspace(rows, self.lens.vocab_size, self.device)
+            self.ws = Workspace(rows, stats_rows, self.lens.vocab_size, self.device)
         return self.ws
 
     def _finish(self, out: torch.Tensor, cols=None) -> torch.Tensor:
@@ -280,17 +291,18 @@ class Scorer:
         """``[N, D]`` stream -> ``[N, V]`` float32 scores in permuted column order (into ``out`` if given)."""
         x = self.lens.normed(h.to(self.device, torch.float32), self.norm)  # [N, D]
         n = x.shape[0]
-        padded = -(-n // BLOCK) * BLOCK
+        B = self.block
+        padded = -(-n // B) * B
         if padded != n:
             x = torch.cat([x, x.new_zeros(padded - n, x.shape[1])])  # [N', D]
         self.x = x
         if out is None:
             out = torch.empty(padded, self.w_t.shape[1], device=self.device)
-        for i in range(0, padded, BLOCK):  # same GEMM shape every call
+        for i in range(0, padded, B):  # same GEMM shape every call
             if self.fast:
-                out[i: i + BLOCK].copy_(torch.matmul(x[i: i + BLOCK].to(torch.bfloat16), self.w_t16))  # [BLOCK, V]
+                out[i: i + B].copy_(torch.matmul(x[i: i + B].to(torch.bfloat16), self.w_t16))  # [B, V]
             else:
-                torch.matmul(x[i: i + BLOCK], self.w_t, out=out[i: i + BLOCK])  # [BLOCK, V]
+                torch.matmul(x[i: i + B], self.w_t, out=out[i: i + B])  # [B, V]
         out = out[:n]
         if self.fast:
             self.bound = self._bound(x[:n], out)
@@ -324,16 +336,17 @@ class Scorer:
         if not self.fast:
             return s[rows, cols]
         out = torch.empty(rows.shape[0], device=self.device)
-        blocks = rows // BLOCK
+        B = self.block
+        blocks = rows // B
         for b in torch.unique(blocks).tolist():
             sel = torch.nonzero(blocks == b).flatten()
             ucols = torch.unique(cols[sel])
             if ucols.numel() < MIN_COLS:  # keep the GEMM on the same kernel as the full-width one
                 extra = torch.arange(MIN_COLS * 2, device=self.device)
                 ucols = torch.unique(torch.cat([ucols, extra]))
-            part = torch.matmul(self.x[b * BLOCK: (b + 1) * BLOCK], self.w_t[:, ucols])  # [BLOCK, n]
+            part = torch.matmul(self.x[b * B: (b + 1) * B], self.w_t[:, ucols])  # [B, n]
             part = self._finish(part, ucols)
-            out[sel] = part[rows[sel] - b * BLOCK, torch.searchsorted(ucols, cols[sel])]
+            out[sel] = part[rows[sel] - b * B, torch.searchsorted(ucols, cols[sel])]
         return out
 
     @torch.inference_mode()

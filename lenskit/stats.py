@@ -66,14 +66,14 @@ class Workspace:
     """Reusable ``[R, V]`` buffers for one chunk size: big temporaries are written in place, not re-allocated
     (fresh multi-MB allocations page-fault on every op and cost more than the arithmetic)."""
 
-    def __init__(self, rows: int, vocab: int, device):
-        self.scores = torch.empty(rows, vocab, device=device)  # [R, V] float32
-        self.tmp = torch.empty(rows, vocab, device=device)  # [R, V] softmax, then fine-bin floats
-        self.bins = torch.empty(rows, vocab, dtype=torch.int64, device=device)  # [R, V] global sub-bin index
-        self.mask = torch.empty(rows, vocab, dtype=torch.bool, device=device)  # [R, V]
+    def __init__(self, rows: int, stats_rows: int, vocab: int, device):
+        self.scores = torch.empty(rows, vocab, device=device)  # [R, V] float32 scores of a chunk
+        self.tmp = torch.empty(stats_rows, vocab, device=device)  # [r, V] softmax, then fine-bin floats
+        self.bins = torch.empty(stats_rows, vocab, dtype=torch.int64, device=device)  # [r, V] global sub-bin index
+        self.mask = torch.empty(stats_rows, vocab, dtype=torch.bool, device=device)  # [r, V]
 
-    def fits(self, rows: int, vocab: int) -> bool:
-        return self.scores.shape[0] >= rows and self.scores.shape[1] == vocab
+    def fits(self, rows: int, stats_rows: int, vocab: int) -> bool:
+        return self.scores.shape[0] >= rows and self.tmp.shape[0] >= stats_rows and self.scores.shape[1] == vocab
 
 
 def fine_bins(s: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, out_f: torch.Tensor, out_u: torch.Tensor):
