@@ -96,8 +96,12 @@ def auto_max_memory(device: torch.device) -> int:
     return 256 << 20
 
 
-def _round(t: torch.Tensor, digits: int) -> list:
-    return np.round(t.detach().cpu().double().numpy(), digits).tolist()
+def _round(t: torch.Tensor, digits: int) -> np.ndarray:
+    return np.ascontiguousarray(np.round(t.detach().cpu().double().numpy(), digits))
+
+
+def _ints(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.int32)
 
 
 def _tracked(scorer: Scorer, top_cols: torch.Tensor, group: list[int], token_ids: list[int], track_ids: list[int]):
@@ -159,28 +163,31 @@ def export_prompt(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int]
 
 
 def _position_record(st, i: int, n_stages: int, p: int, ids: list[int], token_ids: list[int], samples) -> dict:
-    """One position's results (vocabulary ids, rounded numbers) from a statistics group."""
+    """One position's results (vocabulary ids, rounded numbers) from a statistics group.
+
+    Arrays stay numpy (serialised by orjson directly): Python lists of Python numbers would cost ~10x the memory
+    for long prompts."""
     r0, r1 = i * n_stages, (i + 1) * n_stages
     k = len(ids)
     nxt = token_ids[p + 1] if p + 1 < len(token_ids) else None
-    counts = st.counts[r0:r1].cpu()  # [S, BINS]
+    counts = _ints(st.counts[r0:r1])  # [S, BINS]
     nz = counts > 0
-    lo = nz.int().argmax(-1)  # first non-empty bin
-    hi = HIST_BINS - 1 - nz.flip(-1).int().argmax(-1)
+    lo = nz.argmax(-1)  # first non-empty bin
+    hi = HIST_BINS - 1 - nz[:, ::-1].argmax(-1)
     return {
         "pos": p,
         "tracked_ids": ids,
         "next": ids.index(nxt) if nxt is not None else None,
         "score": _round(st.tracked_score[r0:r1, :k].t(), ROUND_SCORE),
-        "rank": st.rank[r0:r1, :k].t().cpu().tolist(),
-        "bin": st.tracked_bin[r0:r1, :k].t().cpu().tolist(),
+        "rank": _ints(st.rank[r0:r1, :k].t()),
+        "bin": _ints(st.tracked_bin[r0:r1, :k].t()),
         "mean": _round(st.mean[r0:r1], ROUND_STAT),
         "std": _round(st.std[r0:r1], ROUND_STAT),
         "lse": _round(st.lse[r0:r1], ROUND_STAT),
         "entropy": _round(st.entropy[r0:r1], ROUND_STAT),
         "kl": _round(st.kl[r0:r1], ROUND_STAT),
-        "hist_lo": lo.tolist(),
-        "hist_counts": [counts[j, lo[j]: hi[j] + 1].tolist() for j in range(n_stages)],
+        "hist_lo": lo.astype(np.int32),
+        "hist_counts": [counts[j, lo[j]: hi[j] + 1] for j in range(n_stages)],
         "sample_ids": samples[r0:r1],
     }
 
@@ -190,7 +197,7 @@ def _samples_by_row(st, n_rows: int, col_ids: torch.Tensor) -> list[np.ndarray]:
     rows = st.sample_rows.cpu().numpy()
     ids = col_ids[st.sample_cols].cpu().numpy()
     bounds = np.searchsorted(rows, np.arange(n_rows + 1))
-    return [ids[bounds[r]: bounds[r + 1]] for r in range(n_rows)]
+    return [ids[bounds[r]: bounds[r + 1]].astype(np.int32) for r in range(n_rows)]
 
 
 def _contiguous_groups(positions: list[int], size: int) -> list[list[int]]:
@@ -217,20 +224,20 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
             referenced.append(np.asarray(row["tracked_ids"], dtype=np.int64))
             referenced.extend(row["sample_ids"])
     table = np.unique(np.concatenate(referenced)) if referenced else np.zeros(0, dtype=np.int64)
-    lut = np.full(vocab_size, -1, dtype=np.int64)
-    lut[table] = np.arange(len(table))
+    lut = np.full(vocab_size, -1, dtype=np.int32)
+    lut[table] = np.arange(len(table), dtype=np.int32)
 
-    def refs(ids) -> list:
-        return lut[np.asarray(ids, dtype=np.int64)].tolist()
+    def refs(ids) -> np.ndarray:
+        return lut[np.asarray(ids, dtype=np.int64)]
 
     prompts = []
     for pi, positions in prompts_out:
         p_meta = meta["prompts"][pi]
-        entry = {"index": pi, "text": p_meta["text"], "tokens": refs(p_meta["token_ids"]), "positions": []}
+        entry = {"index": pi, "text": p_meta["text"], "tokens": refs(p_meta["token_ids"]).tolist(), "positions": []}
         for row in positions:
             entry["positions"].append({
                 "pos": row["pos"],
-                "tracked": refs(row["tracked_ids"]),
+                "tracked": refs(row["tracked_ids"]).tolist(),
                 "next": row["next"],
                 "score": row["score"],
                 "rank": row["rank"],
@@ -294,8 +301,13 @@ def export_document(meta: dict, lens: Lens, tokenizer, stages_for_prompt, option
 
 
 def dumps(doc: dict) -> bytes:
-    """Compact JSON bytes (orjson)."""
-    return orjson.dumps(doc)
+    """Compact JSON bytes (orjson; the document's numeric arrays are numpy)."""
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def plain(doc: dict) -> dict:
+    """The document with plain Python lists instead of numpy arrays (what a JSON reader would see)."""
+    return orjson.loads(dumps(doc))
 
 
 def write_document(doc: dict, output: str | Path) -> None:

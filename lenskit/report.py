@@ -19,7 +19,6 @@ import html
 import re
 from pathlib import Path
 
-import orjson
 
 from . import __version__
 from .errors import LenskitError
@@ -38,7 +37,9 @@ _NAME_RE = re.compile(r"^[A-Za-z_$][\w$]*$")
 
 def json_for_script(doc: dict) -> str:
     """``doc`` as JSON that is safe inside a ``<script>`` element (and still the same JSON to JSON.parse)."""
-    text = orjson.dumps(doc).decode("utf-8")
+    from .export import dumps
+
+    text = dumps(doc).decode("utf-8")
     return re.sub("[<>&\u2028\u2029]", lambda m: JSON_ESCAPES[m.group(0)], text)
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from lenskit.export import ExportOptions, export_document
+from lenskit.export import ExportOptions, export_document, plain
 from lenskit.lens import Lens
 from lenskit.schema import HIST_BINS, HIST_SAMPLES, HIST_Z_MAX, HIST_Z_MIN
 
@@ -47,7 +47,7 @@ class Tok:
 def run(lens, stages, token_ids, **opts):
     meta = make_meta(token_ids)
     doc = export_document(meta, lens, Tok(), lambda i: (lambda p0, p1: stages[:, p0:p1]), ExportOptions(**opts))
-    return doc
+    return plain(doc)
 
 
 def brute(lens, stages):

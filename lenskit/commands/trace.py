@@ -16,7 +16,6 @@ from typing import List, Optional
 import typer
 
 from ..errors import InputError, OutputError
-from ..store import default_mode
 
 EXAMPLE = "example.txt"
 
@@ -56,6 +55,8 @@ def prepare_output(out: Path, force: bool) -> Path:
         raise InputError(f"output folder {out} already exists; use --force to replace it")
     if out.exists() and not out.is_dir():
         raise OutputError(f"output path {out} exists and is not a folder")
+    from ..store import default_mode
+
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
