@@ -38,6 +38,7 @@ class ExportOptions:
     norm: bool = True
     precision: str = "float32"  # "float32" | "fast"
     max_memory: int | None = None  # bytes for one chunk's working set
+    samples: int = HIST_SAMPLES  # sample tokens per histogram bin
     device: str = "auto"
 
 
@@ -119,7 +120,7 @@ def _tracked(scorer: Scorer, top_cols: torch.Tensor, group: list[int], token_ids
 
 @torch.inference_mode()
 def export_prompt(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int], positions: list[int],
-                  top_k: int, track_ids: list[int], budget: int, log=None) -> list[dict]:
+                  top_k: int, track_ids: list[int], budget: int, log=None, samples: int = HIST_SAMPLES) -> list[dict]:
     """Statistics for the chosen positions of one prompt. ``stages_of(p0, p1)`` returns stages ``[S, p1-p0, D]``.
 
     Chunks hold whole matmul blocks (``scorer.block`` rows = a fixed number of positions x S stages); statistics
@@ -152,10 +153,11 @@ def export_prompt(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int]
             def exact(rr, cc, ss, r0=r0):
                 return scorer.exact(rr + r0, cc, s)
 
-            st = chunk_stats(s[r0:r1], n_stages, scorer.inv[padded[g0:g1]], ws, bound=scorer.bound[r0:r1], exact=exact)
-            samples = _samples_by_row(st, r1 - r0, scorer.col_ids)
+            st = chunk_stats(s[r0:r1], n_stages, scorer.inv[padded[g0:g1]], ws, bound=scorer.bound[r0:r1], exact=exact,
+                             samples=samples)
+            row_samples = _samples_by_row(st, r1 - r0, scorer.col_ids)
             for i in range(g1 - g0):
-                out.append(_position_record(st, i, n_stages, group[g0 + i], tracked_ids[g0 + i], token_ids, samples))
+                out.append(_position_record(st, i, n_stages, group[g0 + i], tracked_ids[g0 + i], token_ids, row_samples))
         if log and len(groups) > 1 and (gi + 1) % max(1, len(groups) // 10) == 0:
             done = sum(len(g) for g in groups[: gi + 1])
             log(f"exported {done}/{len(positions)} positions ({time.perf_counter() - started:.1f}s)")
@@ -259,7 +261,7 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
         "lens": {"norm": options.norm, "precision": options.precision, "top_k": options.top_k},
         "vocab_size": vocab_size,
         "stages": {k: [s[k] for s in meta["stages"]] for k in ("name", "kind", "layer")},
-        "histogram": {"bins": HIST_BINS, "z_min": HIST_Z_MIN, "z_max": HIST_Z_MAX, "samples": HIST_SAMPLES},
+        "histogram": {"bins": HIST_BINS, "z_min": HIST_Z_MIN, "z_max": HIST_Z_MAX, "samples": options.samples},
         "tokens": token_texts(tokenizer, ids) if ids else [],
         "token_ids": ids,
         "prompts": prompts,
@@ -274,6 +276,8 @@ def export_document(meta: dict, lens: Lens, tokenizer, stages_for_prompt, option
     from .models import resolve_device
 
     device = resolve_device(options.device)
+    if not 0 <= options.samples <= 100:
+        raise InputError(f"--samples {options.samples} must be between 0 and 100")
     if options.precision not in ("float32", "fast"):
         raise InputError(f"unknown precision '{options.precision}'; use float32 or fast")
     n_prompts = len(meta["prompts"])
@@ -292,7 +296,8 @@ def export_document(meta: dict, lens: Lens, tokenizer, stages_for_prompt, option
     started = time.perf_counter()
     for i, positions in plans:
         ids = meta["prompts"][i]["token_ids"]
-        rows = export_prompt(scorer, stages_for_prompt(i), n_stages, ids, positions, options.top_k, track_ids, budget, log)
+        rows = export_prompt(scorer, stages_for_prompt(i), n_stages, ids, positions, options.top_k, track_ids, budget, log,
+                             samples=options.samples)
         results.append((i, rows))
     if log:
         log(f"lens statistics for {sum(len(p) for _, p in plans)} positions x {n_stages} stages x {V} tokens "

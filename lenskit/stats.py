@@ -105,7 +105,7 @@ def _first_per_group(keys: torch.Tensor, limit: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def chunk_stats(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor, ws: Workspace,
-                bound: torch.Tensor | None = None, exact=None) -> ChunkStats:
+                bound: torch.Tensor | None = None, exact=None, samples: int = HIST_SAMPLES) -> ChunkStats:
     """All statistics of one chunk.
 
     Args:
@@ -116,6 +116,7 @@ def chunk_stats(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor, ws: 
         ws: buffers with at least R rows.
         bound: ``[R]`` bound on |s - float32 score| per row (fast mode), or None when ``s`` is exact.
         exact: ``exact(rows, cols, s)`` -> float32-mode scores at those entries (None: read ``s``).
+        samples: sample tokens kept per histogram bin (0 for none).
     """
     R, V = s.shape
     c = R // n_stages
@@ -160,12 +161,12 @@ def chunk_stats(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor, ws: 
     pb = (ug[:, :P] - row_off) // FINE  # [R, P]
     keys = (torch.arange(R, device=dev)[:, None] * HIST_BINS + pb).view(-1)
     order = torch.sort(keys, stable=True).indices
-    keep = _first_per_group(keys[order], HIST_SAMPLES)
+    keep = _first_per_group(keys[order], samples)
     pre_idx = order[keep]
     pre_rows, pre_cols = pre_idx // P, pre_idx % P
     pre_bins = pb.view(-1)[pre_idx]
     found = torch.bincount(pre_rows * HIST_BINS + pre_bins, minlength=R * HIST_BINS).view(R, HIST_BINS)
-    unfilled = found < counts.clamp(max=HIST_SAMPLES)  # [R, BINS] bins needing a full scan
+    unfilled = found < counts.clamp(max=samples)  # [R, BINS] bins needing a full scan
     # one gathered pass marks the few columns needing exact treatment: rank windows and unfilled bins
     edges = torch.zeros(R, N_FINE + 1, dtype=torch.int32, device=dev)  # difference array of window coverage
     ones = torch.ones_like(tu, dtype=torch.int32)
@@ -187,7 +188,7 @@ def chunk_stats(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor, ws: 
     rows2, cols2, sb2 = rows[scan], cols[scan], sb[scan]
     keys2 = rows2 * HIST_BINS + sb2
     order2 = torch.sort(keys2, stable=True).indices  # stable: column order kept within a bin
-    keep2 = order2[_first_per_group(keys2[order2], HIST_SAMPLES)]
+    keep2 = order2[_first_per_group(keys2[order2], samples)]
     # merge: prefix samples of filled bins + scanned samples of unfilled bins
     pf_keep = ~unfilled[pre_rows, pre_bins]
     all_rows = torch.cat([pre_rows[pf_keep], rows2[keep2]])

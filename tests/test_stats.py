@@ -178,3 +178,13 @@ def test_fast_mode_equals_float32_mode(data, ties):
             assert_close(torch.tensor(a[key]), torch.tensor(b[key]), atol=0.05, rtol=0.02)
         for s in range(S):
             assert sum(b["hist"]["counts"][s]) == V
+
+
+@pytest.mark.parametrize("n", [0, 1, 5])
+def test_samples_per_bin_option(data, n):
+    stages, token_ids = data
+    doc = run(make_lens(), stages, token_ids, samples=n, positions="2")
+    assert doc["histogram"]["samples"] == n
+    pos = doc["prompts"][0]["positions"][0]
+    for s in range(S):
+        assert len(pos["hist"]["samples"][s]) == sum(min(n, c) for c in pos["hist"]["counts"][s])

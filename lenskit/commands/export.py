@@ -32,6 +32,7 @@ def export(
     prompt: Optional[int] = typer.Option(None, "--prompt", help="Export only this prompt (0-based). Default: all."),
     top_k: int = typer.Option(10, "--top-k", "-k", help="Final top-k tokens followed per position."),
     track: Optional[List[str]] = typer.Option(None, "--track", help="Extra token to follow: its text (one token, e.g. ' Paris') or id. Repeatable."),
+    samples: int = typer.Option(3, "--samples", help="Sample tokens stored per histogram bin (0 for none; fewer = smaller JSON)."),
     norm: bool = typer.Option(True, "--norm/--no-norm", help="Apply the model's final norm (the logit lens) or project the raw stream."),
     precision: str = typer.Option("float32", "--precision", help="float32 | fast (bfloat16 matmul, exact float32 re-check of ranks and top-k)."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Working-memory budget per chunk, e.g. 256M. Default: 64M on CPU, 1/8 of free GPU memory."),
@@ -50,7 +51,7 @@ def export(
     log = progress_logger(quiet or output == "-")
     opts = ExportOptions(
         top_k=top_k, track=list(track or []), positions=positions, prompt=prompt, norm=norm, precision=precision,
-        max_memory=parse_size(max_memory), device=device,
+        max_memory=parse_size(max_memory), device=device, samples=samples,
     )
     doc = export_run_dir(run, opts, output=output, log=log)
     if html is not None:
