@@ -41,7 +41,7 @@ def test_bare_float32_matmul(benchmark, real):
     benchmark.pedantic(matmul, rounds=3, warmup_rounds=1)
 
 
-@pytest.mark.parametrize("precision", ["float32"])
+@pytest.mark.parametrize("precision", ["float32", "fast"])
 @pytest.mark.benchmark(group="export")
 def test_export_step(benchmark, real, precision):
     trace, lens, tok = real

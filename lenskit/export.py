@@ -216,7 +216,7 @@ def _contiguous_groups(positions: list[int], size: int) -> list[list[int]]:
 
 def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokenizer, options: ExportOptions,
                    vocab_size: int) -> dict:
-    """Assemble the export document (see :mod:`lenskit.schema`): string table (sorted by token id) + columnar
+    """Assemble the export document (see :mod:`lenskit.schema`): string table (most referenced first) + columnar
     per-position arrays referring to it."""
     from .tokens import token_texts
 
@@ -225,7 +225,9 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
         for row in positions:
             referenced.append(np.asarray(row["tracked_ids"], dtype=np.int64))
             referenced.extend(row["sample_ids"])
-    table = np.unique(np.concatenate(referenced)) if referenced else np.zeros(0, dtype=np.int64)
+    # string table ordered by how often a token is referenced (ties: by id), so common references are short numbers
+    ids_all, freq = np.unique(np.concatenate(referenced), return_counts=True) if referenced else (np.zeros(0, np.int64),) * 2
+    table = ids_all[np.lexsort((ids_all, -freq))]
     lut = np.full(vocab_size, -1, dtype=np.int32)
     lut[table] = np.arange(len(table), dtype=np.int32)
 

@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 lenskit trace -o runs/demo --force
-exec lenskit serve runs/demo "$@"
+exec lenskit serve runs/demo --open "$@"
