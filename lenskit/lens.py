@@ -11,6 +11,7 @@ independent of how rows are chunked), vocabulary columns in a fixed pseudo-rando
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -67,8 +68,8 @@ class Lens:
         return self.finish(torch.nn.functional.linear(x, self.weight, self.bias))  # [N, V]
 
     def to(self, device=None, dtype=None) -> "Lens":
-        """A copy on ``device`` with floating-point parameters in ``dtype``."""
-        mods = [m.to(device=device, dtype=dtype) if m is not None else None for m in (self.norm, self.pre)]
+        """A copy on ``device`` with floating-point parameters in ``dtype`` (the model's own modules stay untouched)."""
+        mods = [copy.deepcopy(m).to(device=device, dtype=dtype) if m is not None else None for m in (self.norm, self.pre)]
         w = self.weight.to(device=device, dtype=dtype)
         b = self.bias.to(device=device, dtype=dtype) if self.bias is not None else None
         return Lens(mods[0], mods[1], w, b, self.softcap, self.scale, self.divide)

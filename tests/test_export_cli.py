@@ -135,3 +135,13 @@ def test_missing_weights(tiny_run, tmp_path):
 
 def test_missing_run(tmp_path):
     assert_clean_error(invoke("export", tmp_path / "nope"), "no trace at")
+
+
+def test_export_html_report(tiny_run, tmp_path):
+    html = tmp_path / "report.html"
+    res = invoke("export", tiny_run, "-o", tmp_path / "e.json", "--html", html, "-q")
+    assert res.exit_code == 0, res.output
+    text = html.read_text()
+    assert text.startswith("<!DOCTYPE html>") or text.lstrip().lower().startswith("<!doctype html")
+    assert "lenskit.export/1" in text and "</script>" in text
+    assert 'src="http' not in text and "vendor/d3.min.js" not in text  # D3 inlined, nothing from the network
