@@ -1,14 +1,13 @@
 """Capture overhead (trace vs a plain forward pass) and cached vs first (dequantizing) default-model load."""
 
 import shutil
-import time
 
 import pytest
 import torch
 
 from lenskit.capture import capture_stages
 from lenskit.commands.trace import example_text
-from lenskit.models import default_model_path, gguf_cache_folder, load_model
+from lenskit.models import load_model
 
 
 @pytest.fixture(scope="module")

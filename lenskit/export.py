@@ -6,7 +6,6 @@ memory budget; only the small per-row results leave the device. Chunk size does 
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -150,7 +149,7 @@ def export_prompt(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int]
             g1 = min(c, g0 + stats_pos)
             r0, r1 = g0 * n_stages, g1 * n_stages
 
-            def exact(rr, cc, ss, r0=r0):
+            def exact(rr, cc, ss, r0=r0, s=s):  # rows of this group -> rows of the chunk
                 return scorer.exact(rr + r0, cc, s)
 
             st = chunk_stats(s[r0:r1], n_stages, scorer.inv[padded[g0:g1]], ws, bound=scorer.bound[r0:r1], exact=exact,

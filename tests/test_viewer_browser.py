@@ -300,7 +300,6 @@ def test_hover_shows_point_and_bin_details(page, served, docs):
 
 
 def test_hostile_text_stays_text(page, served, docs):
-    doc = docs["synth"]
     open_view(page, served.url + "#run=synth&prompt=0&pos=0&stage=8")
     strip = page.locator("#strip-section .strip .tok")
     texts = strip.all_text_contents()
