@@ -22,7 +22,7 @@ from .schema import HIST_BINS, HIST_SAMPLES, HIST_Z_MAX, HIST_Z_MIN, ROUND_SCORE
 from .stats import chunk_stats
 
 EXPORT_FILE = "export.json"
-WORK_BYTES = 13  # statistics workspace bytes per (row, vocab) entry: softmax/bins (f32), bins (i64), mask
+WORK_BYTES = 21  # statistics workspace bytes per (row, vocab) entry: softmax/bins, products (f32), bins (i64, i32), mask
 STATS_ROWS = 64  # rows per statistics pass: one position of a 30-layer model, cache-sized
 
 

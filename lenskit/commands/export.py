@@ -34,7 +34,7 @@ def export(
     track: Optional[List[str]] = typer.Option(None, "--track", help="Extra token to follow: its text (one token, e.g. ' Paris') or id. Repeatable."),
     samples: int = typer.Option(3, "--samples", help="Sample tokens stored per histogram bin (0 for none; fewer = smaller JSON)."),
     norm: bool = typer.Option(True, "--norm/--no-norm", help="Apply the model's final norm (the logit lens) or project the raw stream."),
-    precision: str = typer.Option("float32", "--precision", help="float32 | fast (bfloat16 matmul, exact float32 re-check of ranks and top-k)."),
+    precision: str = typer.Option("float32", "--precision", help="float32 | fast: bfloat16 matmul with an exact float32 re-check (identical top-k and ranks; slower than float32 on CPUs, see README)."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Working-memory budget per chunk, e.g. 256M. Default: 64M on CPU, 1/8 of free GPU memory."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] | mps: where the unembedding runs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
