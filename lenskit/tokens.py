@@ -30,15 +30,17 @@ def _literal(piece: str) -> str | None:
 
 
 def token_texts(tokenizer, ids) -> list[str]:
-    """Display strings for token ids: decoded text; partial UTF-8 byte tokens become ``\\xNN`` escapes."""
+    """Display strings for token ids: decoded text (with SentencePiece's word-start space kept); partial UTF-8 byte
+    tokens become ``\\xNN`` escapes."""
     ids = [int(i) for i in ids]
     texts = tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
+    pieces = tokenizer.convert_ids_to_tokens(ids)
     out = []
-    for i, text in zip(ids, texts):
-        if "\ufffd" in text:
-            piece = tokenizer.convert_ids_to_tokens(i)
-            if piece and "\ufffd" not in piece:
-                text = _literal(piece) or piece
+    for text, piece in zip(texts, pieces):
+        if "\ufffd" in text and piece and "\ufffd" not in piece:
+            text = _literal(piece) or piece
+        elif piece and piece.startswith("\u2581") and not text.startswith(" "):
+            text = " " + text  # SentencePiece drops the word-start space when a token is decoded alone
         out.append(text)
     return out
 
