@@ -226,6 +226,7 @@ def load_lens(source: dict, adapter: Adapter, dtype: torch.dtype = torch.float32
 
 BLOCK_ROWS = 256  # target rows per matmul call (whole positions): large enough for full GEMM speed
 MIN_COLS = 16  # narrower column gathers take another BLAS path (different rounding); pad up to this
+DENSE_FRACTION = 0.05  # above this share of the vocabulary, an exact re-check computes the whole float32 block
 PERM_SEED = 0x1E45  # fixed vocabulary order used to pick histogram samples
 BF16_U = 2.0**-8  # unit roundoff of bfloat16
 F32_U = 2.0**-24
@@ -259,6 +260,7 @@ class Scorer:
         self.ws = None
         self.block = BLOCK_ROWS
         self.x = None  # [N', D] normed rows of the last scored chunk
+        self._full: dict = {}
         self.bound = None  # [N] error bound per row (zeros in float32 mode)
 
     def set_block(self, n_stages: int) -> int:
@@ -296,6 +298,7 @@ class Scorer:
         if padded != n:
             x = torch.cat([x, x.new_zeros(padded - n, x.shape[1])])  # [N', D]
         self.x = x
+        self._full = {}  # block -> its float32 scores, computed on demand by exact()
         if out is None:
             out = torch.empty(padded, self.w_t.shape[1], device=self.device)
         for i in range(0, padded, B):  # same GEMM shape every call
@@ -332,21 +335,31 @@ class Scorer:
 
     @torch.inference_mode()
     def exact(self, rows: torch.Tensor, cols: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
-        """Float32-mode scores at (rows, cols) of the last chunk, bit-identical to a float32-mode run."""
+        """Float32-mode scores at (rows, cols) of the last chunk, bit-identical to a float32-mode run.
+
+        Narrow requests gather just those columns; once a block needs more than DENSE_FRACTION of the vocabulary
+        its full float32 block is computed once and kept for the rest of the chunk (so the worst case costs one
+        float32 GEMM on top of the bfloat16 one, never several).
+        """
         if not self.fast:
             return s[rows, cols]
         out = torch.empty(rows.shape[0], device=self.device)
-        B = self.block
+        B, V = self.block, self.w_t.shape[1]
         blocks = rows // B
         for b in torch.unique(blocks).tolist():
             sel = torch.nonzero(blocks == b).flatten()
-            ucols = torch.unique(cols[sel])
+            local = rows[sel] - b * B
+            full = self._full.get(b)
+            ucols = None if full is not None else torch.unique(cols[sel])
+            if full is None and ucols.numel() > DENSE_FRACTION * V:
+                full = self._full[b] = self._finish(torch.matmul(self.x[b * B: (b + 1) * B], self.w_t))  # [B, V]
+            if full is not None:
+                out[sel] = full[local, cols[sel]]
+                continue
             if ucols.numel() < MIN_COLS:  # keep the GEMM on the same kernel as the full-width one
-                extra = torch.arange(MIN_COLS * 2, device=self.device)
-                ucols = torch.unique(torch.cat([ucols, extra]))
-            part = torch.matmul(self.x[b * B: (b + 1) * B], self.w_t[:, ucols])  # [B, n]
-            part = self._finish(part, ucols)
-            out[sel] = part[rows[sel] - b * B, torch.searchsorted(ucols, cols[sel])]
+                ucols = torch.unique(torch.cat([ucols, torch.arange(MIN_COLS * 2, device=self.device)]))
+            part = self._finish(torch.matmul(self.x[b * B: (b + 1) * B], self.w_t[:, ucols]), ucols)  # [B, n]
+            out[sel] = part[local, torch.searchsorted(ucols, cols[sel])]
         return out
 
     @torch.inference_mode()
