@@ -61,3 +61,22 @@ def test_cached_weights_equal_the_gguf(real_run):
     ids = torch.arange(100, 140)[None]
     with torch.inference_mode():
         assert torch.equal(direct(ids).logits, cached(ids).logits)
+
+
+def test_fast_mode_ranks_identical_on_the_real_model(real_run):
+    """bfloat16 GEMM + proven bound + exact re-check gives the float32 mode's top-k and ranks, bit for bit."""
+    from lenskit.export import ExportOptions, export_document, lens_for_trace, plain
+    from lenskit.store import read_trace
+
+    trace = read_trace(real_run)
+    lens, tok = lens_for_trace(trace.meta)
+    stages = trace.stages(0)
+
+    def run(precision):
+        opts = ExportOptions(positions="0-7", precision=precision)
+        return plain(export_document(trace.meta, lens, tok, lambda i: (lambda p0, p1: stages[:, p0:p1]), opts))
+
+    f32, fast = run("float32"), run("fast")
+    for a, b in zip(f32["prompts"][0]["positions"], fast["prompts"][0]["positions"]):
+        assert [f32["token_ids"][i] for i in a["tracked"]] == [fast["token_ids"][i] for i in b["tracked"]]
+        assert a["rank"] == b["rank"] and a["score"] == b["score"]
