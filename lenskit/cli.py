@@ -47,3 +47,7 @@ _assemble()
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+if __name__ == "__main__":
+    main()

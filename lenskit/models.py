@@ -170,6 +170,16 @@ def ensure_gguf_cached(path: Path, log=None) -> Path:
     return target
 
 
+def _hub_snapshot(model_id: str, revision: str | None) -> str | None:
+    """The local hub-cache folder of a model already downloaded (None if it cannot be found offline)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(model_id, revision=revision, local_files_only=True)
+    except Exception:
+        return None
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:300]
@@ -214,6 +224,9 @@ def load_model(
         folder = ensure_gguf_cached(gguf.resolve(), log)
     else:
         folder = None
+        local = Path(model).expanduser()
+        if model.startswith((".", "/", "~")) and not local.exists():
+            raise ModelError(f"model folder not found: {model}")
     load_from = str(folder) if folder else model
     if folder is None and Path(model).expanduser().is_dir():
         load_from = str(Path(model).expanduser().resolve())
@@ -229,9 +242,10 @@ def load_model(
                 mkw["device_map"] = device_map
             hf = AutoModelForCausalLM.from_pretrained(load_from, **mkw)
     except Exception as e:
-        if folder is None and not Path(load_from).exists() and ("/" not in model or model.startswith((".", "/", "~"))):
-            raise ModelError(f"model not found: '{model}' is neither a local folder nor a .gguf file") from None
         raise ModelError(f"cannot load model '{model}': {_one_line(e)}") from None
+    if source["path"] is None:  # a hub id: remember the exact commit and its local snapshot, so export stays offline
+        source["commit"] = getattr(hf.config, "_commit_hash", None)
+        source["path"] = _hub_snapshot(model, source["commit"] or revision)
     if not device_map:
         hf.to(dev)
     hf.eval()
