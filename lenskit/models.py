@@ -244,8 +244,8 @@ def load_model(
     except Exception as e:
         raise ModelError(f"cannot load model '{model}': {_one_line(e)}") from None
     if source["path"] is None:  # a hub id: remember the exact commit and its local snapshot, so export stays offline
-        source["commit"] = getattr(hf.config, "_commit_hash", None)
-        source["path"] = _hub_snapshot(model, source["commit"] or revision)
+        source["path"] = _hub_snapshot(model, revision)
+        source["commit"] = getattr(hf.config, "_commit_hash", None) or (Path(source["path"]).name if source["path"] else None)
     if not device_map:
         hf.to(dev)
     hf.eval()
