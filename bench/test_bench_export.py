@@ -52,3 +52,53 @@ def test_export_step(benchmark, real, precision):
         lambda: export_document(trace.meta, lens, tok, lambda i: (lambda p0, p1: stages[:, p0:p1]), opts),
         rounds=3 if precision == "float32" else 1, warmup_rounds=1 if precision == "float32" else 0,
     )
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def _gflop(trace, lens):
+    S, T = len(trace.meta["stages"]), len(trace.meta["prompts"][0]["token_ids"])
+    D, V = lens.weight.shape[1], lens.weight.shape[0]
+    return 2 * S * T * D * V / 1e9
+
+
+@needs_cuda
+@pytest.mark.benchmark(group="export-cuda")
+def test_bare_bf16_matmul_cuda(benchmark, real):
+    """The GPU floor: a bare bf16 matmul of the same shapes, on the GPU, synchronised around the clock."""
+    trace, lens, _ = real
+    stages = trace.stages(0).float()  # [S, T, D]
+    S, T, D = stages.shape
+    with torch.inference_mode():
+        x = lens.normed(stages.reshape(S * T, D)).cuda().bfloat16()  # [S*T, D]
+    w_t = lens.weight.t().contiguous().cuda().bfloat16()  # [D, V]
+    gflop = _gflop(trace, lens)
+    benchmark.extra_info.update(role="baseline", gflop=round(gflop))
+
+    @torch.inference_mode()
+    def matmul():
+        for i in range(0, S * T, 4096):
+            torch.matmul(x[i: i + 4096], w_t)
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(matmul, rounds=5, warmup_rounds=2)
+    benchmark.extra_info["tflops"] = round(gflop / benchmark.stats.stats.median / 1000, 1)
+
+
+@needs_cuda
+@pytest.mark.parametrize("precision", ["float32", "fast"])
+@pytest.mark.benchmark(group="export-cuda")
+def test_export_step_cuda(benchmark, real, precision):
+    trace, lens, tok = real
+    stages = trace.stages(0)
+    gflop = _gflop(trace, lens)
+    benchmark.extra_info.update(role="subject", precision=precision)
+    opts = ExportOptions(precision=precision, device="cuda")
+
+    def run():
+        export_document(trace.meta, lens, tok, lambda i: (lambda p0, p1: stages[:, p0:p1]), opts)
+        torch.cuda.synchronize()
+
+    benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+    benchmark.extra_info["tflops"] = round(gflop / benchmark.stats.stats.median / 1000, 1)
