@@ -88,6 +88,13 @@ def resolve_track(tokenizer, items: list, vocab_size: int) -> list[int]:
     return ids
 
 
+def check_export_options(tokenizer, vocab_size: int, top_k: int, track: list) -> list[int]:
+    """Validate ``--top-k`` and ``--track`` against a vocabulary; return the tracked ids."""
+    if top_k < 1 or top_k > vocab_size:
+        raise InputError(f"--top-k {top_k} must be between 1 and the vocabulary size ({vocab_size})")
+    return resolve_track(tokenizer, track, vocab_size)
+
+
 def auto_max_memory(device: torch.device) -> int:
     """Default working-memory budget: 1/8 of free GPU memory; 256 MiB on CPU."""
     if device.type == "cuda":
@@ -285,9 +292,7 @@ def export_document(meta: dict, lens: Lens, tokenizer, stages_for_prompt, option
     if options.prompt is not None and not 0 <= options.prompt < n_prompts:
         raise InputError(f"--prompt {options.prompt} is out of range: the trace has {n_prompts} prompt(s) (0-{n_prompts - 1})")
     V = lens.vocab_size
-    if options.top_k < 1 or options.top_k > V:
-        raise InputError(f"--top-k {options.top_k} must be between 1 and the vocabulary size ({V})")
-    track_ids = resolve_track(tokenizer, options.track, V)
+    track_ids = check_export_options(tokenizer, V, options.top_k, options.track)
     chosen = [options.prompt] if options.prompt is not None else list(range(n_prompts))
     plans = [(i, parse_positions(options.positions, len(meta["prompts"][i]["token_ids"]))) for i in chosen]
     scorer = Scorer(lens, device, options.norm, options.precision)

@@ -140,3 +140,9 @@ def test_help_is_useful():
     for cmd in ("trace", "export", "serve", "adapters", "schema"):
         res = invoke(cmd, "--help")
         assert res.exit_code == 0 and "Usage" in res.stdout, cmd
+
+
+def test_bad_export_options_fail_before_tracing(tiny_dir, tmp_path):
+    res = invoke("trace", "the cat", "-m", tiny_dir, "-o", tmp_path / "r", "--track", "not one token")
+    assert_clean_error(res, "not a single token", tmp_path / "r")
+    assert "prompt 1/1" not in res.stderr  # nothing was traced

@@ -112,6 +112,12 @@ def trace(
     tmp = prepare_output(out, force)
     try:
         loaded = load_model(model, revision, device, dtype, trust_remote_code, adapter, device_map, log=log)
+        if export:  # check the export options now, not after the forward passes
+            from ..export import check_export_options
+            from ..lens import lens_from_model
+
+            vocab = lens_from_model(loaded.model, loaded.adapter).vocab_size
+            check_export_options(loaded.tokenizer, vocab, top_k, list(track or []))
         started = time.perf_counter()
         states, meta = trace_prompts(loaded, texts, log=log)
         write_trace(tmp / TRACE_FILE, states, meta)
