@@ -240,12 +240,18 @@ def load_model(
             mkw = dict(kwargs, dtype=torch_dtype)
             if device_map:
                 mkw["device_map"] = device_map
-            hf = AutoModelForCausalLM.from_pretrained(load_from, **mkw)
+            hf, info = AutoModelForCausalLM.from_pretrained(load_from, output_loading_info=True, **mkw)
     except Exception as e:
         raise ModelError(f"cannot load model '{model}': {_one_line(e)}") from None
     if source["path"] is None:  # a hub id: remember the exact commit and its local snapshot, so export stays offline
         source["path"] = _hub_snapshot(model, revision)
         source["commit"] = getattr(hf.config, "_commit_hash", None) or (Path(source["path"]).name if source["path"] else None)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:  # transformers would have said so only at warning level, which lenskit silences: say it here
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        print(f"lenskit: warning: {len(missing)} weight(s) missing from the checkpoint are random: {shown}",
+              file=sys.stderr, flush=True)
+        source["missing_weights"] = missing
     if not device_map:
         hf.to(dev)
     hf.eval()

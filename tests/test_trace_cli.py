@@ -146,3 +146,19 @@ def test_bad_export_options_fail_before_tracing(tiny_dir, tmp_path):
     res = invoke("trace", "the cat", "-m", tiny_dir, "-o", tmp_path / "r", "--track", "not one token")
     assert_clean_error(res, "not a single token", tmp_path / "r")
     assert "prompt 1/1" not in res.stderr  # nothing was traced
+
+
+def test_missing_weights_are_reported(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from conftest import llama_config, save_model
+
+    folder = tmp_path / "m"
+    save_model(folder, llama_config())
+    tensors = load_file(folder / "model.safetensors")
+    tensors.pop("lm_head.weight")
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    res = invoke("trace", "the cat", "-m", folder, "-o", tmp_path / "r", "-q", "--no-export")
+    assert res.exit_code == 0
+    assert "lenskit: warning: 1 weight(s) missing from the checkpoint are random: lm_head.weight" in res.stderr
+    assert read_trace(tmp_path / "r").meta["model"]["source"]["missing_weights"] == ["lm_head.weight"]
