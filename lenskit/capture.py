@@ -22,11 +22,13 @@ def stage_names(n_layers: int) -> list[dict]:
     return stages
 
 
-def _first(x):
+def first_output(x):
+    """A module's main output: the first item when it returns a tuple or list."""
     return x[0] if isinstance(x, (tuple, list)) else x
 
 
-def _hidden_arg(args, kwargs):
+def hidden_arg(args, kwargs):
+    """The hidden-state argument a hooked module was called with (positional or keyword)."""
     if args:
         return args[0]
     for key in ("hidden_states", "x", "input"):
@@ -62,10 +64,10 @@ def capture_stages(model, adapter: Adapter, input_ids: torch.Tensor) -> torch.Te
         for i, layer in enumerate(layers):
 
             def pre(mod, args, kwargs, i=i):
-                inputs[i] = keep(_hidden_arg(args, kwargs))
+                inputs[i] = keep(hidden_arg(args, kwargs))
 
             def post(mod, args, kwargs, out, i=i):
-                outs[i] = keep(_first(out))
+                outs[i] = keep(first_output(out))
 
             if i == 0 or parallel:
                 handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
@@ -73,14 +75,14 @@ def capture_stages(model, adapter: Adapter, input_ids: torch.Tensor) -> torch.Te
             if parallel:
 
                 def attn_hook(mod, args, out, i=i):
-                    mids[i] = keep(_first(out))  # attention contribution [T, D]
+                    mids[i] = keep(first_output(out))  # attention contribution [T, D]
 
                 handles.append(get_module(layer, adapter.attn).register_forward_hook(attn_hook))
             else:
 
                 def mid_hook(mod, args, kwargs, i=i):
                     if mids[i] is None:  # first call only (a norm module is never reused, but be safe)
-                        mids[i] = keep(_hidden_arg(args, kwargs))
+                        mids[i] = keep(hidden_arg(args, kwargs))
 
                 handles.append(get_module(layer, mid_name).register_forward_pre_hook(mid_hook, with_kwargs=True))
         ids = input_ids.reshape(1, -1).to(_input_device(model))

@@ -18,10 +18,9 @@ import torch
 from . import __version__
 from .errors import InputError, ModelError
 from .lens import Lens, Scorer
-from .schema import HIST_BINS, HIST_SAMPLES, HIST_Z_MAX, HIST_Z_MIN, ROUND_SCORE, ROUND_STAT, SCHEMA_VERSION
+from .schema import EXPORT_FILE, HIST_BINS, HIST_SAMPLES, HIST_Z_MAX, HIST_Z_MIN, ROUND_SCORE, ROUND_STAT, SCHEMA_VERSION
 from .stats import chunk_stats
 
-EXPORT_FILE = "export.json"
 WORK_BYTES = 21  # statistics workspace bytes per (row, vocab) entry: softmax/bins, products (f32), bins (i64, i32), mask
 STATS_ROWS = 64  # rows per statistics pass: one position of a 30-layer model, cache-sized
 
@@ -339,13 +338,14 @@ def lens_for_trace(meta: dict, device: str = "cpu") -> tuple[Lens, object]:
     from transformers import AutoTokenizer
 
     from .adapters import find_adapter
-    from .lens import _resolve_folder, load_lens
-    from .models import DTYPES, _quiet
+    from .lens import load_lens, model_folder
+    from .models import DTYPES, quiet_transformers
 
     model = meta["model"]
     adapter = find_adapter(model["architecture"], model.get("adapter"))
     dtype = DTYPES.get(model.get("dtype", "float32"), torch.float32)
-    lens = load_lens(model["source"], adapter, dtype=dtype)
+    folder = model_folder(model["source"])  # resolved once: for a hub id this asks the hub cache
+    lens = load_lens(folder, adapter, dtype=dtype)
     fp = lens.fingerprint()
     if fp != model["fingerprint"]:
         raise ModelError(
@@ -353,8 +353,8 @@ def lens_for_trace(meta: dict, device: str = "cpu") -> tuple[Lens, object]:
             f"{model['fingerprint']}); re-run `lenskit trace`"
         )
     try:
-        with _quiet():
-            tok = AutoTokenizer.from_pretrained(str(_resolve_folder(model["source"])))
+        with quiet_transformers():
+            tok = AutoTokenizer.from_pretrained(str(folder))
     except Exception as e:
         raise ModelError(f"cannot load the tokenizer of '{model['id']}': {str(e).splitlines()[0]}") from None
     return lens, tok

@@ -124,7 +124,7 @@ def _checkpoint_files(folder: Path) -> list[Path]:
     return files
 
 
-def _resolve_folder(source: dict) -> Path:
+def model_folder(source: dict) -> Path:
     """A local folder holding the model's config and weights: the recorded path, or the hub cache for an id."""
     path = source.get("path")
     if path and Path(path).is_dir():
@@ -175,8 +175,8 @@ def _checkpoint_renamer(skeleton):
     return rename
 
 
-def load_lens(source: dict, adapter: Adapter, dtype: torch.dtype = torch.float32, device="cpu") -> Lens:
-    """Build only the lens of the model described by a trace's ``model.source``: final norm, projection, unembedding.
+def load_lens(folder: Path, adapter: Adapter, dtype: torch.dtype = torch.float32, device="cpu") -> Lens:
+    """Build only the lens of the model in ``folder`` (see :func:`model_folder`): final norm, projection, unembedding.
 
     The model skeleton is created on the meta device; only the lens modules are materialized from the checkpoint.
     """
@@ -184,7 +184,6 @@ def load_lens(source: dict, adapter: Adapter, dtype: torch.dtype = torch.float32
     from safetensors import safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    folder = _resolve_folder(source)
     try:
         config = AutoConfig.from_pretrained(folder)
         with init_empty_weights():

@@ -100,7 +100,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 @contextlib.contextmanager
-def _quiet(enabled: bool = True):
+def quiet_transformers(enabled: bool = True):
     """Silence transformers' own progress bars and chatter (lenskit reports progress itself)."""
     if not enabled:
         yield
@@ -143,7 +143,7 @@ def ensure_gguf_cached(path: Path, log=None) -> Path:
     if log:
         log(f"dequantizing {path.name} once into {target} ...")
     try:
-        with _quiet():
+        with quiet_transformers():
             tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
             model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     except Exception as e:  # gguf/transformers raise many kinds for a bad file
@@ -235,7 +235,7 @@ def load_model(
     if log:
         log(f"loading {source['id']} ...")
     try:
-        with _quiet():
+        with quiet_transformers():
             tok = AutoTokenizer.from_pretrained(load_from, **kwargs)
             mkw = dict(kwargs, dtype=torch_dtype)
             if device_map:

@@ -12,6 +12,7 @@ an index into the string table.
 from __future__ import annotations
 
 SCHEMA_VERSION = "lenskit.export/1"
+EXPORT_FILE = "export.json"  # name of the export inside a run folder (written by trace/export, served by serve)
 
 # Histogram of z-scored logits: HIST_BINS equal bins over [HIST_Z_MIN, HIST_Z_MAX]; z-scores outside the range are
 # counted in the first or last bin (so counts always sum to the vocabulary size).

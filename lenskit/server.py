@@ -20,8 +20,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 from . import __version__
 from .errors import InputError, LenskitError, OutputError
+from .schema import EXPORT_FILE
 
-EXPORT_FILE = "export.json"
 VIEWER_PACKAGE = "lenskit.viewer"
 VIEWER_SUFFIXES = {".html", ".css", ".js", ".json", ".svg", ".png", ".ico"}
 VIEWER_DIRS = ("", "js", "vendor")  # folders of the viewer that are served (the rest, e.g. __init__.py, is not)

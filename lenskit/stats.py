@@ -45,23 +45,6 @@ class ChunkStats:
     sample_cols: torch.Tensor  # [n] column of each sample; sorted by (row, bin, column)
 
 
-def top_k_columns(final: torch.Tensor, k: int, col_ids: torch.Tensor) -> torch.Tensor:
-    """Columns of the k highest scores per row of ``final`` [c, V]; ties broken by smaller vocabulary id.
-
-    ``col_ids`` [V] maps columns to vocabulary ids. Returns ``[c, k]`` columns in rank order.
-    """
-    vals, cols = torch.topk(final, k, dim=-1)  # [c, k]
-    kth = vals[:, -1:]  # [c, 1]
-    n_ge = (final >= kth).sum(-1)  # [c]
-    has_tie = (n_ge > k) | (vals[:, 1:] == vals[:, :-1]).any(-1)
-    for r in torch.nonzero(has_tie).flatten().tolist():
-        cand = torch.nonzero(final[r] >= kth[r]).flatten()  # every column that could be in the top k
-        ids = col_ids[cand]
-        order = sorted(range(len(cand)), key=lambda i: (-final[r, cand[i]].item(), ids[i].item()))[:k]
-        cols[r] = cand[order]
-    return cols
-
-
 class Workspace:
     """Reusable ``[R, V]`` buffers for one chunk size: big temporaries are written in place, not re-allocated
     (fresh multi-MB allocations page-fault on every op and cost more than the arithmetic)."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from .adapters import Adapter, find_adapter, get_module, model_architecture
-from .capture import capture_stages
+from .capture import capture_stages, first_output, hidden_arg
 from .lens import lens_from_model
 
 
@@ -108,10 +108,6 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, what: str, rtol: float 
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * (1.0 + scale), msg=lambda m: f"{what}: {m}")
 
 
-def _first(out):
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 def _zeroed(out):
     """``out`` (a tensor or a tuple whose first item is the block output) with that output replaced by zeros."""
     if isinstance(out, tuple):
@@ -119,10 +115,6 @@ def _zeroed(out):
     if isinstance(out, list):
         return [torch.zeros_like(out[0])] + list(out[1:])
     return torch.zeros_like(out)
-
-
-def _hidden(args, kwargs):
-    return args[0] if args else kwargs.get("hidden_states", kwargs.get("x"))
 
 
 def has_command(name: str) -> bool:
@@ -196,13 +188,13 @@ def _run(model, ids, layers, zero: tuple = ()) -> tuple[torch.Tensor, list, torc
         return t.reshape(-1, t.shape[-1]).detach().clone()
 
     def first_in(mod, args, kwargs):
-        got["in0"] = flat(_hidden(args, kwargs))
+        got["in0"] = flat(hidden_arg(args, kwargs))
 
     handles.append(layers[0].register_forward_pre_hook(first_in, with_kwargs=True))
     for i, layer in enumerate(layers):
 
         def out_hook(mod, args, out, i=i):
-            got["outs"][i] = flat(_first(out))
+            got["outs"][i] = flat(first_output(out))
 
         handles.append(layer.register_forward_hook(out_hook))
     for mod in zero:
