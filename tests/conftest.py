@@ -14,6 +14,34 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "and", "ran", "to", "Paris", "is", "capital", "of", "France", "."]
 
 
+def assert_clean_error(res, fragment, out_dir=None):
+    """A CLI result that failed the lenskit way: exit 1, one `lenskit: error:` line last on stderr, no traceback,
+    and (given ``out_dir``) no output folder or temporary file left behind."""
+    assert res.exit_code == 1, res.output
+    err = res.stderr.strip().splitlines()[-1]  # earlier lines are progress messages
+    assert err.startswith("lenskit: error:") and "Traceback" not in res.output, res.output
+    assert res.stderr.count("lenskit: error:") == 1
+    assert fragment in err, err
+    if out_dir is not None:
+        assert not out_dir.exists() or out_dir.is_dir() and not any(out_dir.iterdir())
+        assert not [p for p in out_dir.parent.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; intra-op threads spin-wait for a busy second core (3-10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _no_entry_points(monkeypatch):
+    """Third-party plugins installed on the machine stay out of every test."""
+    monkeypatch.setenv("LENSKIT_LOAD_PLUGINS", "0")
+
+
 def make_tokenizer(vocab_size: int):
     """A word-level fast tokenizer with BOS, whose vocabulary fills ``vocab_size`` ids."""
     from tokenizers import Tokenizer, models, pre_tokenizers

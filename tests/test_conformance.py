@@ -27,18 +27,7 @@ CASES = [pytest.param(name, make, id=label) for name, cases in FAMILIES.items() 
 PROMPT = "The cat sat on the mat in Paris ."
 
 
-@pytest.fixture(autouse=True)
-def _no_entry_points(monkeypatch):
-    monkeypatch.setenv("LENSKIT_LOAD_PLUGINS", "0")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; intra-op threads spin-wait for a busy second core (3-10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

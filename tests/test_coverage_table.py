@@ -16,11 +16,6 @@ START, END = "<!-- adapters:start -->", "<!-- adapters:end -->"
 BLOCK = re.compile(re.escape(START) + r"\n(.*?)" + re.escape(END), re.S)
 
 
-@pytest.fixture(autouse=True)
-def _no_entry_points(monkeypatch):
-    monkeypatch.setenv("LENSKIT_LOAD_PLUGINS", "0")
-
-
 def table_file() -> Path:
     """README.md if it holds the markers, else docs/adapters.md."""
     for path in (ROOT / "README.md", ROOT / "docs" / "adapters.md"):

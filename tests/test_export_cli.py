@@ -9,6 +9,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+from conftest import assert_clean_error
 from lenskit.cli import app
 from lenskit.schema import JSON_SCHEMA, SCHEMA_VERSION, markdown_reference
 from lenskit.store import TRACE_FILE, read_trace
@@ -18,14 +19,6 @@ runner = CliRunner()
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_clean_error(res, fragment):
-    assert res.exit_code == 1, res.output
-    err = res.stderr.strip().splitlines()[-1]  # earlier lines are progress messages
-    assert err.startswith("lenskit: error:") and "Traceback" not in res.output, res.output
-    assert res.stderr.count("lenskit: error:") == 1
-    assert fragment in err, err
 
 
 def test_trace_writes_a_valid_export(tiny_run):
@@ -92,6 +85,16 @@ def _copy_run(tiny_run, tmp_path):
     return dst
 
 
+def _with_meta(tiny_run, tmp_path, change):
+    """A copy of the run whose trace metadata has been edited by ``change(meta)``."""
+    run = _copy_run(tiny_run, tmp_path)
+    tensors = load_file(run / TRACE_FILE)
+    meta = read_trace(run).meta
+    change(meta)
+    save_file(tensors, run / TRACE_FILE, metadata={"lenskit": json.dumps(meta)})
+    return run
+
+
 def test_truncated_trace(tiny_run, tmp_path):
     run = _copy_run(tiny_run, tmp_path)
     data = (run / TRACE_FILE).read_bytes()
@@ -107,29 +110,18 @@ def test_garbage_trace(tiny_run, tmp_path):
 
 
 def test_other_format_version(tiny_run, tmp_path):
-    run = _copy_run(tiny_run, tmp_path)
-    tensors = load_file(run / TRACE_FILE)
-    meta = read_trace(run).meta
-    meta["format"] = 99
-    save_file(tensors, run / TRACE_FILE, metadata={"lenskit": json.dumps(meta)})
+    run = _with_meta(tiny_run, tmp_path, lambda meta: meta.update(format=99))
     assert_clean_error(invoke("export", run), "format 99")
 
 
 def test_fingerprint_mismatch(tiny_run, tmp_path):
-    run = _copy_run(tiny_run, tmp_path)
-    tensors = load_file(run / TRACE_FILE)
-    meta = read_trace(run).meta
-    meta["model"]["fingerprint"] = "0000000000000000"
-    save_file(tensors, run / TRACE_FILE, metadata={"lenskit": json.dumps(meta)})
+    run = _with_meta(tiny_run, tmp_path, lambda meta: meta["model"].update(fingerprint="0000000000000000"))
     assert_clean_error(invoke("export", run), "differ from the traced model")
 
 
 def test_missing_weights(tiny_run, tmp_path):
-    run = _copy_run(tiny_run, tmp_path)
-    tensors = load_file(run / TRACE_FILE)
-    meta = read_trace(run).meta
-    meta["model"]["source"] = {"id": str(tmp_path / "gone"), "path": str(tmp_path / "gone"), "gguf": None, "revision": None}
-    save_file(tensors, run / TRACE_FILE, metadata={"lenskit": json.dumps(meta)})
+    gone = {"id": str(tmp_path / "gone"), "path": str(tmp_path / "gone"), "gguf": None, "revision": None}
+    run = _with_meta(tiny_run, tmp_path, lambda meta: meta["model"].update(source=gone))
     assert_clean_error(invoke("export", run), "cannot find the weights")
 
 

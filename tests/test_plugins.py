@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import transformers as tf
 from safetensors import safe_open
 from typer.testing import CliRunner
@@ -51,18 +50,7 @@ class ClashingPlugin:
         register(Adapter(name="llama", family="Not Llama", architectures=(), layers="x", final_norm=None))
 
 
-@pytest.fixture(autouse=True)
-def _no_entry_points(monkeypatch):
-    monkeypatch.setenv("LENSKIT_LOAD_PLUGINS", "0")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; intra-op threads spin-wait for a busy second core (3-10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

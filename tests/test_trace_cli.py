@@ -8,6 +8,7 @@ import torch
 from safetensors import safe_open
 from typer.testing import CliRunner
 
+from conftest import assert_clean_error
 from lenskit.cli import app
 from lenskit.store import TRACE_FILE, TRACE_FORMAT, read_trace
 
@@ -16,18 +17,6 @@ runner = CliRunner()
 
 def invoke(*args, **kw):
     return runner.invoke(app, [str(a) for a in args], **kw)
-
-
-def assert_clean_error(res, fragment, out_dir=None):
-    assert res.exit_code == 1, res.output
-    err = res.stderr.strip().splitlines()[-1]  # earlier lines are progress messages
-    assert err.startswith("lenskit: error:") and "Traceback" not in res.output, res.output
-    assert res.stderr.count("lenskit: error:") == 1
-    assert fragment in err, err
-    if out_dir is not None:
-        assert not out_dir.exists() or out_dir.is_dir() and not any(out_dir.iterdir())
-        parent = out_dir.parent
-        assert not [p for p in parent.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
 
 
 def test_trace_contract(tiny_dir, tmp_path):
