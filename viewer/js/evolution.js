@@ -4,6 +4,7 @@
 // Segments into an attention stage are light, into an FFN stage dark; hover shows layer, block, score, change, rank.
 
 import { d3 } from "./d3.js";
+import { createChart } from "./chart.js";
 import { shortToken } from "./format.js";
 import { MODE_LABELS, attachHover, markStage, pointTooltip, renderBands, renderCurves, renderLegend, stageAxis, tokenColor } from "./curves.js";
 
@@ -18,17 +19,11 @@ const Y_PAD = 0.05;
 export function createEvolution(root, { onStage }) {
   const plot = root.select(".plot");
   const legend = root.select(".legend");
-  const svg = plot.append("svg").attr("class", "chart").attr("role", "img").attr("aria-label", "Figure 1: logit evolution");
-  const frame = svg.append("g").attr("class", "frame").attr("transform", `translate(${MARGIN.left},${MARGIN.top})`);
-  const bands = frame.append("g").attr("class", "bands");
-  const grid = frame.append("g").attr("class", "grid");
-  const panels = frame.append("g").attr("class", "panels");
-  const yAxis = frame.append("g").attr("class", "axis y-axis");
-  const xAxis = frame.append("g").attr("class", "axis x-axis");
-  const yTitle = svg.append("text").attr("class", "axis-title").attr("text-anchor", "middle");
-  const xTitle = svg.append("text").attr("class", "axis-title").attr("text-anchor", "middle");
-  const markers = frame.append("g").attr("class", "markers");
-  const curvesLayer = frame.append("g").attr("class", "curves");
+  const { svg, frame, bands, grid, panels, yAxis, xAxis, yTitle, xTitle, markers, curvesLayer } = createChart(
+    plot, "Figure 1: logit evolution", MARGIN,
+    [["bands", "bands"], ["grid", "grid"], ["panels", "panels"], ["yAxis", "axis y-axis"], ["xAxis", "axis x-axis"],
+      ["markers", "markers"], ["curvesLayer", "curves"]],
+  );
   const overlay = frame.append("rect").attr("class", "overlay");
   let last = null;
 

@@ -3,6 +3,7 @@
 // marked with the tokens' colours; hovering a bin shows its count, z range and sample tokens.
 
 import { d3 } from "./d3.js";
+import { createChart } from "./chart.js";
 import { formatNumber, formatRank } from "./format.js";
 import { tokenColor } from "./curves.js";
 import { showTooltip, hideTooltip } from "./tooltip.js";
@@ -19,15 +20,10 @@ export function createHistogram(root, { onStage }) {
   const slider = root.select(".stage-slider");
   const label = root.select(".stage-label");
   const stats = root.select(".stage-stats");
-  const svg = plot.append("svg").attr("class", "chart").attr("role", "img").attr("aria-label", "Figure 3: histogram of logits");
-  const frame = svg.append("g").attr("class", "frame").attr("transform", `translate(${MARGIN.left},${MARGIN.top})`);
-  const grid = frame.append("g").attr("class", "grid");
-  const barsLayer = frame.append("g").attr("class", "bars");
-  const marksLayer = frame.append("g").attr("class", "marks");
-  const yAxis = frame.append("g").attr("class", "axis y-axis");
-  const xAxis = frame.append("g").attr("class", "axis x-axis");
-  const yTitle = svg.append("text").attr("class", "axis-title").attr("text-anchor", "middle");
-  const xTitle = svg.append("text").attr("class", "axis-title").attr("text-anchor", "middle");
+  const { svg, grid, barsLayer, marksLayer, yAxis, xAxis, yTitle, xTitle } = createChart(
+    plot, "Figure 3: histogram of logits", MARGIN,
+    [["grid", "grid"], ["barsLayer", "bars"], ["marksLayer", "marks"], ["yAxis", "axis y-axis"], ["xAxis", "axis x-axis"]],
+  );
 
   slider.on("input", function () {
     onStage(Number(this.value));

@@ -2,6 +2,7 @@
 // over the stages, log y axis (rank 1 at the top), the same light/dark striping and hover as Figure 1.
 
 import { d3 } from "./d3.js";
+import { createChart } from "./chart.js";
 import { attachHover, markStage, pointTooltip, renderBands, renderCurves, renderLegend, stageAxis, tokenColor } from "./curves.js";
 
 const HEIGHT = 320;
@@ -11,14 +12,10 @@ const MARGIN = { top: 12, right: 14, bottom: 44, left: 62 };
 export function createRanks(root, { onStage }) {
   const plot = root.select(".plot");
   const legend = root.select(".legend");
-  const svg = plot.append("svg").attr("class", "chart").attr("role", "img").attr("aria-label", "Figure 2: rank ordering evolution");
-  const frame = svg.append("g").attr("class", "frame").attr("transform", `translate(${MARGIN.left},${MARGIN.top})`);
-  const bands = frame.append("g").attr("class", "bands");
-  const grid = frame.append("g").attr("class", "grid");
-  const yAxis = frame.append("g").attr("class", "axis y-axis");
-  const xAxis = frame.append("g").attr("class", "axis x-axis");
-  const yTitle = svg.append("text").attr("class", "axis-title").attr("text-anchor", "middle");
-  const xTitle = svg.append("text").attr("class", "axis-title").attr("text-anchor", "middle");
+  const { svg, frame, bands, grid, yAxis, xAxis, yTitle, xTitle } = createChart(
+    plot, "Figure 2: rank ordering evolution", MARGIN,
+    [["bands", "bands"], ["grid", "grid"], ["yAxis", "axis y-axis"], ["xAxis", "axis x-axis"]],
+  );
   const marker = frame.append("line").attr("class", "stage-marker");
   const curvesLayer = frame.append("g").attr("class", "curves");
   const overlay = frame.append("rect").attr("class", "overlay");
