@@ -100,6 +100,19 @@ class Adapter:
         return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, (), "")}
 
 
+# The module layout most Hugging Face decoders share (Llama and its descendants): spread it into a declaration
+# (``Adapter(name=..., **HF_DECODER, quirks=...)``) and override what differs.
+HF_DECODER = dict(
+    embed="model.embed_tokens",
+    layers="model.layers",
+    mid="post_attention_layernorm",
+    attn="self_attn",
+    ffn="mlp",
+    final_norm="model.norm",
+    unembed="lm_head",
+)
+
+
 def get_module(root, path: str, optional: bool = False):
     """Resolve a dotted module path (``model.layers``) on ``root``; '' is root itself.
 

@@ -5,19 +5,13 @@ block's output x ``residual_multiplier`` before the add, logits / ``logits_scali
 """
 
 from ..hookspecs import hookimpl
-from . import Adapter
+from . import HF_DECODER, Adapter
 
 GRANITE = Adapter(
     name="granite",
     family="Granite",
     architectures=("GraniteForCausalLM",),
-    embed="model.embed_tokens",
-    layers="model.layers",
-    mid="post_attention_layernorm",
-    attn="self_attn",
-    ffn="mlp",
-    final_norm="model.norm",
-    unembed="lm_head",
+    **HF_DECODER,
     logit_divide="logits_scaling",
     quirks=(
         "embedding multiplier (in stage 0)",

@@ -1,19 +1,13 @@
 """Mixtral: Mistral blocks whose FFN is a sparse mixture of experts (top-k routed); the MoE block's output is added."""
 
 from ..hookspecs import hookimpl
-from . import Adapter
+from . import HF_DECODER, Adapter
 
 MIXTRAL = Adapter(
     name="mixtral",
     family="Mixtral",
     architectures=("MixtralForCausalLM",),
-    embed="model.embed_tokens",
-    layers="model.layers",
-    mid="post_attention_layernorm",
-    attn="self_attn",
-    ffn="mlp",
-    final_norm="model.norm",
-    unembed="lm_head",
+    **HF_DECODER,
     quirks=("sparse MoE FFN (top-k experts)", "RMSNorm", "sliding-window attention"),
 )
 

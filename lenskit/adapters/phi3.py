@@ -1,19 +1,13 @@
 """Phi-3 / Phi-3.5 / Phi-4-mini: Llama-style sequential blocks with fused QKV and gate/up projections, RMSNorm."""
 
 from ..hookspecs import hookimpl
-from . import Adapter
+from . import HF_DECODER, Adapter
 
 PHI3 = Adapter(
     name="phi3",
     family="Phi-3",
     architectures=("Phi3ForCausalLM",),
-    embed="model.embed_tokens",
-    layers="model.layers",
-    mid="post_attention_layernorm",
-    attn="self_attn",
-    ffn="mlp",
-    final_norm="model.norm",
-    unembed="lm_head",
+    **HF_DECODER,
     quirks=("fused QKV / gate-up projections", "RMSNorm"),
 )
 

@@ -1,19 +1,13 @@
 """Qwen2-MoE: Qwen2 blocks with routed experts plus a gated shared expert (dense MLP on ``mlp_only_layers``)."""
 
 from ..hookspecs import hookimpl
-from . import Adapter
+from . import HF_DECODER, Adapter
 
 QWEN2_MOE = Adapter(
     name="qwen2-moe",
     family="Qwen2-MoE",
     architectures=("Qwen2MoeForCausalLM",),
-    embed="model.embed_tokens",
-    layers="model.layers",
-    mid="post_attention_layernorm",
-    attn="self_attn",
-    ffn="mlp",
-    final_norm="model.norm",
-    unembed="lm_head",
+    **HF_DECODER,
     quirks=("sparse MoE FFN + gated shared expert", "dense MLP on mlp_only_layers", "RMSNorm", "QKV bias"),
 )
 
