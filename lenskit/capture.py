@@ -52,22 +52,31 @@ def capture_stages(model, adapter: Adapter, input_ids: torch.Tensor) -> torch.Te
         raise AdapterError(f"adapter '{adapter.name}' declares neither a mid-layer module nor parallel blocks")
     if parallel and not adapter.attn:
         raise AdapterError(f"adapter '{adapter.name}' is parallel but declares no attention module")
-    inputs: list = [None] * n  # layer inputs, [1, T, D] each
-    mids: list = [None] * n
-    outs: list = [None] * n
+    S = 2 * n + 1
+    stages: list = [None]  # the [S, T, D] CPU result, allocated at the first hook (T, D, dtype known then)
+    filled = [False] * S
+    inputs: list = [None] * n  # parallel blocks: layer input, kept on its device until attention has added to it
     handles = []
 
-    def keep(t):  # [1, T, D] (or [T, D]: OPT flattens the stream before its FFN) -> [T, D], detached
-        return t.reshape(-1, t.shape[-1]).detach().clone()
+    def store(k: int, t: torch.Tensor) -> None:  # stage k <- t ([1, T, D], or [T, D]: OPT flattens before its FFN)
+        t = t.detach().reshape(-1, t.shape[-1])  # [T, D]
+        if stages[0] is None:
+            stages[0] = torch.empty(S, *t.shape, dtype=t.dtype)
+        stages[0][k].copy_(t)  # straight to the CPU: no device memory grows with the number of stages
+        filled[k] = True
 
     try:
         for i, layer in enumerate(layers):
 
             def pre(mod, args, kwargs, i=i):
-                inputs[i] = keep(hidden_arg(args, kwargs))
+                h = hidden_arg(args, kwargs)
+                if i == 0:
+                    store(0, h)
+                if parallel:
+                    inputs[i] = h.detach()
 
             def post(mod, args, kwargs, out, i=i):
-                outs[i] = keep(first_output(out))
+                store(2 * i + 2, first_output(out))
 
             if i == 0 or parallel:
                 handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
@@ -75,14 +84,16 @@ def capture_stages(model, adapter: Adapter, input_ids: torch.Tensor) -> torch.Te
             if parallel:
 
                 def attn_hook(mod, args, out, i=i):
-                    mids[i] = keep(first_output(out))  # attention contribution [T, D]
+                    attn = first_output(out).reshape(inputs[i].shape)  # the attention contribution
+                    store(2 * i + 1, inputs[i] + attn)  # the stream after attention, in the model's own dtype
+                    inputs[i] = None
 
                 handles.append(get_module(layer, adapter.attn).register_forward_hook(attn_hook))
             else:
 
                 def mid_hook(mod, args, kwargs, i=i):
-                    if mids[i] is None:  # first call only (a norm module is never reused, but be safe)
-                        mids[i] = keep(hidden_arg(args, kwargs))
+                    if not filled[2 * i + 1]:  # first call only (a norm module is never reused, but be safe)
+                        store(2 * i + 1, hidden_arg(args, kwargs))
 
                 handles.append(get_module(layer, mid_name).register_forward_pre_hook(mid_hook, with_kwargs=True))
         ids = input_ids.reshape(1, -1).to(_input_device(model))
@@ -90,14 +101,9 @@ def capture_stages(model, adapter: Adapter, input_ids: torch.Tensor) -> torch.Te
     finally:
         for h in handles:
             h.remove()
-    if any(o is None for o in outs) or any(m is None for m in mids) or inputs[0] is None:
+    if not all(filled):
         raise AdapterError(f"adapter '{adapter.name}' hooks did not fire for every layer; check its module paths")
-    stages = [inputs[0]]
-    for i in range(n):
-        mid = inputs[i] + mids[i] if parallel else mids[i]
-        stages += [mid, outs[i]]
-    dev = stages[0].device
-    return torch.stack([s.to(dev) for s in stages]).cpu()  # [S, T, D]
+    return stages[0]  # [S, T, D]
 
 
 def _input_device(model) -> torch.device:
