@@ -6,6 +6,7 @@ memory budget; only the small per-row results leave the device. Chunk size does 
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import torch
 from . import __version__
 from .errors import InputError, ModelError
 from .lens import Lens, Scorer
-from .schema import EXPORT_FILE, HIST_BINS, HIST_SAMPLES, HIST_Z_MAX, HIST_Z_MIN, ROUND_SCORE, ROUND_STAT, SCHEMA_VERSION
+from .schema import HIST_BINS, HIST_SAMPLES, HIST_Z_MAX, HIST_Z_MIN, ROUND_SCORE, ROUND_STAT, SCHEMA_VERSION
 from .stats import chunk_stats
 
 WORK_BYTES = 21  # statistics workspace bytes per (row, vocab) entry: softmax/bins, products (f32), bins (i64, i32), mask
@@ -40,49 +41,49 @@ class ExportOptions:
     device: str = "auto"
 
 
+POSITION_PART = re.compile(r"(-?[0-9]+)(?:-(-?[0-9]+))?", re.ASCII)
+TOKEN_ID = re.compile(r"[0-9]+", re.ASCII)
+
+
 def parse_positions(spec: str | None, n: int) -> list[int]:
     """``"3,10-20"`` -> sorted positions; negative numbers count from the end. All positions if ``spec`` is None."""
-    if not spec:
+    if spec is None:
         return list(range(n))
     out: set[int] = set()
     for part in spec.split(","):
-        part = part.strip()
-        try:
-            if "-" in part[1:]:
-                a, b = part[0] + part[1:].split("-", 1)[0], part[1:].split("-", 1)[1]
-                lo, hi = int(a), int(b)
-                lo, hi = (lo + n if lo < 0 else lo), (hi + n if hi < 0 else hi)
-                if lo > hi:
-                    raise ValueError
-                rng = range(lo, hi + 1)
-            else:
-                v = int(part)
-                rng = [v + n if v < 0 else v]
-        except ValueError:
-            raise InputError(f"bad --positions '{spec}': use e.g. 3,10-20") from None
-        for p in rng:
-            if not 0 <= p < n:
-                raise InputError(f"position {p} is out of range: the prompt has {n} tokens (0-{n - 1})")
-            out.add(p)
+        m = POSITION_PART.fullmatch(part.strip())
+        if not m:
+            raise InputError(f"bad --positions '{spec}': use e.g. 3,10-20 or -1 (ASCII digits)")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        for v in (lo, hi):
+            if not -n <= v < n:
+                raise InputError(f"position {v} is out of range: the prompt has {n} tokens (0-{n - 1}, or -{n} to -1)")
+        lo, hi = lo % n, hi % n
+        if lo > hi:
+            raise InputError(f"bad --positions '{spec}': range {m.group(0)} is empty")
+        out.update(range(lo, hi + 1))
     return sorted(out)
 
 
 def resolve_track(tokenizer, items: list, vocab_size: int) -> list[int]:
-    """``--track`` values (token strings or ids) -> vocabulary ids; a string must be exactly one token."""
+    """``--track`` values (token strings or ids) -> vocabulary ids; a string must be exactly one token.
+
+    Only ASCII digits make an id (``"٣"`` is text, not token 3)."""
     ids = []
     for item in items:
         text = str(item)
-        if text.lstrip("-").isdigit():
+        if isinstance(item, int) or TOKEN_ID.fullmatch(text):
             tid = int(text)
-            if not 0 <= tid < vocab_size:
-                raise InputError(f"--track {text}: token id out of range (vocabulary has {vocab_size} entries)")
         else:
-            enc = tokenizer(text, add_special_tokens=False)["input_ids"] if tokenizer is not None else []
+            enc = tokenizer(text, add_special_tokens=False)["input_ids"] if tokenizer is not None and text else []
             if len(enc) != 1:
                 raise InputError(
                     f"--track {text!r} is not a single token ({len(enc)} tokens); give a token id or one token's text"
                 )
             tid = enc[0]
+        if not 0 <= tid < vocab_size:
+            raise InputError(f"--track {text!r}: token id {tid} is out of range (vocabulary has {vocab_size} entries)")
         ids.append(tid)
     return ids
 
@@ -275,14 +276,10 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
     }
 
 
-def export_document(meta: dict, lens: Lens, tokenizer, stages_for_prompt, options: ExportOptions, log=None) -> dict:
-    """Compute the whole export document for a trace's metadata and a way to read each prompt's stages.
+def plan_export(meta: dict, tokenizer, options: ExportOptions) -> tuple[list[tuple[int, list[int]]], list[int]]:
+    """Check the options against a trace's metadata and tokenizer, before any lens weights load.
 
-    ``stages_for_prompt(i)`` returns a callable ``(p0, p1) -> [S, p1 - p0, D]`` for prompt ``i``.
-    """
-    from .models import resolve_device
-
-    device = resolve_device(options.device)
+    Returns ``[(prompt, positions)]`` to export and the ``--track`` token ids."""
     if not 0 <= options.samples <= 100:
         raise InputError(f"--samples {options.samples} must be between 0 and 100")
     if options.precision not in ("float32", "fast"):
@@ -290,10 +287,23 @@ def export_document(meta: dict, lens: Lens, tokenizer, stages_for_prompt, option
     n_prompts = len(meta["prompts"])
     if options.prompt is not None and not 0 <= options.prompt < n_prompts:
         raise InputError(f"--prompt {options.prompt} is out of range: the trace has {n_prompts} prompt(s) (0-{n_prompts - 1})")
-    V = lens.vocab_size
-    track_ids = check_export_options(tokenizer, V, options.top_k, options.track)
+    track_ids = check_export_options(tokenizer, meta["model"]["vocab_size"], options.top_k, options.track)
     chosen = [options.prompt] if options.prompt is not None else list(range(n_prompts))
-    plans = [(i, parse_positions(options.positions, len(meta["prompts"][i]["token_ids"]))) for i in chosen]
+    return [(i, parse_positions(options.positions, len(meta["prompts"][i]["token_ids"]))) for i in chosen], track_ids
+
+
+def export_document(meta: dict, lens: Lens, tokenizer, stages_for_prompt, options: ExportOptions, log=None,
+                    plan=None) -> dict:
+    """Compute the whole export document for a trace's metadata and a way to read each prompt's stages.
+
+    ``stages_for_prompt(i)`` returns a callable ``(p0, p1) -> [S, p1 - p0, D]`` for prompt ``i``; ``plan`` is
+    :func:`plan_export`'s result when the caller checked the options already.
+    """
+    from .models import resolve_device
+
+    device = resolve_device(options.device)
+    V = lens.vocab_size
+    plans, track_ids = plan or plan_export(dict(meta, model=dict(meta["model"], vocab_size=V)), tokenizer, options)
     scorer = Scorer(lens, device, options.norm, options.precision)
     budget = options.max_memory or auto_max_memory(device)
     n_stages = len(meta["stages"])
@@ -322,7 +332,7 @@ def plain(doc: dict) -> dict:
 
 def write_document(doc: dict, output: str | Path) -> None:
     """Write ``doc`` to ``output`` atomically, or to stdout when ``output`` is ``-``."""
-    from .store import atomic_write
+    from .files import atomic_write
 
     data = dumps(doc)
     if str(output) == "-":
@@ -333,69 +343,76 @@ def write_document(doc: dict, output: str | Path) -> None:
     atomic_write(Path(output), lambda tmp: Path(tmp).write_bytes(data))
 
 
-def lens_for_trace(meta: dict, device: str = "cpu") -> tuple[Lens, object]:
-    """Load only the lens weights (and the tokenizer) of a trace's model, checking the weights' fingerprint."""
+def trace_tokenizer(folder: Path, model: dict):
+    """The tokenizer saved with a trace's model (never the model repository's own code)."""
     from transformers import AutoTokenizer
 
-    from .adapters import find_adapter
-    from .lens import load_lens, model_folder
-    from .models import DTYPES, quiet_transformers
+    from .models import quiet_transformers
 
-    model = meta["model"]
+    try:
+        with quiet_transformers():
+            return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    except Exception as e:
+        raise ModelError(f"cannot load the tokenizer of '{model.get('id')}': {str(e).splitlines()[0] if str(e) else e}") from None
+
+
+def trace_lens(folder: Path, model: dict) -> Lens:
+    """Only the lens weights of a trace's model, their fingerprint checked against the trace's."""
+    from .adapters import find_adapter
+    from .lens import load_lens
+    from .models import DTYPES
+
     adapter = find_adapter(model["architecture"], model.get("adapter"))
-    dtype = DTYPES.get(model.get("dtype", "float32"), torch.float32)
-    folder = model_folder(model["source"])  # resolved once: for a hub id this asks the hub cache
-    lens = load_lens(folder, adapter, dtype=dtype)
+    lens = load_lens(folder, adapter, dtype=DTYPES.get(model["dtype"], torch.float32))
     fp = lens.fingerprint()
     if fp != model["fingerprint"]:
         raise ModelError(
-            f"the weights found for '{model['id']}' differ from the traced model's (fingerprint {fp} != "
+            f"the weights found for '{model.get('id')}' differ from the traced model's (fingerprint {fp} != "
             f"{model['fingerprint']}); re-run `lenskit trace`"
         )
-    try:
-        with quiet_transformers():
-            tok = AutoTokenizer.from_pretrained(str(folder))
-    except Exception as e:
-        raise ModelError(f"cannot load the tokenizer of '{model['id']}': {str(e).splitlines()[0]}") from None
-    return lens, tok
+    return lens
 
 
-def export_run_dir(run_dir: Path, options: ExportOptions, output=None, loaded=None, states=None, log=None) -> dict:
-    """Export a run folder's trace to ``output`` (default ``RUN_DIR/export.json``).
+def lens_for_trace(meta: dict, allow_download: bool = False) -> tuple[Lens, object]:
+    """Load only the lens weights (and the tokenizer) of a trace's model, checking the weights' fingerprint."""
+    from .lens import model_folder
 
-    When called right after tracing, pass the loaded model and the in-memory ``states`` to skip re-reading.
+    folder = model_folder(meta["model"], allow_download)
+    return trace_lens(folder, meta["model"]), trace_tokenizer(folder, meta["model"])
+
+
+def export_run_dir(run_dir: Path, options: ExportOptions, loaded=None, states=None, log=None,
+                   allow_download: bool = False) -> dict:
+    """The export document of a run folder's trace (the caller writes it).
+
+    Everything that depends only on the trace and the tokenizer (prompt, positions, tracked tokens) is checked
+    before the lens weights load. Right after tracing, pass the loaded model and the in-memory ``states``.
     """
-    from .lens import lens_from_model
-    from .store import read_trace
+    from .lens import lens_from_model, model_folder
+    from .store import check_finite, read_trace
 
-    run_dir = Path(run_dir)
     trace = read_trace(run_dir)
+    meta = trace.meta
     if loaded is not None:
-        lens, tok = lens_from_model(loaded.model, loaded.adapter), loaded.tokenizer
+        tok = loaded.tokenizer
+        plan = plan_export(meta, tok, options)
+        lens = lens_from_model(loaded.model, loaded.adapter)
     else:
-        lens, tok = lens_for_trace(trace.meta)
+        folder = model_folder(meta["model"], allow_download)
+        tok = trace_tokenizer(folder, meta["model"])
+        plan = plan_export(meta, tok, options)
+        lens = trace_lens(folder, meta["model"])
+    trace.check_lens(lens.hidden_size, lens.vocab_size)
 
     def stages_for_prompt(i):
-        if states is not None:
-            return lambda p0, p1: states[i][:, p0:p1]
-        return _slice_reader(trace.path, i)
+        if states is None:
+            return trace.reader(i)
 
-    doc = export_document(trace.meta, lens, tok, stages_for_prompt, options, log)
-    write_document(doc, output or (run_dir / EXPORT_FILE if run_dir.is_dir() else run_dir.parent / EXPORT_FILE))
-    return doc
+        def read(p0, p1):
+            h = states[i][:, p0:p1]  # [S, c, D]
+            check_finite(h, meta, i, p0, "the traced model")
+            return h
 
+        return read
 
-def _slice_reader(path: Path, i: int):
-    """Read ``[S, p0:p1, D]`` of prompt ``i`` from the trace file without loading the rest."""
-    from safetensors import safe_open
-
-    from .errors import TraceFileError
-
-    def read(p0: int, p1: int) -> torch.Tensor:
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return f.get_slice(f"prompt.{i}.stages")[:, p0:p1, :]
-        except Exception as e:
-            raise TraceFileError(f"{path}: cannot read prompt {i} ({str(e).splitlines()[0] if str(e) else e})") from None
-
-    return read
+    return export_document(meta, lens, tok, stages_for_prompt, options, log, plan=plan)

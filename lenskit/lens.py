@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,12 @@ class Lens:
     @property
     def device(self) -> torch.device:
         return self.weight.device
+
+    @property
+    def hidden_size(self) -> int:
+        """D of the stream the lens reads (the pre-unembed projection's input where the family has one)."""
+        w = getattr(self.pre, "weight", None)
+        return w.shape[1] if w is not None else self.weight.shape[1]
 
     def normed(self, h: torch.Tensor, norm: bool = True) -> torch.Tensor:
         """``[N, D]`` stream -> ``[N, D]`` input of the unembedding (final norm, pre-unembed projection)."""
@@ -124,27 +131,43 @@ def _checkpoint_files(folder: Path) -> list[Path]:
     return files
 
 
-def model_folder(source: dict) -> Path:
-    """A local folder holding the model's config and weights: the recorded path, or the hub cache for an id."""
-    path = source.get("path")
-    if path and Path(path).is_dir():
-        return Path(path)
-    model_id = source.get("id")
-    if source.get("gguf"):
-        from .models import ensure_gguf_cached
+def downloads_allowed(allow_download: bool = False) -> bool:
+    """May lenskit ask the hub for files missing locally? Only when the user says so: ``--allow-download``, or
+    ``HF_HUB_OFFLINE=0`` set explicitly."""
+    return allow_download or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("0", "false", "no", "off")
 
-        gguf = Path(source["gguf"])
-        if gguf.is_file():
-            return ensure_gguf_cached(gguf)
+
+def model_folder(model: dict, allow_download: bool = False) -> Path:
+    """A local folder holding a trace's model config and weights (``model`` is the trace's ``model`` section).
+
+    The recorded source is used only where it exists on this machine: its folder, its GGUF file (dequantized once
+    into lenskit's cache), or the hub cache's snapshot of its id and commit. The hub itself is asked only when
+    :func:`downloads_allowed`. Whatever is found, the caller checks the weights' fingerprint against the trace's.
+    """
+    source = model.get("source") if isinstance(model.get("source"), dict) else {}
+    path = source.get("path")
+    if isinstance(path, str) and path and Path(path).is_dir():
+        return Path(path)
+    gguf = source.get("gguf")
+    if isinstance(gguf, str) and gguf:
+        if Path(gguf).is_file():
+            from .models import ensure_gguf_cached
+
+            return ensure_gguf_cached(Path(gguf))
         raise ModelError(f"the trace's model weights are gone: {gguf} does not exist")
+    model_id = source.get("id") or model.get("id")
+    if not isinstance(model_id, str) or not model_id:
+        raise ModelError("the trace names no model folder, GGUF file or hub id that exists here")
+    revision = source.get("commit") or source.get("revision") or model.get("revision")
+    online = downloads_allowed(allow_download)
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(
-            snapshot_download(model_id, revision=source.get("revision"), allow_patterns=["*.json", "*.safetensors"])
-        )
+        return Path(snapshot_download(model_id, revision=revision, allow_patterns=["*.json", "*.safetensors"],
+                                      local_files_only=not online))
     except Exception as e:
-        raise ModelError(f"cannot find the weights of '{model_id}': {str(e).splitlines()[0] if str(e) else e}") from None
+        hint = "" if online else " (not in the local hub cache; --allow-download fetches it)"
+        raise ModelError(f"cannot find the weights of '{model_id}'{hint}: {str(e).splitlines()[0] if str(e) else e}") from None
 
 
 def _checkpoint_renamer(skeleton):

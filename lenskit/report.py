@@ -151,7 +151,7 @@ def build_html(doc: dict, run_name: str | None = None) -> str:
 
 def write_html(doc: dict, path) -> Path:
     """Write the self-contained viewer for export document ``doc`` to ``path`` (atomically); return the path."""
-    from .store import atomic_write
+    from .files import atomic_write
 
     path = Path(path)
     text = build_html(doc, run_name=path.stem)

@@ -2,14 +2,19 @@
 
 Nothing is resolved from the request path on disk: at start-up :class:`Site` builds a table of every URL it will
 answer (each viewer file, ``/runs.json``, ``/runs/<name>/export.json``) and a request is an exact lookup in that table
-after percent-decoding, so ``/../``, ``%2e%2e/`` and friends simply find nothing (404). JSON is gzip-compressed when
-the client accepts it. :meth:`Site.get` answers one path without sockets (``lenskit serve --get PATH``).
+after percent-decoding, so ``/../``, ``%2e%2e/`` and friends simply find nothing (404). Each registered file is
+resolved again, symlinks and all (``Path.resolve(strict=True)``), when it is served: one that leaves its run folder
+(or the viewer's folder) is refused (403). Requests whose ``Host`` is not the bound address or ``localhost`` are
+refused (a DNS-rebinding guard: a web page cannot make the browser read exports through a name it controls), and
+only GET and HEAD are answered. JSON is gzip-compressed when the client accepts it. :meth:`Site.get` answers one
+path without sockets (``lenskit serve --get PATH``).
 """
 
 from __future__ import annotations
 
 import errno
 import gzip
+import ipaddress
 import json
 import threading
 from dataclasses import dataclass, field
@@ -86,7 +91,8 @@ def find_runs(run_dirs: list[Path] | None = None, cwd: Path | None = None) -> di
                     found.append(d / EXPORT_FILE)
                 if depth < SCAN_DEPTH:
                     try:
-                        nxt.extend(sorted(c for c in d.iterdir() if c.is_dir() and not c.name.startswith(".")))
+                        nxt.extend(sorted(c for c in d.iterdir()
+                                          if c.is_dir() and not c.is_symlink() and not c.name.startswith(".")))
                     except OSError:
                         continue
             level = nxt
@@ -120,7 +126,7 @@ class Site:
     def __init__(self, runs: dict[str, Path], viewer=None):
         self.runs = dict(runs)
         self.viewer = viewer if viewer is not None else viewer_root()
-        self.routes: dict[str, tuple[str, object]] = {}  # url path -> (kind, file)
+        self.routes: dict[str, tuple[str, object, object]] = {}  # url path -> (kind, file, folder it must stay in)
         for sub in VIEWER_DIRS:
             folder = self.viewer.joinpath(sub) if sub else self.viewer
             if not folder.is_dir():
@@ -128,11 +134,11 @@ class Site:
             for item in folder.iterdir():
                 suffix = "." + item.name.rsplit(".", 1)[-1] if "." in item.name else ""
                 if item.is_file() and suffix in VIEWER_SUFFIXES and not item.name.startswith("."):
-                    self.routes["/" + (f"{sub}/" if sub else "") + item.name] = ("file", item)
-        self.routes["/"] = self.routes.get("/index.html", ("missing", None))
-        self.routes["/runs.json"] = ("runs", None)
+                    self.routes["/" + (f"{sub}/" if sub else "") + item.name] = ("file", item, self.viewer)
+        self.routes["/"] = self.routes.get("/index.html", ("missing", None, None))
+        self.routes["/runs.json"] = ("runs", None, None)
         for name, path in self.runs.items():
-            self.routes[f"/runs/{name}/{EXPORT_FILE}"] = ("file", path)
+            self.routes[f"/runs/{name}/{EXPORT_FILE}"] = ("file", path, Path(path).parent)
         self._gz_cache: dict[tuple, bytes] = {}
         self._lock = threading.Lock()
 
@@ -154,11 +160,13 @@ class Site:
             path = unquote(urlsplit(raw_path).path, errors="strict")
         except (UnicodeDecodeError, ValueError):
             return Response(404, b"not found\n")
-        kind, item = self.routes.get(path, ("missing", None))
+        kind, item, root = self.routes.get(path, ("missing", None, None))
         if kind == "runs":
             body, ctype = json.dumps(self.run_list(), ensure_ascii=False).encode("utf-8"), CONTENT_TYPES[".json"]
             mtime = None
         elif kind == "file":
+            if not contained(item, root):
+                return Response(403, b"forbidden: the file leaves its folder\n")
             try:
                 body = item.read_bytes()
             except OSError:
@@ -188,6 +196,44 @@ class Site:
         return cached
 
 
+def contained(item, root) -> bool:
+    """Is ``item``, symlinks resolved, a regular file inside ``root`` (also resolved)? Files of an installed package
+    that are not on a filesystem (a zip) have no symlinks to follow and count as contained."""
+    if not isinstance(item, Path):
+        return True
+    try:
+        real = item.resolve(strict=True)
+        base = Path(root).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return False
+    return real.is_file() and base in real.parents
+
+
+def allowed_hosts(host: str, port: int) -> set[str]:
+    """``Host`` header values a server bound to ``host:port`` answers: the bound address and the loopback names,
+    each with and without the port. For a wildcard bind (0.0.0.0, ::) any IP literal is allowed too (see
+    :func:`host_allowed`), but never another DNS name."""
+    names = {"localhost", "127.0.0.1", "[::1]", host if ":" not in host else f"[{host}]"}
+    return {n.lower() for n in names} | {f"{n}:{port}".lower() for n in names}
+
+
+def host_allowed(header: str | None, allowed: set[str], wildcard: bool) -> bool:
+    """The DNS-rebinding guard: is this request's ``Host`` one the server was started for?"""
+    if not header:
+        return False
+    value = header.strip().lower()
+    if value in allowed:
+        return True
+    if not wildcard:
+        return False
+    name = value.rsplit(":", 1)[0] if value.count(":") == 1 or value.startswith("[") else value
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
 def _stat_key(item):
     try:
         st = item.stat()
@@ -208,10 +254,22 @@ class Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:  # noqa: N802
         self._answer(send_body=False)
 
+    def _refuse_method(self) -> None:
+        self.close_connection = True  # the request body, if any, is not read
+        self._send(Response(405, b"only GET and HEAD\n", headers={"Allow": "GET, HEAD"}), send_body=True)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _refuse_method  # noqa: N815
+
     def _answer(self, send_body: bool) -> None:
+        srv = self.server
+        if not host_allowed(self.headers.get("Host"), srv.allowed_hosts, srv.wildcard):
+            self._send(Response(403, b"forbidden: this server answers only for its own address (Host)\n"), send_body)
+            return
         accept = self.headers.get("Accept-Encoding", "")
         gz = any(part.split(";")[0].strip() == "gzip" for part in accept.split(","))
-        res = self.server.site.get(self.path, accept_gzip=gz)
+        self._send(srv.site.get(self.path, accept_gzip=gz), send_body)
+
+    def _send(self, res: Response, send_body: bool) -> None:
         self.send_response(res.status)
         self.send_header("Content-Type", res.content_type)
         self.send_header("Content-Length", str(len(res.body)))
@@ -239,12 +297,16 @@ class Server(ThreadingHTTPServer):
     def __init__(self, site: Site, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False):
         self.site = site
         self.verbose = verbose
+        self.wildcard = host in ("0.0.0.0", "::", "")
         try:
             super().__init__((host, port), Handler)
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
                 raise OutputError(f"port {port} on {host} is in use; choose another with --port (0 picks a free one)") from None
             raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        except (OverflowError, UnicodeError, ValueError) as e:
+            raise InputError(f"cannot listen on {host}:{port}: {e}") from None
+        self.allowed_hosts = allowed_hosts(host, self.server_address[1])
 
     @property
     def url(self) -> str:

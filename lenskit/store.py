@@ -1,8 +1,13 @@
-"""The trace file ``RUN_DIR/trace.safetensors``: a public contract.
+"""The trace file ``RUN_DIR/trace.safetensors``: a public contract, written and read (and validated) only here.
 
 * tensor ``prompt.{i}.stages``: ``[S, T, D]`` residual stream, S = 2L+1, in the model's dtype, one per prompt;
 * metadata key ``lenskit``: a JSON document (see :func:`build_metadata`) with ``format``, ``lenskit_version``,
   ``model``, ``stages`` and ``prompts``.
+
+Every reader goes through :func:`read_trace`, which checks the whole contract from the header alone (metadata keys and
+types, token ids within the vocabulary, tensor names, dtypes and shapes, file size); stage values are checked for
+finite numbers as they are read (:meth:`Trace.reader`), so a broken file is one line naming the file and the
+problem, never a traceback. :func:`validate_trace` lists every violation (``lenskit validate``).
 
 Writes go to a temporary name in the same folder and are renamed into place, so a failed run leaves no partial file.
 """
@@ -10,73 +15,31 @@ Writes go to a temporary name in the same folder and are renamed into place, so 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from . import __version__
-from .errors import OutputError, TraceFileError
+from .errors import TraceFileError
+from .files import atomic_write
 
 TRACE_FORMAT = 1
 TRACE_FILE = "trace.safetensors"
 META_KEY = "lenskit"
-
-
-def default_mode(mode: int = 0o666) -> int:
-    """``mode`` less the process umask (temp files are created private; finished ones get the usual permissions)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return mode & ~umask
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path``; remove the temp file on any failure."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise OutputError(f"cannot write to {path.parent}: {e.strerror or e}") from None
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, default_mode())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+STAGE_KINDS = ("embed", "attn", "ffn")
+STAGE_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+FINITE_ROWS = 64  # positions checked for non-finite values per step of a full check
 
 
 def write_trace(path: Path, stages: list[torch.Tensor], meta: dict) -> None:
     """Write one ``[S, T, D]`` tensor per prompt and the metadata document, atomically."""
+    from safetensors.torch import save_file
+
     tensors = {f"prompt.{i}.stages": s.contiguous() for i, s in enumerate(stages)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta, ensure_ascii=False)}))
-
-
-@dataclass
-class Trace:
-    """A trace file opened for reading: metadata now, stage tensors on demand."""
-
-    path: Path
-    meta: dict
-
-    @property
-    def n_prompts(self) -> int:
-        return len(self.meta["prompts"])
-
-    def stages(self, i: int) -> torch.Tensor:
-        """Stage tensor of prompt ``i``: ``[S, T, D]``."""
-        try:
-            with safe_open(str(self.path), framework="pt") as f:
-                return f.get_tensor(f"prompt.{i}.stages")
-        except (SafetensorError, OSError, RuntimeError) as e:
-            raise TraceFileError(f"{self.path}: cannot read prompt {i}: {e}") from None
 
 
 def trace_path(run: Path) -> Path:
@@ -85,42 +48,257 @@ def trace_path(run: Path) -> Path:
     return run / TRACE_FILE if run.is_dir() else run
 
 
-def read_trace(run: Path) -> Trace:
-    """Open and validate a trace (format version, stage/prompt shapes); raise :class:`TraceFileError` if unusable."""
-    path = trace_path(run)
-    if not path.is_file():
-        raise TraceFileError(f"no trace at {path}: run `lenskit trace ... -o {run}` first")
+# --- the contract -------------------------------------------------------------------------------------------------
+
+
+def _header(path: Path) -> tuple[dict, int]:
+    """The safetensors JSON header and the byte offset where tensor data starts; TraceFileError if unreadable."""
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(META_KEY)
-            keys = set(f.keys())
-            shapes = {k: f.get_slice(k).get_shape() for k in keys}
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        raise TraceFileError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0] if str(e) else e})") from None
-    if raw is None:
-        raise TraceFileError(f"{path} has no lenskit metadata: it was not written by `lenskit trace`")
-    try:
-        meta = json.loads(raw)
-    except ValueError:
-        raise TraceFileError(f"{path}: its lenskit metadata is not valid JSON") from None
-    fmt = meta.get("format")
-    if fmt != TRACE_FORMAT:
-        raise TraceFileError(f"{path} is trace format {fmt!r}; this lenskit reads format {TRACE_FORMAT}: re-run `lenskit trace`")
-    n_stages = len(meta.get("stages", []))
-    for i, p in enumerate(meta.get("prompts", [])):
-        key = f"prompt.{i}.stages"
-        shape = shapes.get(key)
-        if shape is None or len(shape) != 3 or shape[0] != n_stages or shape[1] != len(p["token_ids"]):
-            raise TraceFileError(f"{path}: tensor {key} is missing or has the wrong shape {shape}")
-    try:  # a truncated file fails here rather than mid-export
         size = path.stat().st_size
         with open(path, "rb") as fh:
-            header = int.from_bytes(fh.read(8), "little")
-        if size < 8 + header:
-            raise TraceFileError(f"{path} is truncated")
+            head = fh.read(8)
+            if len(head) < 8:
+                raise TraceFileError(f"{path} is not a readable safetensors file (only {size} bytes)")
+            n = int.from_bytes(head, "little")
+            if n > MAX_HEADER or 8 + n > size:
+                raise TraceFileError(f"{path} is not a readable safetensors file (header length {n} does not fit the file)")
+            raw = fh.read(n)
     except OSError as e:
-        raise TraceFileError(f"cannot read {path}: {e}") from None
-    return Trace(path=path, meta=meta)
+        raise TraceFileError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise TraceFileError(f"{path} is not a readable safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise TraceFileError(f"{path} is not a readable safetensors file (its header is not a JSON object)")
+    return header, 8 + n
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_meta(meta) -> list[str]:
+    """Problems of the ``lenskit`` metadata document (empty when it keeps the contract)."""
+    if not isinstance(meta, dict):
+        return ["its lenskit metadata is not a JSON object"]
+    if meta.get("format") != TRACE_FORMAT:
+        return [f"it is trace format {meta.get('format')!r}; this lenskit reads format {TRACE_FORMAT}: re-run `lenskit trace`"]
+    out = []
+    model = meta.get("model")
+    if not isinstance(model, dict):
+        return out + ["metadata has no 'model' section"]
+    for key, ok, what in (
+        ("architecture", lambda v: isinstance(v, str) and v, "a non-empty string"),
+        ("fingerprint", lambda v: isinstance(v, str) and v, "a non-empty string"),
+        ("vocab_size", lambda v: _is_int(v) and v > 0, "a positive integer"),
+        ("n_layers", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+        ("dtype", lambda v: isinstance(v, str) and v.upper().replace("FLOAT", "F").replace("BFLOAT", "BF") in
+         {"F32", "F16", "BF16", "F64"}, "float32, float16, bfloat16 or float64"),
+    ):
+        if not ok(model.get(key)):
+            out.append(f"model.{key} must be {what} (found {model.get(key)!r})")
+    for key in ("id", "adapter", "revision"):
+        if model.get(key) is not None and not isinstance(model.get(key), str):
+            out.append(f"model.{key} must be a string or null")
+    if "source" in model and not isinstance(model["source"], dict):
+        out.append("model.source must be an object")
+    stages = meta.get("stages")
+    if not isinstance(stages, list) or not stages:
+        out.append("metadata has no 'stages' list")
+    else:
+        for j, s in enumerate(stages):
+            if not (isinstance(s, dict) and isinstance(s.get("name"), str) and s.get("kind") in STAGE_KINDS
+                    and _is_int(s.get("layer"))):
+                out.append(f"stage {j} must be {{name: string, kind: {'|'.join(STAGE_KINDS)}, layer: integer}}")
+                break
+        L = model.get("n_layers")
+        if _is_int(L) and len(stages) != 2 * L + 1:
+            out.append(f"{len(stages)} stages for {L} layers (expected 2L+1 = {2 * L + 1})")
+    prompts = meta.get("prompts")
+    if not isinstance(prompts, list) or not prompts:
+        return out + ["metadata has no 'prompts' list"]
+    V = model.get("vocab_size")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, dict):
+            out.append(f"prompt {i} is not an object")
+            continue
+        ids = p.get("token_ids")
+        if not isinstance(p.get("text"), str):
+            out.append(f"prompt {i} has no 'text' string")
+        if not isinstance(ids, list) or not ids or not all(_is_int(t) for t in ids):
+            out.append(f"prompt {i} has no 'token_ids' list of integers")
+            continue
+        if _is_int(V) and V > 0:
+            bad = next((t for t in ids if not 0 <= t < V), None)
+            if bad is not None:
+                out.append(f"prompt {i}: token id {bad} is outside the vocabulary (0-{V - 1})")
+        toks = p.get("tokens")
+        if not isinstance(toks, list) or len(toks) != len(ids) or not all(isinstance(t, str) for t in toks):
+            out.append(f"prompt {i}: 'tokens' must be {len(ids)} strings, one per token id")
+    return out
+
+
+def _check_tensors(meta: dict, header: dict, data_start: int, size: int) -> list[str]:
+    """Problems of the tensors (names, dtypes, shapes, offsets) against the metadata."""
+    out = []
+    prompts, S = meta["prompts"], len(meta["stages"])
+    want = {f"prompt.{i}.stages" for i in range(len(prompts))}
+    names = set(header) - {"__metadata__"}
+    extra = sorted(names - want)
+    if extra:
+        out.append(f"unexpected tensor(s) {', '.join(extra[:3])}: a trace holds only prompt.{{i}}.stages")
+    D = None
+    end = 0
+    for i, p in enumerate(prompts):
+        key = f"prompt.{i}.stages"
+        info = header.get(key)
+        if not isinstance(info, dict):
+            out.append(f"tensor {key} is missing")
+            continue
+        shape, dtype, offs = info.get("shape"), info.get("dtype"), info.get("data_offsets")
+        if dtype not in STAGE_DTYPES:
+            out.append(f"tensor {key} has dtype {dtype!r}; stages are floating point ({', '.join(STAGE_DTYPES)})")
+            continue
+        T = len(p.get("token_ids") or [])
+        if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(n) for n in shape)):
+            out.append(f"tensor {key} has shape {shape}; expected [S, T, D]")
+            continue
+        if shape[0] != S or shape[1] != T or shape[2] < 1:
+            out.append(f"tensor {key} has shape {shape}; expected [{S}, {T}, D] ({S} stages, {T} tokens)")
+            continue
+        if D is not None and shape[2] != D:
+            out.append(f"tensor {key} has hidden size {shape[2]}, another prompt {D}")
+        D = shape[2]
+        nbytes = math.prod(shape) * torch.empty(0, dtype=STAGE_DTYPES[dtype]).element_size()
+        if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) for o in offs) and offs[1] - offs[0] == nbytes):
+            out.append(f"tensor {key}: its data offsets {offs} do not match its shape")
+            continue
+        end = max(end, offs[1])
+    if size < data_start + end:
+        out.append(f"the file is truncated ({size} bytes, the header needs {data_start + end})")
+    return out
+
+
+def _problems(path: Path) -> tuple[list[str], dict | None, int]:
+    """(violations, metadata, hidden size) of the trace at ``path``, from its header alone."""
+    if not path.is_file():
+        return [f"no trace at {path}: run `lenskit trace ... -o {path.parent}` first"], None, 0
+    header, data_start = _header(path)
+    raw = header.get("__metadata__", {})
+    raw = raw.get(META_KEY) if isinstance(raw, dict) else None
+    if raw is None:
+        return ["it has no lenskit metadata: it was not written by `lenskit trace`"], None, 0
+    try:
+        meta = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        meta = None
+    if meta is None:
+        return ["its lenskit metadata is not valid JSON"], None, 0
+    problems = _check_meta(meta)
+    if problems:
+        return problems, meta, 0
+    problems = _check_tensors(meta, header, data_start, path.stat().st_size)
+    return problems, meta, 0 if problems else header["prompt.0.stages"]["shape"][2]
+
+
+@dataclass
+class Trace:
+    """A trace file opened and validated: metadata now, stage tensors on demand (checked for finite values)."""
+
+    path: Path
+    meta: dict
+    hidden_size: int
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.meta["prompts"])
+
+    def check_lens(self, hidden_size: int, vocab_size: int) -> None:
+        """Refuse a lens whose shapes do not fit this trace (its hidden size and the metadata's vocabulary)."""
+        if hidden_size != self.hidden_size:
+            raise TraceFileError(f"{self.path}: hidden size {self.hidden_size} differs from the lens's {hidden_size}")
+        if vocab_size != self.meta["model"]["vocab_size"]:
+            raise TraceFileError(f"{self.path}: vocabulary of {self.meta['model']['vocab_size']} tokens differs from "
+                                 f"the lens's {vocab_size}")
+
+    def reader(self, i: int):
+        """``(p0, p1) -> [S, p1-p0, D]`` of prompt ``i``, read without loading the rest; non-finite values refused."""
+        from safetensors import safe_open
+
+        key = f"prompt.{i}.stages"
+
+        def read(p0: int, p1: int) -> torch.Tensor:
+            try:
+                with safe_open(str(self.path), framework="pt") as f:
+                    h = f.get_slice(key)[:, p0:p1, :]  # [S, c, D]
+            except Exception as e:  # safetensors raises several kinds for a damaged file
+                raise TraceFileError(f"{self.path}: cannot read prompt {i} ({_first_line(e)})") from None
+            check_finite(h, self.meta, i, p0, self.path)
+            return h
+
+        return read
+
+    def stages(self, i: int) -> torch.Tensor:
+        """Stage tensor of prompt ``i``: ``[S, T, D]``."""
+        return self.reader(i)(0, len(self.meta["prompts"][i]["token_ids"]))
+
+    def check_values(self) -> None:
+        """Read every stage value once (in steps of FINITE_ROWS positions), refusing the first non-finite one."""
+        for i, p in enumerate(self.meta["prompts"]):
+            read, T = self.reader(i), len(p["token_ids"])
+            for p0 in range(0, T, FINITE_ROWS):
+                read(p0, min(T, p0 + FINITE_ROWS))
+
+
+def check_finite(h: torch.Tensor, meta: dict, prompt: int, p0: int, path) -> None:
+    """Raise TraceFileError naming the first (stage, position) of ``h`` ``[S, c, D]`` holding NaN or infinity."""
+    bad = ~torch.isfinite(h).all(-1)  # [S, c]
+    if bool(bad.any()):
+        s, c = (int(v) for v in torch.nonzero(bad)[0])
+        name = meta["stages"][s]["name"]
+        raise TraceFileError(f"{path}: prompt {prompt} has a non-finite value (NaN or infinity) at stage {name}, "
+                             f"position {p0 + c}; the trace overflowed (a float16 model?): re-trace in float32 or bfloat16")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+def validate_trace(run: Path) -> list[str]:
+    """Every violation of the trace contract in ``run`` (header, metadata, tensors, then values), one line each."""
+    path = trace_path(run)
+    try:
+        problems, meta, hidden = _problems(path)
+        if not problems:
+            Trace(path, meta, hidden).check_values()
+    except TraceFileError as e:
+        return [str(e)]
+    return [p if p.startswith(str(path)) else f"{path}: {p}" for p in problems]
+
+
+def read_trace(run: Path) -> Trace:
+    """Open and validate a trace (see the module docstring); raise :class:`TraceFileError` on the first violation."""
+    path = trace_path(run)
+    problems, meta, hidden = _problems(path)
+    if problems:
+        p = problems[0]
+        raise TraceFileError(p if p.startswith(("no trace at", str(path))) else f"{path}: {p}")
+    return Trace(path=path, meta=meta, hidden_size=hidden)
+
+
+def is_run_folder(folder: Path) -> bool:
+    """True for a folder that ``lenskit trace`` wrote: it holds a trace file with lenskit metadata."""
+    path = Path(folder) / TRACE_FILE
+    if not path.is_file() or path.is_symlink():
+        return False
+    try:
+        header, _ = _header(path)
+    except TraceFileError:
+        return False
+    meta = header.get("__metadata__")
+    return isinstance(meta, dict) and META_KEY in meta
 
 
 def build_metadata(model_info: dict, stages: list[dict], prompts: list[dict]) -> dict:

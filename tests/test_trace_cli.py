@@ -90,9 +90,15 @@ def test_existing_output_needs_force(tiny_dir, tmp_path):
     (out / "keep.txt").write_text("x")
     assert_clean_error(invoke("trace", "the cat", "-m", tiny_dir, "-o", out), "--force")
     assert (out / "keep.txt").exists()
-    res = invoke("trace", "the cat", "-m", tiny_dir, "-o", out, "--force", "-q")
+    # a folder that is not a lenskit run is never replaced, --force or not (issue 8)
+    assert_clean_error(invoke("trace", "the cat", "-m", tiny_dir, "-o", out, "--force", "-q"), "not a lenskit run")
+    assert (out / "keep.txt").read_text() == "x" and not (out / TRACE_FILE).exists()
+    (out / "keep.txt").unlink()
+    assert invoke("trace", "the cat", "-m", tiny_dir, "-o", out, "-q").exit_code == 0  # an empty folder is used
+    assert_clean_error(invoke("trace", "the cat", "-m", tiny_dir, "-o", out, "-q"), "--force")  # a run: needs --force
+    res = invoke("trace", "the dog", "-m", tiny_dir, "-o", out, "--force", "-q")
     assert res.exit_code == 0, res.output
-    assert not (out / "keep.txt").exists() and (out / TRACE_FILE).exists() and (out / "export.json").exists()
+    assert read_trace(out).meta["prompts"][0]["text"] == "the dog" and (out / "export.json").exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")

@@ -1,4 +1,10 @@
-"""``lenskit export``: a trace -> exact logit-lens statistics -> compact, versioned JSON (file or stdout)."""
+"""``lenskit export``: a trace -> exact logit-lens statistics -> compact, versioned JSON (file or stdout) and/or a
+single-file HTML report.
+
+Writes exactly what it is asked to: ``-o FILE`` (``-`` = stdout), ``--html FILE``, or, with neither, the run's own
+``export.json``. Every output path and every option that depends only on the trace is checked before the lens
+weights load; each file is written under a temporary name and renamed into place, and only over lenskit's own files.
+"""
 
 from __future__ import annotations
 
@@ -7,57 +13,81 @@ from typing import List, Optional
 
 import typer
 
-
-def parse_size(text: str | None) -> int | None:
-    """``"512M"``, ``"2G"``, ``"1000000"`` -> bytes."""
-    from ..errors import InputError
-
-    if not text:
-        return None
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
-    except ValueError:
-        raise InputError(f"bad --max-memory '{text}': use e.g. 512M or 2G") from None
+from . import options
 
 
 def export(
-    run: Path = typer.Argument(..., help="Run folder written by `lenskit trace` (or its trace.safetensors)."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Output JSON file, '-' for stdout. Default: RUN/export.json."),
-    html: Optional[Path] = typer.Option(None, "--html", help="Also write a single self-contained HTML report (viewer + data)."),
+    run: Path = typer.Argument(
+        ..., help="Run folder written by `lenskit trace` (or its trace.safetensors)."
+    ),
+    output: Optional[str] = typer.Option(
+        None, "--output", "-o",
+        help="Output JSON file, '-' for stdout. Default: RUN/export.json, unless only --html is given.",
+    ),
+    html: Optional[Path] = typer.Option(
+        None, "--html", dir_okay=False, help="Write a single self-contained HTML report (viewer + data) to this file."
+    ),
     positions: Optional[str] = typer.Option(None, "--positions", "-p", help="Positions to export, e.g. '3,10-20' (negative counts from the end). Default: all."),
-    prompt: Optional[int] = typer.Option(None, "--prompt", help="Export only this prompt (0-based). Default: all."),
-    top_k: int = typer.Option(10, "--top-k", "-k", help="Final top-k tokens followed per position."),
-    track: Optional[List[str]] = typer.Option(None, "--track", help="Extra token to follow: its text (one token, e.g. ' Paris') or id. Repeatable."),
-    samples: int = typer.Option(3, "--samples", help="Sample tokens stored per histogram bin (0 for none; fewer = smaller JSON)."),
+    prompt: Optional[int] = typer.Option(None, "--prompt", min=0, help="Export only this prompt (0-based). Default: all."),
+    top_k: int = typer.Option(10, "--top-k", "-k", min=1, help="Final top-k tokens followed per position."),
+    track: Optional[List[str]] = typer.Option(None, "--track", help="Extra token to follow: its text (one token, e.g. ' Paris') or id (ASCII digits). Repeatable."),
+    samples: int = typer.Option(3, "--samples", min=0, max=100, help="Sample tokens stored per histogram bin (0 for none; fewer = smaller JSON)."),
     norm: bool = typer.Option(True, "--norm/--no-norm", help="Apply the model's final norm (the logit lens) or project the raw stream."),
-    precision: str = typer.Option("float32", "--precision", help="float32 | fast: bfloat16 matmul with an exact float32 re-check (identical top-k and ranks; slower than float32 on CPUs, see README)."),
-    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Working-memory budget per chunk, e.g. 256M. Default: 64M on CPU, 1/8 of free GPU memory."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] | mps: where the unembedding runs."),
+    precision: str = typer.Option(
+        "float32", "--precision", callback=options.choice("precision", *options.PRECISIONS),
+        help="float32 | fast: bfloat16 matmul with an exact float32 re-check (identical top-k and ranks; slower than "
+        "float32 on CPUs, see README).",
+    ),
+    max_memory: Optional[str] = typer.Option(
+        None, "--max-memory", callback=options.size,
+        help="Working-memory budget per chunk, e.g. 256M or 2G. Default: 256 MiB on CPU, 1/8 of free "
+        "GPU memory.",
+    ),
+    device: str = typer.Option("auto", "--device", callback=options.device, help="auto | cpu | cuda[:N] | mps: where the unembedding runs."),
+    allow_download: bool = typer.Option(
+        False, "--allow-download",
+        help="Let the hub download the traced model's weights when they are not on this machine (default: never; "
+        "or set HF_HUB_OFFLINE=0).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Compute, for every position and stage, the final top-k tokens' scores and exact ranks (comparison counting),
     z-score histograms with sample tokens, entropy and KL to the final distribution; write compact JSON.
 
-    Only the lens weights (final norm, unembedding, bias) are loaded, and their fingerprint is checked against the
-    trace. Example: lenskit export runs/paris -o - | jq '.prompts[0].positions[-1].rank[0]'
+    Only the lens weights (final norm, unembedding, bias) are loaded, from where the trace says the model is on this
+    machine, and their fingerprint is checked against the trace. Example:
+    lenskit export runs/paris -o - | jq '.prompts[0].positions[-1].rank[0]'
     """
-    from ..export import ExportOptions, export_run_dir
+    from ..export import ExportOptions, export_run_dir, write_document
+    from ..files import check_output_file
     from ..models import progress_logger
+    from ..schema import EXPORT_FILE
+    from ..store import trace_path
 
     log = progress_logger(quiet or output == "-")
+    note = progress_logger(quiet)
+    source = trace_path(run)
+    if output is None and html is None:
+        output = str(source.parent / EXPORT_FILE)
+    if output not in (None, "-"):
+        check_output_file(Path(output), "export", others=(source,))
+    if html is not None:
+        check_output_file(html, "report", others=(source,) + ((Path(output),) if output not in (None, "-") else ()))
     opts = ExportOptions(
         top_k=top_k, track=list(track or []), positions=positions, prompt=prompt, norm=norm, precision=precision,
-        max_memory=parse_size(max_memory), device=device, samples=samples,
+        max_memory=max_memory, device=device, samples=samples,
     )
-    doc = export_run_dir(run, opts, output=output, log=log)
+    doc = export_run_dir(run, opts, log=log, allow_download=allow_download)
+    if output is not None:
+        write_document(doc, output)
+        if note and output != "-":
+            note(f"wrote {output}")
     if html is not None:
         from ..report import write_html
 
         write_html(doc, html)
+        if note:
+            note(f"wrote {html}")
 
 
 def register(app: typer.Typer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 import threading
 import webbrowser
@@ -19,7 +20,11 @@ def serve(
         metavar="RUN_DIR",
         help="Run folders holding export.json. None: those in the current folder and up to 2 levels below it.",
     ),
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (default: this machine only)."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host",
+        help="Interface to listen on (default: this machine only). 0.0.0.0 makes every served prompt visible to the "
+        "network.",
+    ),
     port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="Port; 0 picks a free one."),
     open_browser: bool = typer.Option(False, "--open/--no-open", help="Open the viewer in the default browser."),
     get: Optional[str] = typer.Option(
@@ -42,6 +47,9 @@ def serve(
         sys.stdout.flush()
         return
     server = Server(site, host, port, verbose=verbose)
+    if not ipaddress.ip_address(server.server_address[0]).is_loopback:
+        typer.echo(f"lenskit: warning: listening on {host}: the served prompts and statistics are visible to anyone "
+                   "who can reach this machine", err=True)
     threading.Thread(target=site.warm, name="lenskit-gzip", daemon=True).start()
     typer.echo(f"lenskit: serving {len(site.runs)} run(s): {', '.join(site.runs)} (Ctrl-C to stop)", err=True)
     typer.echo(server.url)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import tempfile
 import time
 from importlib import resources
 from pathlib import Path
@@ -15,7 +14,8 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import InputError, OutputError
+from ..errors import InputError
+from . import options
 
 EXAMPLE = "example.txt"
 
@@ -49,33 +49,6 @@ def default_run_dir(model: str | None) -> Path:
     return Path("runs") / f"{name.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_output(out: Path, force: bool) -> Path:
-    """Check ``out`` can be created; return a fresh temporary folder beside it (renamed into place at the end)."""
-    if out.exists() and not force:
-        raise InputError(f"output folder {out} already exists; use --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output path {out} exists and is not a folder")
-    from ..store import default_mode
-
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-        tmp.chmod(default_mode(0o777))
-        return tmp
-    except OSError as e:
-        raise OutputError(f"cannot write to {out.parent}: {e.strerror or e}") from None
-
-
-def commit_output(tmp: Path, out: Path) -> None:
-    """Move the finished run into place (replacing an old one only now, when the new one is complete)."""
-    try:
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except OSError as e:
-        raise OutputError(f"cannot move the run into {out}: {e.strerror or e}") from None
-
-
 def trace(
     prompts: Optional[List[str]] = typer.Argument(
         None, help="Prompt texts, one per argument (quote each). None and no --file: the standard test paragraph."
@@ -86,14 +59,21 @@ def trace(
     ),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder to create. Default: runs/<model>-<time>."),
-    force: bool = typer.Option(False, "--force", help="Replace the output folder if it exists."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N] | mps (auto: CUDA when present)."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto | float32 | bfloat16 | float16 (auto: float32 on CPU, bfloat16 on GPU)."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace the output folder if it is an earlier lenskit run (nothing else is ever replaced)."
+    ),
+    device: str = typer.Option(
+        "auto", "--device", callback=options.device, help="auto | cpu | cuda[:N] | mps (auto: CUDA when present)."
+    ),
+    dtype: str = typer.Option(
+        "auto", "--dtype", callback=options.choice("dtype", *options.DTYPES),
+        help="auto | float32 | bfloat16 | float16 (auto: float32 on CPU, bfloat16 on GPU).",
+    ),
     device_map: Optional[str] = typer.Option(None, "--device-map", help="accelerate device map, e.g. 'auto', for models larger than one device."),
     adapter: Optional[str] = typer.Option(None, "--adapter", help="Force a registered adapter (see `lenskit adapters`)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model repository's own Python code."),
     export: bool = typer.Option(True, "--export/--no-export", help="Also write RUN_DIR/export.json for the viewer."),
-    top_k: int = typer.Option(10, "--top-k", "-k", help="Tokens per position in export.json (final top-k)."),
+    top_k: int = typer.Option(10, "--top-k", "-k", min=1, help="Tokens per position in export.json (final top-k)."),
     track: Optional[List[str]] = typer.Option(None, "--track", help="Extra token to follow in export.json (string or id). Repeatable."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
@@ -103,13 +83,15 @@ def trace(
     --no-export, RUN_DIR/export.json. Example: lenskit trace "The capital of France is" -o runs/paris
     """
     from ..capture import trace_prompts
+    from ..files import check_run_dir, new_run_dir, replace_run_dir
     from ..models import load_model, progress_logger
-    from ..store import TRACE_FILE, write_trace
+    from ..store import TRACE_FILE, is_run_folder, write_trace
 
     log = progress_logger(quiet)
-    texts = read_prompts(prompts or [], file or [])
     out = output or default_run_dir(model)
-    tmp = prepare_output(out, force)
+    check_run_dir(out, force, is_run_folder)
+    texts = read_prompts(prompts or [], file or [])
+    tmp = new_run_dir(out)
     try:
         loaded = load_model(model, revision, device, dtype, trust_remote_code, adapter, device_map, log=log)
         if export:  # check the export options now, not after the forward passes
@@ -124,10 +106,12 @@ def trace(
         if log:
             log(f"traced {len(texts)} prompt(s) in {time.perf_counter() - started:.2f}s")
         if export:
-            from ..export import ExportOptions, export_run_dir
+            from ..export import ExportOptions, export_run_dir, write_document
+            from ..schema import EXPORT_FILE
 
-            export_run_dir(tmp, ExportOptions(top_k=top_k, track=list(track or [])), loaded=loaded, states=states, log=log)
-        commit_output(tmp, out)
+            opts = ExportOptions(top_k=top_k, track=list(track or []))
+            write_document(export_run_dir(tmp, opts, loaded=loaded, states=states, log=log), tmp / EXPORT_FILE)
+        replace_run_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     typer.echo(str(out))

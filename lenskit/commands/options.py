@@ -1,0 +1,48 @@
+"""Option types shared by several commands, declared once and checked by Typer before any command body runs.
+
+Parsing is strict: ASCII digits only (``int("٣")`` is 3 in Python, a token id nobody meant), finite positive sizes
+with a unit, devices of the forms lenskit supports. A bad value is one ``Invalid value`` line from Typer (exit 2).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import typer
+
+DEVICES = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", re.ASCII)
+SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:I?B)?", re.ASCII | re.IGNORECASE)
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+PRECISIONS = ("float32", "fast")
+
+
+def device(value: str) -> str:
+    if not DEVICES.fullmatch(value):
+        raise typer.BadParameter(f"unknown device '{value}': use auto, cpu, cuda, cuda:N or mps")
+    return value
+
+
+def choice(kind: str, *allowed: str):
+    """A callback accepting exactly one of ``allowed`` (a Typer enum without an Enum class); ``kind`` names it."""
+
+    def check(value: str) -> str:
+        if value not in allowed:
+            raise typer.BadParameter(f"unknown {kind} '{value}': use one of {', '.join(allowed)}")
+        return value
+
+    return check
+
+
+def size(value: str | None) -> int | None:
+    """``"256M"``, ``"2G"``, ``"1.5GiB"``, ``"1000000"`` -> bytes (a positive, finite number with an optional unit)."""
+    if value is None:
+        return None
+    m = SIZE.fullmatch(value.strip())
+    if not m:
+        raise typer.BadParameter(f"'{value}': use a size such as 256M, 2G or 1.5GiB")
+    n = float(m.group(1)) * SIZE_UNITS[m.group(2).upper()]
+    if not math.isfinite(n) or n < 1 or n > 1 << 50:
+        raise typer.BadParameter(f"'{value}': give a size between 1 byte and 1P")
+    return int(n)

@@ -1,0 +1,179 @@
+"""What lenskit writes to disk, and the rules that keep a user's files safe.
+
+* Every file is written to a temporary name beside its target and renamed into place (:func:`atomic_write`), so an
+  interrupted command leaves the old file or the new one, never half of one.
+* A command overwrites only what it was asked to write, and only when that is lenskit's own output of the same
+  kind (:func:`check_output_file`): an export, a report, a run folder. Anything else is refused with one line.
+* A run folder is replaced only when it is recognisably a lenskit run (a ``trace.safetensors`` with lenskit metadata
+  and nothing but lenskit's files beside it) or empty, never the current folder, one of its parents or the home
+  folder; the replacement renames the old run aside, moves the new one in, then deletes the old
+  (:func:`replace_run_dir`): a failure or interrupt at any point leaves one complete run in place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import OutputError
+
+RUN_FILE_SUFFIXES = (".json", ".html", ".safetensors")  # what lenskit writes into a run folder
+SIGNATURES = {  # what the start of each kind of lenskit output looks like
+    "export": (b'{"schema":"lenskit.export/',),
+    "report": (b'<meta name="generator" content="lenskit ',),
+}
+SIGNATURE_BYTES = 4096
+
+
+def default_mode(mode: int = 0o666) -> int:
+    """``mode`` less the process umask (temp files are created private; finished ones get the usual permissions)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path``; remove the temp file on any failure."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"cannot write to {path.parent}: {e.strerror or e}") from None
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, default_mode())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _is_kind(path: Path, kind: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SIGNATURE_BYTES)
+    except OSError:
+        return False
+    return not head or any(sig in head for sig in SIGNATURES[kind])
+
+
+def check_output_file(path: Path, kind: str, others: tuple[Path, ...] = ()) -> Path:
+    """Refuse, before any work, an output file that cannot or must not be written.
+
+    ``kind`` is ``export`` or ``report``: an existing file is replaced only when it is lenskit's own output of that
+    kind (or empty). ``others`` are the command's other inputs and outputs, which this one must not be.
+    """
+    path = Path(path)
+    flag = "-o" if kind == "export" else "--html"
+    if path.is_dir():
+        raise OutputError(f"{flag} {path} is a folder; name a file")
+    parent = path.parent
+    if not parent.is_dir():
+        raise OutputError(f"{flag} {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{flag} {path}: the folder {parent} is not writable")
+    target = path.resolve()
+    if any(target == Path(other).resolve() for other in others):
+        raise OutputError(f"{flag} {path} is also another file of this command (the trace it reads, or -o); name another file")
+    if path.exists() and not (path.is_file() and _is_kind(path, kind)):
+        raise OutputError(f"{flag} {path} exists and is not a lenskit {kind}; lenskit overwrites only its own "
+                          "files: remove it or name another file")
+    return path
+
+
+def _protected(folder: Path) -> str | None:
+    """Why ``folder`` can never be a run folder to replace (None when it can)."""
+    real = folder.resolve()
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    if real == cwd:
+        return "is the current folder"
+    if real in cwd.parents:
+        return "contains the current folder"
+    if real == home or real in home.parents:
+        return "is your home folder or above it"
+    if real == Path(real.anchor):
+        return "is a filesystem root"
+    return None
+
+
+def _foreign_entries(folder: Path) -> list[str]:
+    """Entries of ``folder`` that lenskit would not have written there."""
+    return sorted(
+        e.name for e in folder.iterdir()
+        if e.is_symlink() or not e.is_file() or not e.name.endswith(RUN_FILE_SUFFIXES)
+    )
+
+
+def check_run_dir(out: Path, force: bool, is_run) -> None:
+    """Refuse an output folder that must not be (re)placed; ``is_run(folder)`` tells a lenskit run folder."""
+    out = Path(out)
+    if out.is_symlink():
+        raise OutputError(f"-o {out} is a symbolic link; name a real folder")
+    if not out.exists():
+        if out.parent.exists() and not out.parent.is_dir():
+            raise OutputError(f"cannot write to {out.parent}: it is not a folder")
+        return
+    if not out.is_dir():
+        raise OutputError(f"-o {out} exists and is not a folder")
+    why = _protected(out)
+    if why:
+        raise OutputError(f"-o {out} {why}; lenskit writes a run into a folder of its own: name a new one")
+    try:
+        empty = not any(out.iterdir())
+    except OSError as e:
+        raise OutputError(f"cannot read {out}: {e.strerror or e}") from None
+    if empty:
+        return
+    if not is_run(out):
+        raise OutputError(f"-o {out} exists and is not a lenskit run folder (no trace.safetensors of lenskit's); "
+                          "--force replaces only run folders: name a new folder")
+    foreign = _foreign_entries(out)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise OutputError(f"-o {out} holds files lenskit did not write ({shown}); --force would delete them: "
+                          "move them or name a new folder")
+    if not force:
+        raise OutputError(f"output folder {out} already exists; use --force to replace it")
+
+
+def new_run_dir(out: Path) -> Path:
+    """A fresh temporary folder beside ``out``, where the new run is built."""
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        tmp.chmod(default_mode(0o777))
+        return tmp
+    except OSError as e:
+        raise OutputError(f"cannot write to {out.parent}: {e.strerror or e}") from None
+
+
+def replace_run_dir(tmp: Path, out: Path) -> None:
+    """Move the finished run ``tmp`` to ``out``: the old run (if any) is renamed aside, the new one moved in, then
+    the old one deleted. On any failure or interrupt the old run is put back, so ``out`` is complete either way."""
+    out = Path(out)
+    aside, done = None, False
+    try:
+        if out.exists():
+            aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        try:
+            if aside is not None:
+                os.rename(out, aside / "run")
+            os.rename(tmp, out)
+            done = True
+        except BaseException:
+            if aside is not None and (aside / "run").exists():
+                os.rename(aside / "run", out)
+            raise
+    except OSError as e:
+        raise OutputError(f"cannot move the run into {out}: {e.strerror or e}") from None
+    finally:
+        if aside is not None and (done or not (aside / "run").exists()):
+            shutil.rmtree(aside, ignore_errors=True)
