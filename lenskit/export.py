@@ -82,6 +82,10 @@ def resolve_track(tokenizer, items: list, vocab_size: int) -> list[int]:
                     f"--track {text!r} is not a single token ({len(enc)} tokens); give a token id or one token's text"
                 )
             tid = enc[0]
+            unk = getattr(tokenizer, "unk_token_id", None)
+            if unk is not None and tid == unk and text != tokenizer.unk_token:
+                raise InputError(f"--track {text!r} is not in the vocabulary (the tokenizer reads it as "
+                                 f"{tokenizer.unk_token!r}); give a token id or one token's text")
         if not 0 <= tid < vocab_size:
             raise InputError(f"--track {text!r}: token id {tid} is out of range (vocabulary has {vocab_size} entries)")
         ids.append(tid)

@@ -111,15 +111,17 @@ def _foreign_entries(folder: Path) -> list[str]:
     )
 
 
-def check_run_dir(out: Path, force: bool, is_run) -> None:
-    """Refuse an output folder that must not be (re)placed; ``is_run(folder)`` tells a lenskit run folder."""
-    out = Path(out)
+def check_run_dir(out: Path, force: bool, is_run) -> Path:
+    """Refuse an output folder that must not be (re)placed; ``is_run(folder)`` tells a lenskit run folder.
+
+    Returns the folder as an absolute path with ``..`` resolved lexically (``-o a/missing/..`` is ``a``)."""
+    out = Path(os.path.abspath(out))
     if out.is_symlink():
         raise OutputError(f"-o {out} is a symbolic link; name a real folder")
     if not out.exists():
         if out.parent.exists() and not out.parent.is_dir():
             raise OutputError(f"cannot write to {out.parent}: it is not a folder")
-        return
+        return out
     if not out.is_dir():
         raise OutputError(f"-o {out} exists and is not a folder")
     why = _protected(out)
@@ -130,7 +132,7 @@ def check_run_dir(out: Path, force: bool, is_run) -> None:
     except OSError as e:
         raise OutputError(f"cannot read {out}: {e.strerror or e}") from None
     if empty:
-        return
+        return out
     if not is_run(out):
         raise OutputError(f"-o {out} exists and is not a lenskit run folder (no trace.safetensors of lenskit's); "
                           "--force replaces only run folders: name a new folder")
@@ -141,6 +143,7 @@ def check_run_dir(out: Path, force: bool, is_run) -> None:
                           "move them or name a new folder")
     if not force:
         raise OutputError(f"output folder {out} already exists; use --force to replace it")
+    return out
 
 
 def new_run_dir(out: Path) -> Path:

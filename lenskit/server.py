@@ -103,7 +103,7 @@ def find_runs(run_dirs: list[Path] | None = None, cwd: Path | None = None) -> di
             )
     runs: dict[str, Path] = {}
     for f in found:
-        stem = f.resolve().parent.name or "run"
+        stem = f.parent.resolve().name or "run"
         name, n = stem, 1
         while name in runs:
             n += 1

@@ -31,7 +31,7 @@ def export(
     prompt: Optional[int] = typer.Option(None, "--prompt", min=0, help="Export only this prompt (0-based). Default: all."),
     top_k: int = typer.Option(10, "--top-k", "-k", min=1, help="Final top-k tokens followed per position."),
     track: Optional[List[str]] = typer.Option(None, "--track", help="Extra token to follow: its text (one token, e.g. ' Paris') or id (ASCII digits). Repeatable."),
-    samples: int = typer.Option(3, "--samples", min=0, max=100, help="Sample tokens stored per histogram bin (0 for none; fewer = smaller JSON)."),
+    samples: int = typer.Option(3, "--samples", min=0, max=100, help="Histogram bins holding at most N tokens list them all as hover samples (the sparse tails); denser bins list none. 0 for none; more = bigger JSON."),
     norm: bool = typer.Option(True, "--norm/--no-norm", help="Apply the model's final norm (the logit lens) or project the raw stream."),
     precision: str = typer.Option(
         "float32", "--precision", callback=options.choice("precision", *options.PRECISIONS),
@@ -67,6 +67,9 @@ def export(
     log = progress_logger(quiet or output == "-")
     note = progress_logger(quiet)
     source = trace_path(run)
+    html = html.expanduser() if html is not None else None
+    if output not in (None, "-"):
+        output = str(Path(output).expanduser())
     if output is None and html is None:
         output = str(source.parent / EXPORT_FILE)
     if output not in (None, "-"):

@@ -88,10 +88,10 @@ def trace(
     from ..store import TRACE_FILE, is_run_folder, write_trace
 
     log = progress_logger(quiet)
-    out = output or default_run_dir(model)
-    check_run_dir(out, force, is_run_folder)
+    out = output.expanduser() if output else default_run_dir(model)
+    target = check_run_dir(out, force, is_run_folder)
     texts = read_prompts(prompts or [], file or [])
-    tmp = new_run_dir(out)
+    tmp = new_run_dir(target)
     try:
         loaded = load_model(model, revision, device, dtype, trust_remote_code, adapter, device_map, log=log)
         if export:  # check the export options now, not after the forward passes
@@ -111,7 +111,7 @@ def trace(
 
             opts = ExportOptions(top_k=top_k, track=list(track or []))
             write_document(export_run_dir(tmp, opts, loaded=loaded, states=states, log=log), tmp / EXPORT_FILE)
-        replace_run_dir(tmp, out)
+        replace_run_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     typer.echo(str(out))

@@ -22,7 +22,7 @@ def validate(
     problems = validate_trace(run)
     for p in problems:
         if not quiet:
-            typer.echo(f"lenskit: invalid: {p}", err=True)
+            typer.echo(f"lenskit: error: {p}", err=True)
     if problems:
         raise typer.Exit(1)
     if not quiet:

@@ -1,0 +1,517 @@
+"""Careless and hostile input, class by class, through the real CLI: one `lenskit: error:` line on stderr, exit 1,
+no traceback, nothing written that was not asked for, and every pre-existing file byte-identical.
+
+Classes (the README's reliability table counts the cases of each): run folders and ``--force``; output files of
+``export``; malformed trace files (hand-made safetensors: 8-byte header length + JSON header + data); what a trace can
+make ``export`` load; option values; the server (symlinks, Host, methods).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import struct
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from conftest import assert_clean_error
+from lenskit.cli import app
+from lenskit.store import TRACE_FILE, read_trace, validate_trace
+
+runner = CliRunner()
+
+
+def invoke(*args, **kw):
+    return runner.invoke(app, [str(a) for a in args], **kw)
+
+
+def assert_invalid(res, fragment):
+    """`lenskit validate` on a broken trace: exit 1, each violation one `lenskit: error:` line, no traceback."""
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    lines = res.stderr.strip().splitlines()
+    assert lines and all(line.startswith("lenskit: error: ") for line in lines), res.stderr
+    assert any(fragment in line for line in lines), res.stderr
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file under ``folder`` (symlinks not followed) -> its sha256: compare before and after a command."""
+    out = {}
+    for p in sorted(Path(folder).rglob("*")):
+        if p.is_symlink():
+            out[str(p)] = "link:" + os.readlink(p)
+        elif p.is_file():
+            out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+        else:
+            out[str(p)] = "dir"
+    return out
+
+
+@pytest.fixture()
+def run(tiny_run, tmp_path):
+    """A private copy of the tiny run (trace + export.json) that a test may break."""
+    import shutil
+
+    dst = tmp_path / "run"
+    shutil.copytree(tiny_run, dst)
+    return dst
+
+
+# ---- 1. run folders and --force ------------------------------------------------------------------------------------
+
+
+def _user_folder(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "thesis.tex").write_text("\\chapter{One}")
+    (path / "data").mkdir(exist_ok=True)
+    (path / "data" / "results.csv").write_text("a,b\n1,2\n")
+    return path
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_force_never_deletes_the_current_folder(tiny_dir, tmp_path, monkeypatch, force):
+    home = _user_folder(tmp_path / "project")
+    monkeypatch.chdir(home)
+    before = snapshot(home)
+    assert_clean_error(invoke("trace", "the cat", "-m", tiny_dir, "-o", ".", *(["--force"] if force else [])),
+                       "current folder")
+    assert snapshot(home) == before
+
+
+@pytest.mark.parametrize("target", ["..", "../..", "~", "HOME/sub/..", "/"])
+def test_force_never_deletes_parents_home_or_root(tiny_dir, tmp_path, monkeypatch, target):
+    home = _user_folder(tmp_path / "home")
+    work = home / "work"
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    before = snapshot(tmp_path)
+    out = target.replace("HOME", str(home))
+    res = invoke("trace", "the cat", "-m", tiny_dir, "-o", out, "--force")
+    assert_clean_error(res, "-o")
+    assert snapshot(tmp_path) == before
+
+
+def test_force_refuses_a_folder_that_is_not_a_run(tiny_dir, tmp_path):
+    thesis = _user_folder(tmp_path / "thesis")
+    before = snapshot(tmp_path)
+    assert_clean_error(invoke("trace", "the cat", "-m", tiny_dir, "-o", thesis, "--force"), "not a lenskit run folder")
+    assert snapshot(tmp_path) == before
+
+
+def test_force_refuses_a_run_holding_a_users_files(run, tiny_dir):
+    (run / "notes.md").write_text("my notes")
+    before = snapshot(run.parent)
+    assert_clean_error(invoke("trace", "the cat", "-m", tiny_dir, "-o", run, "--force"), "notes.md")
+    assert snapshot(run.parent) == before
+
+
+def test_force_refuses_a_folder_with_a_fake_trace(tiny_dir, tmp_path):
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / TRACE_FILE).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")  # safetensors, no lenskit metadata
+    before = snapshot(tmp_path)
+    assert_clean_error(invoke("trace", "the cat", "-m", tiny_dir, "-o", fake, "--force"), "not a lenskit run")
+    assert snapshot(tmp_path) == before
+
+
+def test_output_that_is_a_symlink_or_a_file(run, tiny_dir, tmp_path):
+    (tmp_path / "link").symlink_to(run, target_is_directory=True)
+    (tmp_path / "afile").write_text("keep")
+    before = snapshot(tmp_path)
+    assert_clean_error(invoke("trace", "the cat", "-m", tiny_dir, "-o", tmp_path / "link", "--force"), "symbolic link")
+    assert_clean_error(invoke("trace", "the cat", "-m", tiny_dir, "-o", tmp_path / "afile", "--force"), "not a folder")
+    assert_clean_error(invoke("trace", "the cat", "-m", tiny_dir, "-o", tmp_path / "afile" / "r"), "cannot write")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_replacing_a_run_is_atomic(run, tiny_dir, monkeypatch, failure):
+    """A failure or Ctrl-C while the new run is moved in leaves the old run complete, in place."""
+    import lenskit.files as files
+
+    before = snapshot(run)
+    real_rename = os.rename
+    calls = []
+
+    def flaky(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # old run aside (1), new run in (2): fail the second
+            raise failure
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(files.os, "rename", flaky)
+    res = invoke("trace", "the dog", "-m", tiny_dir, "-o", run, "--force", "-q")
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert snapshot(run) == before
+    assert [p.name for p in run.parent.iterdir()] == ["run"]  # no temp folder or old copy left behind
+
+
+def test_force_replaces_a_run_completely(run, tiny_dir):
+    res = invoke("trace", "the dog", "-m", tiny_dir, "-o", run, "--force", "-q")
+    assert res.exit_code == 0, res.output
+    assert read_trace(run).meta["prompts"][0]["text"] == "the dog"
+    assert sorted(p.name for p in run.parent.iterdir()) == ["run"]
+
+
+# ---- 2. files written by export ------------------------------------------------------------------------------------
+
+
+def test_html_into_a_missing_folder_touches_nothing(run, tmp_path):
+    before = snapshot(tmp_path)
+    assert_clean_error(invoke("export", run, "--html", tmp_path / "missing" / "report.html"), "does not exist")
+    assert snapshot(tmp_path) == before
+
+
+def test_html_alone_writes_only_the_report(run, tmp_path):
+    before = snapshot(run)
+    res = invoke("export", run, "--html", tmp_path / "r.html", "--positions", "1")
+    assert res.exit_code == 0, res.output
+    assert snapshot(run) == before  # export.json (maybe an earlier --track result) untouched
+    assert (tmp_path / "r.html").read_text().startswith("<!doctype html>") or (tmp_path / "r.html").stat().st_size
+    assert f"wrote {tmp_path / 'r.html'}" in res.stderr
+
+
+def test_default_export_says_what_it_wrote(run):
+    res = invoke("export", run, "--positions", "1")
+    assert res.exit_code == 0, res.output
+    assert f"wrote {run / 'export.json'}" in res.stderr
+
+
+@pytest.mark.parametrize("target, fragment", [
+    ("notes.txt", "not a lenskit export"),  # a user's file is never overwritten
+    ("run/trace.safetensors", "another file of this command"),  # nor the trace being read
+    ("run", "is a folder"),
+    ("nowhere/e.json", "does not exist"),
+])
+def test_export_output_refused(run, tmp_path, target, fragment):
+    (tmp_path / "notes.txt").write_text("precious")
+    before = snapshot(tmp_path)
+    assert_clean_error(invoke("export", run, "-o", tmp_path / target), fragment)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("html_target, fragment", [
+    ("notes.txt", "not a lenskit report"),
+    ("run/export.json", "not a lenskit report"),
+    ("same", "another file of this command"),
+])
+def test_html_output_refused(run, tmp_path, html_target, fragment):
+    (tmp_path / "notes.txt").write_text("precious")
+    before = snapshot(tmp_path)
+    html = tmp_path / "e.json" if html_target == "same" else tmp_path / html_target
+    assert_clean_error(invoke("export", run, "-o", tmp_path / "e.json", "--html", html), fragment)
+    assert snapshot(tmp_path) == before
+
+
+def test_lenskit_overwrites_its_own_outputs(run, tmp_path):
+    for _ in range(2):
+        res = invoke("export", run, "-o", tmp_path / "e.json", "--html", tmp_path / "r.html", "--positions", "0", "-q")
+        assert res.exit_code == 0, res.output
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# ---- 3. malformed trace files --------------------------------------------------------------------------------------
+
+
+def raw_safetensors(path: Path, header: dict, data: bytes = b"", header_len: int | None = None) -> None:
+    """Write a safetensors file by hand: 8-byte little-endian header length, JSON header, data."""
+    head = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(head) if header_len is None else header_len) + head + data)
+
+
+def _meta(run: Path) -> dict:
+    return read_trace(run).meta
+
+
+def _rewrite(run: Path, change=None, tensors=None) -> None:
+    meta = _meta(run)
+    t = load_file(run / TRACE_FILE)
+    if change:
+        change(meta)
+    if tensors:
+        tensors(t)
+    save_file(t, run / TRACE_FILE, metadata={"lenskit": json.dumps(meta)})
+
+
+def _set(path: list, value):
+    def change(meta):
+        d = meta
+        for k in path[:-1]:
+            d = d[k]
+        if value is KeyError:
+            del d[path[-1]]
+        else:
+            d[path[-1]] = value
+
+    return change
+
+
+META_CASES = [
+    (_set(["model"], KeyError), "no 'model' section"),
+    (_set(["model"], "llama"), "no 'model' section"),
+    (_set(["model", "architecture"], KeyError), "model.architecture"),
+    (_set(["model", "vocab_size"], -1), "model.vocab_size"),
+    (_set(["model", "vocab_size"], "96"), "model.vocab_size"),
+    (_set(["model", "dtype"], "int8"), "model.dtype"),
+    (_set(["model", "fingerprint"], None), "model.fingerprint"),
+    (_set(["prompts", 0, "token_ids"], KeyError), "no 'token_ids'"),
+    (_set(["prompts", 0, "token_ids"], "1 2 3"), "no 'token_ids'"),
+    (_set(["prompts", 0, "token_ids", 1], 10**9), "outside the vocabulary"),
+    (_set(["prompts", 0, "token_ids", 1], -3), "outside the vocabulary"),
+    (_set(["prompts", 0, "token_ids", 1], 2.5), "no 'token_ids'"),
+    (_set(["prompts", 0, "text"], None), "no 'text'"),
+    (_set(["prompts", 0, "tokens"], ["x"]), "'tokens' must be"),
+    (_set(["prompts"], []), "no 'prompts'"),
+    (_set(["prompts", 0], "hello"), "not an object"),
+    (_set(["stages"], KeyError), "no 'stages'"),
+    (_set(["stages", 1, "kind"], "mlp"), "stage 1"),
+    (_set(["model", "n_layers"], 5), "expected 2L+1"),
+    (_set(["format"], "1"), "format '1'"),
+    (_set(["format"], KeyError), "format None"),
+]
+
+
+@pytest.mark.parametrize("change, fragment", META_CASES)
+def test_metadata_breaking_the_contract(run, tmp_path, change, fragment):
+    _rewrite(run, change)
+    before = snapshot(tmp_path)
+    assert_clean_error(invoke("export", run, "-o", tmp_path / "o.json"), fragment)
+    assert_invalid(invoke("validate", run), fragment)
+    assert snapshot(tmp_path) == before
+
+
+TENSOR_CASES = [
+    (lambda t: t.update({k: v[:, :, :16].contiguous() for k, v in t.items()}), "differs from the lens"),
+    (lambda t: t.update({"prompt.0.stages": t["prompt.0.stages"][:, :, :16].contiguous()}), "another prompt"),
+    (lambda t: t.update({"prompt.0.stages": t["prompt.0.stages"][:, :-1].contiguous()}), "expected [7, "),
+    (lambda t: t.update({"prompt.0.stages": t["prompt.0.stages"][0].contiguous()}), "expected [S, T, D]"),
+    (lambda t: t.update({"prompt.0.stages": t["prompt.0.stages"].to(torch.int32)}), "dtype 'I32'"),
+    (lambda t: t.update({"prompt.0.stages": t["prompt.0.stages"].to(torch.bool)}), "dtype 'BOOL'"),
+    (lambda t: t.pop("prompt.1.stages"), "prompt.1.stages is missing"),
+    (lambda t: t.update({"evil": torch.zeros(2)}), "unexpected tensor"),
+    (lambda t: t["prompt.1.stages"].__setitem__((4, 2, 7), float("nan")), "stage L1.ffn, position 2"),
+    (lambda t: t["prompt.0.stages"].__setitem__((0, 0, 0), float("inf")), "stage embed, position 0"),
+    (lambda t: t.update({"prompt.0.stages": t["prompt.0.stages"].half().mul(1e6)}), "non-finite"),
+]
+
+
+@pytest.mark.parametrize("change, fragment", TENSOR_CASES)
+def test_tensors_breaking_the_contract(run, tmp_path, change, fragment):
+    _rewrite(run, tensors=change)
+    if fragment == "differs from the lens":  # a valid trace on its own: only the lens can tell
+        assert validate_trace(run) == []
+    else:
+        assert_invalid(invoke("validate", run), fragment)
+    before = snapshot(tmp_path)
+    assert_clean_error(invoke("export", run, "-o", tmp_path / "o.json"), fragment)
+    assert snapshot(tmp_path) == before
+
+
+def _valid_header(run: Path) -> tuple[dict, bytes]:
+    data = (run / TRACE_FILE).read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    return json.loads(data[8: 8 + n]), data[8 + n:]
+
+
+RAW_CASES = [
+    (lambda h, d: (b"", None), "readable safetensors"),
+    (lambda h, d: (b"\x01\x02\x03", None), "readable safetensors"),
+    (lambda h, d: (struct.pack("<Q", 2**63) + b"{}", None), "readable safetensors"),
+    (lambda h, d: (struct.pack("<Q", 5) + b"nope!", None), "not JSON"),
+    (lambda h, d: (struct.pack("<Q", 2) + b"[]", None), "not a JSON object"),
+    (lambda h, d: ({"__metadata__": {"other": "x"}}, b""), "no lenskit metadata"),
+    (lambda h, d: ({"__metadata__": {"lenskit": "{not json"}}, b""), "not valid JSON"),
+    (lambda h, d: ({"__metadata__": {"lenskit": "[1, 2]"}}, b""), "not a JSON object"),
+    (lambda h, d: (h, d[: len(d) // 3]), "truncated"),
+    (lambda h, d: (dict(h, **{"prompt.0.stages": dict(h["prompt.0.stages"], data_offsets=[0, 4])}), d), "data offsets"),
+]
+
+
+@pytest.mark.parametrize("make, fragment", RAW_CASES)
+def test_hand_made_files(run, tmp_path, make, fragment):
+    header, data = _valid_header(run)
+    head, body = make(header, data)
+    if isinstance(head, bytes):
+        (run / TRACE_FILE).write_bytes(head)
+    else:
+        raw_safetensors(run / TRACE_FILE, head, body)
+    before = snapshot(tmp_path)
+    assert_clean_error(invoke("export", run, "-o", tmp_path / "o.json"), fragment)
+    assert_invalid(invoke("validate", run), fragment)
+    assert snapshot(tmp_path) == before
+
+
+def test_validate_passes_a_good_trace(run):
+    res = invoke("validate", run)
+    assert res.exit_code == 0 and res.stdout.strip().endswith(": ok"), res.output
+
+
+# ---- 4. what a trace can make export load --------------------------------------------------------------------------
+
+
+def test_trace_cannot_make_export_download(run, monkeypatch):
+    """A hub id missing locally is looked up with local_files_only=True, even with HF_HUB_OFFLINE unset."""
+    import huggingface_hub
+
+    calls = []
+
+    def fake_download(repo_id, **kw):
+        calls.append(kw)
+        raise FileNotFoundError("not in the local cache")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    _rewrite(run, _set(["model", "source"], {"id": "evil-org/huge-model", "path": "/nonexistent", "gguf": None}))
+    assert_clean_error(invoke("export", run), "--allow-download")
+    assert calls and all(kw.get("local_files_only") is True for kw in calls)
+    calls.clear()
+    invoke("export", run, "--allow-download")
+    assert calls and calls[0].get("local_files_only") is False
+    calls.clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # the usual switch, set explicitly
+    invoke("export", run)
+    assert calls and calls[0].get("local_files_only") is False
+
+
+@pytest.mark.parametrize("source, fragment", [
+    ({"gguf": "/nonexistent/model.gguf"}, "does not exist"),
+    ({"path": 42, "id": None}, "names no model"),
+    ({"path": "/etc", "id": None}, "cannot load"),
+])
+def test_trace_source_elsewhere(run, source, fragment):
+    _rewrite(run, _set(["model", "source"], source))
+    _rewrite(run, _set(["model", "id"], None))
+    assert_clean_error(invoke("export", run), fragment)
+
+
+# ---- 5. option values, checked before the lens loads ---------------------------------------------------------------
+
+
+@pytest.fixture()
+def no_lens(monkeypatch):
+    """Make loading the lens weights fail loudly: an option error must come first."""
+    import lenskit.export as export
+
+    def boom(*a, **k):
+        raise AssertionError("the lens weights were loaded before the options were checked")
+
+    monkeypatch.setattr(export, "trace_lens", boom)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--max-memory", "infG"], "--max-memory"),
+    (["--max-memory", "-5M"], "--max-memory"),
+    (["--max-memory", "nan"], "--max-memory"),
+    (["--max-memory", "0"], "--max-memory"),
+    (["--max-memory", "1e400G"], "--max-memory"),
+    (["--max-memory", "5 parsecs"], "--max-memory"),
+    (["--max-memory", "١٠M"], "--max-memory"),
+    (["--track", "٣"], "not in the vocabulary"),
+    (["--track", "France Paris"], "not a single token"),
+    (["--track", "99999"], "out of range"),
+    (["--track", ""], "not a single token"),
+    (["--positions", "99"], "out of range"),
+    (["--positions", "٣"], "bad --positions"),
+    (["--positions", "3-1"], "is empty"),
+    (["--positions", "1,,2"], "bad --positions"),
+    (["--positions", "+1"], "bad --positions"),
+    (["--positions", "1_0"], "bad --positions"),
+    (["--prompt", "5"], "out of range"),
+    (["--prompt", "-1"], "--prompt"),
+    (["--top-k", "0"], "--top-k"),
+    (["--top-k", "100000"], "--top-k"),
+    (["--samples", "101"], "--samples"),
+    (["--precision", "half"], "unknown precision"),
+    (["--device", "meta"], "unknown device"),
+    (["--device", "cuda:٣"], "unknown device"),
+])
+def test_bad_options_refused_before_the_lens_loads(run, tmp_path, no_lens, args, fragment):
+    before = snapshot(tmp_path)
+    assert_clean_error(invoke("export", run, "-o", tmp_path / "o.json", *args), fragment)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--dtype", "int8"], "unknown dtype"),
+    (["--device", "xla"], "unknown device"),
+    (["--top-k", "-3"], "--top-k"),
+    (["--track", "٣"], "not in the vocabulary"),
+])
+def test_bad_trace_options(tiny_dir, tmp_path, args, fragment):
+    assert_clean_error(invoke("trace", "the cat", "-m", tiny_dir, "-o", tmp_path / "r", *args), fragment, tmp_path / "r")
+
+
+# ---- 6. the server -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def served(run, tmp_path):
+    from lenskit.server import Server, Site, find_runs
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0")
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "export.json").symlink_to(secret)
+    srv = Server(Site(find_runs([run, evil])), "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def request(srv, path="/runs.json", host=None, method="GET"):
+    conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=10)
+    conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+    if host is not None:
+        conn.putheader("Host", host)
+    conn.endheaders()
+    res = conn.getresponse()
+    body = res.read()
+    conn.close()
+    return res.status, body
+
+
+def test_symlink_out_of_the_run_is_refused(served):
+    status, body = request(served, "/runs/evil/export.json", host=f"127.0.0.1:{served.server_address[1]}")
+    assert status == 403 and b"root:" not in body
+    status, _ = request(served, "/runs/run/export.json", host=f"127.0.0.1:{served.server_address[1]}")
+    assert status == 200
+
+
+@pytest.mark.parametrize("host", ["evil.example", "127.0.0.1.evil.example", "evil.example:{port}", "localhost.evil",
+                                  "127.0.0.1:1", "", "[::1]:1"])
+def test_dns_rebinding_hosts_are_refused(served, host):
+    status, body = request(served, "/runs/run/export.json", host=host.format(port=served.server_address[1]))
+    assert status == 403 and b"schema" not in body
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "LOCALHOST:{port}", "127.0.0.1"])
+def test_own_host_names_are_answered(served, host):
+    assert request(served, "/runs.json", host=host.format(port=served.server_address[1]))[0] == 200
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "PATCH"])
+def test_only_get_and_head(served, method):
+    port = served.server_address[1]
+    assert request(served, "/runs.json", host=f"127.0.0.1:{port}", method=method)[0] == 405
+    assert request(served, "/runs.json", host=f"127.0.0.1:{port}", method="HEAD")[0] == 200
+
+
+def test_wildcard_bind_warns(run, monkeypatch):
+    from lenskit.commands import serve as serve_cmd
+    from lenskit.server import Server
+
+    monkeypatch.setattr(Server, "serve_forever", lambda self: (_ for _ in ()).throw(KeyboardInterrupt()))
+    res = invoke("serve", run, "--host", "0.0.0.0", "--port", "0")
+    assert res.exit_code == 0, res.output
+    assert "visible to anyone" in res.stderr
+    assert serve_cmd  # imported for the monkeypatch target's module
