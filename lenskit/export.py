@@ -19,7 +19,20 @@ import torch
 from . import __version__
 from .errors import InputError, ModelError
 from .lens import Lens, Scorer
-from .schema import HIST_BINS, HIST_SAMPLES, HIST_Z_MAX, HIST_Z_MIN, ROUND_SCORE, ROUND_STAT, SCHEMA_VERSION
+from .schema import (
+    HIST_BINS,
+    HIST_SAMPLES,
+    HIST_Z_MAX,
+    HIST_Z_MIN,
+    ROUND_NATS,
+    ROUND_SCORE,
+    ROUND_STAT,
+    SCHEMA_VERSION,
+    encode_counts,
+    sparse_bins,
+    vlq_encode,
+    z_bin,
+)
 from .stats import chunk_stats
 
 WORK_BYTES = 21  # statistics workspace bytes per (row, vocab) entry: softmax/bins, products (f32), bins (i64, i32), mask
@@ -186,22 +199,44 @@ def _position_record(st, i: int, n_stages: int, p: int, ids: list[int], token_id
     nz = counts > 0
     lo = nz.argmax(-1)  # first non-empty bin
     hi = HIST_BINS - 1 - nz[:, ::-1].argmax(-1)
+    score = _round(st.tracked_score[r0:r1, :k].t(), ROUND_SCORE)
+    mean, std = _round(st.mean[r0:r1], ROUND_STAT), _round(st.std[r0:r1], ROUND_STAT)
     return {
         "pos": p,
         "tracked_ids": ids,
         "next": ids.index(nxt) if nxt is not None else None,
-        "score": _round(st.tracked_score[r0:r1, :k].t(), ROUND_SCORE),
+        "score": score,
         "rank": _ints(st.rank[r0:r1, :k].t()),
-        "bin": _ints(st.tracked_bin[r0:r1, :k].t()),
-        "mean": _round(st.mean[r0:r1], ROUND_STAT),
-        "std": _round(st.std[r0:r1], ROUND_STAT),
-        "lse": _round(st.lse[r0:r1], ROUND_STAT),
-        "entropy": _round(st.entropy[r0:r1], ROUND_STAT),
-        "kl": _round(st.kl[r0:r1], ROUND_STAT),
+        "mean": mean,
+        "std": std,
+        "lse": _round(st.lse[r0:r1], ROUND_NATS),
+        "entropy": _round(st.entropy[r0:r1], ROUND_NATS),
+        "kl": _round(st.kl[r0:r1], ROUND_NATS),
+        "bin_edge": _bin_edge(_ints(st.tracked_bin[r0:r1, :k].t()), score, mean, std),
         "hist_lo": lo.astype(np.int32),
-        "hist_counts": [counts[j, lo[j]: hi[j] + 1] for j in range(n_stages)],
+        "hist_hi": hi.astype(np.int32),
+        "hist_counts": counts,
         "sample_ids": samples[r0:r1],
     }
+
+
+def _bin_edge(true_bins: np.ndarray, score: np.ndarray, mean: np.ndarray, std: np.ndarray) -> list[list[int]]:
+    """``[j, s, bin]`` where the bin recomputed from the rounded numbers (as readers do) is not the true one."""
+    wrong = np.argwhere(z_bin(score, mean[None, :], std[None, :]) != true_bins)
+    return [[int(j), int(s), int(true_bins[j, s])] for j, s in wrong]
+
+
+def _sparse_samples(row: dict, samples: int) -> list[np.ndarray]:
+    """Per stage, the sample ids of the sparse bins only (all their tokens): the statistics give min(samples, count)
+    ids per bin, bin after bin; denser bins' ids are dropped."""
+    out = []
+    for s, ids in enumerate(row["sample_ids"]):
+        c = row["hist_counts"][s]
+        per_bin = np.minimum(c, samples)
+        if per_bin.sum() != len(ids):
+            raise RuntimeError(f"stage {s}: {len(ids)} sample tokens for {int(per_bin.sum())} expected")
+        out.append(ids[np.repeat(sparse_bins(c, samples), per_bin)])
+    return out
 
 
 def _samples_by_row(st, n_rows: int, col_ids: torch.Tensor) -> list[np.ndarray]:
@@ -231,10 +266,12 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
     from .tokens import token_texts
 
     referenced = [np.asarray(meta["prompts"][pi]["token_ids"], dtype=np.int64) for pi, _ in prompts_out]
+    kept = {}  # id(row) -> per-stage sample ids of its sparse bins
     for _, positions in prompts_out:
         for row in positions:
+            kept[id(row)] = _sparse_samples(row, options.samples)
             referenced.append(np.asarray(row["tracked_ids"], dtype=np.int64))
-            referenced.extend(row["sample_ids"])
+            referenced.extend(kept[id(row)])
     # string table ordered by how often a token is referenced (ties: by id), so common references are short numbers
     ids_all, freq = np.unique(np.concatenate(referenced), return_counts=True) if referenced else (np.zeros(0, np.int64),) * 2
     table = ids_all[np.lexsort((ids_all, -freq))]
@@ -255,13 +292,17 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
                 "next": row["next"],
                 "score": row["score"],
                 "rank": row["rank"],
-                "bin": row["bin"],
+                "bin_edge": row["bin_edge"],
                 "mean": row["mean"],
                 "std": row["std"],
                 "lse": row["lse"],
                 "entropy": row["entropy"],
                 "kl": row["kl"],
-                "hist": {"lo": row["hist_lo"], "counts": row["hist_counts"], "samples": [refs(x) for x in row["sample_ids"]]},
+                "hist": {
+                    "lo": row["hist_lo"],
+                    "counts": encode_counts(row["hist_counts"], row["hist_lo"], row["hist_hi"]),
+                    "samples": [vlq_encode(refs(x)) for x in kept[id(row)]],
+                },
             })
         prompts.append(entry)
     ids = table.tolist()

@@ -6,12 +6,21 @@ that validate against it, and the viewer's ``js/data.js`` is the only JavaScript
 
 Layout in one breath: a string table ``tokens`` (each token text once, with its vocabulary id in ``token_ids``);
 prompts -> positions -> columnar arrays indexed ``[tracked token][stage]`` or ``[stage]``; every token reference is
-an index into the string table.
+an index into the string table. The histograms (most of the bytes) are Base64 VLQ strings (:func:`vlq_encode`);
+:func:`histogram` and :func:`tracked_bins` read them back.
+
+Version 2 (``lenskit.export/2``, a third of version 1's size) differs from version 1: counts are VLQ strings of the
+change from the previous stage, sample tokens are all the tokens of the sparse bins (at most ``histogram.samples``
+tokens) and none of the others, the tracked tokens' bins are recomputed from ``score``/``mean``/``std`` (``bin_edge``
+lists the rare exceptions) instead of being stored, and lse/entropy/KL have 3 decimals. The viewer reads both.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = "lenskit.export/1"
+import numpy as np
+
+SCHEMA_VERSION = "lenskit.export/2"
+SCHEMA_VERSIONS_READ = ("lenskit.export/1", SCHEMA_VERSION)  # what the viewer (js/data.js) accepts
 EXPORT_FILE = "export.json"  # name of the export inside a run folder (written by trace/export, served by serve)
 
 # Histogram of z-scored logits: HIST_BINS equal bins over [HIST_Z_MIN, HIST_Z_MAX]; z-scores outside the range are
@@ -19,11 +28,12 @@ EXPORT_FILE = "export.json"  # name of the export inside a run folder (written b
 HIST_BINS = 100
 HIST_Z_MIN = -8.0
 HIST_Z_MAX = 12.0
-HIST_SAMPLES = 3
+HIST_SAMPLES = 3  # sparse bins (at most this many tokens) list all their tokens; denser bins list none
 
 # Rounding (decimal places) of the floats written: enough for the figures, hover and re-computing z-scores.
 ROUND_SCORE = 3
-ROUND_STAT = 4
+ROUND_STAT = 4  # mean and std (z-scores and histogram bins are recomputed from them)
+ROUND_NATS = 3  # lse, entropy and KL: like the scores (log-probability = score - lse) and as the viewer shows them
 
 
 def _arr(items: dict, description: str) -> dict:
@@ -39,7 +49,7 @@ _PER_STAGE_INT = _arr(_INT, "one value per stage")
 _POSITION = {
     "type": "object",
     "description": "Everything the figures show for one token position of one prompt.",
-    "required": ["pos", "tracked", "next", "score", "rank", "bin", "mean", "std", "lse", "entropy", "kl", "hist"],
+    "required": ["pos", "tracked", "next", "score", "rank", "bin_edge", "mean", "std", "lse", "entropy", "kl", "hist"],
     "additionalProperties": False,
     "properties": {
         "pos": {"type": "integer", "minimum": 0, "description": "Token position in the prompt (0-based)."},
@@ -57,7 +67,12 @@ _POSITION = {
             _arr(_INT, "per stage"),
             "`[tracked][stage]` rank among all vocabulary tokens: 1 + number of tokens with a strictly greater score.",
         ),
-        "bin": _arr(_arr(_INT, "per stage"), "`[tracked][stage]` histogram bin (0-based) of each tracked token."),
+        "bin_edge": _arr(
+            _arr(_INT, "[tracked, stage, bin]"),
+            "The histogram bin of tracked token j at stage s is computed from the rounded numbers, "
+            "clamp(floor((z - `z_min`) / width), 0, `bins` - 1) with z = (score - mean) / std in float64 (z = 0 when "
+            "std is 0); `[j, s, bin]` entries give the true bin where that differs (a score at a bin edge: rare).",
+        ),
         "mean": dict(_PER_STAGE_NUM, description="`[stage]` mean of the raw scores over the vocabulary."),
         "std": dict(_PER_STAGE_NUM, description="`[stage]` standard deviation of the raw scores (z = (score - mean) / std)."),
         "lse": dict(
@@ -69,20 +84,24 @@ _POSITION = {
         ),
         "hist": {
             "type": "object",
-            "description": "Histogram of z-scored scores per stage; only the span of non-empty bins is stored.",
+            "description": "Histogram of z-scored scores per stage; only the span of non-empty bins is stored. Integer "
+            "lists are strings in Base64 VLQ, the encoding of JavaScript source maps (alphabet A-Z a-z 0-9 + /; per "
+            "number 5-bit groups, least significant first, bit 32 set on all but its last digit; the lowest bit of the "
+            "value is the sign).",
             "required": ["lo", "counts", "samples"],
             "additionalProperties": False,
             "properties": {
                 "lo": dict(_PER_STAGE_INT, description="`[stage]` index of the first stored bin."),
                 "counts": _arr(
-                    _arr(_INT, "per bin"),
-                    "`[stage][bin - lo]` token counts from bin `lo` to the last non-empty bin; each row sums to `vocab_size`.",
+                    {"type": "string"},
+                    "`[stage]` VLQ: the token counts of bins `lo` to the last non-empty bin, each minus the same bin's "
+                    "count at the previous stage (0 at stage 0); the counts of a stage sum to `vocab_size`.",
                 ),
                 "samples": _arr(
-                    _arr(_IDX, "per sample"),
-                    "`[stage]` sample tokens (string-table indices), bin after bin: bin b contributes "
-                    "min(`histogram.samples`, count of b) tokens, the first ones of the bin in a fixed pseudo-random "
-                    "vocabulary order (seeded, so reruns agree).",
+                    {"type": "string"},
+                    "`[stage]` VLQ of string-table indices, bin after bin: each non-empty bin with at most "
+                    "`histogram.samples` tokens lists all of them (in a fixed pseudo-random vocabulary order, seeded, so "
+                    "reruns agree); denser bins list none.",
                 ),
             },
         },
@@ -91,7 +110,7 @@ _POSITION = {
 
 JSON_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "$id": "lenskit.export/1",
+    "$id": SCHEMA_VERSION,
     "title": "lenskit export",
     "description": "Logit-lens statistics of one traced run: per prompt, per token position, per stage.",
     "type": "object",
@@ -137,7 +156,12 @@ JSON_SCHEMA = {
                 "bins": {"type": "integer", "minimum": 1, "description": "Number of bins."},
                 "z_min": {"type": "number", "description": "Left edge of bin 0 (z-score)."},
                 "z_max": {"type": "number", "description": "Right edge of the last bin (z-score)."},
-                "samples": {"type": "integer", "minimum": 0, "description": "Maximum sample tokens stored per bin."},
+                "samples": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Bins holding at most this many tokens list them all as samples (the sparse tails); "
+                    "denser bins list none.",
+                },
             },
         },
         "tokens": _arr({"type": "string"}, "String table: each token text once (decoded; invalid UTF-8 bytes as \\xNN)."),
@@ -163,12 +187,22 @@ JSON_SCHEMA = {
 def markdown_reference() -> str:
     """Field-by-field reference of the export format, generated from :data:`JSON_SCHEMA`'s descriptions."""
     lines = [
-        "# Export format (`lenskit.export/1`)",
+        f"# Export format (`{SCHEMA_VERSION}`)",
         "",
         "Generated from `lenskit/schema.py` (`lenskit schema` prints the JSON Schema). Do not edit by hand.",
         "",
-        f"Histogram: {HIST_BINS} bins over z in [{HIST_Z_MIN}, {HIST_Z_MAX}], bin width "
-        f"{(HIST_Z_MAX - HIST_Z_MIN) / HIST_BINS:g}; scores rounded to {ROUND_SCORE} decimals, statistics to {ROUND_STAT}.",
+        (
+            f"Histogram: {HIST_BINS} bins over z in [{HIST_Z_MIN}, {HIST_Z_MAX}], bin width "
+            f"{(HIST_Z_MAX - HIST_Z_MIN) / HIST_BINS:g}; scores rounded to {ROUND_SCORE} decimals, `lse`, `entropy` and `kl` to {ROUND_NATS}, "
+            f"`mean` and `std` to {ROUND_STAT}."
+        ),
+        "",
+        (
+            "Version 2 differs from version 1 (`lenskit.export/1`, still read by the viewer): histogram counts and samples "
+            "are Base64 VLQ strings, counts are stored as changes from the previous stage, only sparse bins list sample "
+            "tokens (all of theirs), the tracked tokens' bins are recomputed (`bin_edge`) instead of stored (`bin`), and "
+            "`lse`, `entropy`, `kl` have 3 decimals instead of 4."
+        ),
         "",
         "| field | type | meaning |",
         "|---|---|---|",
@@ -188,3 +222,114 @@ def markdown_reference() -> str:
 
     walk(JSON_SCHEMA, "")
     return "\n".join(lines) + "\n"
+
+
+# ---- encodings (the viewer's js/data.js mirrors these)
+
+VLQ_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+_VLQ_INDEX = {c: i for i, c in enumerate(VLQ_ALPHABET)}
+
+
+def vlq_encode(values) -> str:
+    """Integers -> Base64 VLQ, as in JavaScript source maps: sign in the lowest bit of the first digit, 5 bits per
+    base64 digit, least significant first, bit 5 (value 32) set on every digit but a number's last."""
+    v = np.asarray(values, dtype=np.int64).ravel()
+    if v.size == 0:
+        return ""
+    u = np.where(v < 0, ((-v) << 1) | 1, v << 1)
+    nd = np.ones(u.shape, dtype=np.int64)
+    rest = u >> 5
+    while rest.any():
+        nd += rest > 0
+        rest >>= 5
+    start = np.cumsum(nd) - nd
+    out = np.empty(int(nd.sum()), dtype=np.uint8)
+    alphabet = np.frombuffer(VLQ_ALPHABET.encode(), dtype=np.uint8)
+    for k in range(int(nd.max())):
+        m = nd > k
+        digit = (u[m] >> (5 * k)) & 31
+        digit |= np.where(nd[m] - 1 > k, 32, 0)
+        out[start[m] + k] = alphabet[digit]
+    return out.tobytes().decode("ascii")
+
+
+def vlq_decode(text: str) -> list[int]:
+    """Base64 VLQ -> integers (inverse of :func:`vlq_encode`)."""
+    out, value, shift = [], 0, 0
+    for ch in text:
+        d = _VLQ_INDEX[ch]
+        value |= (d & 31) << shift
+        if d & 32:
+            shift += 5
+            continue
+        out.append(-(value >> 1) if value & 1 else value >> 1)
+        value, shift = 0, 0
+    return out
+
+
+def encode_counts(counts: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> list[str]:
+    """``counts [S, HIST_BINS]`` -> per stage the VLQ string of bins ``lo..hi``, each minus the same bin's count at
+    the previous stage (0 before the first stage and outside the previous stage's ``lo..hi``)."""
+    prev = np.zeros(counts.shape[1], dtype=np.int64)
+    out = []
+    for s in range(counts.shape[0]):
+        span = counts[s, lo[s]: hi[s] + 1].astype(np.int64)
+        out.append(vlq_encode(span - prev[lo[s]: hi[s] + 1]))
+        prev = np.zeros_like(prev)
+        prev[lo[s]: hi[s] + 1] = span
+    return out
+
+
+def sparse_bins(counts, samples: int):
+    """Which bins list their sample tokens: the non-empty ones with at most ``samples`` tokens."""
+    c = np.asarray(counts)
+    return (c > 0) & (c <= samples)
+
+
+def z_bin(score, mean, std, bins: int = HIST_BINS, z_min: float = HIST_Z_MIN, z_max: float = HIST_Z_MAX):
+    """Histogram bin of a score from the exported (rounded) numbers, as the viewer computes it (float64):
+    ``clamp(floor((z - z_min) / width), 0, bins - 1)``, z = (score - mean) / std (0 when std is 0)."""
+    score, mean, std = (np.asarray(x, dtype=np.float64) for x in (score, mean, std))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(std > 0, (score - mean) / np.where(std > 0, std, 1.0), 0.0)
+        b = np.floor((z - z_min) / ((z_max - z_min) / bins))
+    return np.clip(b, 0, bins - 1).astype(np.int64)
+
+
+# ---- reading documents back (tests, scripts; js/data.js is the viewer's reader)
+
+
+def histogram(doc: dict, position: dict) -> tuple[np.ndarray, list[dict]]:
+    """A position's histograms: ``counts [S, bins]`` (dense) and per stage ``{bin: [string-table index, ...]}``
+    of the bins that list samples. Reads versions 1 and 2."""
+    h, bins = position["hist"], doc["histogram"]["bins"]
+    per = doc["histogram"]["samples"]
+    v1 = doc["schema"] == "lenskit.export/1"
+    S = len(h["lo"])
+    counts = np.zeros((S, bins), dtype=np.int64)
+    samples = []
+    for s in range(S):
+        lo = h["lo"][s]
+        span = np.asarray(h["counts"][s] if v1 else vlq_decode(h["counts"][s]), dtype=np.int64)
+        counts[s, lo: lo + len(span)] = span + (0 if v1 or s == 0 else counts[s - 1, lo: lo + len(span)])
+        flat = h["samples"][s] if v1 else vlq_decode(h["samples"][s])
+        got, k = {}, 0
+        for b in range(lo, lo + len(span)):
+            n = min(per, counts[s, b]) if v1 else (counts[s, b] if sparse_bins(counts[s, b], per) else 0)
+            if n:
+                got[b] = list(flat[k: k + n])
+            k += int(n)
+        samples.append(got)
+    return counts, samples
+
+
+def tracked_bins(doc: dict, position: dict) -> np.ndarray:
+    """``[tracked][stage]`` histogram bin of each tracked token (version 1: stored; version 2: recomputed from the
+    rounded numbers, then ``bin_edge``'s exceptions)."""
+    if "bin" in position:
+        return np.asarray(position["bin"], dtype=np.int64)
+    hg = doc["histogram"]
+    out = z_bin(position["score"], position["mean"], position["std"], hg["bins"], hg["z_min"], hg["z_max"])
+    for j, s, b in position["bin_edge"]:
+        out[j, s] = b
+    return out

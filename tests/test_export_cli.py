@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from conftest import assert_clean_error
 from lenskit.cli import app
-from lenskit.schema import JSON_SCHEMA, SCHEMA_VERSION, markdown_reference
+from lenskit.schema import JSON_SCHEMA, SCHEMA_VERSION, histogram, markdown_reference
 from lenskit.store import TRACE_FILE, read_trace
 
 runner = CliRunner()
@@ -33,7 +33,11 @@ def test_trace_writes_a_valid_export(tiny_run):
     pos = p0["positions"][0]
     assert all(len(row) == S for row in pos["rank"]) and len(pos["tracked"]) >= doc["lens"]["top_k"]
     assert "France" in [doc["tokens"][i] for i in pos["tracked"]]  # --track
-    assert all(sum(c) == doc["vocab_size"] for c in pos["hist"]["counts"])
+    counts, samples = histogram(doc, pos)
+    assert (counts.sum(1) == doc["vocab_size"]).all()
+    per = doc["histogram"]["samples"]
+    assert [sorted(x) for x in samples] == [sorted(b for b in range(len(c)) if 0 < c[b] <= per) for c in counts]
+    assert all(len(refs) == counts[s, b] for s, x in enumerate(samples) for b, refs in x.items())
     assert len(doc["tokens"]) == len(set(doc["token_ids"]))  # each token string once
 
 
@@ -135,5 +139,5 @@ def test_export_html_report(tiny_run, tmp_path):
     assert res.exit_code == 0, res.output
     text = html.read_text()
     assert text.startswith("<!DOCTYPE html>") or text.lstrip().lower().startswith("<!doctype html")
-    assert "lenskit.export/1" in text and "</script>" in text
+    assert SCHEMA_VERSION in text and "</script>" in text
     assert "<script src=" not in text  # D3 and the viewer inlined: nothing loaded from elsewhere

@@ -7,7 +7,14 @@ from torch.testing import assert_close
 
 from lenskit.export import ExportOptions, export_document, plain
 from lenskit.lens import Lens
-from lenskit.schema import HIST_BINS, HIST_SAMPLES, HIST_Z_MAX, HIST_Z_MIN
+from lenskit.schema import (
+    HIST_BINS,
+    HIST_SAMPLES,
+    HIST_Z_MAX,
+    HIST_Z_MIN,
+    histogram,
+    tracked_bins,
+)
 
 S, T, D, V = 5, 7, 16, 300
 
@@ -96,31 +103,31 @@ def test_histograms_match_numpy_and_samples_lie_in_their_bins(data):
     full = brute(lens, stages).double()
     table = doc["token_ids"]
     for pos in doc["prompts"][0]["positions"]:
+        all_counts, all_samples = histogram(doc, pos)
+        bins_of = tracked_bins(doc, pos)
         for s in range(S):
             row = full[s, pos["pos"]]
             mean, std = pos["mean"][s], pos["std"][s]
             assert mean == pytest.approx(row.mean().item(), abs=1e-3)
             assert std == pytest.approx(row.std().item(), rel=1e-3)
-            lo, counts = pos["hist"]["lo"][s], pos["hist"]["counts"][s]
-            assert sum(counts) == V
-            dense = np.zeros(HIST_BINS, dtype=int)
-            dense[lo: lo + len(counts)] = counts
+            dense = all_counts[s]
+            assert dense.sum() == V and dense[pos["hist"]["lo"][s]] > 0
             z = ((row - row.mean()) / row.std()).numpy()
             ref, _ = np.histogram(np.clip(z, HIST_Z_MIN, HIST_Z_MAX), bins=HIST_BINS, range=(HIST_Z_MIN, HIST_Z_MAX))
             assert np.abs(dense - ref).sum() <= 2  # float32 vs float64 z at a bin edge
             width = (HIST_Z_MAX - HIST_Z_MIN) / HIST_BINS
-            samples = [table[i] for i in pos["hist"]["samples"][s]]
-            expect = sum(min(HIST_SAMPLES, c) for c in dense)
-            assert len(samples) == expect
-            k = 0
-            for b in range(HIST_BINS):
-                for _ in range(min(HIST_SAMPLES, dense[b])):
-                    zs = min(max(z[samples[k]], HIST_Z_MIN), HIST_Z_MAX - 1e-9)
+            # sparse bins (at most HIST_SAMPLES tokens) list all their tokens, each really in that bin; others none
+            sparse = {b for b in range(HIST_BINS) if 0 < dense[b] <= HIST_SAMPLES}
+            assert set(all_samples[s]) == sparse and any(dense > HIST_SAMPLES)
+            for b, refs in all_samples[s].items():
+                samples = [table[i] for i in refs]
+                assert len(samples) == len(set(samples)) == dense[b]
+                for t in samples:
+                    zs = min(max(z[t], HIST_Z_MIN), HIST_Z_MAX - 1e-9)
                     assert abs((zs - HIST_Z_MIN) / width - b - 0.5) <= 0.5 + 1e-3
-                    k += 1
             for k2, tid in enumerate(pos["tracked"]):
                 zt = min(max(z[table[tid]], HIST_Z_MIN), HIST_Z_MAX - 1e-9)
-                assert abs((zt - HIST_Z_MIN) / width - pos["bin"][k2][s] - 0.5) <= 0.5 + 1e-3
+                assert abs((zt - HIST_Z_MIN) / width - bins_of[k2][s] - 0.5) <= 0.5 + 1e-3
 
 
 def test_entropy_kl_lse(data):
@@ -176,15 +183,20 @@ def test_fast_mode_equals_float32_mode(data, ties):
         assert a["rank"] == b["rank"] and a["score"] == b["score"] and a["next"] == b["next"]
         for key in ("mean", "std", "lse", "entropy"):
             assert_close(torch.tensor(a[key]), torch.tensor(b[key]), atol=0.05, rtol=0.02)
-        for s in range(S):
-            assert sum(b["hist"]["counts"][s]) == V
+        assert (histogram(fast, b)[0].sum(1) == V).all()
 
 
-@pytest.mark.parametrize("n", [0, 1, 5])
+@pytest.mark.parametrize("n", [0, 1, 5, 40])
 def test_samples_per_bin_option(data, n):
+    """--samples N: bins of at most N tokens list all of them, denser bins none; the lists agree across N."""
     stages, token_ids = data
     doc = run(make_lens(), stages, token_ids, samples=n, positions="2")
+    ref = run(make_lens(), stages, token_ids, samples=100, positions="2")
     assert doc["histogram"]["samples"] == n
     pos = doc["prompts"][0]["positions"][0]
+    counts, samples = histogram(doc, pos)
+    _, ref_samples = histogram(ref, ref["prompts"][0]["positions"][0])
     for s in range(S):
-        assert len(pos["hist"]["samples"][s]) == sum(min(n, c) for c in pos["hist"]["counts"][s])
+        assert {b: len(x) for b, x in samples[s].items()} == {b: int(c) for b, c in enumerate(counts[s]) if 0 < c <= n}
+        assert {b: [doc["token_ids"][i] for i in x] for b, x in samples[s].items()} == {
+            b: [ref["token_ids"][i] for i in x] for b, x in ref_samples[s].items() if b in samples[s]}

@@ -24,6 +24,7 @@ if not Path(CHROMIUM).exists():
 sync_api = pytest.importorskip("playwright.sync_api")
 
 from lenskit.report import write_html  # noqa: E402
+from lenskit.schema import histogram, tracked_bins  # noqa: E402
 from lenskit.server import Server, Site, find_runs  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -157,14 +158,16 @@ def check_figures(page, doc, prompt, pos, stage, mode="raw"):
     assert floats(page, "#fig-evolution circle.pt.at-stage", "data-stage") == [stage] * n
     assert set(floats(page, "#fig-ranks .stage-marker", "data-stage")) == {stage}
     # Figure 3: documented bins, non-empty ones drawn with their counts, tracked tokens' bins marked.
-    hist = P["hist"]
-    counts = {hist["lo"][stage] + i: c for i, c in enumerate(hist["counts"][stage]) if c > 0}
+    dense = histogram(doc, P)[0][stage]
+    counts = {b: c for b, c in enumerate(dense.tolist()) if c > 0}
     assert page.get_attribute("#fig-histogram svg.chart", "data-stage") == str(stage)
     bins = floats(page, "#fig-histogram rect.bin", "data-bin")
     assert all(0 <= b < doc["histogram"]["bins"] for b in bins)
     assert dict(zip(bins, floats(page, "#fig-histogram rect.bin", "data-count"))) == counts
-    tracked_bins = {P["bin"][j][stage] for j in range(n)}
-    assert set(floats(page, "#fig-histogram rect.bin.tracked", "data-bin")) == tracked_bins
+    bins_of = tracked_bins(doc, P)
+    assert set(floats(page, "#fig-histogram rect.bin.tracked", "data-bin")) == {int(bins_of[j][stage]) for j in range(n)}
+    marks = page.eval_on_selector_all("#fig-histogram circle.mark", "els => els.map(e => [+e.dataset.token, +e.dataset.bin])")
+    assert sorted(marks) == sorted([j, int(bins_of[j][stage])] for j in range(n))
     assert page.locator("#fig-histogram circle.mark").count() == n
     assert page.input_value("#stage-slider") == str(stage)
 
@@ -279,24 +282,27 @@ def test_hover_shows_point_and_bin_details(page, served, docs):
         assert word in text
     assert f"{P['rank'][j][s]} of {doc['vocab_size']}" in text.replace(",", "")
     assert "attention" in text  # stage 3 is L1.attn
-    # Every bin of Figure 3: its sample tokens, exactly.
-    hist = P["hist"]
-    per = doc["histogram"]["samples"]
-    offset = 0
-    checked = 0
-    for i, count in enumerate(hist["counts"][8]):
-        n = min(per, count)
-        want = [doc["tokens"][t] for t in hist["samples"][8][offset : offset + n]]
-        offset += n
-        if count == 0:
-            continue
-        page.hover(f'#fig-histogram rect.bin[data-bin="{hist["lo"][8] + i}"]', force=True)
-        got = tip.locator(".tip-tokens").first.locator(".exact").all_text_contents()
-        assert got == want
-        checked += 1
-    assert checked >= 4
+    check_bin_hovers(page, doc, P, 8)
     page.mouse.move(2, 2)
     assert not tip.is_visible()
+
+
+def check_bin_hovers(page, doc, P, stage):
+    """Every non-empty bin of Figure 3 at ``stage``: its sample tokens, exactly (or none stored)."""
+    tip = page.locator("#tooltip")
+    counts, samples = histogram(doc, P)
+    with_samples = 0
+    for b, count in enumerate(counts[stage].tolist()):
+        if count == 0:
+            continue
+        want = [doc["tokens"][t] for t in samples[stage].get(b, [])]
+        page.hover(f'#fig-histogram rect.bin[data-bin="{b}"]', force=True)
+        got = tip.locator(".tip-tokens").first.locator(".exact").all_text_contents() if want else []
+        assert got == want
+        if not want:
+            assert "none stored" in tip.text_content()
+        with_samples += bool(want)
+    assert with_samples >= 2
 
 
 def test_hostile_text_stays_text(page, served, docs):
@@ -344,6 +350,27 @@ def test_single_file_report_works_from_file_url(page, docs, tmp_path):
     requests = page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
     assert all(u.startswith(("data:", "file:")) for u in requests), requests
     shot(page, "report-file-url.png")
+
+
+def test_reads_version_1_documents(page, tmp_path):
+    """An export written before lenskit.export/2 (plain count/sample arrays, stored bins) still shows."""
+    doc = make_export(prompts=1, positions=8, layers=3, seed=2, version=1)
+    assert doc["schema"] == "lenskit.export/1"
+    path = write_html(doc, tmp_path / "v1.html")
+    open_view(page, path.as_uri() + "#pos=5&stage=4&mode=z")
+    check_figures(page, doc, 0, 5, 4, "z")
+    check_bin_hovers(page, doc, positions(doc)[5], 4)
+
+
+def test_bin_edge_exceptions_are_used(page, served, docs):
+    """v2 recomputes tracked tokens' bins from the rounded numbers; bin_edge entries override (a score at an edge)."""
+    doc = docs["synth"]
+    hits = [(pi, P["pos"], s) for pi in range(len(doc["prompts"])) for P in positions(doc, pi) for _, s, _ in P["bin_edge"]]
+    if not hits:
+        pytest.skip("no bin-edge case in the synthetic export")
+    pi, pos, s = hits[0]
+    open_view(page, served.url + f"#run=synth&prompt={pi}&pos={pos}&stage={s}")
+    check_figures(page, doc, pi, pos, s)
 
 
 # ---- the real default model: screenshots and timings (printed, not asserted)

@@ -19,9 +19,14 @@ from lenskit.schema import (
     HIST_Z_MAX,
     HIST_Z_MIN,
     JSON_SCHEMA,
+    ROUND_NATS,
     ROUND_SCORE,
     ROUND_STAT,
     SCHEMA_VERSION,
+    encode_counts,
+    sparse_bins,
+    vlq_encode,
+    z_bin,
 )
 
 HOSTILE = [
@@ -67,8 +72,12 @@ def make_export(
     vocab_size: int = 400,
     seed: int = 0,
     validate: bool = True,
+    version: int = 2,
 ) -> dict:
-    """Build a ``lenskit.export/1`` document: ``prompts`` prompts of ``positions`` tokens, S = 2*layers+1 stages."""
+    """Build a ``lenskit.export/2`` document (``version=1``: the older ``lenskit.export/1`` the viewer still reads):
+    ``prompts`` prompts of ``positions`` tokens, S = 2*layers+1 stages."""
+    v1 = version == 1
+    r_nats = ROUND_STAT if v1 else ROUND_NATS
     rng = np.random.default_rng(seed)
     vocab = _vocab(vocab_size)
     S = 2 * layers + 1
@@ -118,18 +127,30 @@ def make_export(
             kl = (prob[-1][None, :] * (logp[-1][None, :] - logp)).sum(axis=1)
             z = (sc - mean[:, None]) / std[:, None]
             bins = np.clip(np.floor((z - HIST_Z_MIN) / (HIST_Z_MAX - HIST_Z_MIN) * HIST_BINS), 0, HIST_BINS - 1).astype(int)
-            lo, counts, samples = [], [], []
+            lo, hi, counts, samples, dense = [], [], [], [], []
             for s in range(S):
                 c = np.bincount(bins[s], minlength=HIST_BINS)
                 nz = np.nonzero(c)[0]
                 lo.append(int(nz[0]))
+                hi.append(int(nz[-1]))
+                dense.append(c)
                 counts.append([int(v) for v in c[nz[0] : nz[-1] + 1]])
                 flat = []
                 for b in range(nz[0], nz[-1] + 1):
+                    if not v1 and not sparse_bins(c[b], HIST_SAMPLES):
+                        continue  # v2: only sparse bins list tokens (all of them)
                     members = np.nonzero(bins[s] == b)[0]
                     members = members[np.argsort(order_rank[members])][:HIST_SAMPLES]
                     flat.extend(ref(v) for v in members)
-                samples.append(flat)
+                samples.append(flat if v1 else vlq_encode(flat))
+            tbins = np.array([[int(bins[s, v]) for s in range(S)] for v in tracked])
+            r_mean, r_std, r_score = _round(mean, ROUND_STAT), _round(std, ROUND_STAT), np.array(sc[:, tracked].T)
+            if v1:
+                bin_field = {"bin": tbins.tolist()}
+            else:
+                wrong = np.argwhere(z_bin(r_score, np.array(r_mean)[None], np.array(r_std)[None]) != tbins)
+                bin_field = {"bin_edge": [[int(j), int(s), int(tbins[j, s])] for j, s in wrong]}
+                counts = encode_counts(np.array(dense), np.array(lo), np.array(hi))
             pos_list.append(
                 {
                     "pos": t,
@@ -137,12 +158,12 @@ def make_export(
                     "next": tracked.index(nxt) if nxt is not None else None,
                     "score": [_round(sc[:, v], ROUND_SCORE) for v in tracked],
                     "rank": [[int(1 + (sc[s] > sc[s, v]).sum()) for s in range(S)] for v in tracked],
-                    "bin": [[int(bins[s, v]) for s in range(S)] for v in tracked],
-                    "mean": _round(mean, ROUND_STAT),
-                    "std": _round(std, ROUND_STAT),
-                    "lse": _round(lse, ROUND_STAT),
-                    "entropy": _round(entropy, ROUND_STAT),
-                    "kl": _round(np.maximum(kl, 0.0), ROUND_STAT),
+                    **bin_field,
+                    "mean": r_mean,
+                    "std": r_std,
+                    "lse": _round(lse, r_nats),
+                    "entropy": _round(entropy, r_nats),
+                    "kl": _round(np.maximum(kl, 0.0), r_nats),
                     "hist": {"lo": lo, "counts": counts, "samples": samples},
                 }
             )
@@ -150,7 +171,7 @@ def make_export(
 
     by_index = sorted(table.items(), key=lambda kv: kv[1])
     doc = {
-        "schema": SCHEMA_VERSION,
+        "schema": "lenskit.export/1" if v1 else SCHEMA_VERSION,
         "lenskit_version": "0.1.0",
         "model": {
             "id": "synthetic/<b>tiny</b>",
@@ -171,7 +192,7 @@ def make_export(
         "token_ids": [v for v, _ in by_index],
         "prompts": out_prompts,
     }
-    if validate:
+    if validate and not v1:
         import jsonschema
 
         jsonschema.validate(doc, JSON_SCHEMA)

@@ -1,9 +1,35 @@
-// data.js — the only module that knows the export JSON's shape (lenskit.export/1, see lenskit/schema.py) and the
-// server's /runs.json. It turns them into plain accessors: stages, prompts, positions, and per position the tracked
+// data.js — the only module that knows the export JSON's shape (lenskit.export/2 and the older /1, see
+// lenskit/schema.py) and the server's /runs.json. It turns them into plain accessors: stages, prompts, positions, and per position the tracked
 // tokens' scores/ranks/bins, the per-stage statistics and the histogram (bins with their sample tokens).
 // Nothing here touches the DOM except reading the JSON embedded by the single-file report.
 
-export const SCHEMA_VERSION = "lenskit.export/1";
+export const SCHEMA_VERSION = "lenskit.export/2";
+export const SCHEMA_V1 = "lenskit.export/1"; // still read: plain count/sample arrays, stored tracked bins
+const VLQ_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const VLQ_DIGIT = new Int8Array(128).fill(-1);
+for (let i = 0; i < VLQ_ALPHABET.length; i++) VLQ_DIGIT[VLQ_ALPHABET.charCodeAt(i)] = i;
+
+/** Base64 VLQ (as in source maps: 5 bits a digit, least significant first, bit 32 = more digits, sign in bit 0). */
+export function decodeVlq(text) {
+  const out = [];
+  let value = 0;
+  let shift = 0;
+  for (let i = 0; i < text.length; i++) {
+    const d = VLQ_DIGIT[text.charCodeAt(i)];
+    if (d === undefined || d < 0) throw new Error(`bad VLQ digit ${JSON.stringify(text[i])}`);
+    value += (d & 31) * 2 ** shift; // not <<: values may pass 2^31
+    if (d & 32) {
+      shift += 5;
+      continue;
+    }
+    const half = Math.floor(value / 2);
+    out.push(value % 2 ? -half : half);
+    value = 0;
+    shift = 0;
+  }
+  if (shift) throw new Error("truncated VLQ string");
+  return out;
+}
 export const EMBEDDED_ID = "lenskit-data";
 export const RUNS_URL = "runs.json";
 export const MODES = ["raw", "centred", "z", "logprob"];
@@ -37,10 +63,11 @@ export async function loadRun(entry) {
 /** One export document. */
 export class Run {
   constructor(doc) {
-    if (!doc || doc.schema !== SCHEMA_VERSION) {
-      throw new Error(`not a ${SCHEMA_VERSION} document (schema: ${doc && doc.schema})`);
+    if (!doc || (doc.schema !== SCHEMA_VERSION && doc.schema !== SCHEMA_V1)) {
+      throw new Error(`not a ${SCHEMA_VERSION} (or ${SCHEMA_V1}) document (schema: ${doc && doc.schema})`);
     }
     this._doc = doc;
+    this._v1 = doc.schema === SCHEMA_V1;
     this._positions = new Map();
   }
 
@@ -71,9 +98,22 @@ export class Run {
   get zMin() { return this._doc.histogram.z_min; }
   get zMax() { return this._doc.histogram.z_max; }
   get samplesPerBin() { return this._doc.histogram.samples; }
+  /** How many sample tokens a bin of `count` tokens lists: v2 all of a sparse bin's (≤ samples) and none of a
+   *  denser one's; v1 up to `samples` of every bin's. */
+  samplesInBin(count) {
+    const per = this.samplesPerBin;
+    if (this._v1) return Math.min(per, count);
+    return count <= per ? count : 0;
+  }
   binEdges(b) {
     const w = (this.zMax - this.zMin) / this.binCount;
     return [this.zMin + b * w, this.zMin + (b + 1) * w];
+  }
+  /** The bin of a z-score (lenskit.schema.z_bin: same float64 operations, so the same bin). */
+  zBin(score, mean, std) {
+    const z = std > 0 ? (score - mean) / std : 0;
+    const b = Math.floor((z - this.zMin) / ((this.zMax - this.zMin) / this.binCount));
+    return Math.min(this.binCount - 1, Math.max(0, b));
   }
 
   // Strings
@@ -117,7 +157,17 @@ export class Position {
   tokenId(j) { return this._run.tokenId(this._raw.tracked[j]); }
   score(j, s) { return this._raw.score[j][s]; }
   rank(j, s) { return this._raw.rank[j][s]; }
-  bin(j, s) { return this._raw.bin[j][s]; }
+  /** Histogram bin of tracked token j at stage s (v2: recomputed from the rounded numbers, exceptions in bin_edge). */
+  bin(j, s) {
+    if (this._raw.bin) return this._raw.bin[j][s];
+    if (!this._binEdge) {
+      this._binEdge = new Map();
+      for (const [jj, ss, b] of this._raw.bin_edge) this._binEdge.set(`${jj}:${ss}`, b);
+    }
+    const fixed = this._binEdge.get(`${j}:${s}`);
+    if (fixed !== undefined) return fixed;
+    return this._run.zBin(this._raw.score[j][s], this._raw.mean[s], this._raw.std[s]);
+  }
   mean(s) { return this._raw.mean[s]; }
   std(s) { return this._raw.std[s]; }
   lse(s) { return this._raw.lse[s]; }
@@ -138,11 +188,31 @@ export class Position {
   /** Probability of tracked token j at stage s (softmax over the whole vocabulary). */
   prob(j, s) { return Math.exp(this._raw.score[j][s] - this._raw.lse[s]); }
 
+  /** Per stage the counts of bins lo.. (v2 stores each as its change from the previous stage: decoded once). */
+  get _counts() {
+    if (this._countRows === undefined) {
+      const h = this._raw.hist;
+      if (this._run._v1) {
+        this._countRows = h.counts;
+      } else {
+        const prev = new Float64Array(this._run.binCount);
+        this._countRows = h.counts.map((text, s) => {
+          const lo = h.lo[s];
+          const row = decodeVlq(text).map((d, i) => d + prev[lo + i]);
+          prev.fill(0);
+          row.forEach((c, i) => { prev[lo + i] = c; });
+          return row;
+        });
+      }
+    }
+    return this._countRows;
+  }
+
   /** Largest bin count over all stages (a stable y range while the stage changes). */
   get maxBinCount() {
     if (this._maxCount === undefined) {
       let m = 1;
-      for (const row of this._raw.hist.counts) for (const c of row) if (c > m) m = c;
+      for (const row of this._counts) for (const c of row) if (c > m) m = c;
       this._maxCount = m;
     }
     return this._maxCount;
@@ -154,14 +224,13 @@ export class Position {
     if (hit) return hit;
     const h = this._raw.hist;
     const lo = h.lo[s];
-    const counts = h.counts[s];
-    const flat = h.samples[s];
-    const per = this._run.samplesPerBin;
+    const counts = this._counts[s];
+    const flat = this._run._v1 ? h.samples[s] : decodeVlq(h.samples[s]);
     const bins = [];
     let offset = 0;
     for (let i = 0; i < counts.length; i++) {
       const count = counts[i];
-      const n = Math.min(per, count);
+      const n = this._run.samplesInBin(count);
       if (count > 0) {
         const idx = flat.slice(offset, offset + n);
         const [z0, z1] = this._run.binEdges(lo + i);

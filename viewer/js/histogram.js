@@ -1,6 +1,6 @@
 // histogram.js — Figure 3 "Histogram of Logits": at one position and one stage (the stage slider), the z-scored
 // scores of the whole vocabulary in the export's bins, log counts; bins holding tracked tokens are drawn lighter and
-// marked with the tokens' colours; hovering a bin shows its count, z range and sample tokens.
+// marked with the tokens' colours; hovering a bin shows its count, z range and sample tokens (the sparse bins' tokens).
 
 import { d3 } from "./d3.js";
 import { createChart } from "./chart.js";
@@ -100,7 +100,9 @@ function binTooltip(event, run, position, d) {
   const rows = [
     { label: "bin", value: `${d.bin}: z ∈ [${formatNumber(d.z0, 2)}, ${formatNumber(d.z1, 2)})` },
     { label: "tokens", value: formatRank(d.count) },
-    { label: d.samples.length < d.count ? "samples" : "all", tokens: d.samples },
+    d.samples.length
+      ? { label: d.samples.length < d.count ? "samples" : "all", tokens: d.samples }
+      : { label: "samples", value: `none stored (only bins of ≤ ${run.samplesPerBin} tokens list theirs)` },
   ];
   if (d.tracked.length) {
     rows.push({ label: "tracked", tokens: d.tracked.map((j) => position.tokenText(j)) });
