@@ -27,7 +27,8 @@ def main() -> None:
     import torch
 
     from lenskit.capture import stage_names
-    from lenskit.export import ExportOptions, export_run_dir, lens_for_trace
+    from lenskit.export import ExportOptions, export_run_dir, write_document
+    from lenskit.weights import lens_for_trace
     from lenskit.models import load_model
     from lenskit.store import TRACE_FILE, build_metadata, write_trace
 
@@ -56,7 +57,7 @@ def main() -> None:
     base = rss_mb("VmRSS")
     reset_peak()
     t0 = time.perf_counter()
-    export_run_dir(run, ExportOptions(positions=positions), output=run / "export.json")
+    write_document(export_run_dir(run, ExportOptions(positions=positions)), run / "export.json")
     took = time.perf_counter() - t0
     print(json.dumps({
         "tokens": T, "positions": positions or "all", "rss_before_mb": round(base), "peak_mb": round(rss_mb("VmHWM")),

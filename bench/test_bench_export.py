@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from lenskit.export import ExportOptions, export_document, lens_for_trace
+from lenskit.export import ExportOptions, export_document
+from lenskit.weights import lens_for_trace
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,5 @@
-"""Export: stage states -> lens scores (chunked, on the lens's device) -> statistics -> compact JSON (schema.py).
-
-Never holds ``[S, T, V]``: positions are processed in chunks of ``c`` positions x all S stages, sized from a
-memory budget; only the small per-row results leave the device. Chunk size does not change any result.
+"""Export: the options a user gives, checked against a trace; the engine's statistics (:mod:`lenskit.engine`) turned
+into the compact, versioned JSON document (:mod:`lenskit.schema`); and writing it (file, stdout).
 """
 
 from __future__ import annotations
@@ -17,8 +15,11 @@ import orjson
 import torch
 
 from . import __version__
-from .errors import InputError, ModelError
-from .lens import Lens, Scorer
+from .errors import InputError
+from .engine import prompt_stats
+from .lens import Lens
+from .planning import auto_max_memory
+from .scoring import Scorer
 from .schema import (
     HIST_BINS,
     HIST_SAMPLES,
@@ -33,10 +34,6 @@ from .schema import (
     vlq_encode,
     z_bin,
 )
-from .stats import chunk_stats
-
-WORK_BYTES = 21  # statistics workspace bytes per (row, vocab) entry: softmax/bins, products (f32), bins (i64, i32), mask
-STATS_ROWS = 64  # rows per statistics pass: one position of a 30-layer model, cache-sized
 
 
 @dataclass
@@ -112,14 +109,6 @@ def check_export_options(tokenizer, vocab_size: int, top_k: int, track: list) ->
     return resolve_track(tokenizer, track, vocab_size)
 
 
-def auto_max_memory(device: torch.device) -> int:
-    """Default working-memory budget: 1/8 of free GPU memory; 256 MiB on CPU."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return max(256 << 20, free // 8)
-    return 256 << 20
-
-
 def _round(t: torch.Tensor, digits: int) -> np.ndarray:
     return np.ascontiguousarray(np.round(t.detach().cpu().double().numpy(), digits))
 
@@ -128,62 +117,15 @@ def _ints(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.int32)
 
 
-def _tracked(scorer: Scorer, top_cols: torch.Tensor, group: list[int], token_ids: list[int], track_ids: list[int]):
-    """Per position: final top-k ids, then the actual next token and the user's tokens when not already there."""
-    out = []
-    for i, p in enumerate(group):
-        ids = scorer.col_ids[top_cols[i]].tolist()
-        nxt = token_ids[p + 1] if p + 1 < len(token_ids) else None
-        for tid in ([nxt] if nxt is not None else []) + track_ids:
-            if tid not in ids:
-                ids.append(tid)
-        out.append(ids)
-    return out
-
-
-@torch.inference_mode()
 def export_prompt(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int], positions: list[int],
                   top_k: int, track_ids: list[int], budget: int, log=None, samples: int = HIST_SAMPLES) -> list[dict]:
-    """Statistics for the chosen positions of one prompt. ``stages_of(p0, p1)`` returns stages ``[S, p1-p0, D]``.
-
-    Chunks hold whole matmul blocks (``scorer.block`` rows = a fixed number of positions x S stages); statistics
-    run on cache-sized groups of positions inside a chunk. Returns one dict per position, with vocabulary ids
-    (string-table indices are assigned by :func:`build_document`).
-    """
-    V = scorer.lens.vocab_size
-    block_pos = scorer.set_block(n_stages)  # positions per matmul block
-    stats_pos = max(1, STATS_ROWS // n_stages)  # positions per statistics pass
-    per_block = block_pos * n_stages * V * 4
-    per_chunk = block_pos * max(1, (budget - stats_pos * n_stages * V * WORK_BYTES) // per_block)
+    """One record per chosen position of one prompt (vocabulary ids; string-table indices are assigned by
+    :func:`build_document`), from the engine's statistics groups."""
     out = []
-    groups = _contiguous_groups(positions, per_chunk)
-    started = time.perf_counter()
-    for gi, group in enumerate(groups):
-        h = stages_of(group[0], group[-1] + 1)  # [S, c', D]
-        h = h[:, [p - group[0] for p in group]]  # [S, c, D]
-        c = len(group)
-        rows = h.permute(1, 0, 2).reshape(c * n_stages, -1)  # [c*S, D] (position, stage)
-        ws = scorer.workspace(per_chunk * n_stages, stats_pos * n_stages)
-        s = scorer.scores(rows, out=ws.scores)  # [R, V]
-        final_rows = torch.arange(c, device=s.device) * n_stages + n_stages - 1
-        tracked_ids = _tracked(scorer, scorer.top_k(s, top_k, final_rows), group, token_ids, track_ids)
-        K = max(len(x) for x in tracked_ids)
-        padded = torch.tensor([x + [x[0]] * (K - len(x)) for x in tracked_ids], device=scorer.device)  # [c, K]
-        for g0 in range(0, c, stats_pos):
-            g1 = min(c, g0 + stats_pos)
-            r0, r1 = g0 * n_stages, g1 * n_stages
-
-            def exact(rr, cc, ss, r0=r0, s=s):  # rows of this group -> rows of the chunk
-                return scorer.exact(rr + r0, cc, s)
-
-            st = chunk_stats(s[r0:r1], n_stages, scorer.inv[padded[g0:g1]], ws, bound=scorer.bound[r0:r1], exact=exact,
-                             samples=samples)
-            row_samples = _samples_by_row(st, r1 - r0, scorer.col_ids)
-            for i in range(g1 - g0):
-                out.append(_position_record(st, i, n_stages, group[g0 + i], tracked_ids[g0 + i], token_ids, row_samples))
-        if log and len(groups) > 1 and (gi + 1) % max(1, len(groups) // 10) == 0:
-            done = sum(len(g) for g in groups[: gi + 1])
-            log(f"exported {done}/{len(positions)} positions ({time.perf_counter() - started:.1f}s)")
+    for g in prompt_stats(scorer, stages_of, n_stages, token_ids, positions, top_k, track_ids, budget, samples, log):
+        row_samples = _samples_by_row(g.stats, len(g.positions) * n_stages, scorer.col_ids)
+        for i, p in enumerate(g.positions):
+            out.append(_position_record(g.stats, i, n_stages, p, g.tracked[i], token_ids, row_samples))
     return out
 
 
@@ -245,18 +187,6 @@ def _samples_by_row(st, n_rows: int, col_ids: torch.Tensor) -> list[np.ndarray]:
     ids = col_ids[st.sample_cols].cpu().numpy()
     bounds = np.searchsorted(rows, np.arange(n_rows + 1))
     return [ids[bounds[r]: bounds[r + 1]].astype(np.int32) for r in range(n_rows)]
-
-
-def _contiguous_groups(positions: list[int], size: int) -> list[list[int]]:
-    groups, cur = [], []
-    for p in positions:
-        if cur and (len(cur) == size or p - cur[0] >= 4 * size):
-            groups.append(cur)
-            cur = []
-        cur.append(p)
-    if cur:
-        groups.append(cur)
-    return groups
 
 
 def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokenizer, options: ExportOptions,
@@ -388,44 +318,6 @@ def write_document(doc: dict, output: str | Path) -> None:
     atomic_write(Path(output), lambda tmp: Path(tmp).write_bytes(data))
 
 
-def trace_tokenizer(folder: Path, model: dict):
-    """The tokenizer saved with a trace's model (never the model repository's own code)."""
-    from transformers import AutoTokenizer
-
-    from .models import quiet_transformers
-
-    try:
-        with quiet_transformers():
-            return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-    except Exception as e:
-        raise ModelError(f"cannot load the tokenizer of '{model.get('id')}': {str(e).splitlines()[0] if str(e) else e}") from None
-
-
-def trace_lens(folder: Path, model: dict) -> Lens:
-    """Only the lens weights of a trace's model, their fingerprint checked against the trace's."""
-    from .adapters import find_adapter
-    from .lens import load_lens
-    from .models import DTYPES
-
-    adapter = find_adapter(model["architecture"], model.get("adapter"))
-    lens = load_lens(folder, adapter, dtype=DTYPES.get(model["dtype"], torch.float32))
-    fp = lens.fingerprint()
-    if fp != model["fingerprint"]:
-        raise ModelError(
-            f"the weights found for '{model.get('id')}' differ from the traced model's (fingerprint {fp} != "
-            f"{model['fingerprint']}); re-run `lenskit trace`"
-        )
-    return lens
-
-
-def lens_for_trace(meta: dict, allow_download: bool = False) -> tuple[Lens, object]:
-    """Load only the lens weights (and the tokenizer) of a trace's model, checking the weights' fingerprint."""
-    from .lens import model_folder
-
-    folder = model_folder(meta["model"], allow_download)
-    return trace_lens(folder, meta["model"]), trace_tokenizer(folder, meta["model"])
-
-
 def export_run_dir(run_dir: Path, options: ExportOptions, loaded=None, states=None, log=None,
                    allow_download: bool = False) -> dict:
     """The export document of a run folder's trace (the caller writes it).
@@ -433,8 +325,9 @@ def export_run_dir(run_dir: Path, options: ExportOptions, loaded=None, states=No
     Everything that depends only on the trace and the tokenizer (prompt, positions, tracked tokens) is checked
     before the lens weights load. Right after tracing, pass the loaded model and the in-memory ``states``.
     """
-    from .lens import lens_from_model, model_folder
+    from .lens import lens_from_model
     from .store import check_finite, read_trace
+    from .weights import model_folder, trace_lens, trace_tokenizer
 
     trace = read_trace(run_dir)
     meta = trace.meta

@@ -397,12 +397,12 @@ def test_trace_source_elsewhere(run, source, fragment):
 @pytest.fixture()
 def no_lens(monkeypatch):
     """Make loading the lens weights fail loudly: an option error must come first."""
-    import lenskit.export as export
+    import lenskit.weights as weights
 
     def boom(*a, **k):
         raise AssertionError("the lens weights were loaded before the options were checked")
 
-    monkeypatch.setattr(export, "trace_lens", boom)
+    monkeypatch.setattr(weights, "trace_lens", boom)
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -65,7 +65,8 @@ def test_cached_weights_equal_the_gguf(real_run):
 
 def test_fast_mode_ranks_identical_on_the_real_model(real_run):
     """bfloat16 GEMM + proven bound + exact re-check gives the float32 mode's top-k and ranks, bit for bit."""
-    from lenskit.export import ExportOptions, export_document, lens_for_trace, plain
+    from lenskit.export import ExportOptions, export_document, plain
+    from lenskit.weights import lens_for_trace
     from lenskit.store import read_trace
 
     trace = read_trace(real_run)

@@ -1,0 +1,55 @@
+"""Planning: how the engine cuts a prompt into chunks and statistics groups, from a working-memory budget.
+
+A chunk is a whole number of matmul blocks (``scorer.block`` rows = a fixed number of positions x all S stages):
+its ``[rows, V]`` float32 scores are computed at once. Statistics then run on cache-sized groups of positions inside
+the chunk. Neither size changes any result (the matmul block shape is fixed); they only bound memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+WORK_BYTES = 21  # statistics workspace bytes per (row, vocab) entry: softmax/bins, products (f32), bins (i64, i32), mask
+STATS_ROWS = 64  # rows per statistics pass: one position of a 30-layer model, cache-sized
+CPU_BUDGET = 256 << 20  # default working memory on CPU
+
+
+def auto_max_memory(device: torch.device) -> int:
+    """Default working-memory budget: 1/8 of free GPU memory (at least CPU_BUDGET); CPU_BUDGET on CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(CPU_BUDGET, free // 8)
+    return CPU_BUDGET
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Positions per matmul block, per statistics group and per chunk (a multiple of ``block``)."""
+
+    block: int
+    stats: int
+    chunk: int
+
+
+def plan_chunks(n_stages: int, vocab: int, block_positions: int, budget: int) -> Plan:
+    """The largest chunk of whole matmul blocks that fits ``budget`` bytes beside one statistics group's workspace."""
+    stats = max(1, STATS_ROWS // n_stages)
+    per_block = block_positions * n_stages * vocab * 4
+    blocks = max(1, (budget - stats * n_stages * vocab * WORK_BYTES) // per_block)
+    return Plan(block=block_positions, stats=stats, chunk=block_positions * blocks)
+
+
+def contiguous_groups(positions: list[int], size: int) -> list[list[int]]:
+    """Split sorted ``positions`` into chunks of at most ``size``, each spanning fewer than ``4 * size`` positions
+    (a chunk's stage slice is read from the trace in one piece)."""
+    groups, cur = [], []
+    for p in positions:
+        if cur and (len(cur) == size or p - cur[0] >= 4 * size):
+            groups.append(cur)
+            cur = []
+        cur.append(p)
+    if cur:
+        groups.append(cur)
+    return groups

@@ -1,0 +1,170 @@
+"""Scoring: the lens applied to stage rows in fixed-shape GEMM blocks, vocabulary columns in a fixed permuted order,
+at a precision mode -- the first step of the engine (scoring -> kernels -> planning -> :mod:`lenskit.engine`).
+
+* Every matmul call has the same shape (a whole number of positions x all stages, ~256 rows), so each row's float32
+  scores -- and therefore every rank, tie and histogram -- are identical however positions are chunked.
+* Columns are permuted once by a seeded permutation: "the first tokens of a bin in column order" are then a fixed
+  pseudo-random sample of the vocabulary.
+* ``precision="fast"``: a bfloat16 GEMM, a provable per-row bound on its error, and an exact float32 re-computation
+  of the few entries that matter, so top-k and ranks equal float32 mode's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .lens import Lens
+
+
+BLOCK_ROWS = 256  # target rows per matmul call (whole positions): large enough for full GEMM speed
+MIN_COLS = 16  # narrower column gathers take another BLAS path (different rounding); pad up to this
+DENSE_FRACTION = 0.05  # above this share of the vocabulary, an exact re-check computes the whole float32 block
+PERM_SEED = 0x1E45  # fixed vocabulary order used to pick histogram samples
+BF16_U = 2.0**-8  # unit roundoff of bfloat16
+F32_U = 2.0**-24
+
+
+class Scorer:
+    """The lens prepared for batched scoring on ``device``, columns in a fixed permuted order.
+
+    ``precision="float32"``: scores are float32 GEMM results. ``precision="fast"``: scores come from a bfloat16
+    GEMM and ``bound[r]`` bounds ``|fast - float32|`` for every score of row r; :meth:`exact` recomputes chosen
+    entries bit-identically to the float32 mode (same GEMM block shape), and :meth:`top_k` uses it, so top-k and
+    ranks equal float32 mode's.
+    """
+
+    def __init__(self, lens: Lens, device: torch.device, norm: bool, precision: str):
+        self.lens = lens.to(device=device, dtype=torch.float32)
+        self.device = device
+        self.norm = norm
+        self.fast = precision == "fast"
+        V = lens.vocab_size
+        g = torch.Generator().manual_seed(PERM_SEED)
+        self.col_ids = torch.randperm(V, generator=g).to(device)  # column -> vocab id
+        self.inv = torch.empty_like(self.col_ids)
+        self.inv[self.col_ids] = torch.arange(V, device=device)  # vocab id -> column
+        w = self.lens.weight[self.col_ids]  # [V, D] permuted rows
+        self.w_t = w.t().contiguous()  # [D, V]
+        self.bias = self.lens.bias[self.col_ids] if self.lens.bias is not None else None
+        if self.fast:
+            self.w_t16 = self.w_t.to(torch.bfloat16)  # [D, V]
+            self.w_norm_max = w.norm(dim=1).max().item()
+        self.ws = None
+        self.block = BLOCK_ROWS
+        self.x = None  # [N', D] normed rows of the last scored chunk
+        self._full: dict = {}
+        self.bound = None  # [N] error bound per row (zeros in float32 mode)
+
+    def set_block(self, n_stages: int) -> int:
+        """Fix the matmul block to a whole number of positions (~BLOCK_ROWS rows); returns positions per block.
+
+        Every matmul call has this same shape, so each row's float32 scores are independent of how positions are
+        chunked (the memory budget, ``--positions``); it depends only on the model's stage count.
+        """
+        per = max(1, round(BLOCK_ROWS / n_stages))
+        self.block = per * n_stages
+        return per
+
+    def workspace(self, rows: int, stats_rows: int):
+        """Buffers for ``rows`` score rows (whole blocks) and ``stats_rows`` statistics rows, reused by every chunk."""
+        from .stats import Workspace
+
+        rows = -(-rows // self.block) * self.block
+        if self.ws is None or not self.ws.fits(rows, stats_rows, self.lens.vocab_size):
+            self.ws = None
+            self.ws = Workspace(rows, stats_rows, self.lens.vocab_size, self.device)
+        return self.ws
+
+    def _finish(self, out: torch.Tensor, cols=None) -> torch.Tensor:
+        if self.bias is not None:
+            out += self.bias if cols is None else self.bias[cols]
+        return self.lens.finish(out)
+
+    @torch.inference_mode()
+    def scores(self, h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``[N, D]`` stream -> ``[N, V]`` float32 scores in permuted column order (into ``out`` if given)."""
+        x = self.lens.normed(h.to(self.device, torch.float32), self.norm)  # [N, D]
+        n = x.shape[0]
+        B = self.block
+        padded = -(-n // B) * B
+        if padded != n:
+            x = torch.cat([x, x.new_zeros(padded - n, x.shape[1])])  # [N', D]
+        self.x = x
+        self._full = {}  # block -> its float32 scores, computed on demand by exact()
+        if out is None:
+            out = torch.empty(padded, self.w_t.shape[1], device=self.device)
+        for i in range(0, padded, B):  # same GEMM shape every call
+            if self.fast:
+                out[i: i + B].copy_(torch.matmul(x[i: i + B].to(torch.bfloat16), self.w_t16))  # [B, V]
+            else:
+                torch.matmul(x[i: i + B], self.w_t, out=out[i: i + B])  # [B, V]
+        out = out[:n]
+        if self.fast:
+            self.bound = self._bound(x[:n], out)
+        out = self._finish(out)
+        if not self.fast:
+            self.bound = torch.zeros(n, device=self.device)
+        return out
+
+    def _bound(self, x: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        """Per-row bound on |bfloat16 GEMM - float32 GEMM| (after bias and logit transforms).
+
+        |x.w - bf16(x).bf16(w)| <= (2u + u^2) sum|x_i w_i| (input rounding) + u |result| (output rounding), plus
+        float32 accumulation error of both GEMMs (<= 2 D u32 sum|x_i w_i|); sum|x_i w_i| <= |x| max|w_v| (Cauchy-
+        Schwarz). Logit transforms: a scale multiplies the bound; a softcap is 1-Lipschitz.
+        """
+        D = x.shape[1]
+        absdot = x.norm(dim=1) * self.w_norm_max  # [N]
+        top = raw.abs().amax(dim=1)  # [N]
+        e = (2 * BF16_U + BF16_U**2 + 2 * D * F32_U) * absdot + BF16_U * top
+        if self.bias is not None:
+            e = e + 4 * F32_U * (top + self.bias.abs().max())
+        if self.lens.scale is not None:
+            e = e * abs(self.lens.scale)
+        if self.lens.divide is not None:
+            e = e / abs(self.lens.divide)
+        return e * 1.01 + 1e-6 * (1 + top)  # margin for the bound's own rounding
+
+    @torch.inference_mode()
+    def exact(self, rows: torch.Tensor, cols: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
+        """Float32-mode scores at (rows, cols) of the last chunk, bit-identical to a float32-mode run.
+
+        Narrow requests gather just those columns; once a block needs more than DENSE_FRACTION of the vocabulary
+        its full float32 block is computed once and kept for the rest of the chunk (so the worst case costs one
+        float32 GEMM on top of the bfloat16 one, never several).
+        """
+        if not self.fast:
+            return s[rows, cols]
+        out = torch.empty(rows.shape[0], device=self.device)
+        B, V = self.block, self.w_t.shape[1]
+        blocks = rows // B
+        for b in torch.unique(blocks).tolist():
+            sel = torch.nonzero(blocks == b).flatten()
+            local = rows[sel] - b * B
+            full = self._full.get(b)
+            ucols = None if full is not None else torch.unique(cols[sel])
+            if full is None and ucols.numel() > DENSE_FRACTION * V:
+                full = self._full[b] = self._finish(torch.matmul(self.x[b * B: (b + 1) * B], self.w_t))  # [B, V]
+            if full is not None:
+                out[sel] = full[local, cols[sel]]
+                continue
+            if ucols.numel() < MIN_COLS:  # keep the GEMM on the same kernel as the full-width one
+                ucols = torch.unique(torch.cat([ucols, torch.arange(MIN_COLS * 2, device=self.device)]))
+            part = self._finish(torch.matmul(self.x[b * B: (b + 1) * B], self.w_t[:, ucols]), ucols)  # [B, n]
+            out[sel] = part[local, torch.searchsorted(ucols, cols[sel])]
+        return out
+
+    @torch.inference_mode()
+    def top_k(self, s: torch.Tensor, k: int, final_rows: torch.Tensor) -> torch.Tensor:
+        """Columns of the k highest float32 scores of each final row, ties broken by smaller vocabulary id. [c, k]"""
+        final = s[final_rows]  # [c, V]
+        vals = torch.topk(final, k, dim=-1).values  # [c, k]
+        slack = 2 * self.bound[final_rows]  # [c]
+        out = []
+        for i, r in enumerate(final_rows.tolist()):
+            cand = torch.nonzero(final[i] >= vals[i, -1] - slack[i]).flatten()  # all that could be in the top k
+            exact = self.exact(torch.full_like(cand, r), cand, s)
+            ids = self.col_ids[cand]
+            order = sorted(range(len(cand)), key=lambda j: (-exact[j].item(), ids[j].item()))[:k]
+            out.append(cand[order])
+        return torch.stack(out)
