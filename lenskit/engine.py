@@ -8,7 +8,6 @@ per-row results leave the device. Yields one :class:`Group` of results per stati
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -45,12 +44,12 @@ def tracked_tokens(scorer: Scorer, top_cols: torch.Tensor, group: list[int], tok
 
 @torch.inference_mode()
 def prompt_stats(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int], positions: list[int], top_k: int,
-                 track_ids: list[int], budget: int, samples: int = HIST_SAMPLES, log=None) -> Iterator[Group]:
-    """Statistics for the chosen ``positions`` of one prompt; ``stages_of(p0, p1)`` returns stages ``[S, p1-p0, D]``."""
+                 track_ids: list[int], budget: int, samples: int = HIST_SAMPLES, progress=None) -> Iterator[Group]:
+    """Statistics for the chosen ``positions`` of one prompt; ``stages_of(p0, p1)`` returns stages ``[S, p1-p0, D]``.
+
+    ``progress(n)``, if given, is called as each chunk of n positions is done."""
     plan = plan_chunks(n_stages, scorer.lens.vocab_size, scorer.set_block(n_stages), budget)
-    chunks = contiguous_groups(positions, plan.chunk)
-    started = time.perf_counter()
-    for ci, chunk in enumerate(chunks):
+    for chunk in contiguous_groups(positions, plan.chunk):
         h = stages_of(chunk[0], chunk[-1] + 1)  # [S, c', D]
         h = h[:, [p - chunk[0] for p in chunk]]  # [S, c, D]
         c = len(chunk)
@@ -71,6 +70,5 @@ def prompt_stats(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int],
             st = chunk_stats(s[r0:r1], n_stages, scorer.inv[padded[g0:g1]], ws, bound=scorer.bound[r0:r1], exact=exact,
                              samples=samples)
             yield Group(positions=chunk[g0:g1], tracked=tracked[g0:g1], stats=st)
-        if log and len(chunks) > 1 and (ci + 1) % max(1, len(chunks) // 10) == 0:
-            done = sum(len(g) for g in chunks[: ci + 1])
-            log(f"exported {done}/{len(positions)} positions ({time.perf_counter() - started:.1f}s)")
+        if progress is not None:
+            progress(c)

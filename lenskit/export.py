@@ -19,6 +19,7 @@ from .errors import InputError
 from .engine import prompt_stats
 from .lens import Lens
 from .planning import auto_max_memory
+from .progress import Progress
 from .scoring import Scorer
 from .schema import (
     HIST_BINS,
@@ -118,11 +119,11 @@ def _ints(t: torch.Tensor) -> np.ndarray:
 
 
 def export_prompt(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int], positions: list[int],
-                  top_k: int, track_ids: list[int], budget: int, log=None, samples: int = HIST_SAMPLES) -> list[dict]:
+                  top_k: int, track_ids: list[int], budget: int, progress=None, samples: int = HIST_SAMPLES) -> list[dict]:
     """One record per chosen position of one prompt (vocabulary ids; string-table indices are assigned by
     :func:`build_document`), from the engine's statistics groups."""
     out = []
-    for g in prompt_stats(scorer, stages_of, n_stages, token_ids, positions, top_k, track_ids, budget, samples, log):
+    for g in prompt_stats(scorer, stages_of, n_stages, token_ids, positions, top_k, track_ids, budget, samples, progress):
         row_samples = _samples_by_row(g.stats, len(g.positions) * n_stages, scorer.col_ids)
         for i, p in enumerate(g.positions):
             out.append(_position_record(g.stats, i, n_stages, p, g.tracked[i], token_ids, row_samples))
@@ -284,11 +285,12 @@ def export_document(meta: dict, lens: Lens, tokenizer, stages_for_prompt, option
     n_stages = len(meta["stages"])
     results = []
     started = time.perf_counter()
-    for i, positions in plans:
-        ids = meta["prompts"][i]["token_ids"]
-        rows = export_prompt(scorer, stages_for_prompt(i), n_stages, ids, positions, options.top_k, track_ids, budget, log,
-                             samples=options.samples)
-        results.append((i, rows))
+    with Progress(sum(len(p) for _, p in plans), "export", "positions", log) as progress:
+        for i, positions in plans:
+            ids = meta["prompts"][i]["token_ids"]
+            rows = export_prompt(scorer, stages_for_prompt(i), n_stages, ids, positions, options.top_k, track_ids,
+                                 budget, progress.update, samples=options.samples)
+            results.append((i, rows))
     if log:
         log(f"lens statistics for {sum(len(p) for _, p in plans)} positions x {n_stages} stages x {V} tokens "
             f"in {time.perf_counter() - started:.2f}s")
