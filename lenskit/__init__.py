@@ -4,3 +4,10 @@ Data flow: model -> adapter -> capture -> stage store (safetensors) -> lens -> s
 """
 
 __version__ = "0.1.0"
+
+
+def show(run_or_doc, height=None):
+    """Show the viewer inline in a notebook cell: see :func:`lenskit.notebook.show`."""
+    from .notebook import show as _show
+
+    return _show(run_or_doc, height=height)

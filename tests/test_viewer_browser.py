@@ -179,7 +179,8 @@ def test_figures_match_the_json(page, served, docs):
     doc = docs["synth"]
     open_view(page, served.url + "#run=synth&prompt=1&pos=7&stage=3")
     check_figures(page, doc, 1, 7, 3)
-    assert state(page) == {"run": "synth", "prompt": "1", "pos": "7", "stage": "3", "mode": "raw", "view": "panels"}
+    assert state(page) == {"run": "synth", "prompt": "1", "pos": "7", "stage": "3", "mode": "raw", "view": "panels",
+                           "yrange": "layers"}
     # The strip highlights the position; the prediction line names the top-1 and the actual next token.
     assert page.get_attribute("#strip-section .strip .tok.selected", "data-pos") == "7"
     P = positions(doc, 1)[7]
@@ -250,8 +251,9 @@ def test_url_state_restores_the_view(page, served, docs):
     check_figures(page, docs["synth"], 1, 4, 5, "logprob")
     # Nonsense in the URL falls back to defaults instead of breaking.
     page.goto("about:blank")
-    open_view(page, served.url + "#run=nope&prompt=9&pos=-4&stage=999&mode=<b>&view=x")
+    open_view(page, served.url + "#run=nope&prompt=9&pos=-4&stage=999&mode=<b>&view=x&yrange=y")
     assert state(page)["run"] == "synth" and state(page)["mode"] == "raw" and state(page)["view"] == "panels"
+    assert state(page)["yrange"] == "layers"
     assert state(page)["stage"] == str(len(docs["synth"]["stages"]["name"]) - 1)
 
 
@@ -327,6 +329,112 @@ def test_hostile_text_stays_text(page, served, docs):
     page.wait_for_timeout(200)
     assert page.watch.dialogs == []
     shot(page, "viewer-hostile.png")
+
+
+def test_default_position_is_the_last_one(page, served, docs):
+    """With no position in the URL the viewer opens where the model predicts the token after the prompt."""
+    for run, prompt in (("synth", 0), ("synth", 1), ("other", 0)):
+        page.goto("about:blank")
+        open_view(page, served.url + f"#run={run}&prompt={prompt}")
+        last = positions(docs[run], prompt)[-1]["pos"]
+        assert state(page)["pos"] == str(last)
+        check_figures(page, docs[run], prompt, last, len(docs[run]["stages"]["name"]) - 1)
+        assert "last position" in page.text_content("#strip-section .prediction")
+    # The URL still wins; choosing another prompt goes to that prompt's last position.
+    page.goto("about:blank")
+    open_view(page, served.url + "#run=synth&prompt=0&pos=3")
+    assert state(page)["pos"] == "3"
+    page.select_option("#prompt-select", "1")
+    page.wait_for_function("() => location.hash.includes('prompt=1')")
+    assert state(page)["pos"] == str(positions(docs["synth"], 1)[-1]["pos"])
+
+
+def y_domain(page):
+    return [float(page.get_attribute("#fig-evolution svg.chart", a)) for a in ("data-y-min", "data-y-max")]
+
+
+def value_of(P, mode, j, s):
+    x = P["score"][j][s]
+    return {"raw": x, "centred": x - P["mean"][s], "z": (x - P["mean"][s]) / P["std"][s], "logprob": x - P["lse"][s]}[mode]
+
+
+@pytest.mark.parametrize("mode", ["raw", "logprob"])
+def test_y_range_leaves_out_the_embedding(page, tmp_path, mode):
+    """Figure 1's y-range comes from the stages after the embedding; embedding points outside it are drawn at the
+    axis edge with a marker carrying the true value; the toggle (kept in the URL) includes them."""
+    doc = make_export(prompts=1, positions=6, layers=4, seed=3, embed_scale=6.0, embed_shift=25.0)
+    P = positions(doc)[5]
+    S, n = len(doc["stages"]["name"]), len(P["tracked"])
+    after = [value_of(P, mode, j, s) for j in range(n) for s in range(1, S)]
+    embed = [value_of(P, mode, j, 0) for j in range(n)]
+    path = write_html(doc, tmp_path / "embed.html")
+    open_view(page, path.as_uri() + f"#pos=5&stage=2&mode={mode}")
+    check_figures(page, doc, 0, 5, 2, mode)  # data-value stays the true value, clipped or not
+    lo, hi = y_domain(page)
+    assert lo <= min(after) and max(after) <= hi
+    assert (max(after) - min(after)) / (hi - lo) > 0.6  # the range is the stages after the embedding, not more
+    outside = {j for j, v in enumerate(embed) if not lo <= v <= hi}
+    assert outside, "the fixture's embedding should fall outside the layers' range"
+    marks = page.eval_on_selector_all(
+        "#fig-evolution path.clip-mark",
+        "els => els.map(e => [+e.closest('g.curve').dataset.token, +e.dataset.stage, +e.dataset.value, e.dataset.clipped])")
+    assert {m[0] for m in marks} == outside and {m[1] for m in marks} == {0}
+    for j, _, value, side in marks:
+        assert value == pytest.approx(embed[j], rel=1e-9, abs=1e-9)
+        assert side == ("above" if embed[j] > hi else "below")
+    # Clipped points sit on the axis edge; the others inside.
+    plot_box = page.locator("#fig-evolution rect.overlay").bounding_box()
+    for j in outside:
+        box = page.locator(f'#fig-evolution g.curve[data-token="{j}"] circle.pt[data-stage="0"]').bounding_box()
+        cy = box["y"] + box["height"] / 2
+        edge = plot_box["y"] if embed[j] > hi else plot_box["y"] + plot_box["height"]
+        assert abs(cy - edge) < 1.0
+        # Hover shows the true value and says it is clipped.
+        page.mouse.move(box["x"] + box["width"] / 2, cy)
+        tip = page.locator("#tooltip").text_content()
+        assert "clipped" in tip
+        shown = f"{abs(embed[j]):.3f}"
+        assert shown in tip.replace("−", "-")
+        break
+    shot(page, f"viewer-y-range-{mode}.png")
+    # The toggle includes the embedding: no clipping, and the URL says so.
+    page.check("#y-embed")
+    page.wait_for_function("() => location.hash.includes('yrange=all')")
+    assert state(page)["yrange"] == "all" and state(page)["mode"] == mode
+    lo2, hi2 = y_domain(page)
+    assert lo2 <= min(after + embed) and max(after + embed) <= hi2
+    assert page.locator("#fig-evolution path.clip-mark").count() == 0
+    check_figures(page, doc, 0, 5, 2, mode)
+    # A link with yrange=all reopens with the box ticked; unticking clips again.
+    url = page.url
+    page.goto("about:blank")
+    open_view(page, url)
+    assert page.is_checked("#y-embed") and y_domain(page) == [lo2, hi2]
+    page.uncheck("#y-embed")
+    page.wait_for_function("() => location.hash.includes('yrange=layers')")
+    assert y_domain(page) == [lo, hi]
+    # The shared stage axis clips the same way.
+    page.check("#shared-axis")
+    assert y_domain(page) == [lo, hi]
+    assert page.locator("#fig-evolution path.clip-mark").count() == len(outside)
+
+
+def test_panels_have_stage_ticks_and_striping(page, served, docs):
+    open_view(page, served.url + "#run=synth&prompt=0&pos=2")
+    n = len(positions(docs["synth"])[2]["tracked"])
+    S = len(docs["synth"]["stages"]["name"])
+    assert page.locator("#fig-evolution g.panel").count() == n
+    for j in range(n):
+        labels = page.locator(f'#fig-evolution g.panel[data-token="{j}"] text.panel-tick-label')
+        assert labels.first.text_content() == "emb" and labels.last.text_content() == f"L{(S - 1) // 2 - 1}"
+        assert page.locator(f'#fig-evolution g.panel[data-token="{j}"] line.panel-tick').count() >= 2
+    # Light (attention) and dark (FFN) segments differ in colour, and the dark ones are drawn on top.
+    colors = page.eval_on_selector(
+        '#fig-evolution g.curve[data-token="0"]',
+        "g => [...g.querySelectorAll('path.seg')].map(p => [p.getAttribute('class'), getComputedStyle(p).stroke])")
+    by = {cls.split()[-1]: c for cls, c in colors}
+    assert by["seg-attn"] != by["seg-ffn"]
+    assert [c.split()[-1] for c, _ in colors][:2] == ["seg-attn", "seg-ffn"]
 
 
 # ---- single file
@@ -429,13 +537,19 @@ def test_real_export_load_and_redraw_times(browser, real_export, tmp_path):
             loads.append(float(pg.get_attribute("html", "data-ready-at")))
         S = len(doc["stages"]["name"])
         pos = int(state(pg)["pos"])
+        assert pos == doc["prompts"][0]["positions"][-1]["pos"]  # opens at the last position: the next-token prediction
         check_figures(pg, doc, 0, pos, S - 1)
         assert pg.locator("#fig-evolution g.curve.top").count() == 10
         pos_ms = _median_ms(pg, "#pos-slider", TIMING_MOVES)
         stage_ms = _median_ms(pg, "#stage-slider", TIMING_MOVES)
         s = state(pg)
         check_figures(pg, doc, 0, int(s["pos"]), int(s["stage"]))
-        open_view(pg, srv.url + f"#pos={pos}&stage=24&mode=raw")
+        shot(pg, "viewer-real-smollm2-last.png")
+        # The README's picture: the post's position " Kra" (4), Figure 3 at layer 11 after the FFN.
+        texts = [doc["tokens"][i] for i in doc["prompts"][0]["tokens"]]
+        kra = texts.index(" Kra") if " Kra" in texts else pos
+        open_view(pg, srv.url + f"#pos={kra}&stage=24&mode=raw")
+        check_figures(pg, doc, 0, kra, 24)
         shot(pg, "viewer-real-smollm2.png")
         report = write_html(doc, tmp_path / "real.html")
         file_loads = []
@@ -457,3 +571,38 @@ def test_real_export_load_and_redraw_times(browser, real_export, tmp_path):
         srv.shutdown()
         srv.server_close()
     watch.check()
+
+
+PARIS = "The capital of France is"
+PARIS_RUN_ENV = "LENSKIT_VIEWER_PARIS_RUN"  # an existing default-model run of PARIS, to skip tracing it
+
+
+@pytest.fixture(scope="module")
+def paris_run(request, tmp_path_factory):
+    folder = os.environ.get(PARIS_RUN_ENV)
+    if folder:
+        return Path(folder)
+    request.getfixturevalue("default_model_available")
+    from typer.testing import CliRunner
+
+    from lenskit.cli import app
+
+    out = tmp_path_factory.mktemp("paris") / "paris"
+    res = CliRunner().invoke(app, ["trace", PARIS, "-o", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.mark.realmodel
+def test_real_paris_opens_at_the_prediction(page, paris_run):
+    """A short prompt opens at its last token (" is"), where the model predicts " Paris"."""
+    doc = json.loads((paris_run / "export.json").read_text(encoding="utf-8"))
+    path = write_html(doc, paris_run.parent / "paris.html")
+    open_view(page, path.as_uri())
+    texts = [doc["tokens"][i] for i in doc["prompts"][0]["tokens"]]
+    S = len(doc["stages"]["name"])
+    assert state(page)["pos"] == str(len(texts) - 1) and texts[-1] == " is"
+    check_figures(page, doc, 0, len(texts) - 1, S - 1)
+    assert page.locator("#fig-evolution g.panel").first.locator("text.panel-label").text_content() == "␣Paris"
+    assert page.locator("#strip-section .prediction .tok.top1").text_content() == "␣Paris"
+    shot(page, "viewer-real-paris.png")

@@ -73,9 +73,12 @@ def make_export(
     seed: int = 0,
     validate: bool = True,
     version: int = 2,
+    embed_scale: float = 1.0,
+    embed_shift: float = 0.0,
 ) -> dict:
     """Build a ``lenskit.export/2`` document (``version=1``: the older ``lenskit.export/1`` the viewer still reads):
-    ``prompts`` prompts of ``positions`` tokens, S = 2*layers+1 stages."""
+    ``prompts`` prompts of ``positions`` tokens, S = 2*layers+1 stages. ``embed_scale``/``embed_shift`` make the
+    embedding stage's scores ``scale * x + shift`` (as real models' embedding stage sits far from the rest)."""
     v1 = version == 1
     r_nats = ROUND_STAT if v1 else ROUND_NATS
     rng = np.random.default_rng(seed)
@@ -111,6 +114,8 @@ def make_export(
             for s in range(S):
                 a = s / (S - 1)
                 x = (1 - a) * start + a * final + rng.normal(0.0, 0.3 * (1 - a), vocab_size)
+                if s == 0:
+                    x = embed_scale * x + embed_shift
                 stages.append(np.round((3.0 + s) * x + 0.5 * s, ROUND_SCORE))
             sc = np.stack(stages)  # (S, V)
             top = np.argsort(-sc[-1], kind="stable")[:top_k]

@@ -1,7 +1,9 @@
 // curves.js — what Figures 1 and 2 share: token colours, curves striped by block (segments that end at an attention
 // stage drawn light, at an FFN stage dark), the stage axis, the token legend, and nearest-point hover (Delaunay).
-// Every curve is a <g class="curve" data-token=j> with two paths and one <circle class="pt"> per stage carrying
-// data-stage / data-value / data-rank (what the tests compare with the JSON).
+// Every curve is a <g class="curve" data-token=j> with three paths (attention segments, FFN segments, and segments
+// to a point clipped at the axis edge, faint and dashed) and one <circle class="pt"> per stage carrying
+// data-stage / data-value / data-rank (what the tests compare with the JSON; data-value is the true value even where
+// the point is drawn clipped).
 
 import { d3 } from "./d3.js";
 import { appendTokenParts, formatNumber, formatRank } from "./format.js";
@@ -9,7 +11,8 @@ import { showTooltip, hideTooltip } from "./tooltip.js";
 
 export const TOKEN_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"];
 export const EXTRA_COLOR = "#444444";
-export const LIGHTEN = 0.6; // attention segments: this far towards white
+export const LIGHTEN = 0.62; // attention segments: this far towards white
+export const DARKEN = 0.18; // FFN segments: this far towards black (light and dark differ even at ~1.5 px a stage)
 export const HOVER_RADIUS_PX = 28;
 export const POINT_RADIUS = 2.6;
 export const MAX_STAGE_TICKS = 13;
@@ -29,13 +32,19 @@ export function lightColor(color) {
   return d3.interpolateRgb(color, "#ffffff")(LIGHTEN);
 }
 
-/** "attn" segments end at an attention stage, "ffn" ones at an FFN stage; one SVG path (several subpaths) each. */
+export function darkColor(color) {
+  return d3.interpolateRgb(color, "#000000")(DARKEN);
+}
+
+/** "attn" segments end at an attention stage, "ffn" ones at an FFN stage, "clip" ones touch a clipped point (one of
+ *  the others only where neither end is clipped); one SVG path (several subpaths) each. */
 function segmentPath(points, kindOf, kind) {
   let d = "";
   for (let i = 1; i < points.length; i++) {
-    if (kindOf(points[i].s) !== kind) continue;
     const a = points[i - 1];
     const b = points[i];
+    const clipped = Boolean(a.clipped || b.clipped);
+    if (kind === "clip" ? !clipped : clipped || kindOf(b.s) !== kind) continue;
     d += `M${a.x.toFixed(1)},${a.y.toFixed(1)}L${b.x.toFixed(1)},${b.y.toFixed(1)}`;
   }
   return d || null;
@@ -52,13 +61,15 @@ export function renderCurves(layer, curves, kindOf, stage) {
       const g = enter.append("g");
       g.append("path").attr("class", "seg seg-attn");
       g.append("path").attr("class", "seg seg-ffn");
+      g.append("path").attr("class", "seg seg-clip");
       return g;
     })
     .attr("class", (d) => `curve ${d.cls}`)
     .attr("data-token", (d) => d.j)
     .attr("fill", (d) => d.color);
   groups.select("path.seg-attn").attr("d", (d) => segmentPath(d.points, kindOf, "attn")).attr("stroke", (d) => lightColor(d.color));
-  groups.select("path.seg-ffn").attr("d", (d) => segmentPath(d.points, kindOf, "ffn")).attr("stroke", (d) => d.color);
+  groups.select("path.seg-ffn").attr("d", (d) => segmentPath(d.points, kindOf, "ffn")).attr("stroke", (d) => darkColor(d.color));
+  groups.select("path.seg-clip").attr("d", (d) => segmentPath(d.points, kindOf, "clip")).attr("stroke", (d) => d.color);
   groups
     .selectAll("circle.pt")
     .data((d) => d.points)
@@ -135,12 +146,12 @@ export function renderLegend(container, position) {
   a.append("span").attr("class", "swatch-line").style("background", lightColor(TOKEN_COLORS[0]));
   a.append("span").text("attention block");
   const f = key.append("span").attr("class", "legend-item");
-  f.append("span").attr("class", "swatch-line").style("background", TOKEN_COLORS[0]);
+  f.append("span").attr("class", "swatch-line").style("background", darkColor(TOKEN_COLORS[0]));
   f.append("span").text("FFN block");
 }
 
-/** Tooltip rows for point (token j, stage s) of a Position. */
-export function pointTooltip(event, run, position, mode, j, s) {
+/** Tooltip rows for point (token j, stage s) of a Position; `clipped` ("above"/"below") when drawn at the axis edge. */
+export function pointTooltip(event, run, position, mode, j, s, clipped = null) {
   const value = position.value(mode, j, s);
   const prev = s > 0 ? position.value(mode, j, s - 1) : null;
   const prevRank = s > 0 ? position.rank(j, s - 1) : null;
@@ -162,6 +173,9 @@ export function pointTooltip(event, run, position, mode, j, s) {
       value: j < position.topCount ? `#${j + 1}` : j === position.nextIndex ? `${formatRank(position.rank(j, run.stageCount - 1))} (actual next token)` : `${formatRank(position.rank(j, run.stageCount - 1))} (tracked)`,
     },
   ];
+  if (clipped) {
+    rows.splice(4, 0, { label: "drawn", value: `clipped at the ${clipped === "above" ? "top" : "bottom"} of the y-range (its value is off the axis)` });
+  }
   showTooltip(event, { title: position.tokenText(j), rows });
 }
 

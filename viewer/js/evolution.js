@@ -2,18 +2,25 @@
 // "panels" view (as in the post): each token its own short curve, side by side in final-rank order (top-1 left);
 // "shared" view: all curves over one stage axis. Display modes: raw score, score − mean, z-score, log-probability.
 // Segments into an attention stage are light, into an FFN stage dark; hover shows layer, block, score, change, rank.
+// y-range: by default from the stages after the embedding (the embedding's scores, e.g. mean ≈ 63 on SmolLM2, would
+// flatten every other stage); a point outside it is drawn at the axis edge with a triangle marker (true value on
+// hover). The "yrange" state ("all") includes every stage.
 
 import { d3 } from "./d3.js";
 import { createChart } from "./chart.js";
 import { shortToken } from "./format.js";
 import { MODE_LABELS, attachHover, markStage, pointTooltip, renderBands, renderCurves, renderLegend, stageAxis, tokenColor } from "./curves.js";
 
-const HEIGHT = 340;
-const MARGIN = { top: 12, right: 14, bottom: 58, left: 62 };
+const HEIGHT = 372;
+const MARGIN = { top: 14, right: 14, bottom: 74, left: 62 };
 const PANEL_GAP = 6;
 const EXTRA_GAP = 18;
 const LABEL_CHAR_PX = 6.6;
 const Y_PAD = 0.05;
+const PANEL_TICK_PX = 4;
+const PANEL_TICK_LABEL_MIN_PX = 44; // a panel narrower than this gets tick marks only, no labels
+const PANEL_MID_LABEL_MIN_PX = 78; // … narrower than this: labels at both ends only
+const PANEL_MINOR_EVERY_PX = 7; // minor ticks (layer outputs) no closer than this
 
 /** Figure 1 inside `root` (its .plot and .legend children); `onStage(s)` when a point is clicked. */
 export function createEvolution(root, { onStage }) {
@@ -28,11 +35,11 @@ export function createEvolution(root, { onStage }) {
   let last = null;
 
   /** Redraw for a Position; `width` is the plot width in px (read once by the caller, to avoid layout thrash). */
-  function draw(run, position, { mode, view, stage }, width) {
+  function draw(run, position, { mode, view, stage, yrange }, width) {
     const w = width - MARGIN.left - MARGIN.right;
     const h = HEIGHT - MARGIN.top - MARGIN.bottom;
     svg.attr("width", width).attr("height", HEIGHT).attr("viewBox", `0 0 ${width} ${HEIGHT}`);
-    svg.attr("data-view", view).attr("data-mode", mode).attr("data-pos", position.pos);
+    svg.attr("data-view", view).attr("data-mode", mode).attr("data-pos", position.pos).attr("data-yrange", yrange);
     const S = run.stageCount;
     const n = position.trackedCount;
     const top = position.topCount;
@@ -44,11 +51,12 @@ export function createEvolution(root, { onStage }) {
     const sx = d3.scaleLinear().domain([0, S - 1]).range([0, pw]);
     const x = (j, s) => panelX(j) + sx(s);
 
-    // y: shared by all tokens, over every stage.
+    // y: shared by all tokens; from the stages after the embedding unless yrange is "all".
+    const from = yrange === "all" || S < 2 ? 0 : 1;
     let lo = Infinity;
     let hi = -Infinity;
     for (let j = 0; j < n; j++) {
-      for (let s = 0; s < S; s++) {
+      for (let s = from; s < S; s++) {
         const v = position.value(mode, j, s);
         if (v < lo) lo = v;
         if (v > hi) hi = v;
@@ -57,6 +65,8 @@ export function createEvolution(root, { onStage }) {
     if (!(hi > lo)) { lo -= 1; hi += 1; }
     const pad = (hi - lo) * Y_PAD;
     const y = d3.scaleLinear().domain([lo - pad, hi + pad]).nice().range([h, 0]);
+    const [yLo, yHi] = y.domain();
+    svg.attr("data-y-min", yLo).attr("data-y-max", yHi);
 
     const curves = [];
     const points = [];
@@ -65,7 +75,9 @@ export function createEvolution(root, { onStage }) {
       const pts = [];
       for (let s = 0; s < S; s++) {
         const value = position.value(mode, j, s);
-        const p = { j, s, x: x(j, s), y: y(value), value, rank: position.rank(j, s), color };
+        const clipped = value > yHi ? "above" : value < yLo ? "below" : null;
+        const yy = clipped === "above" ? 0 : clipped === "below" ? h : y(value);
+        const p = { j, s, x: x(j, s), y: yy, value, rank: position.rank(j, s), color, clipped };
         pts.push(p);
         points.push(p);
       }
@@ -84,6 +96,7 @@ export function createEvolution(root, { onStage }) {
       .join((enter) => {
         const g = enter.append("g").attr("class", "panel");
         g.append("rect").attr("class", "panel-bg");
+        g.append("g").attr("class", "panel-ticks");
         g.append("text").attr("class", "panel-rank").attr("text-anchor", "middle");
         g.append("text").attr("class", "panel-label").attr("text-anchor", "middle");
         return g;
@@ -94,14 +107,15 @@ export function createEvolution(root, { onStage }) {
     panel
       .select("text.panel-rank")
       .attr("x", (j) => panelX(j) + pw / 2)
-      .attr("y", h + 16)
+      .attr("y", h + 30)
       .attr("fill", (j) => tokenColor(j, top))
       .text((j) => (j < top ? `#${j + 1}` : j === position.nextIndex ? "next" : "tracked"));
     panel
       .select("text.panel-label")
       .attr("x", (j) => panelX(j) + pw / 2)
-      .attr("y", h + 32)
+      .attr("y", h + 46)
       .text((j) => shortToken(position.tokenText(j), maxChars));
+    if (view === "panels") renderPanelTicks(panel, run, panelX, sx, pw, h);
     if (view === "panels") {
       bands.selectAll("*").remove();
       xAxis.selectAll("*").remove();
@@ -113,9 +127,10 @@ export function createEvolution(root, { onStage }) {
     }
 
     renderCurves(curvesLayer, curves, (s) => run.stageKind(s), stage);
+    renderClipMarks(curvesLayer);
     overlay.attr("width", w).attr("height", h);
     attachHover(frame, overlay, points, {
-      onHover: (event, p) => pointTooltip(event, run, position, mode, p.j, p.s),
+      onHover: (event, p) => pointTooltip(event, run, position, mode, p.j, p.s, p.clipped),
       onClick: (p) => onStage(p.s),
     });
     renderLegend(legend, position);
@@ -141,4 +156,55 @@ export function createEvolution(root, { onStage }) {
   }
 
   return { draw, setStage };
+}
+
+/** The stage ticks under each small-multiple panel: a tick at the embedding, at every few layer outputs and at the
+ *  last stage; labels "emb", the middle layer and the last layer where the panel is wide enough. */
+function renderPanelTicks(panel, run, panelX, sx, pw, h) {
+  const S = run.stageCount;
+  const L = run.layerCount;
+  const perLayer = Math.max(1, Math.ceil(PANEL_MINOR_EVERY_PX / Math.max(1e-6, sx(2) - sx(0))));
+  const minor = [];
+  for (let i = perLayer - 1; i < L - 1; i += perLayer) minor.push(2 * i + 2);
+  const labelled = [0, S - 1];
+  if (pw >= PANEL_MID_LABEL_MIN_PX && L >= 4) labelled.splice(1, 0, 2 * Math.floor((L - 1) / 2) + 2);
+  const ticks = [...new Set([0, ...minor, S - 1])].map((s) => ({ s, major: labelled.includes(s) }));
+  const label = (s) => (s === 0 ? "emb" : `L${run.stageLayer(s)}`);
+  const anchor = (s) => (s === 0 ? "start" : s === S - 1 ? "end" : "middle");
+  panel.each(function (j) {
+    const g = d3.select(this).select("g.panel-ticks").attr("transform", `translate(${panelX(j)},${h})`);
+    g.selectAll("line.panel-tick")
+      .data(ticks)
+      .join("line")
+      .attr("class", (t) => (t.major ? "panel-tick major" : "panel-tick"))
+      .attr("x1", (t) => sx(t.s))
+      .attr("x2", (t) => sx(t.s))
+      .attr("y1", 0)
+      .attr("y2", (t) => (t.major ? PANEL_TICK_PX + 1 : PANEL_TICK_PX - 1))
+      .attr("data-stage", (t) => t.s);
+    g.selectAll("text.panel-tick-label")
+      .data(pw >= PANEL_TICK_LABEL_MIN_PX ? ticks.filter((t) => t.major) : [])
+      .join("text")
+      .attr("class", "panel-tick-label")
+      .attr("x", (t) => sx(t.s))
+      .attr("y", PANEL_TICK_PX + 11)
+      .attr("text-anchor", (t) => anchor(t.s))
+      .attr("data-stage", (t) => t.s)
+      .text((t) => label(t.s));
+  });
+}
+
+/** A triangle at the axis edge for each point outside the y-range (pointing the way its true value lies). */
+function renderClipMarks(layer) {
+  layer
+    .selectAll("g.curve")
+    .selectAll("path.clip-mark")
+    .data((d) => d.points.filter((p) => p.clipped))
+    .join("path")
+    .attr("class", "clip-mark")
+    .attr("d", (p) => (p.clipped === "above" ? "M0,-1L-4.5,6L4.5,6Z" : "M0,1L-4.5,-6L4.5,-6Z"))
+    .attr("transform", (p) => `translate(${p.x.toFixed(1)},${p.y.toFixed(1)})`)
+    .attr("data-stage", (p) => p.s)
+    .attr("data-value", (p) => p.value)
+    .attr("data-clipped", (p) => p.clipped);
 }

@@ -1,26 +1,36 @@
 // main.js — boots the viewer: loads the run list (served: runs.json; single file: the embedded run), restores the
 // view state from the URL, builds the strip and the three figures, and links them: every change of run, prompt,
-// position, stage, mode or view goes through one state store, redraws what depends on it and updates the URL.
+// position, stage, mode, view or y-range goes through one state store, redraws what depends on it and updates the URL.
 
 import { d3 } from "./d3.js";
 import { MODES, loadRun, loadRunList } from "./data.js";
-import { VIEWS, createState, readUrlState, writeUrlState } from "./state.js";
+import { VIEWS, Y_RANGES, createState, readUrlState, writeUrlState } from "./state.js";
 import { createStrip } from "./strip.js";
 import { createEvolution } from "./evolution.js";
 import { createRanks } from "./ranks.js";
 import { createHistogram } from "./histogram.js";
 import { hideTooltip } from "./tooltip.js";
 
-const DEFAULT_TOKEN = " Kra"; // the post's figures start at this token
 const RESIZE_DEBOUNCE_MS = 120;
 const MIN_PLOT_WIDTH = 480;
 
-/** Where the view opens when the URL says nothing: the post's " Kra" if present, else mid-prompt. */
+/** Where the view opens when the URL says nothing: the last exported position, where the model predicts the token
+ *  after the prompt (for "The capital of France is": " is", predicting " Paris"). */
 function defaultPosition(run, prompt) {
   const exported = run.exportedPositions(prompt);
-  const texts = run.promptTokenTexts(prompt);
-  const kra = exported.find((p) => texts[p] === DEFAULT_TOKEN);
-  return kra !== undefined ? kra : exported[Math.floor(exported.length / 2)];
+  return exported[exported.length - 1];
+}
+
+/** Framed by a notebook (lenskit.show: a sandboxed iframe), tell the parent page the viewer's height, now and on every
+ *  change, so a few lines of script there can fit the frame to it. Only a number is sent. */
+function reportHeightToParent() {
+  if (window.parent === window) return;
+  const post = () => {
+    const height = Math.ceil(document.documentElement.getBoundingClientRect().height);
+    window.parent.postMessage({ lenskit: "height", height }, "*");
+  };
+  post();
+  if (typeof ResizeObserver === "function") new ResizeObserver(post).observe(document.body);
 }
 
 function clampInt(v, lo, hi, fallback) {
@@ -62,6 +72,7 @@ async function boot() {
       stage: clampInt(want.stage, 0, run.stageCount - 1, run.stageCount - 1),
       mode: MODES.includes(want.mode) ? want.mode : "raw",
       view: VIEWS.includes(want.view) ? want.view : "panels",
+      yrange: Y_RANGES.includes(want.yrange) ? want.yrange : "layers",
     };
   }
 
@@ -106,6 +117,9 @@ async function boot() {
   d3.select("#shared-axis").on("change", function () {
     state.set({ view: this.checked ? "shared" : "panels" });
   });
+  d3.select("#y-embed").on("change", function () {
+    state.set({ yrange: this.checked ? "all" : "layers" });
+  });
 
   function fillPrompts() {
     promptSelect
@@ -130,8 +144,9 @@ async function boot() {
       return this.value === s.mode;
     });
     d3.select("#shared-axis").property("checked", s.view === "shared");
+    d3.select("#y-embed").property("checked", s.yrange === "all");
     const full = ["run", "prompt", "pos", "resize"].some((k) => changed.has(k));
-    if (full || changed.has("mode") || changed.has("view")) {
+    if (full || changed.has("mode") || changed.has("view") || changed.has("yrange")) {
       evolution.draw(run, position, s, width);
     } else if (changed.has("stage")) {
       evolution.setStage(s.stage);
@@ -177,6 +192,7 @@ async function boot() {
   // For tests and curious users: boot-to-drawn time, and time since navigation start when everything was drawn.
   root.attr("data-ready-ms", (performance.now() - started).toFixed(1)).attr("data-ready-at", performance.now().toFixed(1));
   root.attr("data-state", "ready");
+  reportHeightToParent();
 }
 
 boot().catch((err) => {

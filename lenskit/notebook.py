@@ -1,0 +1,301 @@
+"""Notebooks: the viewer inline in a cell, and the figures' data as pandas DataFrames.
+
+:func:`show` renders the full viewer from the single-file report (:func:`lenskit.report.build_html`) inside an
+``<iframe srcdoc=...>`` sandboxed to ``allow-scripts`` only: no server, nothing loaded from the network, and the page
+(an opaque origin) can reach neither the notebook nor its kernel. The frame is as wide as the cell; its height follows
+the viewer's (the viewer posts its height to the parent page, a few lines of script beside the frame set it) unless a
+``height`` is given, and stays at its first height where a frontend runs no script in outputs.
+
+:class:`Export` wraps an export document (``lenskit.export/1`` or ``/2``): ``_repr_html_`` shows it, and
+:meth:`Export.scores`, :meth:`Export.ranks`, :meth:`Export.histogram` and :meth:`Export.stats` return what Figures 1-3
+draw as DataFrames, for users who plot their own. pandas is optional (``pip install 'lenskit[notebook]'``); it is
+imported only by those methods.
+
+    >>> import lenskit
+    >>> lenskit.show("runs/demo")                       # a run folder, an export.json, or a document dict
+    >>> doc = lenskit.notebook.Export.load("runs/demo")
+    >>> doc.ranks(0, pos=4)                             # tracked tokens x stages, rank 1 = top
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import uuid
+from pathlib import Path
+
+from .errors import InputError, LenskitError, TraceFileError
+
+SANDBOX = "allow-scripts"  # scripts run; no same-origin, forms, popups, top navigation or downloads
+DEFAULT_HEIGHT = 1400  # px: the first height of an auto-sized frame (strip + three figures at a cell's width)
+MIN_HEIGHT = 240
+MAX_AUTO_HEIGHT = 4000
+HEIGHT_MESSAGE = "height"  # js/main.js posts {lenskit: "height", height: px} to its parent when framed
+MODES = ("raw", "centred", "z", "logprob")
+STAT_COLUMNS = ("mean", "std", "lse", "entropy", "kl")
+
+_RESIZE_JS = (
+    "(function(){var f=document.getElementById(%s);if(!f)return;"
+    "window.addEventListener('message',function(e){"
+    "if(!f.isConnected||e.source!==f.contentWindow)return;var d=e.data;"
+    "if(!d||d.lenskit!==%s)return;var h=Number(d.height);if(!(h>0))return;"
+    "f.style.height=Math.round(Math.min(%d,Math.max(%d,h)))+'px';});})();"
+)
+
+
+def _pandas():
+    try:
+        import pandas
+    except ImportError as e:
+        raise LenskitError(
+            "the DataFrame API needs pandas, which is not installed: pip install 'lenskit[notebook]' (or pandas)"
+        ) from e
+    return pandas
+
+
+class Export:
+    """One export document (the dict ``lenskit export`` writes), shown inline by notebooks and read as DataFrames.
+
+    ``prompt`` arguments are prompt indices (0 = the first), ``pos`` a token position in the prompt (negative counts
+    from its end; ``None`` = the last exported position, where the model predicts the token after the prompt), and
+    ``stage`` a stage index (negative counts from the end) or name (``"embed"``, ``"L3.attn"``, ``"L3.ffn"``).
+    """
+
+    def __init__(self, doc: dict, name: str | None = None):
+        if not isinstance(doc, dict) or not str(doc.get("schema", "")).startswith("lenskit.export/"):
+            raise TraceFileError("not a lenskit export document (no 'schema': 'lenskit.export/N' field)")
+        from .schema import SCHEMA_VERSIONS_READ
+
+        if doc["schema"] not in SCHEMA_VERSIONS_READ:
+            raise TraceFileError(f"export format {doc['schema']!r} is not one this lenskit reads ({', '.join(SCHEMA_VERSIONS_READ)})")
+        self.doc = doc
+        self.name = name or str(doc.get("model", {}).get("id", "report"))
+
+    @classmethod
+    def load(cls, path) -> "Export":
+        """Read a run folder's ``export.json`` (or an export file itself)."""
+        from .schema import EXPORT_FILE
+
+        path = Path(path).expanduser()
+        file = path / EXPORT_FILE if path.is_dir() else path
+        if not file.is_file():
+            raise TraceFileError(f"{path}: no {EXPORT_FILE} there (run `lenskit export {path}` first)" if path.is_dir()
+                                 else f"{path}: no such file")
+        import orjson
+
+        try:
+            doc = orjson.loads(file.read_bytes())
+        except (OSError, ValueError) as e:
+            raise TraceFileError(f"{file}: cannot read it as JSON ({e})") from e
+        return cls(doc, name=(path if path.is_dir() else file.parent).name or None)
+
+    def __repr__(self) -> str:
+        m = self.doc.get("model", {})
+        return (f"<lenskit Export {m.get('id')!s}: {len(self.doc['prompts'])} prompt(s), {len(self.stage_names)} stages, "
+                f"{self.doc['schema']}>")
+
+    # ---- inline viewer
+
+    def html(self, height: int | None = None) -> str:
+        """The notebook output: the single-file viewer in a sandboxed iframe (and, when auto-sized, its resizer)."""
+        return viewer_iframe(self.doc, height=height, name=self.name)
+
+    def _repr_html_(self) -> str:
+        return self.html()
+
+    def show(self, height: int | None = None):
+        """Display the viewer in the current notebook cell (see :func:`show`)."""
+        return show(self, height=height)
+
+    # ---- the document's shape
+
+    @property
+    def stage_names(self) -> list[str]:
+        return list(self.doc["stages"]["name"])
+
+    def prompt_tokens(self, prompt: int = 0) -> list[str]:
+        """The prompt's token texts."""
+        p = self._prompt(prompt)
+        return [self.doc["tokens"][i] for i in p["tokens"]]
+
+    def positions(self, prompt: int = 0) -> list[int]:
+        """The token positions of ``prompt`` that were exported."""
+        return [x["pos"] for x in self._prompt(prompt)["positions"]]
+
+    def _prompt(self, prompt: int) -> dict:
+        prompts = self.doc["prompts"]
+        if not isinstance(prompt, int) or not -len(prompts) <= prompt < len(prompts):
+            raise InputError(f"prompt {prompt!r}: this export has prompts 0..{len(prompts) - 1}")
+        return prompts[prompt]
+
+    def _position(self, prompt: int, pos: int | None) -> dict:
+        p = self._prompt(prompt)
+        if not p["positions"]:
+            raise InputError(f"prompt {prompt} has no exported positions")
+        if pos is None:
+            return p["positions"][-1]
+        if isinstance(pos, int) and pos < 0:
+            pos += len(p["tokens"])
+        for x in p["positions"]:
+            if x["pos"] == pos:
+                return x
+        have = [x["pos"] for x in p["positions"]]
+        shown = ", ".join(map(str, have[:12])) + (" …" if len(have) > 12 else "")
+        raise InputError(f"position {pos!r} of prompt {prompt} was not exported (exported: {shown})")
+
+    def _stage(self, stage) -> int:
+        names = self.stage_names
+        if isinstance(stage, str):
+            if stage not in names:
+                raise InputError(f"no stage named {stage!r} (stages: {names[0]}, {names[1]} … {names[-1]})")
+            return names.index(stage)
+        if not isinstance(stage, int) or not -len(names) <= stage < len(names):
+            raise InputError(f"stage {stage!r}: this export has stages 0..{len(names) - 1} (or their names)")
+        return stage % len(names)
+
+    def _tracked_index(self, P: dict):
+        """Index (token texts) and the tokens' ids and roles ("#1".., "next", "tracked") for a position."""
+        pd = _pandas()
+        top = min(self.doc["lens"]["top_k"], len(P["tracked"]))
+        texts = [self.doc["tokens"][t] for t in P["tracked"]]
+        ids = [self.doc["token_ids"][t] for t in P["tracked"]]
+        roles = [f"#{j + 1}" if j < top else "next" if j == P.get("next") else "tracked" for j in range(len(texts))]
+        return pd.Index(texts, name="token"), ids, roles
+
+    def _frame(self, P: dict, rows, prompt: int, what: str):
+        pd = _pandas()
+        index, ids, roles = self._tracked_index(P)
+        df = pd.DataFrame(rows, index=index, columns=pd.Index(self.stage_names, name="stage"))
+        df.attrs.update({"what": what, "prompt": prompt, "pos": P["pos"], "token_ids": ids, "roles": roles})
+        return df
+
+    # ---- the figures' data
+
+    def scores(self, prompt: int = 0, pos: int | None = None, mode: str = "raw"):
+        """Figure 1: the tracked tokens' scores (rows: final top-k in rank order, then the actual next token and
+        ``--track`` tokens; index = token text) at every stage (columns = stage names). ``mode``: ``raw`` logits,
+        ``centred`` (score − mean), ``z`` ((score − mean) / std) or ``logprob`` (score − logsumexp).
+        ``df.attrs`` has the tokens' ``token_ids`` and ``roles``."""
+        if mode not in MODES:
+            raise InputError(f"mode {mode!r}: one of {', '.join(MODES)}")
+        P = self._position(prompt, pos)
+        mean, std, lse = P["mean"], P["std"], P["lse"]
+        rows = []
+        for row in P["score"]:
+            if mode == "centred":
+                row = [x - m for x, m in zip(row, mean)]
+            elif mode == "z":
+                row = [(x - m) / s if s > 0 else 0.0 for x, m, s in zip(row, mean, std)]
+            elif mode == "logprob":
+                row = [x - e for x, e in zip(row, lse)]
+            rows.append(list(row))
+        df = self._frame(P, rows, prompt, f"score ({mode})")
+        df.attrs["mode"] = mode
+        return df
+
+    def ranks(self, prompt: int = 0, pos: int | None = None):
+        """Figure 2: the tracked tokens' ranks among the whole vocabulary (1 = top) at every stage; same layout as
+        :meth:`scores`."""
+        P = self._position(prompt, pos)
+        return self._frame(P, [list(r) for r in P["rank"]], prompt, "rank")
+
+    def histogram(self, prompt: int = 0, pos: int | None = None, stage=-1):
+        """Figure 3: the z-scored histogram of all vocabulary scores at one stage: one row per bin (index ``bin``)
+        with its edges ``z_lo``/``z_hi``, ``count``, ``samples`` (the texts of the tokens a sparse bin lists; empty
+        for denser bins) and ``tracked`` (the tracked tokens that fall in it)."""
+        from .schema import histogram, tracked_bins
+
+        pd = _pandas()
+        P = self._position(prompt, pos)
+        s = self._stage(stage)
+        counts, samples = histogram(self.doc, P)
+        hg = self.doc["histogram"]
+        width = (hg["z_max"] - hg["z_min"]) / hg["bins"]
+        tb = tracked_bins(self.doc, P)[:, s]
+        tokens = self.doc["tokens"]
+        df = pd.DataFrame(
+            {
+                "z_lo": [hg["z_min"] + b * width for b in range(hg["bins"])],
+                "z_hi": [hg["z_min"] + (b + 1) * width for b in range(hg["bins"])],
+                "count": counts[s].tolist(),
+                "samples": [[tokens[t] for t in samples[s].get(b, [])] for b in range(hg["bins"])],
+                "tracked": [[tokens[P["tracked"][j]] for j in range(len(tb)) if tb[j] == b] for b in range(hg["bins"])],
+            },
+            index=pd.RangeIndex(hg["bins"], name="bin"),
+        )
+        df.attrs.update({"what": "histogram", "prompt": prompt, "pos": P["pos"], "stage": self.stage_names[s]})
+        return df
+
+    def stats(self, prompt: int = 0, pos: int | None = None):
+        """Per stage (index = stage names) the vocabulary scores' ``mean``, ``std``, ``lse`` (log-sum-exp), the lens
+        distribution's ``entropy`` and ``kl`` = KL(final ‖ stage), in nats."""
+        pd = _pandas()
+        P = self._position(prompt, pos)
+        df = pd.DataFrame({c: list(P[c]) for c in STAT_COLUMNS}, index=pd.Index(self.stage_names, name="stage"))
+        df.attrs.update({"what": "stats", "prompt": prompt, "pos": P["pos"]})
+        return df
+
+
+def _as_export(run_or_doc) -> Export:
+    if isinstance(run_or_doc, Export):
+        return run_or_doc
+    if isinstance(run_or_doc, dict):
+        return Export(run_or_doc)
+    if isinstance(run_or_doc, (str, Path)):
+        return Export.load(run_or_doc)
+    raise InputError(
+        f"lenskit.show wants a run folder, an export.json path, an export document (dict) or an Export, "
+        f"not {type(run_or_doc).__name__}"
+    )
+
+
+def viewer_iframe(doc: dict, height: int | None = None, name: str | None = None) -> str:
+    """The single-file viewer for ``doc`` in a sandboxed ``<iframe srcdoc>`` as wide as its container: ``height``
+    in px, or ``None`` to follow the viewer's height (with a small script beside the frame)."""
+    from .report import build_html
+
+    if height is not None and (not isinstance(height, int) or isinstance(height, bool) or height < MIN_HEIGHT):
+        raise InputError(f"height {height!r}: a whole number of pixels, at least {MIN_HEIGHT}")
+    page = build_html(doc, run_name=name)
+    # In a single-quoted attribute only & and ' need escaping (the page's JSON is full of double quotes, few of these).
+    srcdoc = page.replace("&", "&amp;").replace("'", "&#39;")
+    frame_id = "lenskit-" + uuid.uuid4().hex[:16]
+    title = html.escape(f"lenskit viewer: {doc.get('model', {}).get('id', '')}", quote=True)
+    out = (
+        f'<iframe id="{frame_id}" class="lenskit-viewer" title="{title}" sandbox="{SANDBOX}" referrerpolicy="no-referrer" '
+        f'style="display:block;width:100%;height:{height or DEFAULT_HEIGHT}px;border:0" srcdoc=\'{srcdoc}\'></iframe>'
+    )
+    if height is None:
+        js = _RESIZE_JS % (json.dumps(frame_id), json.dumps(HEIGHT_MESSAGE), MAX_AUTO_HEIGHT, MIN_HEIGHT)
+        out += f"\n<script>{js}</script>"
+    return out
+
+
+class InlineViewer:
+    """What :func:`show` returns outside IPython: an object notebooks display (``_repr_html_``), or ``.html``."""
+
+    def __init__(self, html_text: str):
+        self.html = html_text
+
+    def _repr_html_(self) -> str:
+        return self.html
+
+
+def show(run_or_doc, height: int | None = None):
+    """Show the full viewer inline in a notebook cell (Jupyter, JupyterLab, VS Code, Colab-style frontends).
+
+    ``run_or_doc``: a run folder, an ``export.json`` path, an export document (dict) or an :class:`Export`.
+    ``height``: the frame's height in px; by default it follows the viewer's own height. Inside IPython the viewer
+    is displayed now and ``None`` returned; elsewhere an :class:`InlineViewer` (``_repr_html_``, ``.html``) is returned.
+    """
+    export = _as_export(run_or_doc)
+    view = InlineViewer(export.html(height=height))
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return view
+    if get_ipython() is None:
+        return view
+    display(view)
+    return None
