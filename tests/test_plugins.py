@@ -142,3 +142,17 @@ def test_unknown_family_is_one_line(tmp_path):
     assert "Llama" in line and "GPT-NeoX / Pythia" in line  # lists the supported families
     assert "--adapter" in line and "Adding a model family" in line  # points to forcing and to the plugin docs
     assert not (tmp_path / "run").exists()
+
+
+def test_listing_is_an_aligned_table_with_a_header(plugin):
+    lines = CliRunner().invoke(app, ["adapters"]).output.splitlines()
+    assert lines[0].split() == ["ADAPTER", "FAMILY", "ARCHITECTURES", "PROVIDED", "BY"]
+    starts = [lines[0].index(h) for h in ("ADAPTER", "FAMILY", "ARCHITECTURES", "PROVIDED BY")]
+    reg = registry()
+    assert len(lines) == 1 + len(reg) and all(line == line.rstrip() for line in lines)
+    for line in lines[1:]:
+        name = line[: starts[1]].strip()
+        adapter, provider = reg[name]
+        cells = [line[a:b].strip() for a, b in zip(starts, starts[1:] + [None])]
+        assert cells == [name, adapter.family, ", ".join(adapter.architectures), provider], line
+    assert any(line.endswith("test-lookalike-plugin") for line in lines)

@@ -181,8 +181,13 @@ def find_adapter(architecture: str, forced: str | None = None) -> Adapter:
     for adapter, _ in reg.values():
         if architecture in adapter.architectures:
             return adapter
-    families = ", ".join(sorted(a.family for a, _ in reg.values()))
-    raise AdapterError(
-        f"no adapter for architecture {architecture}; supported families: {families}. "
+    raise no_adapter_error(architecture)
+
+
+def no_adapter_error(architecture: str, detail: str = "") -> AdapterError:
+    """The one-line error for an architecture no adapter serves; ``detail`` says why no inferred layout fits."""
+    families = ", ".join(sorted(a.family for a, _ in registry().values()))
+    return AdapterError(
+        f"no adapter for architecture {architecture}{detail}; supported families: {families}. "
         "Force a look-alike with --adapter NAME, or add one (README: 'Adding a model family')"
     )

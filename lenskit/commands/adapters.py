@@ -1,8 +1,19 @@
-"""``lenskit adapters``: list the registered model-family adapters and the package providing each."""
+"""``lenskit adapters``: list the registered model-family adapters, or check which one fits a model (``--check``)."""
 
 from __future__ import annotations
 
 import typer
+
+from . import options
+
+HEADER = ("ADAPTER", "FAMILY", "ARCHITECTURES", "PROVIDED BY")
+
+
+def table(rows: list[tuple[str, ...]], header: tuple[str, ...] = HEADER) -> str:
+    """Plain-text table: a header, then one line per row, columns left-aligned two spaces apart (no trailing spaces)."""
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines) + "\n"
 
 
 def adapters(
@@ -11,12 +22,35 @@ def adapters(
         False, "--markdown", help="Print the coverage table of the built-in adapters (Markdown, as in the README)."
     ),
     plugins: bool = typer.Option(False, "--plugins", help="With --markdown: add plugin adapters and their providers."),
+    check: str | None = typer.Option(
+        None, "--check", metavar="MODEL",
+        help="Load MODEL (hub id, local folder or .gguf file) and verify which adapter or inferred layout fits it, "
+        "on a short built-in prompt. Exit 0 if one fits, 1 if none does.",
+    ),
+    revision: str | None = typer.Option(None, "--revision", help="With --check: hub revision (branch, tag or commit)."),
+    device: str = typer.Option(
+        "auto", "--device", callback=options.device, help="With --check: auto | cpu | cuda[:N] | mps (auto: CUDA when present)."
+    ),
+    dtype: str = typer.Option(
+        "auto", "--dtype", callback=options.choice("dtype", *options.DTYPES),
+        help="With --check: auto | float32 | bfloat16 | float16 (auto: float32 on CPU, bfloat16 on GPU).",
+    ),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="With --check: allow the model repository's own Python code."
+    ),
 ) -> None:
-    """List the model families lenskit can open, their Hugging Face architecture names, and who provides them."""
+    """List the model families lenskit can open, their Hugging Face architecture names, and who provides them.
+
+    A model of an architecture no adapter names still works when its modules follow a layout lenskit knows: `lenskit
+    trace` infers it and verifies it on the first prompt. `--check MODEL` runs that verification alone.
+    """
     import orjson
 
     from ..adapters import coverage_markdown, registry
 
+    if check is not None:
+        _check(check, revision, device, dtype, trust_remote_code)
+        return
     if markdown:
         typer.echo(coverage_markdown(builtin_only=not plugins), nl=False)
         return
@@ -25,10 +59,36 @@ def adapters(
         rows = [dict(a.describe(), provider=p) for a, p in reg.values()]
         typer.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return
-    width = max(len(n) for n in reg)
-    fam = max(len(a.family) for a, _ in reg.values())
-    for name, (adapter, provider) in sorted(reg.items()):
-        typer.echo(f"{name:<{width}}  {adapter.family:<{fam}}  {', '.join(adapter.architectures)}  [{provider}]")
+    rows = [(name, a.family, ", ".join(a.architectures), p) for name, (a, p) in sorted(reg.items())]
+    typer.echo(table(rows), nl=False)
+
+
+def _check(model: str, revision, device: str, dtype: str, trust_remote_code: bool) -> None:
+    """``--check MODEL``: the adapter lookup, layout inference and verification of ``lenskit trace``, alone."""
+    import torch
+
+    from ..adapters import registry
+    from ..models import load_model, progress_logger
+    from ..testing import CHECK_PROMPT, verify_layouts
+    from ..tokens import context_length, tokenize
+
+    loaded = load_model(model, revision, device, dtype, trust_remote_code, log=progress_logger(False))
+    ids = torch.tensor(tokenize(loaded.tokenizer, CHECK_PROMPT, context_length(loaded.model.config)))
+    arch = loaded.architecture
+    candidates = loaded.inferred or (loaded.adapter,)
+    # raises the one-line "no adapter for architecture ..." error (exit 1) when no candidate verifies
+    adapter, _, rejected = verify_layouts(loaded.model, candidates, ids)
+    provider = registry().get(adapter.name, (None, "?"))[1]
+    rows = [("architecture", f"{arch} ({'no registered adapter' if loaded.inferred else 'registered'})")]
+    if loaded.inferred:
+        rows.append(("candidates", ", ".join(a.name for a in candidates)))
+        rows += [(f"rejected {name}", reason) for name, reason in rejected.items()]
+    rows.append(("fits", f"{adapter.name} ({adapter.family} layout, {provider})"))
+    rows.append(("verified on", f"{CHECK_PROMPT!r} ({ids.numel()} tokens): stage 0, layer outputs, lens == logits"
+                 + ("" if adapter.for_config(loaded.model.config).post_norm else ", attention stages")))
+    if loaded.inferred:
+        rows.append(("use", f"lenskit trace -m {model} (infers it with a warning), or --adapter {adapter.name}"))
+    typer.echo(table(rows, header=("CHECK", "RESULT")), nl=False)
 
 
 def register(app: typer.Typer) -> None:

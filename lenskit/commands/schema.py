@@ -8,7 +8,7 @@ import typer
 def schema(
     markdown: bool = typer.Option(False, "--markdown", help="Print the field-by-field Markdown reference instead."),
 ) -> None:
-    """Print the JSON Schema that every `lenskit export` document validates against (lenskit.export/1)."""
+    """Print the JSON Schema that every `lenskit export` document validates against (the current format: see `lenskit export`)."""
     import orjson
 
     from ..schema import JSON_SCHEMA, markdown_reference
