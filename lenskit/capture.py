@@ -38,10 +38,13 @@ def hidden_arg(args, kwargs):
 
 
 @torch.inference_mode()
-def capture_stages(model, adapter: Adapter, input_ids: torch.Tensor) -> torch.Tensor:
+def capture_stages(model, adapter: Adapter, input_ids: torch.Tensor,
+                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Run ``model`` on ``input_ids`` ([T] or [1, T]) and return the stages, ``[S, T, D]``, on the CPU.
 
-    The stream is kept in the model's dtype (no rounding); the lens upcasts.
+    The stream is kept in the model's dtype (no rounding); the lens upcasts. With ``attention_mask`` (``[B, T]``,
+    ``input_ids`` ``[B, T]``) the batch runs as one forward pass and the result is ``[S, B*T, D]`` (row b*T + t);
+    :func:`capture_batch` is the convenient form.
     """
     adapter = adapter.for_config(model.config)  # config-dependent variants (e.g. OPT post-LN)
     layers = get_module(model, adapter.layers)
@@ -96,14 +99,35 @@ def capture_stages(model, adapter: Adapter, input_ids: torch.Tensor) -> torch.Te
                         store(2 * i + 1, hidden_arg(args, kwargs))
 
                 handles.append(get_module(layer, mid_name).register_forward_pre_hook(mid_hook, with_kwargs=True))
-        ids = input_ids.reshape(1, -1).to(_input_device(model))
-        model(input_ids=ids, use_cache=False)
+        dev = _input_device(model)
+        if attention_mask is None:
+            model(input_ids=input_ids.reshape(1, -1).to(dev), use_cache=False)
+        else:
+            model(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev), use_cache=False)
     finally:
         for h in handles:
             h.remove()
     if not all(filled):
         raise AdapterError(f"adapter '{adapter.name}' hooks did not fire for every layer; check its module paths")
     return stages[0]  # [S, T, D]
+
+
+def capture_batch(model, adapter: Adapter, sequences: list[list[int]], pad_id: int = 0) -> torch.Tensor:
+    """Stages of several token sequences in one forward pass, ``[S, B, T, D]`` (T = the longest; CPU).
+
+    Sequences are padded on the right with an attention mask: a real position attends only to itself and earlier
+    real tokens (causal masking already hides every later one, padding included) and keeps its position ids
+    ``0..n-1``, so its stages are those of the sequence run alone up to the rounding of differently shaped kernels
+    (``tests/test_survey_capture.py`` bounds it). Rows past a sequence's length are padding: never read them.
+    """
+    B, T = len(sequences), max(len(s) for s in sequences)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)  # [B, T]
+    mask = torch.zeros(B, T, dtype=torch.long)  # [B, T]
+    for b, seq in enumerate(sequences):
+        ids[b, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[b, : len(seq)] = 1
+    h = capture_stages(model, adapter, ids, attention_mask=mask)  # [S, B*T, D]
+    return h.view(h.shape[0], B, T, h.shape[-1])  # [S, B, T, D]
 
 
 def _input_device(model) -> torch.device:

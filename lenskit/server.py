@@ -26,6 +26,7 @@ from urllib.parse import quote, unquote, urlsplit
 from . import __version__
 from .errors import InputError, LenskitError, OutputError
 from .schema import EXPORT_FILE
+from .survey_schema import SURVEY_FILE
 
 VIEWER_PACKAGE = "lenskit.viewer"
 VIEWER_SUFFIXES = {".html", ".css", ".js", ".json", ".svg", ".png", ".ico"}
@@ -137,8 +138,13 @@ class Site:
                     self.routes["/" + (f"{sub}/" if sub else "") + item.name] = ("file", item, self.viewer)
         self.routes["/"] = self.routes.get("/index.html", ("missing", None, None))
         self.routes["/runs.json"] = ("runs", None, None)
+        self.surveys: dict[str, Path] = {}  # survey runs (`lenskit survey`): their survey.json beside export.json
         for name, path in self.runs.items():
             self.routes[f"/runs/{name}/{EXPORT_FILE}"] = ("file", path, Path(path).parent)
+            survey = Path(path).parent / SURVEY_FILE
+            if survey.is_file():
+                self.surveys[name] = survey
+                self.routes[f"/runs/{name}/{SURVEY_FILE}"] = ("file", survey, survey.parent)
         self._gz_cache: dict[tuple, bytes] = {}
         self._lock = threading.Lock()
 
@@ -151,7 +157,8 @@ class Site:
         """The ``/runs.json`` document: name and URL of each run (in the order given)."""
         return {
             "lenskit_version": __version__,
-            "runs": [{"name": n, "url": f"runs/{quote(n)}/{EXPORT_FILE}"} for n in self.runs],
+            "runs": [{"name": n, "url": f"runs/{quote(n)}/{EXPORT_FILE}",
+                      **({"survey": f"runs/{quote(n)}/{SURVEY_FILE}"} if n in self.surveys else {})} for n in self.runs],
         }
 
     def get(self, raw_path: str, accept_gzip: bool = False) -> Response:

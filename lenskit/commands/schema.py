@@ -7,10 +7,16 @@ import typer
 
 def schema(
     markdown: bool = typer.Option(False, "--markdown", help="Print the field-by-field Markdown reference instead."),
+    survey: bool = typer.Option(False, "--survey", help="Print the schema of `lenskit survey`'s survey.json instead."),
 ) -> None:
     """Print the JSON Schema that every `lenskit export` document validates against (the current format: see `lenskit export`)."""
     import orjson
 
+    if survey:
+        from ..survey_schema import JSON_SCHEMA as SURVEY_SCHEMA
+
+        typer.echo(orjson.dumps(SURVEY_SCHEMA, option=orjson.OPT_INDENT_2).decode())
+        return
     from ..schema import JSON_SCHEMA, markdown_reference
 
     if markdown:

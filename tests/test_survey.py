@@ -1,0 +1,279 @@
+"""`lenskit survey`: padded capture, mergeable aggregates (shards, order, resume), the CLI, the schema, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import WORDS, assert_clean_error, build, gpt2_config, llama_config
+
+from lenskit.cli import app
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A JSONL corpus of random word documents (1-90 words), 3 bad lines, and a text file."""
+    d = tmp_path_factory.mktemp("corpus")
+    rnd = random.Random(0)
+    with open(d / "a.jsonl", "w") as f:
+        for i in range(22):
+            f.write(json.dumps({"text": " ".join(rnd.choice(WORDS) for _ in range(rnd.randint(1, 90)))}) + "\n")
+            if i == 5:
+                f.write("{not json\n")
+                f.write(json.dumps({"text": "  \n "}) + "\n")
+                f.write(json.dumps({"title": "no text field"}) + "\n")
+    (d / "b.txt").write_text("the cat sat on the mat and ran to Paris . " * 12)
+    (d / "c.txt").write_bytes(b"\xff\xfe not utf-8")
+    return d
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_dir):
+    from lenskit.models import load_model
+
+    return load_model(tiny_dir, device="cpu")
+
+
+def _opts(corpus, **kw):
+    from lenskit.corpus import expand_sources
+    from lenskit.survey import SurveyOptions
+
+    base = dict(sources=expand_sources([str(corpus)]), max_tokens=24, batch_size=3, block_docs=4, examples=4)
+    base.update(kw)
+    return SurveyOptions(**base)
+
+
+def _shard(loaded, opts, target, rank=0, world=1, **kw):
+    from lenskit.survey import Dist, survey_shard
+
+    return survey_shard(loaded, opts, target, quiet=True, dist_info=Dist(rank, world), **kw)
+
+
+def _same(a, b):
+    """Two aggregates are identical: every integer array, counter and example."""
+    assert a.counters == b.counters
+    assert a.arrays.keys() == b.arrays.keys()
+    for k in a.arrays:
+        assert np.array_equal(a.arrays[k], b.arrays[k]), k
+    assert json.dumps(a.examples, sort_keys=True) == json.dumps(b.examples, sort_keys=True)
+
+
+# -- capture under padding ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_padded_batch_capture_matches_unpadded(family, one_thread):
+    """Right padding + attention mask: every real position's stages equal the sequence run alone. Not bit for bit:
+    the batch runs kernels of other shapes (GEMM blocking, the masked attention path), whose float32 rounding
+    differs by a few units in the last place per op (measured <= 5e-7 on these stages, whose entries are O(1));
+    1e-5 allows 20x that over 3 layers and still catches any leak of padding or shifted positions (>= 1e-2)."""
+    from lenskit.adapters import find_adapter, model_architecture
+    from lenskit.capture import capture_batch, capture_stages
+
+    model = build(llama_config() if family == "llama" else gpt2_config())
+    adapter = find_adapter(model_architecture(model))
+    gen = torch.Generator().manual_seed(3)
+    seqs = [torch.randint(3, 96, (n,), generator=gen).tolist() for n in (37, 50, 12, 64, 5)]
+    ref = [capture_stages(model, adapter, torch.tensor(s)) for s in seqs]  # [S, n, D] each
+    for B in (1, 2, 5):
+        h = capture_batch(model, adapter, seqs[:B])  # [S, B, T, D]
+        assert h.shape[1] == B and h.shape[2] == max(len(s) for s in seqs[:B])
+        for b in range(B):
+            torch.testing.assert_close(h[:, b, : len(seqs[b])], ref[b], rtol=0, atol=1e-5)
+
+
+# -- aggregates -----------------------------------------------------------------------------------------------------
+
+
+def test_shards_in_any_order_merge_to_the_single_process_result(loaded, corpus, tmp_path, one_thread):
+    from lenskit.survey import Aggregates
+
+    opts = _opts(corpus)
+    single = _shard(loaded, opts, tmp_path / "one")
+    c = single.counters
+    assert c["documents"] == 23 and (c["empty"], c["unreadable"], c["too_long"]) == (1, 3, 0)
+    assert c["positions"] == int(single.arrays["decision"].sum()) > 500
+    S = single.n_stages
+    assert (single.arrays["top1_at1"][S - 1], single.arrays["top1_le10"][0]) == (c["positions"], single.arrays["top1_le10"][0])
+    assert all(len(v) == 4 for v in single.examples.values() if v)
+    shards = [_shard(loaded, opts, tmp_path / "three", rank=r, world=3) for r in range(3)]
+    for order in ([0, 1, 2], [2, 0, 1]):
+        merged = Aggregates(S, opts.examples)
+        for r in order:
+            merged.merge(Aggregates.from_state(json.loads(json.dumps(shards[r].state()))))
+        _same(merged, single)
+
+
+def test_engine_chunking_and_batch_size(loaded, corpus, tmp_path, one_thread):
+    """The engine's memory budget never changes a value; the forward batch size changes only float rounding (the
+    forward's kernel shapes): every count and histogram is the same, sums agree to 1e-6 relative."""
+    a = _shard(loaded, _opts(corpus), tmp_path / "a")
+    b = _shard(loaded, _opts(corpus, max_memory=1 << 16), tmp_path / "b")
+    _same(a, b)
+    c = _shard(loaded, _opts(corpus, batch_size=1), tmp_path / "c")
+    assert a.counters == c.counters
+    for k in a.arrays:
+        if k.endswith("_sum"):
+            np.testing.assert_allclose(c.arrays[k], a.arrays[k], rtol=1e-6, atol=64)
+        else:
+            assert np.array_equal(a.arrays[k], c.arrays[k]), k
+
+
+def test_resume_after_a_failure_equals_an_uninterrupted_run(loaded, corpus, tmp_path, one_thread):
+    from lenskit.survey import SurveyError, checkpoint_path, partial_dir
+
+    opts = _opts(corpus)
+    full = _shard(loaded, opts, tmp_path / "full")
+
+    def fail_after_two(n):
+        if n == 2:
+            raise KeyboardInterrupt
+
+    target = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        _shard(loaded, opts, target, on_checkpoint=fail_after_two)
+    ck = json.loads(checkpoint_path(partial_dir(target), 0, 1).read_text())
+    assert ck["completed_blocks"] == [0, 1]
+    with pytest.raises(SurveyError, match="--resume continues it"):
+        _shard(loaded, opts, target)
+    with pytest.raises(SurveyError, match="another model, corpus or options"):
+        _shard(loaded, _opts(corpus, max_tokens=16), target, resume=True)
+    _same(_shard(loaded, opts, target, resume=True), full)
+
+
+def test_decision_stage_and_classes():
+    from lenskit.survey import classify
+
+    rank1 = torch.tensor([[5, 1, 1, 1, 1], [1, 3, 2, 1, 1], [9, 9, 9, 9, 1], [1, 1, 1, 1, 1]], dtype=torch.float64)
+    right = torch.tensor([True, False, True, False])
+    p = torch.tensor([0.9, 0.2, 0.5, 0.7])
+    decision, classes = classify(rank1, right, p)
+    assert decision.tolist() == [1, 3, 4, 0]
+    assert classes["decided_then_lost"].tolist() == [False, True, False, False]
+    assert classes["decided_late"].tolist() == [False, True, True, False]
+    assert classes["confident_wrong_early"].tolist() == [False, False, False, True]
+
+
+def test_corpus_formats(tmp_path, monkeypatch):
+    from lenskit.corpus import expand_sources, iter_documents
+    from lenskit.errors import InputError
+
+    (tmp_path / "d.jsonl").write_text('{"text": "one"}\n\n{"text": 3}\n{"text": "two"}\n')
+    docs = list(iter_documents(expand_sources([str(tmp_path / "d.jsonl")])))
+    assert [(d.index, d.text, d.problem) for d in docs] == [(0, "one", None), (1, None, "unreadable"), (2, "two", None)]
+    assert [d.problem for d in iter_documents([str(tmp_path / "d.jsonl")], max_chars=2)] == ["too_long", "unreadable", "too_long"]
+    with pytest.raises(InputError, match="corpus not found"):
+        expand_sources([str(tmp_path / "missing.txt")])
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["alpha", "", None, "beta"]}), tmp_path / "e.parquet", row_group_size=2)
+    got = [(d.text, d.problem) for d in iter_documents([str(tmp_path / "e.parquet")])]
+    assert got == [("alpha", None), (None, "empty"), (None, "unreadable"), ("beta", None)]
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "f.parquet")
+    with pytest.raises(InputError, match="no 'text' column"):
+        list(iter_documents([str(tmp_path / "f.parquet")]))
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"text": ["gamma", "delta"]}).save_to_disk(str(tmp_path / "ds"))
+    assert [d.text for d in iter_documents(expand_sources([str(tmp_path / "ds")]))] == ["gamma", "delta"]
+    from lenskit.corpus import DEMO_SOURCE
+
+    demo = list(iter_documents([str(tmp_path / "d.jsonl"), DEMO_SOURCE]))
+    assert [d.index for d in demo] == list(range(len(demo))) and len(demo) > 50 and demo[3].text
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'{"text": "a"}\n{"text": "b"}\n')))
+    assert [d.text for d in iter_documents(["-"])] == ["a", "b"]
+
+
+# -- the command ----------------------------------------------------------------------------------------------------
+
+
+def _doc_without_run(path: Path) -> dict:
+    doc = json.loads(path.read_text())
+    doc.pop("run")
+    doc["options"].pop("processes")
+    return doc
+
+
+def test_cli_writes_a_valid_survey_run_that_serve_shows(tiny_dir, corpus, tmp_path, one_thread):
+    import jsonschema
+
+    from lenskit.survey_schema import JSON_SCHEMA
+
+    out = tmp_path / "run"
+    runner = CliRunner()
+    res = runner.invoke(app, ["survey", str(corpus), "-m", tiny_dir, "-o", str(out), "--max-tokens", "24", "-b", "3",
+                              "--block-docs", "4", "--examples", "3"])
+    assert res.exit_code == 0, res.output
+    assert "surveyed 23 document(s)" in res.stderr and "unreadable 3" in res.stderr
+    doc = json.loads((out / "survey.json").read_text())
+    jsonschema.validate(doc, JSON_SCHEMA)
+    S = len(doc["stages"]["name"])
+    assert doc["per_stage"]["agreement"][-1] == 1.0 and len(doc["blocks"]["stage"]) == S - 1
+    assert sum(doc["decision"]["right"]) + sum(doc["decision"]["wrong"]) == doc["corpus"]["positions"]
+    export = json.loads((out / "export.json").read_text())
+    n_examples = sum(len(v) for v in doc["examples"].values())
+    assert len(export["prompts"]) == n_examples > 0
+    ex = next(e for v in doc["examples"].values() for e in v)
+    p = export["prompts"][ex["prompt"]]
+    assert [q["pos"] for q in p["positions"]] == [len(p["tokens"]) - 1]
+    assert export["tokens"][p["tokens"][-1]] == ex["token"]
+    assert not list(tmp_path.glob(".*"))  # no checkpoint or temporary folder left
+    runs = json.loads(runner.invoke(app, ["serve", str(out), "--get", "/runs.json"]).stdout)
+    assert runs["runs"][0]["survey"] == "runs/run/survey.json"
+    got = runner.invoke(app, ["serve", str(out), "--get", "/runs/run/survey.json"])
+    assert json.loads(got.stdout)["schema"] == "lenskit.survey/1"
+    assert runner.invoke(app, ["serve", str(out), "--get", "/corpus.html"]).exit_code == 0
+    before = _doc_without_run(out / "survey.json")
+    again = runner.invoke(app, ["survey", str(corpus), "-m", tiny_dir, "-o", str(out), "-q"])
+    assert_clean_error(again, "already exists; use --force")
+    forced = runner.invoke(app, ["survey", str(corpus), "-m", tiny_dir, "-o", str(out), "-q", "--force",
+                                 "--max-tokens", "24", "-b", "3", "--block-docs", "4", "--examples", "3"])
+    assert forced.exit_code == 0, forced.output
+    assert _doc_without_run(out / "survey.json") == before
+
+
+def test_cli_errors(tiny_dir, tmp_path):
+    runner = CliRunner()
+    assert_clean_error(runner.invoke(app, ["survey", "-m", tiny_dir, "-o", str(tmp_path / "r")]), "no corpus")
+    assert_clean_error(runner.invoke(app, ["survey", str(tmp_path / "nope.txt"), "-m", tiny_dir, "-o",
+                                           str(tmp_path / "r")]), "corpus not found", tmp_path / "r")
+    (tmp_path / "x.txt").write_text("the cat")
+    assert_clean_error(runner.invoke(app, ["survey", str(tmp_path / "x.txt"), "-m", tiny_dir, "--max-tokens", "999",
+                                           "-o", str(tmp_path / "r")]), "longer than the model's context")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.md").write_text("mine")
+    assert_clean_error(runner.invoke(app, ["survey", str(tmp_path / "x.txt"), "-m", tiny_dir, "-o",
+                                           str(tmp_path / "busy"), "--force"]), "not a lenskit run folder")
+
+
+def test_schema_command_prints_the_survey_schema():
+    res = CliRunner().invoke(app, ["schema", "--survey"])
+    assert res.exit_code == 0
+    assert json.loads(res.stdout)["properties"]["schema"]["const"] == "lenskit.survey/1"
+
+
+def test_torchrun_two_processes_equal_one(tiny_dir, corpus, tmp_path):
+    """`torchrun --nproc-per-node 2` (gloo, CPU): rank 0 merges both shards; the survey equals a single process's."""
+    args = [str(corpus), "-m", tiny_dir, "--max-tokens", "24", "-b", "3", "--block-docs", "4", "--examples", "3", "-q"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", LENSKIT_LOAD_PLUGINS="0")
+    one = subprocess.run([sys.executable, "-m", "lenskit.cli", "survey", *args, "-o", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "lenskit.cli", "survey", *args, "-o", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "survey.json").read_text())["options"]["processes"] == 2
+    assert _doc_without_run(tmp_path / "two" / "survey.json") == _doc_without_run(tmp_path / "one" / "survey.json")
+    assert (tmp_path / "two" / "export.json").read_bytes() == (tmp_path / "one" / "export.json").read_bytes()
