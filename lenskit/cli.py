@@ -61,9 +61,9 @@ app = typer.Typer(
 
 
 def _assemble() -> None:
-    from .commands import adapters, export, schema, serve, survey, trace, validate
+    from .commands import adapters, compare, export, schema, serve, survey, trace, validate
 
-    for module in (trace, export, validate, serve, adapters, schema, survey):
+    for module in (trace, export, validate, serve, adapters, schema, survey, compare):
         module.register(app)
 
 

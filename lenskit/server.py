@@ -124,8 +124,9 @@ class Response:
 class Site:
     """Every URL the server answers, fixed at start-up; :meth:`get` answers one (decoded, exact-match) path."""
 
-    def __init__(self, runs: dict[str, Path], viewer=None):
+    def __init__(self, runs: dict[str, Path], viewer=None, compares: dict[str, Path] | None = None):
         self.runs = dict(runs)
+        self.compares = dict(compares or {})  # `lenskit compare` folders: name -> compare.json (compare.html shows them)
         self.viewer = viewer if viewer is not None else viewer_root()
         self.routes: dict[str, tuple[str, object, object]] = {}  # url path -> (kind, file, folder it must stay in)
         for sub in VIEWER_DIRS:
@@ -145,6 +146,10 @@ class Site:
             if survey.is_file():
                 self.surveys[name] = survey
                 self.routes[f"/runs/{name}/{SURVEY_FILE}"] = ("file", survey, survey.parent)
+        for name, path in self.compares.items():
+            self.routes[f"/compares/{name}/compare.json"] = ("file", path, Path(path).parent)
+        if not self.runs and self.compares and "/compare.html" in self.routes:
+            self.routes["/"] = self.routes["/compare.html"]
         self._gz_cache: dict[tuple, bytes] = {}
         self._lock = threading.Lock()
 
@@ -159,6 +164,8 @@ class Site:
             "lenskit_version": __version__,
             "runs": [{"name": n, "url": f"runs/{quote(n)}/{EXPORT_FILE}",
                       **({"survey": f"runs/{quote(n)}/{SURVEY_FILE}"} if n in self.surveys else {})} for n in self.runs],
+            **({"compares": [{"name": n, "url": f"compares/{quote(n)}/compare.json"} for n in self.compares]}
+               if self.compares else {}),
         }
 
     def get(self, raw_path: str, accept_gzip: bool = False) -> Response:

@@ -31,16 +31,45 @@ def serve(
         None, "--get", metavar="PATH", help="Print the response body for one path (e.g. /runs.json) and exit; no socket."
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every request on stderr."),
+    compare: bool = typer.Option(
+        False, "--compare",
+        help="With exactly two RUN_DIRs: compare them (as `lenskit compare RUN_A RUN_B`, default options, kept in a "
+        "temporary folder) and open on the compare page. A RUN_DIR holding a compare.json is served as a comparison.",
+    ),
 ) -> None:
     """Serve the viewer and the runs' export.json on http://127.0.0.1:8000/ until Ctrl-C.
 
     Example: lenskit serve runs/paris --port 0 --open
     """
+    from ..compare import COMPARE_FILE, is_compare_dir
     from ..server import Server, Site, find_runs
 
-    site = Site(find_runs(run_dirs or None))
+    compares, tmp = {}, None
+    if compare:
+        import tempfile
+
+        from ..compare import run_compare
+        from ..export import dumps
+        from ..models import progress_logger
+
+        if len(run_dirs or []) != 2:
+            raise LenskitError("--compare needs exactly two run folders: lenskit serve RUN_A RUN_B --compare")
+        doc = run_compare(run_dirs[0], run_dirs[1], log=progress_logger(False),
+                          warn=lambda m: typer.echo(f"lenskit: warning: {m}", err=True))
+        tmp = tempfile.TemporaryDirectory(prefix="lenskit-compare-")
+        name = f"{Path(run_dirs[0]).resolve().name}-vs-{Path(run_dirs[1]).resolve().name}"
+        (Path(tmp.name) / COMPARE_FILE).write_bytes(dumps(doc))
+        compares[name] = Path(tmp.name) / COMPARE_FILE
+    elif run_dirs:
+        for d in [d for d in run_dirs if is_compare_dir(d)]:
+            compares[Path(d).resolve().name] = Path(d) / COMPARE_FILE
+        run_dirs = [d for d in run_dirs if not is_compare_dir(d)]
+    runs = find_runs(run_dirs or None) if run_dirs or not compares else {}
+    site = Site(runs, compares=compares)
     if get is not None:
         res = site.get(get)
+        if tmp is not None:
+            tmp.cleanup()
         if res.status != 200:
             raise LenskitError(f"GET {get}: {res.status} {res.body.decode('utf-8', 'replace').strip()}")
         sys.stdout.buffer.write(res.body)
@@ -51,16 +80,21 @@ def serve(
         typer.echo(f"lenskit: warning: listening on {host}: the served prompts and statistics are visible to anyone "
                    "who can reach this machine", err=True)
     threading.Thread(target=site.warm, name="lenskit-gzip", daemon=True).start()
-    typer.echo(f"lenskit: serving {len(site.runs)} run(s): {', '.join(site.runs)} (Ctrl-C to stop)", err=True)
-    typer.echo(server.url)
+    typer.echo(f"lenskit: serving {len(site.runs)} run(s): {', '.join(site.runs)}"
+               + (f" and {len(compares)} comparison(s): {', '.join(compares)}" if compares else "") + " (Ctrl-C to stop)",
+               err=True)
+    url = server.url + ("compare.html" if compares and site.runs else "")
+    typer.echo(url)
     if open_browser:
-        webbrowser.open(server.url)
+        webbrowser.open(url)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         typer.echo("lenskit: stopped", err=True)
     finally:
         server.server_close()
+        if tmp is not None:
+            tmp.cleanup()
 
 
 def register(app: typer.Typer) -> None:

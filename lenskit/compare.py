@@ -1,0 +1,658 @@
+"""Compare two runs: one prompt text on two models, or two prompts on one model -- aligned, scored with both lenses,
+and written as the ``compare.json`` document (``lenskit.compare/1``, defined here).
+
+Which pairs make sense (:func:`plan_compare`):
+
+* **two models, one text** (base vs instruct, before vs after fine-tuning): the prompt texts must be identical. The
+  same tokenization pairs positions one by one (``align: position``); different tokenizations pair the positions
+  where both models have read exactly the same prefix of the text, found from each token's character end offset
+  (``align: chars``; tokens ending mid-word in one model have no partner and are skipped).
+* **one model, two texts** (France vs Italy): positions pair one by one when the token counts match; otherwise the
+  user chooses ``--align start`` (the first tokens together) or ``--align end`` (the last tokens, i.e. the next-token
+  predictions, together).
+* two models *and* two texts: refused -- any difference could come from either.
+
+Per aligned pair the document holds the union of both sides' final top-k tokens (and each side's actual next
+token), each token's rank among the whole vocabulary at every stage in each model (``null`` with a reason where the
+token is not one of that model's tokens, or where export-only data did not track it), log-probabilities, the
+per-stage KL divergence between the two lens distributions (both directions; only over one shared vocabulary), and
+each side's decision stage: the first stage from which its own final top-1 stays at rank 1.
+
+From traces (:func:`compare_from_traces`) every number is computed with the engine's scorer (the same fixed GEMM
+blocks, so ranks equal the single export's), a few positions at a time within a memory budget: never ``[S, T, V]``.
+Without the lens weights, :func:`compare_from_exports` uses the two export.json files and marks the gaps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError, LenskitError, TraceFileError
+
+COMPARE_SCHEMA = "lenskit.compare/1"
+COMPARE_FILE = "compare.json"
+ROUND_NATS = 4
+ALIGN_CHOICES = ("auto", "position", "chars", "start", "end")
+DEFAULT_TOP_K = 5
+PAIR_TEMPS = 6  # [S, V] float32 temporaries per side while one pair is worked on (log-softmax, KL terms, ...)
+MISSING_VOCAB = "not a token of this model's vocabulary"
+MISSING_EXPORT = "not tracked by this run's export.json (no trace or weights to compute it)"
+
+
+# ---- one side of the comparison ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Side:
+    """One run's chosen prompt: from its trace metadata when there is a trace, else from its export.json."""
+
+    label: str  # "A" | "B"
+    run: Path
+    name: str
+    prompt: int
+    text: str
+    token_ids: list[int]
+    tokens: list[str]  # display texts of the prompt's tokens
+    model: dict
+    stages: dict  # {"name": [...], "kind": [...], "layer": [...]}
+    trace: object | None  # lenskit.store.Trace
+    export: dict | None  # the export document (plain JSON), loaded on demand
+    tokenizer: object | None = None
+    lens: object | None = None
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.stages["name"])
+
+    def same_model(self, other: Side) -> bool:
+        keys = ("id", "fingerprint", "architecture", "n_layers", "vocab_size")
+        return all(self.model.get(k) == other.model.get(k) for k in keys)
+
+
+def _load_export(run: Path) -> dict | None:
+    import orjson
+
+    from .schema import EXPORT_FILE
+
+    path = run / EXPORT_FILE
+    if not path.is_file():
+        return None
+    try:
+        doc = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as e:
+        raise TraceFileError(f"cannot read {path}: {e}") from None
+    if not isinstance(doc, dict) or not str(doc.get("schema", "")).startswith("lenskit.export/"):
+        raise TraceFileError(f"{path} is not a lenskit export")
+    return doc
+
+
+def open_side(run: Path, prompt: int, label: str) -> Side:
+    """A run folder's prompt ``prompt``, from its trace (preferred) or its export.json; checks only metadata."""
+    from .store import TRACE_FILE, read_trace
+
+    run = Path(run)
+    flag = "RUN_A" if label == "A" else "RUN_B"
+    if not run.is_dir():
+        raise InputError(f"{flag} {run} is not a folder (give a run folder written by `lenskit trace`)")
+    trace = read_trace(run) if (run / TRACE_FILE).exists() else None
+    export = None if trace is not None else _load_export(run)
+    if trace is None and export is None:
+        raise InputError(f"{flag} {run} holds neither trace.safetensors nor export.json: not a lenskit run")
+    name = run.resolve().name or "run"
+    if trace is not None:
+        meta = trace.meta
+        prompts = meta["prompts"]
+        if not 0 <= prompt < len(prompts):
+            raise InputError(f"--prompt-{label.lower()} {prompt} is out of range: {run} has {len(prompts)} prompt(s)")
+        p = prompts[prompt]
+        model = {k: v for k, v in meta["model"].items() if k != "source"}
+        stages = {k: [s[k] for s in meta["stages"]] for k in ("name", "kind", "layer")}
+        return Side(label, run, name, prompt, p["text"], list(p["token_ids"]), list(p["tokens"]), model, stages,
+                    trace, None)
+    entries = [e for e in export["prompts"] if e.get("index", 0) == prompt]
+    if not entries:
+        have = ", ".join(str(e.get("index")) for e in export["prompts"])
+        raise InputError(f"--prompt-{label.lower()} {prompt}: {run}/export.json holds prompt(s) {have} only")
+    e = entries[0]
+    ids = [export["token_ids"][r] for r in e["tokens"]]
+    texts = [export["tokens"][r] for r in e["tokens"]]
+    return Side(label, run, name, prompt, e["text"], ids, texts, dict(export["model"]), dict(export["stages"]),
+                None, export)
+
+
+# ---- alignment -------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    relation: str  # "models" (one text, two models) | "prompts" (one model, two texts) | "same" (one model, one text)
+    align: str  # "position" | "chars" | "start" | "end"
+    pairs: list[tuple[int, int, int | None]]  # (position in A, position in B, character end offset or None)
+    shared_vocab: bool
+
+
+def char_ends(side: Side) -> list[int | None]:
+    """Per token: how many characters of the prompt text the model has read once it has read this token (None where
+    that is not a prefix of the text: a token ending inside a character, or text the tokenizer normalised).
+
+    With the tokenizer: the length of the decoded prefix ``ids[:i+1]`` when the text starts with it. Without: the
+    tokens' display texts walked along the text (special tokens read nothing)."""
+    text, ids = side.text, side.token_ids
+    if side.tokenizer is not None:
+        tok = side.tokenizer
+        decoded = tok.batch_decode([ids[: i + 1] for i in range(len(ids))], skip_special_tokens=True,
+                                   clean_up_tokenization_spaces=False)
+        return [len(d) if text.startswith(d) else None for d in decoded]
+    special = {"<s>", "</s>", "<|endoftext|>", "<bos>", "<|begin_of_text|>", "<|im_start|>"}
+    out, cur = [], 0
+    for t in side.tokens:
+        if t in special:
+            out.append(cur)
+            continue
+        for cand in (t, t[1:] if t.startswith(" ") else None):
+            if cand is not None and cand and text.startswith(cand, cur):
+                cur += len(cand)
+                out.append(cur)
+                break
+        else:
+            return out + [None] * (len(side.tokens) - len(out))
+    return out
+
+
+def _char_pairs(a: Side, b: Side) -> list[tuple[int, int, int]]:
+    """Pairs of positions that end at the same character offset (the last position for each offset)."""
+    ends_a, ends_b = char_ends(a), char_ends(b)
+    last_a = {e: i for i, e in enumerate(ends_a) if e is not None}
+    last_b = {e: i for i, e in enumerate(ends_b) if e is not None}
+    return [(last_a[e], last_b[e], e) for e in sorted(set(last_a) & set(last_b))]
+
+
+def shared_vocabulary(a: Side, b: Side) -> bool:
+    """Do both sides number the same tokens the same way? (Then KL between their distributions is defined.)"""
+    if a.model.get("vocab_size") != b.model.get("vocab_size"):
+        return False
+    if a.same_model(b):
+        return True
+    if a.tokenizer is not None and b.tokenizer is not None:
+        return a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
+    if a.export is not None and b.export is not None:  # the tokens both exports name must agree, and be many
+        ta = dict(zip(a.export["token_ids"], a.export["tokens"]))
+        tb = dict(zip(b.export["token_ids"], b.export["tokens"]))
+        common = set(ta) & set(tb)
+        return len(common) >= 10 and all(ta[i] == tb[i] for i in common)
+    return False
+
+
+def plan_compare(a: Side, b: Side, align: str = "auto", positions: str | None = None) -> Plan:
+    """Decide what the comparison is and which positions pair up; :class:`InputError` (one line) when they cannot."""
+    from .export import parse_positions
+
+    if align not in ALIGN_CHOICES:
+        raise InputError(f"unknown --align '{align}': use one of {', '.join(ALIGN_CHOICES)}")
+    same_model, same_text = a.same_model(b), a.text == b.text
+    if not same_model and not same_text:
+        raise InputError(
+            f"cannot align: RUN_A and RUN_B differ in both model ({a.model.get('id')} vs {b.model.get('id')}) and "
+            "prompt text; compare one prompt on two models, or two prompts on one model")
+    relation = "same" if same_model and same_text else "models" if same_text else "prompts"
+    shared = shared_vocabulary(a, b)
+    Ta, Tb = len(a.token_ids), len(b.token_ids)
+    same_tokens = shared and a.token_ids == b.token_ids
+    if align == "auto":
+        if relation == "prompts":
+            if Ta != Tb:
+                raise InputError(
+                    f"cannot align: the two prompts have {Ta} and {Tb} tokens, so positions do not pair one by one; "
+                    "use --align end (the last tokens, i.e. the next-token predictions, together) or --align start")
+            align = "position"
+        else:
+            align = "position" if same_tokens else "chars"
+    if align == "chars":
+        if not same_text:
+            raise InputError("cannot align by characters: the two prompt texts differ (--align chars needs one text)")
+        pairs = _char_pairs(a, b)
+    else:
+        if relation != "prompts" and not same_tokens:
+            raise InputError(f"cannot align by --align {align}: the two models tokenize the text differently, so a "
+                             "position is a different piece of text in each; use --align chars (or auto)")
+        if align == "position" and Ta != Tb:
+            raise InputError(f"cannot align by position: the prompts have {Ta} and {Tb} tokens; "
+                             "use --align end or --align start")
+        n = min(Ta, Tb)
+        pairs = [(Ta - n + i, Tb - n + i, None) if align == "end" else (i, i, None) for i in range(n)]
+    if positions is not None:
+        wanted = set(parse_positions(positions, Ta))
+        pairs = [p for p in pairs if p[0] in wanted]
+    if not pairs:
+        raise InputError("cannot align: no position of RUN_A has a partner in RUN_B"
+                         + (" among --positions" if positions is not None else ""))
+    return Plan(relation, align, pairs, shared)
+
+
+def stage_map(a: Side, b: Side) -> list[int]:
+    """For each stage of A, B's stage at the same relative depth (the identity when both have as many stages)."""
+    Sa, Sb = a.n_stages, b.n_stages
+    if Sa == Sb:
+        return list(range(Sa))
+    return [round(s * (Sb - 1) / max(1, Sa - 1)) for s in range(Sa)]
+
+
+# ---- the union of tokens at one pair ---------------------------------------------------------------------------------
+
+
+class Vocab:
+    """Token id <-> display text for one side (from its tokenizer, or from its export's string table)."""
+
+    def __init__(self, side: Side):
+        self.side = side
+        self._text: dict[int, str] = {}
+        self._id: dict[str, int | None] = {}
+        if side.export is not None:
+            self._text.update(zip(side.export["token_ids"], side.export["tokens"]))
+        self._text.update(zip(side.token_ids, side.tokens))
+
+    def text(self, tid: int) -> str:
+        if tid not in self._text:
+            from .tokens import token_texts
+
+            self._text[tid] = token_texts(self.side.tokenizer, [tid])[0]
+        return self._text[tid]
+
+    def id_of(self, text: str) -> int | None:
+        """The id of the token whose display text is ``text`` (None when the vocabulary has no such single token)."""
+        if text in self._id:
+            return self._id[text]
+        tid = None
+        known = [i for i, t in self._text.items() if t == text]
+        if known:
+            tid = known[0]
+        elif self.side.tokenizer is not None:
+            tok = self.side.tokenizer
+            cands = tok(text, add_special_tokens=False)["input_ids"]
+            vocab = tok.get_vocab()
+            cands = ([cands[0]] if len(cands) == 1 else []) + [v for k, v in vocab.items() if k == text]
+            for c in cands:
+                if 0 <= c < self.side.model["vocab_size"] and self.text(c) == text:
+                    tid = c
+                    break
+        self._id[text] = tid
+        return tid
+
+
+def union_tokens(top_a: list[int], top_b: list[int], next_a: int | None, next_b: int | None, va: Vocab, vb: Vocab,
+                 shared: bool) -> list[dict]:
+    """A's final top-k, then B's not already there, then each side's actual next token: one entry per distinct token
+    (by id over a shared vocabulary, else by display text), with its id in each model (None: not a token there)."""
+    out: list[dict] = []
+    index: dict = {}
+
+    def add(side: int, tid: int, role: str, k: int | None):
+        text = (va if side == 0 else vb).text(tid)
+        key = tid if shared else text
+        if key not in index:
+            ids = [tid, tid] if shared else [tid if side == 0 else va.id_of(text), tid if side == 1 else vb.id_of(text)]
+            index[key] = len(out)
+            out.append({"text": text, "id": ids, "top": [None, None], "next": [False, False]})
+        entry = out[index[key]]
+        if role == "top":
+            entry["top"][side] = k
+        else:
+            entry["next"][side] = True
+
+    for k, tid in enumerate(top_a):
+        add(0, tid, "top", k + 1)
+    for k, tid in enumerate(top_b):
+        add(1, tid, "top", k + 1)
+    for side, tid in ((0, next_a), (1, next_b)):
+        if tid is not None:
+            add(side, tid, "next", None)
+    return out
+
+
+def decision_stage(ranks) -> int:
+    """First stage from which the rank stays 1 (the last stage when only it has rank 1)."""
+    s = len(ranks)
+    while s > 0 and ranks[s - 1] == 1:
+        s -= 1
+    return min(s, len(ranks) - 1)
+
+
+def _rounded(x) -> list:
+    return [None if v is None or not math.isfinite(v) else round(float(v), ROUND_NATS) for v in x]
+
+
+# ---- from traces: both lenses, exact --------------------------------------------------------------------------------
+
+
+def load_lenses(sides: list[Side], allow_download: bool = False) -> None:
+    """The lens weights and tokenizer of each side's model (fingerprints checked); ModelError when not on this
+    machine."""
+    from .weights import lens_for_trace
+
+    for side in sides:
+        if side.trace is None:
+            raise TraceFileError(f"{side.run} has no trace.safetensors")
+        lens, tok = lens_for_trace(side.trace.meta, allow_download)
+        side.trace.check_lens(lens.hidden_size, lens.vocab_size)
+        side.lens, side.tokenizer = lens, tok
+
+
+def load_tokenizers(sides: list[Side], allow_download: bool = False) -> None:
+    """Each side's tokenizer where its model is on this machine (for the alignment; silently None otherwise)."""
+    from .weights import model_folder, trace_tokenizer
+
+    for side in sides:
+        if side.tokenizer is not None or side.trace is None:
+            continue
+        try:
+            side.tokenizer = trace_tokenizer(model_folder(side.trace.meta["model"], allow_download), side.model)
+        except LenskitError:
+            side.tokenizer = None
+
+
+def compare_from_traces(a: Side, b: Side, plan: Plan, top_k: int = DEFAULT_TOP_K, device: str = "auto",
+                        max_memory: int | None = None, log=None) -> dict:
+    """The compare document computed from both traces with both lenses (see the module docstring)."""
+    import torch
+
+    from .models import resolve_device
+    from .planning import auto_max_memory
+    from .progress import Progress
+    from .scoring import Scorer
+
+    dev = resolve_device(device)
+    budget = max_memory or auto_max_memory(dev)
+    sides = (a, b)
+    scorers, per_block = [], 1
+    for side in sides:
+        sc = Scorer(side.lens, dev, True, "float32")
+        per_block = max(per_block, sc.set_block(side.n_stages))  # positions per GEMM block (rows are padded to it)
+        scorers.append(sc)
+    V = [side.lens.vocab_size for side in sides]
+    for side in sides:
+        if top_k > side.lens.vocab_size:
+            raise InputError(f"--top-k {top_k} is larger than the vocabulary of {side.run} ({side.lens.vocab_size})")
+    kl_ok = plan.shared_vocab and V[0] == V[1]
+    smap = stage_map(a, b)
+    vocabs = (Vocab(a), Vocab(b))
+    row_bytes = sum(s.n_stages * v * 4 for s, v in zip(sides, V))  # one position's scores, both sides
+    # a chunk's scores stay while its pairs are worked through, one pair's temporaries at a time; chunks are whole GEMM
+    # blocks (a smaller chunk would compute the padded rows anyway)
+    blocks = max(1, (budget - PAIR_TEMPS * row_bytes) // max(1, per_block * row_bytes))
+    chunk = per_block * min(blocks, max(1, 64 // per_block))
+    out = []
+    with torch.inference_mode(), Progress(len(plan.pairs), "compare", "positions", log) as progress:
+        for c0 in range(0, len(plan.pairs), chunk):
+            group = plan.pairs[c0: c0 + chunk]
+            scores, finals = [], []
+            for k, (side, sc) in enumerate(zip(sides, scorers)):
+                pos = [p[k] for p in group]
+                lo, hi = min(pos), max(pos) + 1
+                h = side.trace.reader(side.prompt)(lo, hi)[:, [p - lo for p in pos]]  # [S, c, D]
+                S = side.n_stages
+                rows = h.permute(1, 0, 2).reshape(len(pos) * S, -1)  # [c*S, D] (position, stage)
+                s = sc.scores(rows)  # [c*S, V] permuted columns
+                final_rows = torch.arange(len(pos), device=s.device) * S + S - 1
+                top = sc.col_ids[sc.top_k(s, top_k, final_rows)].tolist()  # [c, k] vocabulary ids
+                scores.append(s)
+                finals.append(top)
+            for i, (pa, pb, end) in enumerate(group):
+                nxt = [side.token_ids[p + 1] if p + 1 < len(side.token_ids) else None for side, p in zip(sides, (pa, pb))]
+                tokens = union_tokens(finals[0][i], finals[1][i], nxt[0], nxt[1], *vocabs, plan.shared_vocab)
+                lps = []
+                for k, (side, sc) in enumerate(zip(sides, scorers)):
+                    S = side.n_stages
+                    blk = scores[k][i * S: (i + 1) * S]  # [S, V]
+                    lse = torch.logsumexp(blk, dim=-1)  # [S]
+                    for t in tokens:
+                        tid = t["id"][k]
+                        t.setdefault("rank", [None, None])
+                        t.setdefault("logp", [None, None])
+                        t.setdefault("missing", [None, None])
+                        if tid is None:
+                            t["missing"][k] = MISSING_VOCAB
+                            continue
+                        col = sc.inv[tid]
+                        val = blk[:, col]  # [S]
+                        t["rank"][k] = (1 + (blk > val[:, None]).sum(-1)).tolist()
+                        t["logp"][k] = _rounded((val - lse).tolist())
+                    if kl_ok:
+                        lps.append(torch.log_softmax(blk, dim=-1))  # [S, V]
+                kl = None
+                if kl_ok:
+                    la, lb = lps[0], lps[1][smap]  # [S_A, V] each
+                    kl = [_rounded((la.exp() * (la - lb)).sum(-1).clamp_min(0).tolist()),
+                          _rounded((lb.exp() * (lb - la)).sum(-1).clamp_min(0).tolist())]
+                    del la, lb
+                top1 = [tokens[0], next(t for t in tokens if t["top"][1] == 1)]
+                out.append(_pair_record(pa, pb, end, nxt, vocabs, tokens, kl,
+                                        [decision_stage(top1[k]["rank"][k]) for k in range(2)]))
+            progress.update(len(group))
+    kl_info = {"available": kl_ok, "why": None if kl_ok else "the two models have different vocabularies: KL is "
+               "defined only between distributions over the same tokens", "stage_map": smap,
+               "same_depth": a.n_stages == b.n_stages}
+    return build_compare(a, b, plan, "traces", top_k, kl_info, out)
+
+
+def _pair_record(pa, pb, end, nxt, vocabs, tokens, kl, decide) -> dict:
+    return {
+        "a": pa,
+        "b": pb,
+        "end": end,
+        "next": [vocabs[k].text(t) if t is not None else None for k, t in enumerate(nxt)],
+        "decide": decide,
+        "kl": kl,
+        "tokens": tokens,
+    }
+
+
+# ---- from exports: what both export.json hold ------------------------------------------------------------------------
+
+
+def compare_from_exports(a: Side, b: Side, plan: Plan, top_k: int = DEFAULT_TOP_K, why: str = "") -> dict:
+    """The compare document from the two export.json files only: ranks and log-probabilities only for the tokens each
+    export tracked at that position (the others are ``null`` with ``missing`` saying so), no KL."""
+    sides = (a, b)
+    for side in sides:
+        if side.export is None:
+            side.export = _load_export(side.run)
+        if side.export is None:
+            raise InputError(f"{side.run} has no export.json and its lens weights are not available ({why}); "
+                             "compare needs one or the other")
+        if side.export["prompts"] and not any(e.get("index", 0) == side.prompt for e in side.export["prompts"]):
+            raise InputError(f"{side.run}/export.json does not hold prompt {side.prompt}")
+        if side.export["lens"].get("top_k", top_k) < top_k:
+            raise InputError(f"{side.run}/export.json holds only the top {side.export['lens']['top_k']} tokens; "
+                             f"use --top-k {side.export['lens']['top_k']} or make the weights available")
+    vocabs = (Vocab(a), Vocab(b))
+    recs = []
+    for side in sides:
+        e = next(e for e in side.export["prompts"] if e.get("index", 0) == side.prompt)
+        recs.append({r["pos"]: r for r in e["positions"]})
+    out, skipped = [], 0
+    for pa, pb, end in plan.pairs:
+        if pa not in recs[0] or pb not in recs[1]:
+            skipped += 1
+            continue
+        rows = (recs[0][pa], recs[1][pb])
+        tracked = [[side.export["token_ids"][r] for r in row["tracked"]] for side, row in zip(sides, rows)]
+        nxt = [side.token_ids[p + 1] if p + 1 < len(side.token_ids) else None for side, p in zip(sides, (pa, pb))]
+        tokens = union_tokens(tracked[0][:top_k], tracked[1][:top_k], nxt[0], nxt[1], *vocabs, plan.shared_vocab)
+        for t in tokens:
+            t["rank"], t["logp"], t["missing"] = [None, None], [None, None], [None, None]
+            for k, (row, ids) in enumerate(zip(rows, tracked)):
+                tid = t["id"][k]
+                if tid is None:
+                    t["missing"][k] = MISSING_VOCAB
+                elif tid not in ids:
+                    t["missing"][k] = MISSING_EXPORT
+                else:
+                    j = ids.index(tid)
+                    t["rank"][k] = list(row["rank"][j])
+                    t["logp"][k] = _rounded(np.asarray(row["score"][j], float) - np.asarray(row["lse"], float))
+        decide = [decision_stage(row["rank"][0]) for row in rows]
+        out.append(_pair_record(pa, pb, end, nxt, vocabs, tokens, None, decide))
+    if not out:
+        raise InputError("cannot compare from the exports: none of the aligned positions is in both export.json "
+                         "files (they were exported with --positions)")
+    kl_info = {"available": False, "why": "computed from the two export.json files only (" + (why or "no traces")
+               + "): KL between the models needs both lenses' full distributions", "stage_map": stage_map(a, b),
+               "same_depth": a.n_stages == b.n_stages}
+    doc = build_compare(a, b, plan, "exports", top_k, kl_info, out)
+    doc["skipped"] = skipped
+    return doc
+
+
+# ---- the document ----------------------------------------------------------------------------------------------------
+
+
+def build_compare(a: Side, b: Side, plan: Plan, source: str, top_k: int, kl: dict, pairs: list[dict]) -> dict:
+    """Assemble the ``lenskit.compare/1`` document (see :func:`json_schema`)."""
+    def run_entry(side: Side) -> dict:
+        keep = ("id", "revision", "fingerprint", "architecture", "adapter", "dtype", "n_layers", "vocab_size")
+        return {
+            "label": side.label,
+            "name": side.name,
+            "prompt": side.prompt,
+            "model": {k: side.model.get(k) for k in keep if k in side.model},
+            "text": side.text,
+            "tokens": side.tokens,
+            "token_ids": side.token_ids,
+            "stages": side.stages,
+        }
+
+    return {
+        "schema": COMPARE_SCHEMA,
+        "lenskit_version": __version__,
+        "relation": plan.relation,
+        "align": plan.align,
+        "source": source,
+        "vocabulary": "shared" if plan.shared_vocab else "separate",
+        "top_k": top_k,
+        "runs": [run_entry(a), run_entry(b)],
+        "kl": kl,
+        "pairs": pairs,
+    }
+
+
+def _nullable(schema: dict) -> dict:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def json_schema() -> dict:
+    """The JSON Schema of ``compare.json`` (``lenskit.compare/1``)."""
+    ints = {"type": "array", "items": {"type": "integer"}}
+    nums = {"type": "array", "items": {"type": ["number", "null"]}}
+    pair2 = lambda item: {"type": "array", "items": item, "minItems": 2, "maxItems": 2}  # noqa: E731
+    run = {
+        "type": "object",
+        "required": ["label", "name", "prompt", "model", "text", "tokens", "token_ids", "stages"],
+        "properties": {
+            "label": {"enum": ["A", "B"]},
+            "name": {"type": "string", "description": "the run folder's name"},
+            "prompt": {"type": "integer", "description": "index of the prompt in the run"},
+            "model": {"type": "object"},
+            "text": {"type": "string"},
+            "tokens": {"type": "array", "items": {"type": "string"}, "description": "display text of each token"},
+            "token_ids": ints,
+            "stages": {"type": "object", "required": ["name", "kind", "layer"]},
+        },
+    }
+    token = {
+        "type": "object",
+        "required": ["text", "id", "top", "next", "rank", "logp", "missing"],
+        "properties": {
+            "text": {"type": "string"},
+            "id": pair2(_nullable({"type": "integer"})),
+            "top": pair2(_nullable({"type": "integer"})),
+            "next": pair2({"type": "boolean"}),
+            "rank": pair2(_nullable(ints)),
+            "logp": pair2(_nullable(nums)),
+            "missing": pair2(_nullable({"type": "string"})),
+        },
+    }
+    pair = {
+        "type": "object",
+        "required": ["a", "b", "end", "next", "decide", "kl", "tokens"],
+        "properties": {
+            "a": {"type": "integer"}, "b": {"type": "integer"},
+            "end": _nullable({"type": "integer"}),
+            "next": pair2(_nullable({"type": "string"})),
+            "decide": pair2({"type": "integer"}),
+            "kl": _nullable(pair2(nums)),
+            "tokens": {"type": "array", "items": token},
+        },
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "lenskit compare document",
+        "type": "object",
+        "required": ["schema", "lenskit_version", "relation", "align", "source", "vocabulary", "top_k", "runs", "kl",
+                     "pairs"],
+        "properties": {
+            "schema": {"const": COMPARE_SCHEMA},
+            "lenskit_version": {"type": "string"},
+            "relation": {"enum": ["models", "prompts", "same"]},
+            "align": {"enum": ["position", "chars", "start", "end"]},
+            "source": {"enum": ["traces", "exports"]},
+            "vocabulary": {"enum": ["shared", "separate"]},
+            "top_k": {"type": "integer", "minimum": 1},
+            "runs": {"type": "array", "items": run, "minItems": 2, "maxItems": 2},
+            "kl": {"type": "object", "required": ["available", "why", "stage_map", "same_depth"]},
+            "pairs": {"type": "array", "items": pair, "minItems": 1},
+            "skipped": {"type": "integer"},
+        },
+    }
+
+
+def is_compare_dir(folder: Path) -> bool:
+    """A folder ``lenskit compare`` wrote: it holds a compare.json of this schema family."""
+    path = Path(folder) / COMPARE_FILE
+    if not path.is_file() or path.is_symlink():
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return False
+    return head.startswith(b'{"schema":"lenskit.compare/')
+
+
+def run_compare(run_a: Path, run_b: Path, prompt_a: int = 0, prompt_b: int = 0, align: str = "auto",
+                positions: str | None = None, top_k: int = DEFAULT_TOP_K, device: str = "auto",
+                max_memory: int | None = None, exports_only: bool = False, allow_download: bool = False, log=None,
+                warn=None) -> dict:
+    """Open both runs, align them (refusing pairs that cannot be), and compute the document: from the traces with
+    both lenses, or -- with ``exports_only`` or when the weights are not on this machine -- from the exports."""
+    from .errors import ModelError
+
+    a, b = open_side(run_a, prompt_a, "A"), open_side(run_b, prompt_b, "B")
+    if top_k < 1:
+        raise InputError("--top-k must be at least 1")
+    why = None
+    if exports_only:
+        why = "--exports-only"
+    elif a.trace is None or b.trace is None:
+        why = f"{(a if a.trace is None else b).run} has no trace"
+    else:
+        try:
+            load_lenses([a, b], allow_download)
+        except ModelError as e:
+            why = f"lens weights unavailable: {e}"
+    if why is not None:
+        if not exports_only:
+            load_tokenizers([a, b], allow_download)
+        for side in (a, b):
+            if side.export is None:
+                side.export = _load_export(side.run)
+    plan = plan_compare(a, b, align, positions)
+    if why is None:
+        return compare_from_traces(a, b, plan, top_k, device, max_memory, log)
+    if warn and not exports_only:
+        warn(f"{why}; compare.json holds export-only data: ranks only for the tokens each export tracked, no KL")
+    return compare_from_exports(a, b, plan, top_k, why)

@@ -1,0 +1,253 @@
+"""`lenskit compare` on tiny random models: base vs an "instruct" variant (same tokenizer, other weights), one model on
+two prompts, a model with another tokenizer (aligned by characters), export-only data, refusals, and serving."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import assert_clean_error, gpt2_config, llama_config, make_tokenizer, save_model
+
+from lenskit.cli import app
+from lenskit.compare import COMPARE_FILE, MISSING_EXPORT, MISSING_VOCAB, decision_stage, json_schema
+
+PROMPT = "the cat sat on the mat and ran to Paris"
+OTHER = "the dog sat on the mat and ran to France"  # same token count as PROMPT
+SHORT = "Paris is the capital of France ."
+
+
+def run(*args):
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    return res
+
+
+def save_variant(path, config, seed, tokenizer=None):
+    """A tiny random model built under another torch seed (the "instruct" variant of the base model)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config).eval().save_pretrained(path)
+    (tokenizer or make_tokenizer(config.vocab_size)).save_pretrained(path)
+    return str(path)
+
+
+def char_tokenizer(vocab_size):
+    """A character-level fast tokenizer with BOS (tokenizes text differently from the word-level one)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for ch in sorted(set(PROMPT + OTHER + SHORT)):
+        vocab.setdefault(ch, len(vocab))
+    i = 0
+    while len(vocab) < vocab_size:
+        vocab.setdefault(f"x{i}", len(vocab))
+        i += 1
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, one_thread):
+    """Traced runs: base and instruct on PROMPT; base on OTHER; base with PROMPT and SHORT; instruct on SHORT;
+    a char-tokenized GPT-2 on PROMPT."""
+    root = tmp_path_factory.mktemp("compare")
+    base = save_model(root / "model-base", llama_config())
+    instruct = save_variant(root / "model-instruct", llama_config(), seed=1)
+    chars = save_variant(root / "model-chars", gpt2_config(), seed=2, tokenizer=char_tokenizer(96))
+    out = {}
+    for name, model, prompts in [("base", base, [PROMPT]), ("instruct", instruct, [PROMPT]), ("other", base, [OTHER]),
+                                 ("two", base, [PROMPT, SHORT]), ("instruct_short", instruct, [SHORT]),
+                                 ("chars", chars, [PROMPT])]:
+        res = run("trace", *prompts, "-m", model, "-o", root / name, "-q")
+        assert res.exit_code == 0, res.output
+        out[name] = root / name
+    out["root"] = root
+    return out
+
+
+def compare(runs, a, b, name, *extra):
+    out = runs["root"] / name
+    res = run("compare", runs[a], runs[b], "-o", out, "-q", *extra)
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / COMPARE_FILE).read_text(encoding="utf-8"))
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(doc, json_schema())
+    return doc
+
+
+def export_of(run_dir):
+    return json.loads((run_dir / "export.json").read_text(encoding="utf-8"))
+
+
+def check_ranks_match_export(doc, side, export, prompt=0):
+    """Every rank curve compare computed equals the single export's for the tokens that export tracked."""
+    entry = next(e for e in export["prompts"] if e["index"] == prompt)
+    records = {r["pos"]: r for r in entry["positions"]}
+    checked = 0
+    for pair in doc["pairs"]:
+        rec = records[pair["ab"[side]]]
+        ids = [export["token_ids"][r] for r in rec["tracked"]]
+        for t in pair["tokens"]:
+            if t["id"][side] in ids:
+                assert t["rank"][side] == rec["rank"][ids.index(t["id"][side])]
+                checked += 1
+    assert checked
+
+
+def test_base_vs_instruct_same_prompt(runs):
+    doc = compare(runs, "base", "instruct", "base-vs-instruct", "--top-k", "3")
+    assert (doc["relation"], doc["align"], doc["source"], doc["vocabulary"]) == ("models", "position", "traces", "shared")
+    assert doc["kl"]["available"] and doc["kl"]["stage_map"] == list(range(7))
+    n = len(doc["runs"][0]["token_ids"])
+    assert [(p["a"], p["b"]) for p in doc["pairs"]] == [(i, i) for i in range(n)]
+    export_a, export_b = export_of(runs["base"]), export_of(runs["instruct"])
+    check_ranks_match_export(doc, 0, export_a)
+    check_ranks_match_export(doc, 1, export_b)
+    for pair in doc["pairs"]:
+        toks = pair["tokens"]
+        assert [t["top"][0] for t in toks[:3]] == [1, 2, 3]  # A's final top-3 first, then B's not already there
+        assert sorted(t["top"][1] for t in toks if t["top"][1]) == [1, 2, 3]
+        for t in toks:  # one vocabulary: every token of the union has a curve in both models
+            assert t["rank"][0] and t["rank"][1] and t["missing"] == [None, None]
+            assert len(t["rank"][0]) == 7 and min(min(t["rank"][0]), min(t["rank"][1])) >= 1
+        for k in (0, 1):
+            top1 = next(t for t in toks if t["top"][k] == 1)
+            assert top1["rank"][k][-1] == 1
+            assert pair["decide"][k] == decision_stage(top1["rank"][k])
+            assert all(r == 1 for r in top1["rank"][k][pair["decide"][k]:])
+        kl_ab, kl_ba = pair["kl"]
+        assert len(kl_ab) == 7 and all(v >= 0 for v in kl_ab + kl_ba)
+        assert max(kl_ab) > 0  # different weights, different distributions
+    # the last stage's KL is the KL between the two models' own next-token distributions
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.tensor([doc["runs"][0]["token_ids"]])
+    with torch.inference_mode():
+        la, lb = (torch.log_softmax(AutoModelForCausalLM.from_pretrained(runs["root"] / f"model-{m}")(ids).logits[0].float(), -1)
+                  for m in ("base", "instruct"))
+    want = (la.exp() * (la - lb)).sum(-1)  # [T]
+    got = torch.tensor([p["kl"][0][-1] for p in doc["pairs"]])
+    torch.testing.assert_close(got, want, atol=2e-4, rtol=1e-3)
+
+
+def test_one_model_two_prompts_position_by_position(runs):
+    doc = compare(runs, "base", "other", "cat-vs-dog")
+    assert (doc["relation"], doc["align"]) == ("prompts", "position")
+    assert doc["runs"][0]["text"] == PROMPT and doc["runs"][1]["text"] == OTHER
+    first = doc["pairs"][0]  # after "<s>" both see the same text: identical distributions at every stage
+    assert max(first["kl"][0] + first["kl"][1]) < 1e-5
+    assert any(max(p["kl"][0]) > 1e-3 for p in doc["pairs"][2:])  # after "dog" vs "cat" they differ
+    last = doc["pairs"][-1]
+    assert last["next"] == [None, None]  # the last position predicts the token after the prompt
+    cat_pair = doc["pairs"][1]  # position 1 ("the") predicts "cat" in A and "dog" in B: both are followed
+    assert {t["text"] for t in cat_pair["tokens"] if any(t["next"])} == {"cat", "dog"}
+    check_ranks_match_export(doc, 0, export_of(runs["base"]))
+
+
+def test_two_prompts_of_different_lengths(runs, tmp_path):
+    out = tmp_path / "out"
+    res = run("compare", runs["two"], runs["two"], "--prompt-b", "1", "-o", out, "-q")
+    assert_clean_error(res, "--align end", out)
+    assert not out.exists()
+    doc = compare(runs, "two", "two", "end-aligned", "--prompt-b", "1", "--align", "end")
+    ta, tb = len(doc["runs"][0]["token_ids"]), len(doc["runs"][1]["token_ids"])
+    assert doc["align"] == "end" and len(doc["pairs"]) == min(ta, tb)
+    assert (doc["pairs"][-1]["a"], doc["pairs"][-1]["b"]) == (ta - 1, tb - 1)
+    doc = compare(runs, "two", "two", "start-aligned", "--prompt-b", "1", "--align", "start", "--positions", "0-2")
+    assert [(p["a"], p["b"]) for p in doc["pairs"]] == [(0, 0), (1, 1), (2, 2)]
+
+
+def test_pairs_that_cannot_be_aligned(runs, tmp_path):
+    out = tmp_path / "out"
+    # two models on two texts: refused, one line, exit 1, nothing written
+    res = run("compare", runs["base"], runs["instruct_short"], "-o", out, "-q")
+    assert_clean_error(res, "cannot align: RUN_A and RUN_B differ in both model", out)
+    assert not out.exists()
+    # two tokenizations of one text cannot pair by position
+    res = run("compare", runs["base"], runs["chars"], "-o", out, "-q", "--align", "position")
+    assert_clean_error(res, "--align chars", out)
+    # characters need one text
+    res = run("compare", runs["base"], runs["other"], "-o", out, "-q", "--align", "chars")
+    assert_clean_error(res, "the two prompt texts differ", out)
+    res = run("compare", runs["base"], runs["base"], "--prompt-b", "3", "-o", out, "-q")
+    assert_clean_error(res, "--prompt-b 3 is out of range", out)
+    assert not out.exists()
+    # an existing folder that is not a compare output is never replaced
+    (tmp_path / "keep").mkdir()
+    (tmp_path / "keep" / "notes.txt").write_text("mine")
+    res = run("compare", runs["base"], runs["instruct"], "-o", tmp_path / "keep", "-q", "--force")
+    assert_clean_error(res, "not a lenskit run folder")
+    assert (tmp_path / "keep" / "notes.txt").read_text() == "mine"
+
+
+def test_replacing_an_earlier_comparison_needs_force(runs):
+    compare(runs, "base", "instruct", "again")
+    res = run("compare", runs["base"], runs["instruct"], "-o", runs["root"] / "again", "-q")
+    assert_clean_error(res, "--force")
+    compare(runs, "base", "instruct", "again", "--force")
+
+
+def test_different_tokenizers_align_by_characters(runs):
+    doc = compare(runs, "base", "chars", "words-vs-chars")
+    assert (doc["relation"], doc["align"], doc["vocabulary"]) == ("models", "chars", "separate")
+    assert not doc["kl"]["available"] and "vocabular" in doc["kl"]["why"]
+    assert all(p["kl"] is None for p in doc["pairs"])
+    words = PROMPT.split()
+    ends = [0] + [len(" ".join(words[: i + 1])) for i in range(len(words))]
+    assert [p["end"] for p in doc["pairs"]] == ends  # BOS, then every word end
+    assert [p["a"] for p in doc["pairs"]] == list(range(len(words) + 1))
+    assert [p["b"] for p in doc["pairs"]] == [e for e in ends]  # B reads one character per position after its BOS
+    texts_b = doc["runs"][1]["tokens"]
+    for p in doc["pairs"][1:]:
+        assert "".join(texts_b[1: p["b"] + 1]) == PROMPT[: p["end"]]
+        for t in p["tokens"]:
+            for k in (0, 1):
+                assert (t["rank"][k] is None) == (t["id"][k] is None)
+                if t["id"][k] is None:
+                    assert t["missing"][k] == MISSING_VOCAB
+    single = [t for p in doc["pairs"] for t in p["tokens"] if None not in t["id"]]
+    assert single and all(len(t["text"]) == 1 or t["text"] in ("<s>", "</s>", "<unk>") for t in single)  # only
+    # one-character words (and the special tokens) are tokens of both vocabularies
+
+
+def test_exports_only_marks_the_gaps(runs):
+    doc = compare(runs, "base", "instruct", "from-exports", "--exports-only")
+    assert doc["source"] == "exports" and not doc["kl"]["available"] and "export" in doc["kl"]["why"]
+    full = compare(runs, "base", "instruct", "from-traces")
+    gaps = 0
+    for p, q in zip(doc["pairs"], full["pairs"]):
+        assert p["decide"] == q["decide"] and p["kl"] is None
+        by_text = {t["text"]: t for t in q["tokens"]}
+        for t in p["tokens"]:
+            for k in (0, 1):
+                if t["rank"][k] is None:
+                    assert t["missing"][k] == MISSING_EXPORT
+                    gaps += 1
+                else:
+                    assert t["rank"][k] == by_text[t["text"]]["rank"][k]
+    assert gaps  # each export tracks its own top-10 only: some of the other model's tokens have no curve
+
+
+def test_serve_shows_a_comparison(runs):
+    doc = compare(runs, "base", "instruct", "served")
+    res = run("serve", runs["root"] / "served", "--get", "/runs.json")
+    assert res.exit_code == 0, res.output
+    listing = json.loads(res.stdout)
+    assert listing["runs"] == [] and listing["compares"] == [{"name": "served", "url": "compares/served/compare.json"}]
+    res = run("serve", runs["root"] / "served", "--get", "/compares/served/compare.json")
+    assert json.loads(res.stdout) == doc
+    assert "compare.js" in run("serve", runs["root"] / "served", "--get", "/").stdout  # opens on the compare page
+    res = run("serve", runs["base"], runs["instruct"], "--compare", "--get", "/runs.json")
+    assert res.exit_code == 0, res.output
+    listing = json.loads(res.stdout)
+    assert [r["name"] for r in listing["runs"]] == ["base", "instruct"]
+    assert [c["name"] for c in listing["compares"]] == ["base-vs-instruct"]
+    res = run("serve", runs["base"], "--compare", "--get", "/runs.json")
+    assert_clean_error(res, "--compare needs exactly two run folders")

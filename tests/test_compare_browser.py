@@ -1,0 +1,222 @@
+"""The compare page (viewer/compare.html) in Debian's headless Chromium: figures drawn against compare.json, URL state,
+hostile token texts, and load/redraw times on the default model (printed, not asserted).
+
+Every request must stay on the machine; any console error, page error or dialog fails the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import threading
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+CHROMIUM = "/usr/bin/chromium"
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+from conftest import llama_config, save_model  # noqa: E402
+from test_compare import PROMPT, save_variant  # noqa: E402
+from test_viewer_browser import LAUNCH_ARGS, VIEWPORT, Watch, _median_ms  # noqa: E402
+
+from lenskit.cli import app  # noqa: E402
+from lenskit.compare import COMPARE_FILE  # noqa: E402
+from lenskit.server import Server, Site  # noqa: E402
+
+pytestmark = pytest.mark.browser
+
+ARTIFACTS = Path(__file__).parent / "_artifacts"
+READY = "html[data-state=ready]"
+HOSTILE_IMG = "<img src=x onerror=alert(1)>"
+TIMING_MOVES = 12
+REAL_ENV = "LENSKIT_COMPARE_REAL"  # an existing compare folder of the default model to time instead of France/Italy
+
+
+def invoke(*args):
+    res = CliRunner().invoke(app, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    return res
+
+
+@pytest.fixture(scope="module")
+def tiny_compare(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cmp-browser")
+    base = save_model(root / "model-base", llama_config())
+    instruct = save_variant(root / "model-instruct", llama_config(), seed=1)
+    for name, model in (("base", base), ("instruct", instruct)):
+        invoke("trace", PROMPT, "-m", model, "-o", root / name, "-q")
+    invoke("compare", root / "base", root / "instruct", "-o", root / "base-vs-instruct", "-q")
+    return root / "base-vs-instruct"
+
+
+def serve(folders):
+    srv = Server(Site({}, compares={Path(f).name: Path(f) / COMPARE_FILE for f in folders}), "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser):
+    context = browser.new_context(viewport=VIEWPORT)
+    watch = Watch()
+    context.route("**/*", watch.route)
+    pg = context.new_page()
+    pg.on("console", lambda m: watch.errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: watch.errors.append(str(e)))
+    pg.on("dialog", lambda d: (watch.dialogs.append(d.message), d.dismiss()))
+    yield pg
+    context.close()
+    watch.check()
+
+
+def open_page(page, url):
+    page.goto(url)
+    page.wait_for_selector(READY, state="attached", timeout=15000)
+
+
+def url_state(page) -> dict:
+    from urllib.parse import parse_qsl, urlsplit
+
+    return dict(parse_qsl(urlsplit(page.url).fragment))
+
+
+def check_figures(page, doc, i, stage):
+    """The drawn rank curves, stage marks, KL marks and decision lines of pair i equal the document's."""
+    pair = doc["pairs"][i]
+    curves = sum(1 for t in pair["tokens"] for k in (0, 1) if t["rank"][k])
+    assert page.locator("#fig-cmp-ranks path.cmp-curve").count() == curves
+    assert page.locator("#fig-cmp-ranks path.cmp-curve.side-b").count() == sum(1 for t in pair["tokens"] if t["rank"][1])
+    marks = page.eval_on_selector_all(
+        "#fig-cmp-ranks circle.at-stage",
+        "els => els.map(e => [+e.dataset.token, e.dataset.side, +e.dataset.stage, +e.dataset.rank])")
+    want = sorted([j, "ab"[k], stage, t["rank"][k][stage]] for j, t in enumerate(pair["tokens"]) for k in (0, 1) if t["rank"][k])
+    assert sorted(marks) == want
+    kl = page.eval_on_selector_all("#fig-cmp-kl circle.kl-mark", "els => els.map(e => +e.dataset.value)")
+    assert kl == pytest.approx([pair["kl"][0][stage], pair["kl"][1][stage]])
+    decide = page.eval_on_selector_all("#fig-cmp-ranks line.decide-line", "els => els.map(e => +e.dataset.stage)")
+    assert decide == pair["decide"]
+    assert page.get_attribute("#fig-cmp-ranks svg.chart", "data-pair") == str(i)
+    assert page.locator("#strip-a .tok.selected").get_attribute("data-pos") == str(pair["a"])
+    assert page.locator("#strip-b .tok.selected").get_attribute("data-pos") == str(pair["b"])
+
+
+def test_compare_page_draws_the_document(page, tiny_compare):
+    doc = json.loads((tiny_compare / COMPARE_FILE).read_text(encoding="utf-8"))
+    srv = serve([tiny_compare])
+    try:
+        open_page(page, srv.url)  # a server with only comparisons opens on the compare page
+        S = len(doc["runs"][0]["stages"]["name"])
+        last = len(doc["pairs"]) - 1
+        assert url_state(page) == {"cmp": tiny_compare.name, "pair": str(last), "stage": str(S - 1), "view": "overlay"}
+        check_figures(page, doc, last, S - 1)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "compare-tiny.png"), full_page=True)
+        # keys: ← moves the pair, Shift+← the stage; the URL follows
+        page.locator("body").click(position={"x": 5, "y": 5})
+        page.keyboard.press("ArrowLeft")
+        page.keyboard.press("Shift+ArrowLeft")
+        check_figures(page, doc, last - 1, S - 2)
+        assert url_state(page)["pair"] == str(last - 1) and url_state(page)["stage"] == str(S - 2)
+        # a click on a token of B selects its pair
+        page.locator("#strip-b .tok[data-pos='2']").click()
+        check_figures(page, doc, 2, S - 2)
+        # the legend hides a token's curves (dimmed, marks gone)
+        page.locator("#fig-cmp-ranks .legend-item[data-token='0']").click()
+        assert page.locator("#fig-cmp-ranks path.cmp-curve.dim").count() == 2
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_url_state_restores_side_by_side(page, tiny_compare):
+    doc = json.loads((tiny_compare / COMPARE_FILE).read_text(encoding="utf-8"))
+    srv = serve([tiny_compare])
+    try:
+        open_page(page, srv.url + f"compare.html#cmp={tiny_compare.name}&pair=1&stage=3&view=side")
+        assert page.locator("#fig-cmp-ranks g.panel").count() == 2
+        assert page.is_checked("input[name=view][value=side]")
+        check_figures(page, doc, 1, 3)
+        page.check("input[name=view][value=overlay]")
+        assert page.locator("#fig-cmp-ranks g.panel").count() == 1
+        assert url_state(page)["view"] == "overlay"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_hostile_token_text_stays_text(page, tiny_compare, tmp_path):
+    doc = json.loads((tiny_compare / COMPARE_FILE).read_text(encoding="utf-8"))
+    for p in doc["pairs"]:
+        p["tokens"][0]["text"] = HOSTILE_IMG
+        p["next"] = [HOSTILE_IMG, "\u202eevil"]
+    doc["runs"][0]["tokens"] = [HOSTILE_IMG] * len(doc["runs"][0]["tokens"])
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    (folder / COMPARE_FILE).write_text(json.dumps(doc), encoding="utf-8")
+    srv = serve([folder])
+    try:
+        open_page(page, srv.url)
+        assert page.locator("img").count() == 0
+        shown = HOSTILE_IMG.replace(" ", "\u2423")  # spaces shown as ␣, the markup as text
+        assert shown in page.text_content("#fig-cmp-ranks .legend")
+        assert shown in page.text_content("#strip-a")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+# ---- the default model: France vs Italy (the README's example); load and redraw times, printed
+
+
+@pytest.fixture(scope="module")
+def real_compare(request, tmp_path_factory):
+    folder = os.environ.get(REAL_ENV)
+    if folder:
+        return Path(folder)
+    request.getfixturevalue("default_model_available")
+    root = tmp_path_factory.mktemp("cmp-real")
+    invoke("trace", "The capital of France is", "-o", root / "france", "-q")
+    invoke("trace", "The capital of Italy is", "-o", root / "italy", "-q")
+    invoke("compare", root / "france", root / "italy", "-o", root / "france-vs-italy", "-q")
+    return root / "france-vs-italy"
+
+
+@pytest.mark.realmodel
+def test_real_compare_load_and_redraw_times(page, real_compare):
+    doc = json.loads((real_compare / COMPARE_FILE).read_text(encoding="utf-8"))
+    srv = serve([real_compare])
+    try:
+        loads = []
+        for _ in range(3):
+            open_page(page, srv.url)
+            loads.append(float(page.get_attribute("html", "data-ready-at")))
+        S = len(doc["runs"][0]["stages"]["name"])
+        check_figures(page, doc, len(doc["pairs"]) - 1, S - 1)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"compare-real-{real_compare.name}.png"), full_page=True)
+        pair_ms = _median_ms(page, "#pair-slider", TIMING_MOVES)
+        stage_ms = _median_ms(page, "#stage-slider", TIMING_MOVES)
+        print(
+            f"\n[compare timing, {real_compare.name}: {len(doc['pairs'])} pairs x {S} stages, "
+            f"{(real_compare / COMPARE_FILE).stat().st_size / 1e6:.2f} MB JSON]\n"
+            f"  served: navigation start -> figures drawn: {', '.join(f'{t:.0f}' for t in loads)} ms "
+            f"(median {statistics.median(loads):.0f} ms; goal <= 1000)\n"
+            f"  pair slider move:  redraw {pair_ms[0]:.1f} ms, to next frame {pair_ms[1]:.1f} ms (median of {TIMING_MOVES}; goal <= 50)\n"
+            f"  stage slider move: redraw {stage_ms[0]:.1f} ms, to next frame {stage_ms[1]:.1f} ms"
+        )
+    finally:
+        srv.shutdown()
+        srv.server_close()

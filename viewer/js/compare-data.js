@@ -1,0 +1,90 @@
+// compare-data.js — the only module that knows the shape of compare.json (lenskit.compare/1, written by
+// `lenskit compare`): the served list of comparisons, loading one, and accessors the compare page's views use.
+
+const SCHEMA_PREFIX = "lenskit.compare/1";
+const LABEL_CHARS = 40; // prompt text shown in a side's label
+
+/** The comparisons the server offers (runs.json's "compares"): [{name, url}]. */
+export async function loadCompareList() {
+  const res = await fetch("runs.json", { cache: "no-cache" });
+  if (!res.ok) throw new Error(`runs.json: HTTP ${res.status}`);
+  const list = await res.json();
+  return Array.isArray(list.compares) ? list.compares : [];
+}
+
+/** Fetch and wrap one comparison. */
+export async function loadCompare(entry) {
+  const res = await fetch(entry.url, { cache: "no-cache" });
+  if (!res.ok) throw new Error(`${entry.url}: HTTP ${res.status}`);
+  return wrapCompare(await res.json());
+}
+
+/** Accessors over a compare document. Sides are 0 (A) and 1 (B); stages are each side's own stage indices. */
+export function wrapCompare(doc) {
+  if (!doc || typeof doc.schema !== "string" || !doc.schema.startsWith(SCHEMA_PREFIX)) {
+    throw new Error(`not a lenskit compare document (schema ${doc && doc.schema}); this viewer reads ${SCHEMA_PREFIX}`);
+  }
+  const runs = doc.runs.map((r) => ({
+    name: r.name,
+    model: r.model,
+    prompt: r.prompt,
+    text: r.text,
+    tokens: r.tokens,
+    stageCount: r.stages.name.length,
+    stageName: (s) => r.stages.name[s],
+    stageKind: (s) => r.stages.kind[s],
+  }));
+  const pairIndex = [new Map(), new Map()];
+  doc.pairs.forEach((p, i) => {
+    pairIndex[0].set(p.a, i);
+    pairIndex[1].set(p.b, i);
+  });
+  const stageMap = doc.kl.stage_map;
+  const maxVocab = Math.max(...runs.map((r) => r.model.vocab_size || 10));
+  return {
+    relation: doc.relation,
+    align: doc.align,
+    source: doc.source,
+    vocabulary: doc.vocabulary,
+    topK: doc.top_k,
+    klAvailable: !!doc.kl.available,
+    klWhy: doc.kl.why,
+    sameDepth: !!doc.kl.same_depth,
+    runs,
+    maxVocab,
+    pairCount: doc.pairs.length,
+    /** Pair index of a position of side k (undefined when that position has no partner). */
+    pairOf: (k, pos) => pairIndex[k].get(pos),
+    /** B's stage drawn with A's stage s (same relative depth). */
+    stageOfB: (s) => stageMap[s],
+    /** A stage's relative depth in [0, 1]: where it is drawn on the shared x axis. */
+    depth: (k, s) => s / Math.max(1, runs[k].stageCount - 1),
+    /** A short description of side k: its model, and its prompt where the prompts differ. */
+    label(k) {
+      const r = runs[k];
+      if (doc.relation !== "prompts") return `${r.name}: ${r.model.id}`;
+      const chars = Array.from(r.text);
+      return `${r.name}: “${chars.length > LABEL_CHARS ? chars.slice(0, LABEL_CHARS - 1).join("") + "…" : r.text}”`;
+    },
+    pair(i) {
+      const p = doc.pairs[i];
+      return {
+        index: i,
+        pos: [p.a, p.b],
+        end: p.end,
+        next: p.next,
+        decide: p.decide,
+        kl: p.kl, // [A‖B per A stage, B‖A per A stage] or null
+        tokenCount: p.tokens.length,
+        text: (j) => p.tokens[j].text,
+        rank: (j, k) => p.tokens[j].rank[k],
+        logp: (j, k) => p.tokens[j].logp[k],
+        top: (j, k) => p.tokens[j].top[k],
+        isNext: (j, k) => p.tokens[j].next[k],
+        missing: (j, k) => p.tokens[j].missing[k],
+        /** The index of side k's final top-1 among the pair's tokens. */
+        top1: (k) => p.tokens.findIndex((t) => t.top[k] === 1),
+      };
+    },
+  };
+}
