@@ -61,9 +61,9 @@ app = typer.Typer(
 
 
 def _assemble() -> None:
-    from .commands import adapters, compare, export, schema, serve, survey, trace, validate
+    from .commands import adapters, compare, export, fit_lens, schema, serve, survey, trace, validate
 
-    for module in (trace, export, validate, serve, adapters, schema, survey, compare):
+    for module in (trace, export, validate, serve, adapters, schema, survey, fit_lens, compare):
         module.register(app)
 
 

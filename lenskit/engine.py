@@ -44,10 +44,12 @@ def tracked_tokens(scorer: Scorer, top_cols: torch.Tensor, group: list[int], tok
 
 @torch.inference_mode()
 def prompt_stats(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int], positions: list[int], top_k: int,
-                 track_ids: list[int], budget: int, samples: int = HIST_SAMPLES, progress=None) -> Iterator[Group]:
+                 track_ids: list[int], budget: int, samples: int = HIST_SAMPLES, progress=None,
+                 tracked_of: dict | None = None) -> Iterator[Group]:
     """Statistics for the chosen ``positions`` of one prompt; ``stages_of(p0, p1)`` returns stages ``[S, p1-p0, D]``.
 
-    ``progress(n)``, if given, is called as each chunk of n positions is done."""
+    ``progress(n)``, if given, is called as each chunk of n positions is done. ``tracked_of``: ``{position: tracked
+    ids}`` to follow instead of this lens's own final top-k (the second lens of an export follows the first's)."""
     plan = plan_chunks(n_stages, scorer.lens.vocab_size, scorer.set_block(n_stages), budget)
     for chunk in contiguous_groups(positions, plan.chunk):
         h = stages_of(chunk[0], chunk[-1] + 1)  # [S, c', D]
@@ -56,8 +58,11 @@ def prompt_stats(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int],
         rows = h.permute(1, 0, 2).reshape(c * n_stages, -1)  # [c*S, D] (position, stage)
         ws = scorer.workspace(plan.chunk * n_stages, plan.stats * n_stages)
         s = scorer.scores(rows, out=ws.scores)  # [R, V]
-        final_rows = torch.arange(c, device=s.device) * n_stages + n_stages - 1
-        tracked = tracked_tokens(scorer, scorer.top_k(s, top_k, final_rows), chunk, token_ids, track_ids)
+        if tracked_of is not None:
+            tracked = [tracked_of[p] for p in chunk]
+        else:
+            final_rows = torch.arange(c, device=s.device) * n_stages + n_stages - 1
+            tracked = tracked_tokens(scorer, scorer.top_k(s, top_k, final_rows), chunk, token_ids, track_ids)
         K = max(len(x) for x in tracked)
         padded = torch.tensor([x + [x[0]] * (K - len(x)) for x in tracked], device=scorer.device)  # [c, K]
         for g0 in range(0, c, plan.stats):

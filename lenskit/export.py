@@ -17,7 +17,6 @@ import torch
 from . import __version__
 from .errors import InputError
 from .engine import prompt_stats
-from .lens import Lens
 from .planning import auto_max_memory
 from .progress import Progress
 from .scoring import Scorer
@@ -50,6 +49,7 @@ class ExportOptions:
     max_memory: int | None = None  # bytes for one chunk's working set
     samples: int = HIST_SAMPLES  # sample tokens per histogram bin
     device: str = "auto"
+    lenses: list = field(default_factory=lambda: ["logit"])  # --lens specs; the first is the document's main lens
 
 
 POSITION_PART = re.compile(r"(-?[0-9]+)(?:-(-?[0-9]+))?", re.ASCII)
@@ -119,11 +119,13 @@ def _ints(t: torch.Tensor) -> np.ndarray:
 
 
 def export_prompt(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int], positions: list[int],
-                  top_k: int, track_ids: list[int], budget: int, progress=None, samples: int = HIST_SAMPLES) -> list[dict]:
+                  top_k: int, track_ids: list[int], budget: int, progress=None, samples: int = HIST_SAMPLES,
+                  tracked_of: dict | None = None) -> list[dict]:
     """One record per chosen position of one prompt (vocabulary ids; string-table indices are assigned by
     :func:`build_document`), from the engine's statistics groups."""
     out = []
-    for g in prompt_stats(scorer, stages_of, n_stages, token_ids, positions, top_k, track_ids, budget, samples, progress):
+    for g in prompt_stats(scorer, stages_of, n_stages, token_ids, positions, top_k, track_ids, budget, samples, progress,
+                          tracked_of):
         row_samples = _samples_by_row(g.stats, len(g.positions) * n_stages, scorer.col_ids)
         for i, p in enumerate(g.positions):
             out.append(_position_record(g.stats, i, n_stages, p, g.tracked[i], token_ids, row_samples))
@@ -191,7 +193,7 @@ def _samples_by_row(st, n_rows: int, col_ids: torch.Tensor) -> list[np.ndarray]:
 
 
 def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokenizer, options: ExportOptions,
-                   vocab_size: int) -> dict:
+                   vocab_size: int, lenses: list[dict] | None = None) -> dict:
     """Assemble the export document (see :mod:`lenskit.schema`): string table (most referenced first) + columnar
     per-position arrays referring to it."""
     from .tokens import token_texts
@@ -200,9 +202,10 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
     kept = {}  # id(row) -> per-stage sample ids of its sparse bins
     for _, positions in prompts_out:
         for row in positions:
-            kept[id(row)] = _sparse_samples(row, options.samples)
+            for r in [row] + row.get("lenses", []):
+                kept[id(r)] = _sparse_samples(r, options.samples)
+                referenced.extend(kept[id(r)])
             referenced.append(np.asarray(row["tracked_ids"], dtype=np.int64))
-            referenced.extend(kept[id(row)])
     # string table ordered by how often a token is referenced (ties: by id), so common references are short numbers
     ids_all, freq = np.unique(np.concatenate(referenced), return_counts=True) if referenced else (np.zeros(0, np.int64),) * 2
     table = ids_all[np.lexsort((ids_all, -freq))]
@@ -216,11 +219,8 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
     for pi, positions in prompts_out:
         p_meta = meta["prompts"][pi]
         entry = {"index": pi, "text": p_meta["text"], "tokens": refs(p_meta["token_ids"]).tolist(), "positions": []}
-        for row in positions:
-            entry["positions"].append({
-                "pos": row["pos"],
-                "tracked": refs(row["tracked_ids"]).tolist(),
-                "next": row["next"],
+        def lens_fields(row):  # what each lens has of its own at a position
+            return {
                 "score": row["score"],
                 "rank": row["rank"],
                 "bin_edge": row["bin_edge"],
@@ -234,7 +234,14 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
                     "counts": encode_counts(row["hist_counts"], row["hist_lo"], row["hist_hi"]),
                     "samples": [vlq_encode(refs(x)) for x in kept[id(row)]],
                 },
-            })
+            }
+
+        for row in positions:
+            record = {"pos": row["pos"], "tracked": refs(row["tracked_ids"]).tolist(), "next": row["next"],
+                      **lens_fields(row)}
+            if row.get("lenses"):  # lenses 1.. of lens.lenses, same tracked tokens
+                record["lenses"] = [lens_fields(r) for r in row["lenses"]]
+            entry["positions"].append(record)
         prompts.append(entry)
     ids = table.tolist()
     model = {k: v for k, v in meta["model"].items() if k != "source"}
@@ -242,7 +249,8 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
         "schema": SCHEMA_VERSION,
         "lenskit_version": __version__,
         "model": model,
-        "lens": {"norm": options.norm, "precision": options.precision, "top_k": options.top_k},
+        "lens": {"norm": options.norm, "precision": options.precision, "top_k": options.top_k,
+                 "lenses": lenses or [{"kind": "logit", "source": None, "fingerprint": model.get("fingerprint")}]},
         "vocab_size": vocab_size,
         "stages": {k: [s[k] for s in meta["stages"]] for k in ("name", "kind", "layer")},
         "histogram": {"bins": HIST_BINS, "z_min": HIST_Z_MIN, "z_max": HIST_Z_MAX, "samples": options.samples},
@@ -268,33 +276,44 @@ def plan_export(meta: dict, tokenizer, options: ExportOptions) -> tuple[list[tup
     return [(i, parse_positions(options.positions, len(meta["prompts"][i]["token_ids"]))) for i in chosen], track_ids
 
 
-def export_document(meta: dict, lens: Lens, tokenizer, stages_for_prompt, options: ExportOptions, log=None,
+def export_document(meta: dict, lens, tokenizer, stages_for_prompt, options: ExportOptions, log=None,
                     plan=None) -> dict:
     """Compute the whole export document for a trace's metadata and a way to read each prompt's stages.
 
+    ``lens``: a :class:`lenskit.lenses.StageLens`, a list of them (the first is the document's main lens; the others
+    follow its tracked tokens), or a bare :class:`lenskit.lens.Lens` (the logit lens).
     ``stages_for_prompt(i)`` returns a callable ``(p0, p1) -> [S, p1 - p0, D]`` for prompt ``i``; ``plan`` is
     :func:`plan_export`'s result when the caller checked the options already.
     """
     from .models import resolve_device
 
+    from .lenses import logit_lens
+
     device = resolve_device(options.device)
-    V = lens.vocab_size
+    lenses = list(lens) if isinstance(lens, (list, tuple)) else [lens if hasattr(lens, "head") else logit_lens(lens)]
+    V = lenses[0].head.vocab_size
     plans, track_ids = plan or plan_export(dict(meta, model=dict(meta["model"], vocab_size=V)), tokenizer, options)
-    scorer = Scorer(lens, device, options.norm, options.precision)
+    scorers = [Scorer(x, device, options.norm, options.precision) for x in lenses]
     budget = options.max_memory or auto_max_memory(device)
     n_stages = len(meta["stages"])
     results = []
     started = time.perf_counter()
-    with Progress(sum(len(p) for _, p in plans), "export", "positions", log) as progress:
+    with Progress(len(lenses) * sum(len(p) for _, p in plans), "export", "positions", log) as progress:
         for i, positions in plans:
             ids = meta["prompts"][i]["token_ids"]
-            rows = export_prompt(scorer, stages_for_prompt(i), n_stages, ids, positions, options.top_k, track_ids,
+            rows = export_prompt(scorers[0], stages_for_prompt(i), n_stages, ids, positions, options.top_k, track_ids,
                                  budget, progress.update, samples=options.samples)
+            tracked_of = {r["pos"]: r["tracked_ids"] for r in rows}  # every lens follows the first lens's tokens
+            for scorer in scorers[1:]:
+                more = export_prompt(scorer, stages_for_prompt(i), n_stages, ids, positions, options.top_k, track_ids,
+                                     budget, progress.update, samples=options.samples, tracked_of=tracked_of)
+                for r, m in zip(rows, more):
+                    r.setdefault("lenses", []).append(m)
             results.append((i, rows))
     if log:
-        log(f"lens statistics for {sum(len(p) for _, p in plans)} positions x {n_stages} stages x {V} tokens "
-            f"in {time.perf_counter() - started:.2f}s")
-    return build_document(meta, results, tokenizer, options, V)
+        log(f"lens statistics for {sum(len(p) for _, p in plans)} positions x {n_stages} stages x {V} tokens x "
+            f"{len(lenses)} lens(es) in {time.perf_counter() - started:.2f}s")
+    return build_document(meta, results, tokenizer, options, V, [x.info() for x in lenses])
 
 
 def dumps(doc: dict) -> bytes:
@@ -331,8 +350,11 @@ def export_run_dir(run_dir: Path, options: ExportOptions, loaded=None, states=No
     from .store import check_finite, read_trace
     from .weights import model_folder, trace_lens, trace_tokenizer
 
+    from .lenses import open_lenses
+
     trace = read_trace(run_dir)
     meta = trace.meta
+    lenses = open_lenses(options.lenses, meta["model"], meta["stages"])  # checked before any model weights load
     if loaded is not None:
         tok = loaded.tokenizer
         plan = plan_export(meta, tok, options)
@@ -343,6 +365,7 @@ def export_run_dir(run_dir: Path, options: ExportOptions, loaded=None, states=No
         plan = plan_export(meta, tok, options)
         lens = trace_lens(folder, meta["model"])
     trace.check_lens(lens.hidden_size, lens.vocab_size)
+    lenses = [x.bind(lens) for x in lenses]
 
     def stages_for_prompt(i):
         if states is None:
@@ -355,4 +378,4 @@ def export_run_dir(run_dir: Path, options: ExportOptions, loaded=None, states=No
 
         return read
 
-    return export_document(meta, lens, tok, stages_for_prompt, options, log, plan=plan)
+    return export_document(meta, lenses, tok, stages_for_prompt, options, log, plan=plan)

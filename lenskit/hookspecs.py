@@ -13,3 +13,12 @@ def register_adapters(register):
     Args:
         register: call ``register(adapter)`` once per :class:`lenskit.adapters.Adapter`.
     """
+
+
+@hookspec
+def register_lenses(register):
+    """Register lens kinds (``lenskit trace/export --lens NAME[:ARG]``).
+
+    Args:
+        register: call ``register(kind)`` once per :class:`lenskit.lenses.LensKind`.
+    """

@@ -1,4 +1,5 @@
-"""Plugin manager: built-in model families and third-party ones load through the same ``register_adapters`` hook.
+"""Plugin manager: built-in model families and lenses load through the same hooks as third-party ones
+(``register_adapters``, ``register_lenses``).
 
 Third-party packages declare an entry point in the group ``lenskit``; set ``LENSKIT_LOAD_PLUGINS=0`` to skip them
 (tests do). Built-ins are the modules in ``DEFAULT_PLUGINS``.
@@ -12,7 +13,7 @@ import os
 import pluggy
 
 from . import hookspecs
-from .errors import AdapterError
+from .errors import AdapterError, LenskitError
 
 DEFAULT_PLUGINS = (
     "lenskit.adapters.gpt2",
@@ -40,6 +41,8 @@ DEFAULT_PLUGINS = (
     "lenskit.adapters.starcoder2",
     "lenskit.adapters.cohere",
     "lenskit.adapters.granite",
+    "lenskit.lenses.logit",
+    "lenskit.lenses.tuned",
 )
 
 BUILTIN = "lenskit (built-in)"
@@ -98,6 +101,23 @@ def collect_adapters() -> dict:
                     )
                 claimed[arch] = adapter.name
             found[adapter.name] = (adapter, _provider)
+
+        impl.function(register=register)
+    return found
+
+
+def collect_lenses() -> dict:
+    """Call every plugin's ``register_lenses``; return ``{kind.name: (kind, provider)}`` (a clash is an error)."""
+    load_plugins()
+    found: dict = {}
+    for impl in reversed(pm.hook.register_lenses.get_hookimpls()):  # registration order
+        provider = provider_of(impl.plugin)
+
+        def register(kind, _provider=provider):
+            if kind.name in found and found[kind.name][1] != _provider:
+                raise LenskitError(f"lens '{kind.name}' from {_provider} clashes with the one from "
+                                   f"{found[kind.name][1]}; give it another name")
+            found[kind.name] = (kind, _provider)
 
         impl.function(register=register)
     return found

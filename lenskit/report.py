@@ -52,7 +52,8 @@ def _script_safe(code: str, what: str) -> str:
 
 
 def bundle_modules(js_dir) -> str:
-    """The viewer's ES modules as one module script (dependencies first, ``main`` last)."""
+    """The single-prompt viewer's ES modules -- ``main`` and what it imports -- as one module script (dependencies
+    first, ``main`` last)."""
     sources: dict[str, str] = {}
     for item in js_dir.iterdir():
         if item.name.endswith(".js"):
@@ -105,10 +106,9 @@ def bundle_modules(js_dir) -> str:
         visiting.discard(name)
         order.append(name)
 
-    for name in sorted(sources, key=lambda k: k == ENTRY_MODULE):
-        visit(name)
-    if order[-1] != ENTRY_MODULE:
+    if any(ENTRY_MODULE in d for d in deps.values()):
         raise LenskitError(f"viewer js/{ENTRY_MODULE}.js must not be imported by another module")
+    visit(ENTRY_MODULE)  # main and what it imports: other pages' modules (corpus, compare) stay out of the report
     parts = [f"// ---- js/{name}.js\nconst {_var(name)} = (() => {{\n{bodies[name]}}})();\n" for name in order]
     return "".join(parts)
 

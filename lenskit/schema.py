@@ -12,15 +12,17 @@ an index into the string table. The histograms (most of the bytes) are Base64 VL
 Version 2 (``lenskit.export/2``, a third of version 1's size) differs from version 1: counts are VLQ strings of the
 change from the previous stage, sample tokens are all the tokens of the sparse bins (at most ``histogram.samples``
 tokens) and none of the others, the tracked tokens' bins are recomputed from ``score``/``mean``/``std`` (``bin_edge``
-lists the rare exceptions) instead of being stored, and lse/entropy/KL have 3 decimals. The viewer reads both.
+lists the rare exceptions) instead of being stored, and lse/entropy/KL have 3 decimals. Version 3 adds lenses
+(``lens.lenses``: kind, source and fingerprint of each; a position's ``lenses`` holds the per-lens fields of the
+second and later lenses); a version-2 document reads as version 3 with the one logit lens. The viewer reads all three.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-SCHEMA_VERSION = "lenskit.export/2"
-SCHEMA_VERSIONS_READ = ("lenskit.export/1", SCHEMA_VERSION)  # what the viewer (js/data.js) accepts
+SCHEMA_VERSION = "lenskit.export/3"
+SCHEMA_VERSIONS_READ = ("lenskit.export/1", "lenskit.export/2", SCHEMA_VERSION)  # what the viewer (js/data.js) accepts
 EXPORT_FILE = "export.json"  # name of the export inside a run folder (written by trace/export, served by serve)
 
 # Histogram of z-scored logits: HIST_BINS equal bins over [HIST_Z_MIN, HIST_Z_MAX]; z-scores outside the range are
@@ -45,6 +47,8 @@ _INT = {"type": "integer"}
 _IDX = {"type": "integer", "minimum": 0}
 _PER_STAGE_NUM = _arr(_NUM, "one value per stage")
 _PER_STAGE_INT = _arr(_INT, "one value per stage")
+
+_PER_LENS = ("score", "rank", "bin_edge", "mean", "std", "lse", "entropy", "kl", "hist")  # fields each lens has
 
 _POSITION = {
     "type": "object",
@@ -108,6 +112,30 @@ _POSITION = {
     },
 }
 
+_POSITION["properties"]["lenses"] = _arr(
+    {
+        "type": "object",
+        "required": list(_PER_LENS),
+        "additionalProperties": False,
+        "properties": {k: _POSITION["properties"][k] for k in _PER_LENS},
+    },
+    "Only when the export holds several lenses: for `lens.lenses[1]`, `lens.lenses[2]`, ... the same fields as above "
+    "(`score` ... `hist`) computed with that lens, for the same `tracked` tokens; the fields above are `lens.lenses[0]`'s.",
+)
+
+_LENS_ENTRY = {
+    "type": "object",
+    "required": ["kind", "source", "fingerprint"],
+    "properties": {
+        "kind": {"type": "string", "description": "Registered lens kind: `logit` (the model's own final norm and unembedding) or `tuned` (a fitted affine translator per stage first), or a plugin's."},
+        "source": {"type": ["string", "null"], "description": "Where the lens came from (the `tuned` lens folder); null for `logit`."},
+        "fingerprint": {"type": "string", "description": "Hash of the lens: the model head's fingerprint (`logit`), or of it and the translators."},
+        "description": {"type": "string", "description": "One line saying what the lens computes."},
+        "covered": _arr({"type": "boolean"}, "`[stage]` whether the stage has a fitted translator (others are the identity: the logit lens)."),
+        "imported_from": {"type": "object", "description": "For a lens converted from tuned-lens files: what was read."},
+    },
+}
+
 JSON_SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": SCHEMA_VERSION,
@@ -135,6 +163,7 @@ JSON_SCHEMA = {
                     "description": "`fast`: reduced-precision matmul with an exact float32 re-check; `float32`: plain float32. Ranks and top-k are identical.",
                 },
                 "top_k": {"type": "integer", "minimum": 1, "description": "Number of final top tokens tracked per position."},
+                "lenses": _arr(_LENS_ENTRY, "The lenses of this export (`--lens`, first = the one whose numbers are a position's own fields; its final top-k are the tracked tokens of all). lenskit always writes it; absent means one logit lens."),
             },
         },
         "vocab_size": {"type": "integer", "minimum": 1, "description": "Number of vocabulary entries scored (rows of the unembedding)."},
@@ -201,7 +230,8 @@ def markdown_reference() -> str:
             "Version 2 differs from version 1 (`lenskit.export/1`, still read by the viewer): histogram counts and samples "
             "are Base64 VLQ strings, counts are stored as changes from the previous stage, only sparse bins list sample "
             "tokens (all of theirs), the tracked tokens' bins are recomputed (`bin_edge`) instead of stored (`bin`), and "
-            "`lse`, `entropy`, `kl` have 3 decimals instead of 4."
+            "`lse`, `entropy`, `kl` have 3 decimals instead of 4. Version 3 adds `lens.lenses` and, in exports with "
+            "several lenses, `positions[].lenses`; a version-2 document is a version-3 one with the single logit lens."
         ),
         "",
         "| field | type | meaning |",
@@ -333,3 +363,16 @@ def tracked_bins(doc: dict, position: dict) -> np.ndarray:
     for j, s, b in position["bin_edge"]:
         out[j, s] = b
     return out
+
+
+def lenses(doc: dict) -> list[dict]:
+    """The lenses of a document (``lens.lenses``; versions 1 and 2: the one logit lens)."""
+    return doc["lens"].get("lenses") or [{"kind": "logit", "source": None, "fingerprint": doc["model"].get("fingerprint")}]
+
+
+def lens_position(position: dict, lens: int) -> dict:
+    """A position as lens number ``lens`` of ``lens.lenses`` saw it: the shared fields (``pos``, ``tracked``,
+    ``next``) with that lens's own; readable by :func:`histogram` and :func:`tracked_bins`."""
+    if lens == 0:
+        return position
+    return {**{k: position[k] for k in ("pos", "tracked", "next")}, **position["lenses"][lens - 1]}

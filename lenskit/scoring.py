@@ -34,6 +34,10 @@ class Scorer:
     """
 
     def __init__(self, lens: Lens, device: torch.device, norm: bool, precision: str):
+        # a lens of lenskit.lenses (an affine per-stage translator before the model's head) or a bare head (Lens)
+        tr = getattr(lens, "translator", None)
+        self.translator = tr.to(device=device) if tr is not None else None  # None: the logit lens
+        lens = getattr(lens, "head", lens)
         self.lens = lens.to(device=device, dtype=torch.float32)
         self.device = device
         self.norm = norm
@@ -63,6 +67,7 @@ class Scorer:
         """
         per = max(1, round(BLOCK_ROWS / n_stages))
         self.block = per * n_stages
+        self.n_stages = n_stages
         return per
 
     def workspace(self, rows: int, stats_rows: int):
@@ -82,8 +87,13 @@ class Scorer:
 
     @torch.inference_mode()
     def scores(self, h: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``[N, D]`` stream -> ``[N, V]`` float32 scores in permuted column order (into ``out`` if given)."""
-        x = self.lens.normed(h.to(self.device, torch.float32), self.norm)  # [N, D]
+        """``[N, D]`` stream -> ``[N, V]`` float32 scores in permuted column order (into ``out`` if given).
+
+        With a translator, rows are ordered (position, stage) over whole positions (stage = row % n_stages)."""
+        h = h.to(self.device, torch.float32)
+        if self.translator is not None:
+            h = self._translate(h)
+        x = self.lens.normed(h, self.norm)  # [N, D]
         n = x.shape[0]
         B = self.block
         padded = -(-n // B) * B
@@ -105,6 +115,22 @@ class Scorer:
         if not self.fast:
             self.bound = torch.zeros(n, device=self.device)
         return out
+
+    def _translate(self, h: torch.Tensor) -> torch.Tensor:
+        """Each row through its stage's affine map, one fixed-shape batched matmul per GEMM block (so a row's result
+        never depends on the chunk): ``[N, D]`` rows ordered (position, stage) -> ``[N, D]``."""
+        S, B = self.n_stages, self.block
+        n, D = h.shape
+        if n % S:
+            raise ValueError(f"{n} rows are not whole positions of {S} stages")
+        padded = -(-n // B) * B
+        if padded != n:
+            h = torch.cat([h, h.new_zeros(padded - n, D)])  # [N', D]
+        out = torch.empty_like(h)
+        per = B // S
+        for i in range(0, padded, B):
+            out[i: i + B] = self.translator.blocks(h[i: i + B].view(per, S, D)).reshape(B, D)  # [B, D]
+        return out[:n]
 
     def _bound(self, x: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
         """Per-row bound on |bfloat16 GEMM - float32 GEMM| (after bias and logit transforms).

@@ -49,6 +49,7 @@ def export(
         help="Let the hub download the traced model's weights when they are not on this machine (default: never; "
         "or set HF_HUB_OFFLINE=0).",
     ),
+    lens: Optional[List[str]] = typer.Option(None, "--lens", help="Lens to compute: logit (the model's own final norm + unembedding, default) or tuned:LENS_DIR (a lens from `lenskit fit-lens`). Repeatable: the export holds each (the first lens's final top-k are followed by all)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Compute, for every position and stage, the final top-k tokens' scores and exact ranks (comparison counting),
@@ -64,6 +65,10 @@ def export(
     from ..schema import EXPORT_FILE
     from ..store import trace_path
 
+    from ..lenses import parse_lens_spec
+
+    for spec in lens or []:  # the spelling, before anything is read
+        parse_lens_spec(spec)
     log = progress_logger(quiet or output == "-")
     note = progress_logger(quiet)
     source = trace_path(run)
@@ -78,7 +83,7 @@ def export(
         check_output_file(html, "report", others=(source,) + ((Path(output),) if output not in (None, "-") else ()))
     opts = ExportOptions(
         top_k=top_k, track=list(track or []), positions=positions, prompt=prompt, norm=norm, precision=precision,
-        max_memory=max_memory, device=device, samples=samples,
+        max_memory=max_memory, device=device, samples=samples, lenses=list(lens or ["logit"]),
     )
     doc = export_run_dir(run, opts, log=log, allow_download=allow_download)
     if output is not None:

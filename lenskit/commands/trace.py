@@ -75,6 +75,7 @@ def trace(
     export: bool = typer.Option(True, "--export/--no-export", help="Also write RUN_DIR/export.json for the viewer."),
     top_k: int = typer.Option(10, "--top-k", "-k", min=1, help="Tokens per position in export.json (final top-k)."),
     track: Optional[List[str]] = typer.Option(None, "--track", help="Extra token to follow in export.json (string or id). Repeatable."),
+    lens: Optional[List[str]] = typer.Option(None, "--lens", help="Lens to compute: logit (the model's own final norm + unembedding, default) or tuned:LENS_DIR (a lens from `lenskit fit-lens`). Repeatable: the export holds each (the first lens's final top-k are followed by all)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Trace the residual stream at all 2L+1 stages (embedding, after every attention and every FFN block).
@@ -82,6 +83,7 @@ def trace(
     Writes RUN_DIR/trace.safetensors (tensor prompt.{i}.stages [S, T, D] and a `lenskit` metadata JSON) and, unless
     --no-export, RUN_DIR/export.json. Example: lenskit trace "The capital of France is" -o runs/paris
     """
+    from ..adapters import get_module
     from ..capture import trace_prompts
     from ..files import check_run_dir, new_run_dir, replace_run_dir
     from ..models import load_model, progress_logger
@@ -98,8 +100,13 @@ def trace(
             from ..export import check_export_options
             from ..lens import lens_from_model
 
-            vocab = lens_from_model(loaded.model, loaded.adapter).vocab_size
-            check_export_options(loaded.tokenizer, vocab, top_k, list(track or []))
+            from ..capture import stage_names
+            from ..lenses import open_lenses
+
+            head = lens_from_model(loaded.model, loaded.adapter)
+            check_export_options(loaded.tokenizer, head.vocab_size, top_k, list(track or []))
+            n_layers = len(get_module(loaded.model, loaded.adapter.layers))
+            open_lenses(lens, {"id": loaded.source["id"], "fingerprint": head.fingerprint()}, stage_names(n_layers))
         started = time.perf_counter()
         states, meta = trace_prompts(loaded, texts, log=log)
         write_trace(tmp / TRACE_FILE, states, meta)
@@ -109,7 +116,7 @@ def trace(
             from ..export import ExportOptions, export_run_dir, write_document
             from ..schema import EXPORT_FILE
 
-            opts = ExportOptions(top_k=top_k, track=list(track or []))
+            opts = ExportOptions(top_k=top_k, track=list(track or []), lenses=list(lens or ["logit"]))
             write_document(export_run_dir(tmp, opts, loaded=loaded, states=states, log=log), tmp / EXPORT_FILE)
         replace_run_dir(tmp, target)
     finally:

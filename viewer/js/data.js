@@ -1,10 +1,12 @@
-// data.js — the only module that knows the export JSON's shape (lenskit.export/2 and the older /1, see
+// data.js — the only module that knows the export JSON's shape (lenskit.export/3 and the older /2 and /1, see
 // lenskit/schema.py) and the server's /runs.json. It turns them into plain accessors: stages, prompts, positions, and per position the tracked
 // tokens' scores/ranks/bins, the per-stage statistics and the histogram (bins with their sample tokens).
 // Nothing here touches the DOM except reading the JSON embedded by the single-file report.
 
-export const SCHEMA_VERSION = "lenskit.export/2";
+export const SCHEMA_VERSION = "lenskit.export/3";
+export const SCHEMA_V2 = "lenskit.export/2"; // still read: version 3 less the lenses (one logit lens)
 export const SCHEMA_V1 = "lenskit.export/1"; // still read: plain count/sample arrays, stored tracked bins
+const PER_LENS = ["score", "rank", "bin_edge", "mean", "std", "lse", "entropy", "kl", "hist"]; // a lens's own fields
 const VLQ_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 const VLQ_DIGIT = new Int8Array(128).fill(-1);
 for (let i = 0; i < VLQ_ALPHABET.length; i++) VLQ_DIGIT[VLQ_ALPHABET.charCodeAt(i)] = i;
@@ -63,8 +65,8 @@ export async function loadRun(entry) {
 /** One export document. */
 export class Run {
   constructor(doc) {
-    if (!doc || (doc.schema !== SCHEMA_VERSION && doc.schema !== SCHEMA_V1)) {
-      throw new Error(`not a ${SCHEMA_VERSION} (or ${SCHEMA_V1}) document (schema: ${doc && doc.schema})`);
+    if (!doc || ![SCHEMA_VERSION, SCHEMA_V2, SCHEMA_V1].includes(doc.schema)) {
+      throw new Error(`not a ${SCHEMA_VERSION} (or ${SCHEMA_V2}, ${SCHEMA_V1}) document (schema: ${doc && doc.schema})`);
     }
     this._doc = doc;
     this._v1 = doc.schema === SCHEMA_V1;
@@ -78,6 +80,16 @@ export class Run {
     return `${m.id} · ${m.architecture} · ${m.dtype} · ${lens.norm ? "final norm applied" : "raw projection"} · vocab ${this.vocabSize.toLocaleString("en-US")}`;
   }
   get vocabSize() { return this._doc.vocab_size; }
+  /** The export's lenses [{kind, source, fingerprint, description, covered?}]; the first is a position's own. */
+  get lenses() {
+    return this._doc.lens.lenses || [{ kind: "logit", source: null, fingerprint: this._doc.model.fingerprint }];
+  }
+  /** "logit", "tuned (lenses/smollm2)": a short label for lens `k`. */
+  lensLabel(k) {
+    const l = this.lenses[k];
+    const src = l.source ? String(l.source).split(/[\\/]/).filter(Boolean).pop() : null;
+    return src ? `${l.kind} (${src})` : String(l.kind);
+  }
   get topK() { return this._doc.lens.top_k; }
 
   // Stages
@@ -127,12 +139,19 @@ export class Run {
   promptTokenIds(p) { return this._doc.prompts[p].tokens.map((i) => this._doc.token_ids[i]); }
   /** Token positions (numbers in the prompt) that were exported, in order. */
   exportedPositions(p) { return this._doc.prompts[p].positions.map((x) => x.pos); }
-  /** The Position for token position `pos` of prompt `p`, or null when it was not exported. */
-  position(p, pos) {
-    const key = `${p}:${pos}`;
+  /** The Position for token position `pos` of prompt `p` as lens `lens` (index into `lenses`) saw it, or null when
+   *  it was not exported. All lenses share the tracked tokens (the first lens's final top-k). */
+  position(p, pos, lens = 0) {
+    const key = `${p}:${pos}:${lens}`;
     let hit = this._positions.get(key);
     if (hit === undefined) {
-      const raw = this._doc.prompts[p].positions.find((x) => x.pos === pos);
+      let raw = this._doc.prompts[p].positions.find((x) => x.pos === pos);
+      if (raw && lens > 0) {
+        const own = raw.lenses && raw.lenses[lens - 1];
+        if (!own) throw new Error(`position ${pos} has no data for lens ${lens}`);
+        raw = { pos: raw.pos, tracked: raw.tracked, next: raw.next };
+        for (const k of PER_LENS) raw[k] = own[k];
+      }
       hit = raw ? new Position(this, raw) : null;
       this._positions.set(key, hit);
     }

@@ -1,0 +1,60 @@
+"""Lenses as plugins: the registry of lens kinds (``register_lenses`` hook) and ``--lens NAME[:ARG]`` specs.
+
+Built-ins (``logit``, ``tuned``) register through the same hook as third-party lenses (:mod:`lenskit.plugins`).
+See :mod:`lenskit.lenses.protocol` for what a lens is to the engine.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import InputError
+from .protocol import LensKind, StageLens, Translator
+
+__all__ = ["LensKind", "StageLens", "Translator", "DEFAULT_LENS", "registry", "parse_lens_spec", "open_lenses",
+           "logit_lens"]
+
+DEFAULT_LENS = "logit"
+SPEC = re.compile(r"([A-Za-z][A-Za-z0-9_.-]*)(?::(.+))?", re.ASCII | re.DOTALL)
+
+
+def registry() -> dict[str, tuple[LensKind, str]]:
+    """``{name: (kind, provider)}`` of every registered lens kind."""
+    from ..plugins import collect_lenses
+
+    return collect_lenses()
+
+
+def parse_lens_spec(spec: str) -> tuple[LensKind, str | None]:
+    """``"logit"`` / ``"tuned:PATH"`` -> (kind, argument); unknown kinds and missing or extra arguments refused."""
+    m = SPEC.fullmatch(spec.strip())
+    kinds = registry()
+    if not m or m.group(1) not in kinds:
+        raise InputError(f"unknown lens '{spec}': use one of {', '.join(sorted(kinds))} (e.g. logit, tuned:LENS_DIR)")
+    kind, arg = kinds[m.group(1)][0], m.group(2)
+    if kind.takes_arg and not arg:
+        raise InputError(f"--lens {kind.name} needs an argument: {kind.name}:PATH")
+    if not kind.takes_arg and arg:
+        raise InputError(f"--lens {kind.name} takes no argument (got '{arg}')")
+    return kind, arg
+
+
+def open_lenses(specs: list[str] | None, model: dict, stages: list) -> list[StageLens]:
+    """Open each ``--lens`` spec against a trace's ``model`` section and stage table (no model weights needed)."""
+    specs = list(specs or [DEFAULT_LENS])
+    seen = set()
+    out = []
+    for spec in specs:
+        if spec in seen:
+            raise InputError(f"--lens {spec} is given twice")
+        seen.add(spec)
+        kind, arg = parse_lens_spec(spec)
+        out.append(kind.open(arg, model, stages))
+    return out
+
+
+def logit_lens(head) -> StageLens:
+    """The logit lens bound to ``head`` (a :class:`lenskit.lens.Lens`)."""
+    from .logit import LOGIT
+
+    return LOGIT.open(None, {"fingerprint": head.fingerprint()}, []).bind(head)
