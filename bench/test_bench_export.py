@@ -42,12 +42,19 @@ def test_bare_float32_matmul(benchmark, real):
     benchmark.pedantic(matmul, rounds=3, warmup_rounds=1)
 
 
+@pytest.mark.parametrize("kernels", ["fused", "torch"])
 @pytest.mark.parametrize("precision", ["float32", "fast"])
 @pytest.mark.benchmark(group="export")
-def test_export_step(benchmark, real, precision):
+def test_export_step(benchmark, real, precision, kernels, monkeypatch):
+    """``kernels="torch"``: the statistics' torch implementation (``LENSKIT_KERNELS=torch``), the fused numba
+    kernel's reference; fast mode always uses it, so only its float32 run is measured."""
+    if kernels == "torch" and precision == "fast":
+        pytest.skip("fast mode always runs the torch statistics")
+    if kernels == "torch":
+        monkeypatch.setenv("LENSKIT_KERNELS", "torch")
     trace, lens, tok = real
     stages = trace.stages(0)
-    benchmark.extra_info.update(role="subject", precision=precision)
+    benchmark.extra_info.update(role="subject", precision=precision, kernels=kernels)
     opts = ExportOptions(precision=precision)
     benchmark.pedantic(
         lambda: export_document(trace.meta, lens, tok, lambda i: (lambda p0, p1: stages[:, p0:p1]), opts),

@@ -1,14 +1,25 @@
 """Exact per-row statistics of lens scores: top-k, comparison-count ranks, z-histograms with samples, entropy, KL.
 
-One chunk holds all S stages of ``c`` positions: scores ``[c, S, V]`` (rows = (position, stage)). Everything is
-computed with a handful of vectorised passes over the chunk, never by sorting a vocabulary:
+One chunk holds all S stages of ``c`` positions: scores ``[c, S, V]`` (rows = (position, stage)). Two
+implementations compute the same :class:`ChunkStats`, never by sorting a vocabulary:
 
-* **fine bins.** Each score gets a sub-bin ``u = floor(score * a + b)`` of a fine grid (``FINE`` sub-bins per
-  histogram bin, a and b from the row's mean and std), clamped to the grid. One ``bincount`` gives the histogram
-  (sum of ``FINE`` sub-bins) and, by suffix sums, how many scores lie above any sub-bin.
+* **fused** (:mod:`lenskit.kernels`, numba): one pass per row reads the scores once from memory and computes
+  everything while the row is cache-resident. Used for exact float32 scores on CPU (``bound`` None or all zero).
+* **torch** (:func:`chunk_stats_torch`): a handful of vectorised passes over the chunk. Used on other devices, in
+  fast mode (bfloat16 scores with an error bound and an ``exact`` re-check), when numba is missing, and when the
+  environment sets ``LENSKIT_KERNELS=torch``; it is also the reference the fused kernel is tested against.
+
+Shared definitions: the histogram bin of a score is ``floor((s - mean) * a)`` with ``a = BIN_SCALE / std``, both
+float32 operations, clamped to the histogram, plus ``BIN_OFFSET`` (:func:`z_bins`; the kernel's ``z_bin`` is the
+same formula), so the two agree bit for bit given the same mean and std. The torch path in detail:
+
+* **fine bins.** Each score gets a sub-bin ``u = floor(y * FINE)`` of a fine grid (``FINE`` sub-bins per
+  histogram bin; ``y * FINE`` is exact, so ``u // FINE`` is the histogram bin), clamped to the grid. One
+  ``bincount`` gives the histogram (sum of ``FINE`` sub-bins) and, by suffix sums, how many scores lie above any
+  sub-bin.
 * **ranks.** rank(t) = 1 + #{score > t}. Scores whose sub-bin is more than one above t's are certainly greater
-  (the binning is monotone up to one sub-bin of rounding); only the few in t's sub-bin and its two neighbours are
-  compared exactly. Ties therefore count exactly as in a brute-force sort.
+  (the binning is monotone); only the few in t's sub-bin and its two neighbours are compared exactly (wider windows
+  in fast mode, from the bound). Ties therefore count exactly as in a brute-force sort.
 * **samples.** Vocabulary columns are in a fixed pseudo-random order (the lens weight is permuted once); the
   samples of a bin are its first ``HIST_SAMPLES`` columns in that order, found in a short prefix of columns for
   dense bins and by one exact scan of the few sparse-bin members otherwise.
@@ -16,15 +27,20 @@ computed with a handful of vectorised passes over the chunk, never by sorting a 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 
 from .schema import HIST_BINS, HIST_SAMPLES, HIST_Z_MAX, HIST_Z_MIN
 
-FINE = 64  # sub-bins per histogram bin
+FINE = 64  # sub-bins per histogram bin (a power of two: y * FINE is exact)
 N_FINE = HIST_BINS * FINE
 PREFIX = 2048  # columns scanned first for samples of dense bins
+BIN_SCALE = HIST_BINS / (HIST_Z_MAX - HIST_Z_MIN)  # bins per unit of z (5)
+BIN_OFFSET = int(round(-HIST_Z_MIN * BIN_SCALE))  # bin of z = 0 (40); z_min must lie on a bin edge from z = 0
+assert BIN_OFFSET == -HIST_Z_MIN * BIN_SCALE
+KERNELS_ENV = "LENSKIT_KERNELS"  # "torch": always use the torch implementation (debugging)
 
 
 @dataclass
@@ -46,32 +62,63 @@ class ChunkStats:
 
 
 class Workspace:
-    """Reusable ``[R, V]`` buffers for one chunk size: big temporaries are written in place, not re-allocated
-    (fresh multi-MB allocations page-fault on every op and cost more than the arithmetic)."""
+    """Reusable buffers for one chunk size: big temporaries are written in place, not re-allocated (fresh multi-MB
+    allocations page-fault on every op and cost more than the arithmetic). The ``[r, V]`` temporaries of the
+    torch implementation are allocated on its first use only (the fused kernel needs none)."""
 
     def __init__(self, rows: int, stats_rows: int, vocab: int, device):
         self.scores = torch.empty(rows, vocab, device=device)  # [R, V] float32 scores of a chunk
-        self.tmp = torch.empty(stats_rows, vocab, device=device)  # [r, V] softmax, then fine-bin floats
-        self.bins = torch.empty(stats_rows, vocab, dtype=torch.int64, device=device)  # [r, V] global sub-bin index
-        self.bins32 = torch.empty(stats_rows, vocab, dtype=torch.int32, device=device)  # [r, V] the same, int32
-        self.mask = torch.empty(stats_rows, vocab, dtype=torch.bool, device=device)  # [r, V]
-        self.prod = torch.empty(stats_rows, vocab, device=device)  # [r, V] elementwise products
+        self.stats_rows, self.vocab, self.device = stats_rows, vocab, device
+        self._tmp = None
+
+    def _alloc(self):
+        r, V, dev = self.stats_rows, self.vocab, self.device
+        self._tmp = {
+            "tmp": torch.empty(r, V, device=dev),  # [r, V] softmax, then fine-bin floats
+            "bins": torch.empty(r, V, dtype=torch.int64, device=dev),  # [r, V] global sub-bin index
+            "bins32": torch.empty(r, V, dtype=torch.int32, device=dev),  # [r, V] the same, int32
+            "mask": torch.empty(r, V, dtype=torch.bool, device=dev),  # [r, V]
+            "prod": torch.empty(r, V, device=dev),  # [r, V] elementwise products
+        }
+
+    def __getattr__(self, name):  # tmp, bins, bins32, mask, prod: allocated on first access
+        if name in ("tmp", "bins", "bins32", "mask", "prod"):
+            if self._tmp is None:
+                self._alloc()
+            return self._tmp[name]
+        raise AttributeError(name)
 
     def fits(self, rows: int, stats_rows: int, vocab: int) -> bool:
-        return self.scores.shape[0] >= rows and self.tmp.shape[0] >= stats_rows and self.scores.shape[1] == vocab
+        return self.scores.shape[0] >= rows and self.stats_rows >= stats_rows and self.scores.shape[1] == vocab
+
+
+def bin_scale(std: torch.Tensor) -> torch.Tensor:
+    """``a = BIN_SCALE / std`` per row, rounded once to float32 (the kernel computes the same)."""
+    return (BIN_SCALE / std.double()).float()
+
+
+def z_bins(s: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, fine: int = 1, out: torch.Tensor | None = None):
+    """Histogram bin of every score of ``s [R, V]``, times ``fine`` sub-bins: ``floor((s - mean) * a * fine)``
+    clamped to the histogram, plus ``BIN_OFFSET * fine``, as floats (into ``out`` if given).
+
+    The one definition of a score's bin (``lenskit.kernels.z_bin`` is the same float32 formula): ``s - mean`` and
+    ``* a`` are correctly rounded float32 operations, so the bin is monotone in the score, identical in both
+    implementations, and ``z_bins(.., fine) // fine == z_bins(..)`` (fine is a power of two: ``* fine`` is exact).
+    """
+    y = torch.sub(s, mean[:, None], out=out)  # [R, V]
+    y.mul_(bin_scale(std)[:, None])
+    if fine != 1:
+        y.mul_(fine)
+    return y.floor_().clamp_(-BIN_OFFSET * fine, (HIST_BINS - BIN_OFFSET) * fine - 1).add_(BIN_OFFSET * fine)
 
 
 def fine_bins(s: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, out_f: torch.Tensor, out_u: torch.Tensor):
-    """Global sub-bin of every score, ``row * N_FINE + clamp(floor(((s - mean)/std - z_min) * N_FINE / (z_max - z_min)))``.
+    """Global sub-bin of every score, ``row * N_FINE + z_bins(s, mean, std, FINE)``.
 
     Writes floats to ``out_f`` and the int64 result to ``out_u`` ([R, V] each); returns ``out_u``.
     """
     R = s.shape[0]
-    scale = N_FINE / (HIST_Z_MAX - HIST_Z_MIN)
-    a = scale / std  # [R]
-    b = -mean * a - HIST_Z_MIN * scale  # [R]
-    torch.addcmul(b[:, None], s, a[:, None], out=out_f)  # [R, V]
-    out_f.floor_().clamp_(0, N_FINE - 1)
+    z_bins(s, mean, std, FINE, out=out_f)  # [R, V]
     out_f += (torch.arange(R, device=s.device, dtype=s.dtype) * N_FINE)[:, None]  # exact: integers < 2**24
     out_u.copy_(out_f)
     return out_u
@@ -88,6 +135,31 @@ def _first_per_group(keys: torch.Tensor, limit: int) -> torch.Tensor:
     return (idx - group_start) < limit
 
 
+_kernels = None  # lenskit.kernels once imported; False when numba is not importable
+
+
+def fused_available() -> bool:
+    """Whether the numba kernels can run (imported on first call: numba's import costs ~0.5 s)."""
+    global _kernels
+    if _kernels is None:
+        try:
+            from . import kernels
+            _kernels = kernels
+        except ImportError:
+            _kernels = False
+    return _kernels is not False
+
+
+def use_fused(s: torch.Tensor, bound: torch.Tensor | None) -> bool:
+    """The fused kernel applies to exact float32 scores on CPU: ``bound`` None or all zero (float32 mode, where
+    ``exact`` only reads ``s``), unless ``LENSKIT_KERNELS=torch`` or numba is missing."""
+    if os.environ.get(KERNELS_ENV, "").lower() == "torch" or s.device.type != "cpu" or s.dtype != torch.float32:
+        return False
+    if bound is not None and bool(bound.any()):
+        return False
+    return fused_available()
+
+
 @torch.inference_mode()
 def chunk_stats(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor, ws: Workspace,
                 bound: torch.Tensor | None = None, exact=None, samples: int = HIST_SAMPLES) -> ChunkStats:
@@ -99,19 +171,107 @@ def chunk_stats(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor, ws: 
         n_stages: S.
         tracked_cols: ``[c, K]`` columns to rank and follow, per position.
         ws: buffers with at least R rows.
-        bound: ``[R]`` bound on |s - float32 score| per row (fast mode), or None when ``s`` is exact.
+        bound: ``[R]`` bound on |s - float32 score| per row (fast mode), or None when ``s`` is exact. All zero
+            means ``s`` is exact too (then ``exact`` would only read ``s``).
         exact: ``exact(rows, cols, s)`` -> float32-mode scores at those entries (None: read ``s``).
         samples: sample tokens kept per histogram bin (0 for none).
     """
+    if use_fused(s, bound):
+        return chunk_stats_fused(s, n_stages, tracked_cols, samples)
+    if use_triton(s, bound):
+        from .kernels_triton import chunk_stats_triton
+
+        return chunk_stats_triton(s, n_stages, tracked_cols, samples)
+    return chunk_stats_torch(s, n_stages, tracked_cols, ws, bound, exact, samples)
+
+
+def use_triton(s: torch.Tensor, bound: torch.Tensor | None) -> bool:
+    """The Triton kernels apply to exact float32 scores on CUDA (same conditions as :func:`use_fused`), when triton
+    is importable (it ships with CUDA builds of torch)."""
+    if os.environ.get(KERNELS_ENV, "").lower() == "torch" or s.device.type != "cuda" or s.dtype != torch.float32:
+        return False
+    if bound is not None and bool(bound.any()):
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
+def _numba_threads(work: int) -> int:
+    """Threads for a kernel call: torch's intra-op setting (one thread for tiny blocks: waking threads costs more)."""
+    import numba
+
+    return 1 if work < (1 << 18) else max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+@torch.inference_mode()
+def chunk_stats_fused(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor,
+                      samples: int = HIST_SAMPLES) -> ChunkStats:
+    """:func:`chunk_stats` of exact float32 CPU scores with the numba kernels (:mod:`lenskit.kernels`)."""
+    import numba
+
+    fused_available()
+    k = _kernels
+    R, V = s.shape
+    K = tracked_cols.shape[1]
+    sn = s.detach().contiguous().numpy()  # [R, V] no copy when contiguous
+    trk = tracked_cols.detach().cpu().to(torch.int64).contiguous().numpy()  # [c, K]
+    mean = torch.empty(R)
+    std = torch.empty(R)
+    mx = torch.empty(R, dtype=torch.float64)
+    lse = torch.empty(R, dtype=torch.float64)
+    entropy = torch.empty(R, dtype=torch.float64)
+    kl = torch.empty(R, dtype=torch.float64)
+    tscore = torch.empty(R, K)
+    rank = torch.empty(R, K, dtype=torch.int64)
+    tbin = torch.empty(R, K, dtype=torch.int64)
+    counts = torch.empty(R, HIST_BINS, dtype=torch.int64)
+    samp = torch.empty(R, HIST_BINS, samples, dtype=torch.int64)  # [R, BINS, samples] column or unused
+    n_threads = _numba_threads(R * V)
+    saved = numba.get_num_threads()
+    numba.set_num_threads(n_threads)
+    try:
+        k.block_stats(sn, n_stages, trk, n_threads, mean.numpy(), std.numpy(), mx.numpy(), lse.numpy(),
+                      entropy.numpy(), kl.numpy(), tscore.numpy(), rank.numpy(), tbin.numpy(), counts.numpy(),
+                      samp.numpy())
+    finally:
+        numba.set_num_threads(saved)
+    keep = torch.arange(samples)[None, None, :] < counts.clamp(max=samples)[:, :, None]  # [R, BINS, samples]
+    rb = torch.nonzero(keep)  # [n, 3] (row, bin, j), row-major: sorted by (row, bin, column)
+    return ChunkStats(
+        mean=mean,
+        std=std,
+        lse=lse.float(),
+        entropy=entropy.float(),
+        kl=kl.float(),
+        tracked_score=tscore,
+        rank=rank,
+        tracked_bin=tbin,
+        counts=counts,
+        sample_rows=rb[:, 0],
+        sample_bins=rb[:, 1],
+        sample_cols=samp[keep],
+    )
+
+
+@torch.inference_mode()
+def chunk_stats_torch(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor, ws: Workspace,
+                      bound: torch.Tensor | None = None, exact=None, samples: int = HIST_SAMPLES,
+                      moments: tuple[torch.Tensor, torch.Tensor] | None = None) -> ChunkStats:
+    """:func:`chunk_stats` with torch ops (any device, fast mode). ``moments``: (mean, std) ``[R]`` to use instead
+    of computing them (tests give the fused kernel's, whose float64 sums differ in the last float32 bit)."""
     R, V = s.shape
     c = R // n_stages
     dev = s.device
     # moments: sum and sum of squares (bmm and std_mean are several times slower on CPU)
     prod = ws.prod[:R]  # [R, V] products land in a reused buffer (a fresh 12 MB temporary page-faults)
-    mean = s.sum(-1) / V  # [R]
-    sq = torch.mul(s, s, out=prod).sum(-1)  # [R]
-    var = ((sq - V * mean * mean) / max(V - 1, 1)).clamp_min(0)
-    std = var.sqrt().clamp_min(1e-12)  # [R]
+    if moments is None:
+        mean = s.sum(-1) / V  # [R]
+        sq = torch.mul(s, s, out=prod).sum(-1)  # [R]
+        var = ((sq - V * mean * mean) / max(V - 1, 1)).clamp_min(0)
+        std = var.sqrt().clamp_min(1e-12)  # [R]
+    else:
+        mean, std = moments
     # softmax statistics: lse = max - log(max softmax)
     mx = s.amax(-1)  # [R]
     p = torch.ops.aten._softmax.out(s, -1, False, out=ws.tmp[:R])  # [R, V]

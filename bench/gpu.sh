@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One prepared GPU run (no network needed): the Triton kernels' tests compiled on the GPU, then the benchmark
+# (bench/test_bench_gpu.py: Llama-3-8B and default-model shapes, statistics vs a bare bf16 GEMM, same run).
+# Usage: bash bench/gpu.sh   (from anywhere; writes $OUT/bench_gpu.json and $OUT/gpu.log when OUT is set)
+# Env: PYTHON (interpreter to use), LENSKIT_GPU_SHAPES, LENSKIT_GPU_MAX_POSITIONS, LENSKIT_GPU_REPEATS (see the bench).
+# Budget: ~6 minutes on an H100 (tests ~1-2 min incl. Triton compilation, bench ~1-2 min); each step has a timeout.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/bench-gpu-out}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu.log") 2>&1
+echo "== lenskit gpu.sh $(date -u +%FT%TZ) in $PWD"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+
+# 1. an interpreter whose torch sees CUDA (this repo's .venv may be a CPU build: tried last)
+PY=""
+for cand in ${PYTHON:-} python3 python .venv/bin/python; do
+  command -v "$cand" >/dev/null 2>&1 || [ -x "$cand" ] || continue
+  if timeout 120 "$cand" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    PY=$cand; break
+  fi
+done
+if [ -z "$PY" ]; then
+  echo "no python with a CUDA torch found (tried: ${PYTHON:-} python3 python .venv/bin/python); nothing run"
+  exit 2
+fi
+"$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'
+
+# 2. light dependencies, only where missing (pip without network may fail: then the step says so)
+need() { "$PY" -c "import $1" 2>/dev/null || { echo "installing $2"; timeout 180 "$PY" -m pip install -q "$2" || echo "could not install $2"; }; }
+need triton triton
+need numpy numpy
+need pytest pytest
+"$PY" -c 'import triton; print("triton", triton.__version__)' || { echo "triton missing: cannot run"; exit 3; }
+# lenskit itself from this tree (PYTHONPATH; an editable install without dependencies only if that fails)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+"$PY" -c 'import lenskit.kernels_triton' || timeout 180 "$PY" -m pip install -q --no-deps --no-build-isolation -e . \
+  || echo "lenskit not importable"
+unset TRITON_INTERPRET
+export LENSKIT_LOAD_PLUGINS=0 HF_HUB_OFFLINE=1
+
+# 3. tests compiled on the GPU (CUDA-vs-CPU equality at Llama-3 vocabulary included)
+echo "== tests (GPU)"
+timeout 240 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_kernels_triton.py
+tests_rc=$?
+echo "tests rc=$tests_rc"
+
+# 4. the benchmark
+echo "== bench"
+OUT="$OUT" timeout 300 "$PY" bench/test_bench_gpu.py
+bench_rc=$?
+echo "bench rc=$bench_rc; json: $OUT/bench_gpu.json"
+exit $(( tests_rc != 0 || bench_rc != 0 ))

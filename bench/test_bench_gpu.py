@@ -1,0 +1,211 @@
+"""GPU benchmark: exact statistics with the Triton kernels against a bare bf16 GEMM of the same shapes, same run.
+
+Shapes (random weights; rows ordered (position, stage) as in the export):
+
+* ``llama3-8b``: 65 stages x 2,048 positions x D = 4,096 x V = 128,256 (1.40e14 FLOP per pass over all positions),
+* ``smollm2-135m`` (the default model): 61 stages x 1,024 positions x D = 576 x V = 49,152.
+
+Per shape, median of ``LENSKIT_GPU_REPEATS`` (3) timed passes over all positions in chunks of ``c`` positions:
+
+* ``gemm_bf16``: the baseline, ``[c*S, D] @ [D, V]`` bf16 in, bf16 out (cuBLAS);
+* ``gemm_f32out``: the same GEMM with float32 output (``torch.mm(..., out_dtype=torch.float32)`` where torch has it,
+  else bf16 output upcast): the scores the statistics need;
+* ``gemm_stats``: float32-output GEMM + :func:`lenskit.kernels_triton.chunk_stats_triton` (K = 12 tracked tokens,
+  3 samples per bin), results left on the GPU.
+
+Reports achieved TFLOP/s (GEMM FLOPs / time) and each time as a ratio to ``gemm_bf16``; summary lines on stdout
+and JSON in ``$OUT/bench_gpu.json`` when ``OUT`` is set. Also checks the first chunk's integer results against the
+torch implementation on the GPU (given the same moments). Without CUDA it is skipped, unless
+``LENSKIT_GPU_BENCH_DEVICE=cpu`` (with ``TRITON_INTERPRET=1`` and ``LENSKIT_GPU_BENCH_TINY=1``: tiny shapes, to
+check the script itself on a CPU).
+
+Run: ``python bench/test_bench_gpu.py`` or ``pytest bench/test_bench_gpu.py -s``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+import pytest
+import torch
+
+SHAPES = {  # name: (stages S, positions T, hidden D, vocabulary V, positions per chunk c)
+    "llama3-8b": (65, 2048, 4096, 128256, 32),
+    "smollm2-135m": (61, 1024, 576, 49152, 64),
+}
+TINY = {"tiny": (3, 4, 64, 997, 2)}
+K_TRACKED = 12
+SAMPLES = 3
+
+
+def _device() -> str | None:
+    want = os.environ.get("LENSKIT_GPU_BENCH_DEVICE", "cuda")
+    if want == "cuda" and not torch.cuda.is_available():
+        return None
+    return want
+
+
+def _sync(dev: str):
+    if dev == "cuda":
+        torch.cuda.synchronize()
+
+
+_OUT_DTYPE_OK: bool | None = None
+
+
+def gemm_f32out(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` of bf16 matrices with float32 output (fp32 accumulation), bf16 output upcast where torch lacks it."""
+    global _OUT_DTYPE_OK
+    if _OUT_DTYPE_OK is not False:
+        try:
+            out = torch.mm(a, b, out_dtype=torch.float32)
+            _OUT_DTYPE_OK = True
+            return out
+        except (TypeError, RuntimeError, NotImplementedError):
+            _OUT_DTYPE_OK = False
+    return torch.mm(a, b).float()
+
+
+def _timed(fn, dev: str, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        _sync(dev)
+        t0 = time.perf_counter()
+        fn()
+        _sync(dev)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+@torch.inference_mode()
+def bench_shape(name: str, S: int, T: int, D: int, V: int, c: int, dev: str, repeats: int) -> dict:
+    """Time the three variants over all T positions (chunks of c) and check the first chunk's integers."""
+    from lenskit.kernels_triton import chunk_stats_triton
+    from lenskit.stats import Workspace, chunk_stats_torch
+
+    g = torch.Generator(device=dev).manual_seed(0)
+    h = torch.randn(T * S, D, generator=g, device=dev).to(torch.bfloat16)  # [T*S, D] rows (position, stage)
+    w = (torch.randn(V, D, generator=g, device=dev) * (3 / D**0.5)).to(torch.bfloat16)  # [V, D]: scores ~ N(0, 9)
+    w[:16] *= 3  # a few columns with larger scores: a right tail as real logits have
+    wt = w.t()  # [D, V] (column-major view: the GEMM reads w as stored)
+    trk = torch.randint(0, V, (T, K_TRACKED), generator=g, device=dev)  # [T, K]
+    chunks = [(p0, min(p0 + c, T)) for p0 in range(0, T, c)]
+    rows = lambda p0, p1: slice(p0 * S, p1 * S)
+    # results are dropped at once (the caching allocator reuses the memory in stream order); the timer syncs
+    def gemm_bf16():
+        for p0, p1 in chunks:
+            torch.mm(h[rows(p0, p1)], wt)
+
+    def gemm_f32():
+        for p0, p1 in chunks:
+            gemm_f32out(h[rows(p0, p1)], wt)
+
+    def gemm_stats():
+        for p0, p1 in chunks:
+            chunk_stats_triton(gemm_f32out(h[rows(p0, p1)], wt), S, trk[p0:p1], SAMPLES)
+
+    # warm-up (cuBLAS heuristics, Triton compilation) and the exactness check on the first chunk
+    t0 = time.perf_counter()
+    p0, p1 = chunks[0]
+    s = gemm_f32out(h[rows(p0, p1)], wt)
+    st = chunk_stats_triton(s, S, trk[p0:p1], SAMPLES)
+    _sync(dev)
+    warm_s = time.perf_counter() - t0
+    n_chk = min(2, p1 - p0) * S  # rows checked against the torch implementation (its temporaries are big)
+    ref = chunk_stats_torch(s[:n_chk], S, trk[p0:p0 + n_chk // S], Workspace(n_chk, n_chk, V, dev), samples=SAMPLES,
+                            moments=(st.mean[:n_chk], st.std[:n_chk]))
+    keep = st.sample_rows < n_chk
+    exact = all(torch.equal(getattr(st, k)[:n_chk].cpu(), getattr(ref, k).cpu())
+                for k in ("counts", "rank", "tracked_bin", "tracked_score"))
+    exact &= all(torch.equal(getattr(st, k)[keep].cpu(), getattr(ref, k).cpu())
+                 for k in ("sample_rows", "sample_bins", "sample_cols"))
+    close = all(torch.allclose(getattr(st, k)[:n_chk].cpu(), getattr(ref, k).cpu(), rtol=1e-4, atol=1e-3)
+                for k in ("lse", "entropy", "kl"))
+    del s, st, ref
+    gemm_bf16(), gemm_f32()
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    res = {}
+    for key, fn in (("gemm_bf16", gemm_bf16), ("gemm_f32out", gemm_f32), ("gemm_stats", gemm_stats)):
+        times = _timed(fn, dev, repeats)
+        res[key] = statistics.median(times)
+    flop = 2.0 * T * S * D * V
+    out = {
+        "shape": {"stages": S, "positions": T, "hidden": D, "vocab": V, "chunk_positions": c, "chunk_rows": c * S,
+                  "tracked": K_TRACKED, "samples": SAMPLES},
+        "gemm_flop": flop,
+        "seconds": res,
+        "tflops": {k: flop / v / 1e12 for k, v in res.items()},
+        "ratio_to_gemm_bf16": {k: v / res["gemm_bf16"] for k, v in res.items()},
+        "throughput_vs_bf16_gemm": res["gemm_bf16"] / res["gemm_stats"],
+        "stats_seconds": res["gemm_stats"] - res["gemm_f32out"],
+        "warmup_seconds": warm_s,
+        "first_chunk_integers_equal_torch": bool(exact),
+        "first_chunk_floats_close_torch": bool(close),
+        "out_dtype_float32_gemm": bool(_OUT_DTYPE_OK),
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None,
+    }
+    return out
+
+
+def run(out_dir: str | None = None) -> dict | None:
+    dev = _device()
+    if dev is None:
+        print("bench_gpu: skipped (no CUDA)")
+        return None
+    tiny = os.environ.get("LENSKIT_GPU_BENCH_TINY", "0") == "1"
+    shapes = TINY if tiny else SHAPES
+    only = os.environ.get("LENSKIT_GPU_SHAPES")  # e.g. "llama3-8b"
+    if only:
+        shapes = {k: v for k, v in shapes.items() if k in only.split(",")}
+    repeats = int(os.environ.get("LENSKIT_GPU_REPEATS", "1" if tiny else "3"))
+    max_pos = os.environ.get("LENSKIT_GPU_MAX_POSITIONS")  # fewer positions where time or memory requires
+    report = {"device": torch.cuda.get_device_name() if dev == "cuda" else dev, "torch": torch.__version__,
+              "shapes": {}}
+    try:
+        import triton
+
+        report["triton"] = triton.__version__
+    except ImportError:
+        report["triton"] = None
+    for name, (S, T, D, V, c) in shapes.items():
+        if max_pos:
+            T = min(T, int(max_pos))
+        r = bench_shape(name, S, T, D, V, c, dev, repeats)
+        report["shapes"][name] = r
+        sec, tf = r["seconds"], r["tflops"]
+        print(f"bench_gpu {name}: S={S} T={T} D={D} V={V} chunk={c} pos | "
+              f"gemm_bf16 {sec['gemm_bf16']:.3f}s {tf['gemm_bf16']:.0f} TFLOP/s | "
+              f"gemm_f32out {sec['gemm_f32out']:.3f}s {tf['gemm_f32out']:.0f} TFLOP/s | "
+              f"gemm+stats {sec['gemm_stats']:.3f}s {tf['gemm_stats']:.0f} TFLOP/s | "
+              f"throughput vs bf16 GEMM {r['throughput_vs_bf16_gemm']:.2f}x | stats {r['stats_seconds']:.3f}s | "
+              f"exact {r['first_chunk_integers_equal_torch']} close {r['first_chunk_floats_close_torch']} | "
+              f"warm-up {r['warmup_seconds']:.1f}s peak {r['peak_gib'] or 0:.1f} GiB", flush=True)
+    out_dir = out_dir if out_dir is not None else os.environ.get("OUT")
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "bench_gpu.json"), "w") as f:
+            json.dump(report, f, indent=1)
+    return report
+
+
+def test_gpu_stats_against_bf16_gemm():
+    if _device() is None:
+        pytest.skip("needs CUDA")
+    pytest.importorskip("triton")
+    report = run()
+    for name, r in report["shapes"].items():
+        assert r["first_chunk_integers_equal_torch"], name
+        assert r["first_chunk_floats_close_torch"], name
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    rep = run()
+    if rep is not None:
+        sys.exit(0 if all(r["first_chunk_integers_equal_torch"] for r in rep["shapes"].values()) else 1)

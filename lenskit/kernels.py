@@ -1,0 +1,348 @@
+"""Fused per-row statistics of a float32 score block, compiled with numba (CPU).
+
+One call handles a block ``s [R, V]`` of R = c positions x S stages (rows ordered (position, stage); the last stage
+of each position is its final distribution). Each row is read from memory once; every other pass runs on the row
+while it sits in the core's L2 cache (49,152 float32 scores = 192 KB):
+
+1. **moments** -- row max and the float64 sums of ``s - s[0]`` and its square: mean and std (ddof=1).
+2. **z-bins** -- the histogram bin of every score by :func:`z_bin` (the one definition: ``floor((s - mean) * a)``
+   with ``a = BIN_SCALE / std``, both float32 operations, clamped, plus ``BIN_OFFSET``; ``lenskit.stats.z_bins``
+   is the same formula in torch), one byte per score; histogram counts from those bytes (4 interleaved
+   sub-histograms); tracked tokens' bins read from the same bytes, so they always agree with the counts.
+3. **samples and ranks** (:func:`row_scan`) -- the first ``samples`` columns of each bin in column order, from a
+   scan of the bytes that stops once every bin has its samples; rank(t) = 1 + #{v : s_v > s_t} (exact, ties
+   included). Bins are monotone in the score, so the scores in higher bins are counted by the histogram and only
+   t's own bin needs comparisons: during the scan for a sparse bin (<= ``DENSE`` scores, e.g. top tokens), by a
+   vectorised comparison of the whole row (four tokens per pass) for a dense one.
+4. **softmax sums** -- ``e_v = exp(s_v - max)`` by a vectorised float32 exp (:func:`row_exp_parts`, relative
+   error < 2e-7), ``E = sum e`` and ``F = sum e (s - max)`` in float64: lse = max + log E, entropy = log E - F / E.
+5. **KL(final || stage)** = lse - E_pf[s] - H(final) = log E - sum pf (s - max) / sum pf - H(final), with pf the
+   final row's softmax (final rows are done first, per position, and pf kept as ``[c, V]`` float32); its sums
+   share the loop of step 4.
+
+Exps are clamped at ``s - max >= -EXP_CLAMP`` (80): a clamped term is < e^-80 = 2e-35 where its true value is
+smaller still, so lse, entropy and KL change by < V e^-80 (1 + range of the row): nothing at the export's
+4 decimals. No threshold is used beyond that: on real logits most of the vocabulary lies within 30 of the max, so a
+window would save few exps, and the vectorised exp costs about as much as a comparison.
+
+Exactness: ``fastmath=False`` everywhere except ``reassoc`` on the float64 sums of :func:`row_moments`,
+:func:`row_softmax_sums`, :func:`row_softmax_kl_sums` and :func:`row_kl_dot` (it lets LLVM vectorise those
+reductions) and ``contract`` (fused multiply-adds) in the exp polynomial of :func:`row_exp_parts` (2x faster).
+Both only change float rounding far below the export's decimals; the compiled code fixes the order, so results
+are deterministic and independent of the chunking. Bins, counts, ranks and samples
+use no floating-point reduction at all and equal the torch implementation's bit for bit given the same mean/std.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .schema import HIST_BINS
+from .stats import BIN_OFFSET, BIN_SCALE
+
+assert HIST_BINS <= 256, "bins are stored as one byte per score"
+EXP_CLAMP = np.float32(80.0)  # exp(d) for d = s - shift is evaluated at max(d, -EXP_CLAMP)
+_LO = -BIN_OFFSET  # lowest z-bin before the offset
+_HI = HIST_BINS - 1 - BIN_OFFSET  # highest
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693359375)  # ln 2 = _LN2_HI + _LN2_LO (Cody-Waite: k * _LN2_HI is exact for |k| < 2^11)
+_LN2_LO = np.float32(-2.12194440e-4)
+_MAG = np.int32(0x7FFFFFFF)
+_REDUCE = {"reassoc"}  # fast-math flags of the float64 sums only (see the module docstring)
+_POLY = {"contract"}  # and of the exp polynomial: fused multiply-adds
+DENSE = 256  # a tracked token's bin holding more scores than this: rank by a full comparison
+
+
+@njit(inline="always")
+def z_bin(x, mean, a):
+    """Histogram bin of score ``x`` (float32) for a row with float32 ``mean`` and ``a = BIN_SCALE / std``.
+
+    ``floor((x - mean) * a)`` in float32 (two correctly rounded operations: monotone in x), clamped to the
+    histogram, plus ``BIN_OFFSET``.
+    """
+    y = min(max(np.floor((x - mean) * a), np.float32(_LO)), np.float32(_HI))
+    return np.int32(y) + np.int32(BIN_OFFSET)
+
+
+@njit(cache=True, fastmath=_REDUCE)
+def row_moments(row):
+    """``row [V]`` float32 -> (max float32, mean float64, std float64 with ddof=1).
+
+    The max is taken on the float bits mapped to monotone int32 (an integer max vectorises; exact, NaN-free rows).
+    """
+    V = row.shape[0]
+    iv = row.view(np.int32)  # [V] the same bytes as int32
+    s0 = np.float64(row[0])
+    t1, t2 = 0.0, 0.0
+    m = np.int32(-2147483648)
+    for v in range(V):
+        d = np.float64(row[v]) - s0
+        t1 += d
+        t2 += d * d
+        x = iv[v]
+        m = max(m, x ^ ((x >> np.int32(31)) & _MAG))  # order-preserving: negative floats flip their magnitude bits
+    m = m ^ ((m >> np.int32(31)) & _MAG)  # back to the float's bits
+    mx = np.empty(1, np.int32)
+    mx[0] = m
+    mean = s0 + t1 / V
+    var = max((t2 - t1 * t1 / V) / max(V - 1, 1), 0.0)
+    return mx.view(np.float32)[0], mean, math.sqrt(var)
+
+
+@njit(cache=True)
+def row_bins(row, mean, a, bins, counts):
+    """z-bin of every score of ``row [V]`` into ``bins [V]`` uint8; the histogram into ``counts [HIST_BINS]``."""
+    V = row.shape[0]
+    for v in range(V):
+        bins[v] = z_bin(row[v], mean, a)
+    h = np.zeros((4, HIST_BINS), np.int32)  # 4 interleaved sub-histograms: no store-to-load stalls
+    n4 = V - V % 4
+    for v in range(0, n4, 4):
+        h[0, bins[v]] += 1
+        h[1, bins[v + 1]] += 1
+        h[2, bins[v + 2]] += 1
+        h[3, bins[v + 3]] += 1
+    for v in range(n4, V):
+        h[0, bins[v]] += 1
+    for b in range(HIST_BINS):
+        counts[b] = h[0, b] + h[1, b] + h[2, b] + h[3, b]
+
+
+@njit(cache=True)
+def row_count_above(row, t, out):
+    """``out[k] = #{v : row[v] > t[k]}`` for ``t, out [4]`` (four thresholds per vectorised pass)."""
+    t0, t1, t2, t3 = t[0], t[1], t[2], t[3]
+    c0, c1, c2, c3 = 0, 0, 0, 0
+    for v in range(row.shape[0]):
+        x = row[v]
+        c0 += x > t0
+        c1 += x > t1
+        c2 += x > t2
+        c3 += x > t3
+    out[0], out[1], out[2], out[3] = c0, c1, c2, c3
+
+
+@njit(inline="always")
+def _visit(v, b, x, active, need, got, head, nxt, t, above, left, samp):
+    """One score (column v, bin b, value x) of a bin the scan still serves; returns 1 when the bin is done."""
+    if got[b] < need[b]:
+        samp[b, got[b]] = v
+        got[b] += 1
+    k = head[b]
+    if k >= 0:
+        while k >= 0:
+            if x > t[k]:
+                above[k] += 1
+            k = nxt[k]
+        left[b] -= 1
+    if got[b] == need[b] and left[b] == 0:
+        active[b] = False
+        return 1
+    return 0
+
+
+@njit(cache=True)
+def row_scan(row, bins, counts, cols, t, tb, samp, rank):
+    """Samples and ranks (``row [V]`` float32, ``bins [V]`` uint8, ``counts [HIST_BINS]``; tracked ``cols, t, tb
+    [K]`` columns, scores, bins; writes ``samp [HIST_BINS, n]`` and ``rank [K]``).
+
+    Samples: the first ``min(n, counts[b])`` columns of each bin b, in column order.
+    Ranks: the bins are monotone in the score, so rank(t) = 1 + (scores in higher bins, from ``counts``) + (scores
+    of t's own bin above t). A bin of at most ``DENSE`` scores is compared during a scan of the bins; a denser one
+    by a vectorised comparison of the whole row (cheaper than the scan's branches).
+    The scan stops once every bin has its samples and every tracked bin has been seen whole (sparse tail bins
+    keep it going through most of the row: ~1 ns per score).
+    """
+    V, K, n = row.shape[0], cols.shape[0], samp.shape[1]
+    head = np.full(HIST_BINS, -1, np.int64)  # [BINS] first tracked token compared in the scan, per bin
+    nxt = np.full(K, -1, np.int64)  # [K] next tracked token of the same bin
+    above = np.zeros(K, np.int64)  # [K] scores above t in its own bin (dense bins: in the whole row)
+    first = np.arange(K)  # [K] first k with the same column
+    dense = np.zeros(K, np.int64)  # [K] tracked tokens ranked by a full comparison (first m entries)
+    m = 0
+    for k in range(K - 1, -1, -1):
+        for j in range(k):
+            if cols[j] == cols[k]:
+                first[k] = j
+                break
+    for k in range(K):
+        if first[k] != k:
+            continue
+        if counts[tb[k]] > DENSE:
+            dense[m] = k
+            m += 1
+        else:
+            nxt[k] = head[tb[k]]
+            head[tb[k]] = k
+    tq, cq = np.empty(4, np.float32), np.empty(4, np.int64)
+    for i in range(0, m, 4):
+        for j in range(4):
+            tq[j] = t[dense[min(i + j, m - 1)]]
+        row_count_above(row, tq, cq)
+        for j in range(min(4, m - i)):
+            above[dense[i + j]] = cq[j]
+    need = np.minimum(counts, n)  # [BINS] samples to take
+    got = np.zeros(HIST_BINS, np.int64)
+    left = np.zeros(HIST_BINS, np.int64)  # [BINS] members of a tracked bin not yet seen
+    active = np.zeros(HIST_BINS, np.bool_)  # [BINS] bins the scan still serves
+    n_active = 0
+    for b in range(HIST_BINS):
+        if head[b] >= 0:
+            left[b] = counts[b]
+        active[b] = need[b] > 0 or left[b] > 0
+        n_active += active[b]
+    v = 0
+    while n_active > 0:
+        b = bins[v]
+        if active[b]:
+            n_active -= _visit(v, b, row[v], active, need, got, head, nxt, t, above, left, samp)
+        v += 1
+    higher = np.zeros(HIST_BINS, np.int64)  # [BINS] scores in the bins above b
+    for b in range(HIST_BINS - 2, -1, -1):
+        higher[b] = higher[b + 1] + counts[b + 1]
+    for k in range(K):
+        if first[k] != k:
+            rank[k] = rank[first[k]]
+        elif counts[tb[k]] > DENSE:
+            rank[k] = 1 + above[k]
+        else:
+            rank[k] = 1 + higher[tb[k]] + above[k]
+
+
+@njit(cache=True, fastmath=_POLY)
+def row_exp_parts(row, shift, q, bits):
+    """exp(d), d = max(row - shift, -EXP_CLAMP), in two factors: ``q [V]`` float32 = exp(r) and ``bits [V]``
+    int32 = the float32 bits of 2^k, where d = k ln2 + r, |r| <= ln2 / 2 (vectorised; exp(r) by its degree-7
+    Taylor polynomial: relative error < 1e-8 before float32 rounding; k >= -116 keeps 2^k normal)."""
+    for v in range(row.shape[0]):
+        d = row[v] - shift
+        if d < -EXP_CLAMP:
+            d = -EXP_CLAMP
+        k = np.floor(d * _LOG2E + np.float32(0.5))
+        r = (d - k * _LN2_HI) - k * _LN2_LO
+        p = np.float32(1 / 5040)
+        p = p * r + np.float32(1 / 720)
+        p = p * r + np.float32(1 / 120)
+        p = p * r + np.float32(1 / 24)
+        p = p * r + np.float32(1 / 6)
+        p = p * r + np.float32(0.5)
+        p = p * r + np.float32(1.0)
+        q[v] = p * r + np.float32(1.0)
+        bits[v] = (np.int32(k) + np.int32(127)) << np.int32(23)
+
+
+@njit(cache=True)
+def row_exp(row, shift, out, bits):
+    """``out [V] = exp(max(row - shift, -EXP_CLAMP))`` float32 (``bits [V]`` int32 scratch)."""
+    row_exp_parts(row, shift, out, bits)
+    scale = bits.view(np.float32)  # [V] 2^k
+    for v in range(row.shape[0]):
+        out[v] *= scale[v]
+
+
+@njit(cache=True, fastmath=_REDUCE)
+def row_softmax_sums(row, m, q, scale):
+    """(E, F) = (sum e, sum e (row - m)) in float64, ``e [V] = q * scale = exp(row - m)`` (see row_exp_parts)."""
+    m64 = np.float64(m)
+    e_sum, f_sum = 0.0, 0.0
+    for v in range(row.shape[0]):
+        e = np.float64(q[v] * scale[v])
+        e_sum += e
+        f_sum += e * (np.float64(row[v]) - m64)
+    return e_sum, f_sum
+
+
+@njit(cache=True, fastmath=_REDUCE)
+def row_softmax_kl_sums(row, m, q, scale, pf):
+    """:func:`row_softmax_sums` and :func:`row_kl_dot` in one loop: (E, F, A, P)."""
+    m64 = np.float64(m)
+    e_sum, f_sum, acc, tot = 0.0, 0.0, 0.0, 0.0
+    for v in range(row.shape[0]):
+        e = np.float64(q[v] * scale[v])
+        d = np.float64(row[v]) - m64
+        p = np.float64(pf[v])
+        e_sum += e
+        f_sum += e * d
+        acc += p * d
+        tot += p
+    return e_sum, f_sum, acc, tot
+
+
+@njit(cache=True, fastmath=_REDUCE)
+def row_kl_dot(row, m, pf):
+    """(A, P) = (sum pf (row - m), sum pf) in float64 for the final distribution ``pf [V]`` float32."""
+    m64 = np.float64(m)
+    acc, tot = 0.0, 0.0
+    for v in range(row.shape[0]):
+        p = np.float64(pf[v])
+        acc += p * (np.float64(row[v]) - m64)
+        tot += p
+    return acc, tot
+
+
+@njit(cache=True)
+def row_stats(r, row, cols, pf, mean, std, mx, lse, entropy, kl, tscore, rank, tbin, counts, samp, bins, q, bits):
+    """All statistics of row ``r`` (``row [V]``, tracked ``cols [K]``) into the block outputs (see
+    :func:`block_stats`). KL too when ``pf [V]``, its position's final distribution, has V entries (final rows
+    pass an empty one). ``bins [V]`` uint8, ``q [V]`` float32, ``bits [V]`` int32 are scratch."""
+    m, mu, sd = row_moments(row)
+    mean32 = np.float32(mu)
+    std32 = max(np.float32(sd), np.float32(1e-12))
+    a = np.float32(BIN_SCALE / np.float64(std32))  # = lenskit.stats.bin_scale(std)
+    mean[r], std[r], mx[r] = mean32, std32, m
+    row_bins(row, mean32, a, bins, counts[r])
+    for k in range(cols.shape[0]):
+        tscore[r, k] = row[cols[k]]
+        tbin[r, k] = bins[cols[k]]
+    row_scan(row, bins, counts[r], cols, tscore[r], tbin[r], samp[r], rank[r])
+    row_exp_parts(row, m, q, bits)
+    if pf.shape[0] == row.shape[0]:
+        e_sum, f_sum, acc, tot = row_softmax_kl_sums(row, m, q, bits.view(np.float32), pf)
+    else:
+        e_sum, f_sum = row_softmax_sums(row, m, q, bits.view(np.float32))
+        acc, tot = 0.0, 1.0
+    log_e = math.log(e_sum)
+    lse[r] = np.float64(m) + log_e
+    entropy[r] = log_e - f_sum / e_sum
+    # KL = lse - E_pf[s] - H(final), E_pf[s] = m + acc / tot (pf renormalised: its float32 rounding cancels);
+    # needs H(final): the caller finishes it (kl holds lse - E_pf[s] until then)
+    kl[r] = log_e - acc / tot
+
+
+@njit(parallel=True, cache=True)
+def block_stats(s, n_stages, tracked, n_threads, mean, std, mx, lse, entropy, kl, tscore, rank, tbin, counts, samp):
+    """All statistics of ``s [R, V]`` (float32, C-contiguous), R = c * n_stages rows ordered (position, stage).
+
+    tracked ``[c, K]`` int64 columns per position; ``n_threads`` row groups run in parallel. Outputs (written):
+    mean, std ``[R]`` float32; mx, lse, entropy, kl ``[R]`` float64; tscore ``[R, K]`` float32; rank, tbin
+    ``[R, K]`` int64; counts ``[R, HIST_BINS]`` int64; samp ``[R, HIST_BINS, samples]`` int64 sample columns (the
+    first ``min(samples, counts)`` of each bin are set).
+
+    Final rows go first (their softmax pf ``[c, V]`` is needed by every stage row of the position); then every
+    other row in one visit: statistics and its KL dot product while the row is in cache.
+    """
+    R, V = s.shape
+    c = R // n_stages
+    pf = np.empty((c, V), np.float32)  # [c, V] final distribution per position
+    none = np.empty(0, np.float32)
+    for p in prange(c):
+        rf = p * n_stages + n_stages - 1
+        bins, q, bits = np.empty(V, np.uint8), np.empty(V, np.float32), np.empty(V, np.int32)
+        row_stats(rf, s[rf], tracked[p], none, mean, std, mx, lse, entropy, kl, tscore, rank, tbin, counts, samp,
+                  bins, q, bits)
+        row_exp(s[rf], np.float32(lse[rf]), pf[p], bits)
+        acc, tot = row_kl_dot(s[rf], mx[rf], pf[p])
+        kl[rf] = lse[rf] - mx[rf] - acc / tot
+    for g in prange(n_threads):
+        bins, q, bits = np.empty(V, np.uint8), np.empty(V, np.float32), np.empty(V, np.int32)
+        for r in range(g * R // n_threads, (g + 1) * R // n_threads):
+            p = r // n_stages
+            rf = p * n_stages + n_stages - 1
+            if r != rf:
+                row_stats(r, s[r], tracked[p], pf[p], mean, std, mx, lse, entropy, kl, tscore, rank, tbin, counts,
+                          samp, bins, q, bits)
+    for r in prange(R):
+        kl[r] = max(kl[r] - entropy[(r // n_stages) * n_stages + n_stages - 1], 0.0)

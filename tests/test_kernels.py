@@ -1,0 +1,155 @@
+"""The fused numba statistics (lenskit.kernels) against the torch implementation and brute force: ties, an
+all-equal row, scores of +-1e4, softcapped scores, vocabularies of no convenient size, duplicate tracked columns."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lenskit import stats
+from lenskit.schema import HIST_BINS
+from lenskit.stats import Workspace, chunk_stats, chunk_stats_fused, chunk_stats_torch, z_bins
+
+pytest.importorskip("numba")
+
+EXACT = ("counts", "rank", "tracked_bin", "tracked_score", "sample_rows", "sample_bins", "sample_cols")
+CLOSE = ("mean", "std", "lse", "entropy", "kl")
+
+
+def block(c: int, S: int, V: int, K: int, seed: int = 0):
+    """Scores ``[c*S, V]`` with hard cases mixed in, and tracked columns ``[c, K]`` with duplicates."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(c * S, V, generator=g) * 3
+    s[:, 1::7] = s[:, :1]  # ties with column 0 everywhere
+    s[1, :] = 1.5  # an all-equal row
+    s[2] = (torch.rand(V, generator=g) * 2 - 1) * 1e4  # scores of +-1e4
+    s[2, V // 2] = 1e4
+    s[3] = 30 * torch.tanh(s[3] * 10 / 30)  # softcapped: many scores pressed against +-30
+    s[4, : V // 3] = s[4, V // 3: 2 * (V // 3)]  # a third of the row duplicated
+    s[S - 1] *= 4  # a peaked final distribution
+    trk = torch.randint(0, V, (c, K), generator=g)
+    trk[:, 1] = trk[:, 0]  # duplicate tracked column
+    trk[:, 2] = 0  # a column with many exact ties
+    trk[:, 3] = 1
+    return s, trk
+
+
+def brute(s: torch.Tensor, S: int, trk: torch.Tensor, samples: int, mean, std):
+    """Float64 / exhaustive reference of everything (bins from the shared z_bins with the given moments)."""
+    R, V = s.shape
+    d = s.double()
+    logp = torch.log_softmax(d, -1)
+    lse = torch.logsumexp(d, -1)
+    ent = -(logp.exp() * logp).sum(-1)
+    lpf = logp.view(-1, S, V)[:, -1:]  # [c, 1, V]
+    kl = (lpf.exp() * (lpf - logp.view(-1, S, V))).sum(-1).reshape(R)
+    bins = z_bins(s, mean, std).long()  # [R, V]
+    counts = torch.stack([torch.bincount(b, minlength=HIST_BINS) for b in bins])
+    cols = trk.repeat_interleave(S, 0)  # [R, K]
+    t = s.gather(1, cols)
+    rank = 1 + (s[:, None, :] > t[:, :, None]).sum(-1)
+    tbin = bins.gather(1, cols)
+    sr, sb, sc = [], [], []
+    for r in range(R):
+        for b in range(HIST_BINS):
+            members = torch.nonzero(bins[r] == b).flatten()[:samples]  # first columns of the bin, in column order
+            sr += [r] * len(members)
+            sb += [b] * len(members)
+            sc += members.tolist()
+    return dict(lse=lse, entropy=ent, kl=kl, counts=counts, tracked_score=t, rank=rank, tracked_bin=tbin,
+                sample_rows=torch.tensor(sr, dtype=torch.int64), sample_bins=torch.tensor(sb, dtype=torch.int64),
+                sample_cols=torch.tensor(sc, dtype=torch.int64),
+                mean=d.mean(-1), std=d.std(-1))
+
+
+def torch_ref(s, S, trk, samples, moments=None):
+    R, V = s.shape
+    return chunk_stats_torch(s, S, trk, Workspace(R, R, V, "cpu"), samples=samples, moments=moments)
+
+
+@pytest.mark.parametrize("c,S,V,K,samples", [(3, 6, 997, 7, 3), (2, 5, 50257, 13, 3), (2, 5, 997, 4, 0),
+                                             (1, 5, 997, 4, 100)])
+def test_fused_equals_torch_and_brute_force(c, S, V, K, samples):
+    s, trk = block(c, S, V, K)
+    f = chunk_stats_fused(s, S, trk, samples)
+    for key in CLOSE + EXACT:
+        assert not torch.isnan(getattr(f, key).double()).any(), key
+    # given the same moments, the torch implementation is identical wherever results are integers or copies
+    ref = torch_ref(s, S, trk, samples, moments=(f.mean, f.std))
+    for key in EXACT:
+        a, b = getattr(f, key), getattr(ref, key)
+        assert a.dtype == b.dtype and torch.equal(a, b), key
+    # float results: as the torch implementation (float32 softmax: up to 1e-3 off on the row of scores of +-1e4)
+    # and, closer, as float64 brute force
+    own = torch_ref(s, S, trk, samples)
+    wide = s.abs().amax(1) > 1e3  # [R]
+    for key in CLOSE:
+        a, b = getattr(f, key), getattr(own, key)
+        torch.testing.assert_close(a[~wide], b[~wide], atol=2e-4, rtol=1e-5, msg=key)
+        torch.testing.assert_close(a[wide], b[wide], atol=5e-3, rtol=1e-5, msg=key)
+    b = brute(s, S, trk, samples, f.mean, f.std)
+    for key in EXACT:
+        assert torch.equal(getattr(f, key), b[key]), key
+    for key in CLOSE:
+        torch.testing.assert_close(getattr(f, key).double(), b[key], atol=1e-5, rtol=1e-6, msg=key)
+    assert (f.counts.sum(1) == V).all()
+    assert (f.counts[1] == torch.eye(HIST_BINS, dtype=torch.int64)[40] * V).all()  # all-equal row: z = 0
+
+
+def test_tracked_bin_is_the_bin_the_histogram_counted():
+    """Every element's bin (as counted) and a tracked token's reported bin are the same function of its score."""
+    s, trk = block(2, 4, 997, 9, seed=5)
+    f = chunk_stats_fused(s, 4, trk, 3)
+    bins = z_bins(s, f.mean, f.std).long()
+    assert torch.equal(f.tracked_bin, bins.gather(1, trk.repeat_interleave(4, 0)))
+    assert torch.equal(f.counts, torch.stack([torch.bincount(b, minlength=HIST_BINS) for b in bins]))
+    # fine sub-bins (torch implementation) refine the same bins exactly
+    fine = z_bins(s, f.mean, f.std, stats.FINE).long()
+    assert torch.equal(torch.div(fine, stats.FINE, rounding_mode="floor"), bins)
+
+
+def test_results_do_not_depend_on_the_block():
+    """Each position's results are bit-identical whether it is computed alone or with others."""
+    c, S, V, K = 4, 5, 997, 6
+    s, trk = block(c, S, V, K, seed=2)
+    whole = chunk_stats_fused(s, S, trk, 3)
+    for p in range(c):
+        one = chunk_stats_fused(s[p * S:(p + 1) * S].clone(), S, trk[p: p + 1], 3)
+        rows = slice(p * S, (p + 1) * S)
+        for key in CLOSE + ("counts", "rank", "tracked_bin", "tracked_score"):
+            assert torch.equal(getattr(one, key), getattr(whole, key)[rows]), key
+        keep = whole.sample_rows // S == p
+        assert torch.equal(one.sample_cols, whole.sample_cols[keep])
+        assert torch.equal(one.sample_bins, whole.sample_bins[keep])
+
+
+def test_exp_is_accurate():
+    from lenskit.kernels import EXP_CLAMP, row_exp
+
+    x = np.linspace(-float(EXP_CLAMP), 0, 200_001).astype(np.float32)
+    out, bits = np.empty_like(x), np.empty(len(x), np.int32)
+    row_exp(x, np.float32(0), out, bits)
+    ref = np.exp(x.astype(np.float64))
+    assert np.abs(out / ref - 1).max() < 2e-7
+    row_exp(np.array([-1e4, -200.0], np.float32), np.float32(0), out[:2], bits[:2])  # clamped: tiny, finite
+    assert 0 < out[0] == out[1] < 1e-34 and math.isfinite(out[0])
+
+
+def test_dispatch(monkeypatch):
+    """Fused for exact float32 CPU scores; torch for fast mode (a non-zero bound), LENSKIT_KERNELS=torch, no numba."""
+    s, trk = block(1, 5, 997, 4)
+    ws = Workspace(5, 5, 997, "cpu")
+    calls = []
+    monkeypatch.setattr(stats, "chunk_stats_fused", lambda *a, **k: calls.append("fused"))
+    monkeypatch.setattr(stats, "chunk_stats_torch", lambda *a, **k: calls.append("torch"))
+    chunk_stats(s, 5, trk, ws)
+    chunk_stats(s, 5, trk, ws, bound=torch.zeros(5), exact=lambda r, c, x: x[r, c])  # float32 mode
+    chunk_stats(s, 5, trk, ws, bound=torch.full((5,), 1e-3), exact=lambda r, c, x: x[r, c])  # fast mode
+    chunk_stats(s.double(), 5, trk, ws)
+    monkeypatch.setenv("LENSKIT_KERNELS", "torch")
+    chunk_stats(s, 5, trk, ws)
+    monkeypatch.delenv("LENSKIT_KERNELS")
+    monkeypatch.setattr(stats, "_kernels", False)  # numba not importable
+    chunk_stats(s, 5, trk, ws)
+    assert calls == ["fused", "fused", "torch", "torch", "torch", "torch"]
