@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from .errors import InputError
 from .engine import prompt_stats
 from .planning import auto_max_memory
 from .progress import Progress
-from .scoring import Scorer
+from .scoring import Scorer, resolve_precision
 from .schema import (
     HIST_BINS,
     HIST_SAMPLES,
@@ -45,7 +45,7 @@ class ExportOptions:
     positions: str | None = None  # "3,10-20"
     prompt: int | None = None
     norm: bool = True
-    precision: str = "float32"  # "float32" | "fast"
+    precision: str = "auto"  # "auto" | "float32" | "fast" (auto: scoring.resolve_precision)
     max_memory: int | None = None  # bytes for one chunk's working set
     samples: int = HIST_SAMPLES  # sample tokens per histogram bin
     device: str = "auto"
@@ -266,8 +266,8 @@ def plan_export(meta: dict, tokenizer, options: ExportOptions) -> tuple[list[tup
     Returns ``[(prompt, positions)]`` to export and the ``--track`` token ids."""
     if not 0 <= options.samples <= 100:
         raise InputError(f"--samples {options.samples} must be between 0 and 100")
-    if options.precision not in ("float32", "fast"):
-        raise InputError(f"unknown precision '{options.precision}'; use float32 or fast")
+    if options.precision not in ("auto", "float32", "fast"):
+        raise InputError(f"unknown precision '{options.precision}'; use auto, float32 or fast")
     n_prompts = len(meta["prompts"])
     if options.prompt is not None and not 0 <= options.prompt < n_prompts:
         raise InputError(f"--prompt {options.prompt} is out of range: the trace has {n_prompts} prompt(s) (0-{n_prompts - 1})")
@@ -290,6 +290,7 @@ def export_document(meta: dict, lens, tokenizer, stages_for_prompt, options: Exp
     from .lenses import logit_lens
 
     device = resolve_device(options.device)
+    options = replace(options, precision=resolve_precision(options.precision, device))  # the document records the mode
     lenses = list(lens) if isinstance(lens, (list, tuple)) else [lens if hasattr(lens, "head") else logit_lens(lens)]
     V = lenses[0].head.vocab_size
     plans, track_ids = plan or plan_export(dict(meta, model=dict(meta["model"], vocab_size=V)), tokenizer, options)

@@ -34,9 +34,9 @@ def export(
     samples: int = typer.Option(3, "--samples", min=0, max=100, help="Histogram bins holding at most N tokens list them all as hover samples (the sparse tails); denser bins list none. 0 for none; more = bigger JSON."),
     norm: bool = typer.Option(True, "--norm/--no-norm", help="Apply the model's final norm (the logit lens) or project the raw stream."),
     precision: str = typer.Option(
-        "float32", "--precision", callback=options.choice("precision", *options.PRECISIONS),
-        help="float32 | fast: bfloat16 matmul with an exact float32 re-check (identical top-k and ranks; slower than "
-        "float32 on CPUs, see README).",
+        "auto", "--precision", callback=options.choice("precision", *options.PRECISIONS),
+        help="auto | float32 | fast. fast: bfloat16 matmul with an exact float32 re-check (identical top-k and ranks; "
+        "slower than float32 on CPUs). auto: the fastest exact mode measured for the device, float32 today (see README).",
     ),
     max_memory: Optional[str] = typer.Option(
         None, "--max-memory", callback=options.size,

@@ -57,6 +57,8 @@ def fit_lens(
     out = output.expanduser()
     if out.exists() and not out.is_dir():
         raise InputError(f"-o {out} is a file; name a folder")
+    from ..testing import verify_inferred
+
     if import_dir is not None and corpus:
         raise InputError("give a CORPUS to fit or --import DIR to convert, not both")
     if import_dir is None and not corpus:
@@ -65,6 +67,7 @@ def fit_lens(
         from ..lenses.fit import import_tuned_lens
 
         loaded = load_model(model, device=device, dtype="float32", log=log)
+        verify_inferred(loaded)  # an architecture without an adapter: settle the inferred layout first
         import_tuned_lens(import_dir, loaded, out, log=log)
         typer.echo(str(out))
         return
@@ -73,6 +76,7 @@ def fit_lens(
 
     sources = expand_sources(list(corpus))
     loaded = load_model(model, device=device, dtype="float32", log=log)
+    verify_inferred(loaded)  # an architecture without an adapter: settle the inferred layout first
     texts = (d.text for d in iter_documents(sources) if d.text and d.text.strip())
     opts = FitOptions(steps=steps, seq_len=seq_len, batch=batch, lr=lr, init=init, init_tokens=init_tokens,
                       stages=stages, heldout_tokens=heldout_tokens, max_tokens=max_tokens, eval_every=eval_every,

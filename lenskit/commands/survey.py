@@ -82,6 +82,9 @@ def survey(
     target = check_run_dir(out, force, is_survey_run)
     loaded = load_model(model, revision, process_device(device, dist_info), dtype, trust_remote_code, adapter,
                         device_map, log=log)
+    from ..testing import verify_inferred
+
+    verify_inferred(loaded)  # an architecture without an adapter: settle the inferred layout before batching
     ctx = context_length(loaded.model.config)
     mt = max_tokens or min(ctx or DEFAULT_MAX_TOKENS, DEFAULT_MAX_TOKENS)
     if ctx is not None and mt > ctx:
