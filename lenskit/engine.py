@@ -45,11 +45,12 @@ def tracked_tokens(scorer: Scorer, top_cols: torch.Tensor, group: list[int], tok
 @torch.inference_mode()
 def prompt_stats(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int], positions: list[int], top_k: int,
                  track_ids: list[int], budget: int, samples: int = HIST_SAMPLES, progress=None,
-                 tracked_of: dict | None = None) -> Iterator[Group]:
+                 tracked_of: dict | None = None, stage_top: int = 0) -> Iterator[Group]:
     """Statistics for the chosen ``positions`` of one prompt; ``stages_of(p0, p1)`` returns stages ``[S, p1-p0, D]``.
 
     ``progress(n)``, if given, is called as each chunk of n positions is done. ``tracked_of``: ``{position: tracked
-    ids}`` to follow instead of this lens's own final top-k (the second lens of an export follows the first's)."""
+    ids}`` to follow instead of this lens's own final top-k (the second lens of an export follows the first's).
+    ``stage_top``: N, each (position, stage) row's own top-N tokens (``stats.stage_top_cols``; 0 for none)."""
     plan = plan_chunks(n_stages, scorer.lens.vocab_size, scorer.set_block(n_stages), budget)
     for chunk in contiguous_groups(positions, plan.chunk):
         h = stages_of(chunk[0], chunk[-1] + 1)  # [S, c', D]
@@ -73,7 +74,7 @@ def prompt_stats(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int],
                 return scorer.exact(rr + r0, cc, s)
 
             st = chunk_stats(s[r0:r1], n_stages, scorer.inv[padded[g0:g1]], ws, bound=scorer.bound[r0:r1], exact=exact,
-                             samples=samples)
+                             samples=samples, stage_top=stage_top, col_ids=scorer.col_ids)
             yield Group(positions=chunk[g0:g1], tracked=tracked[g0:g1], stats=st)
         if progress is not None:
             progress(c)

@@ -29,7 +29,9 @@ from .schema import (
     ROUND_SCORE,
     ROUND_STAT,
     SCHEMA_VERSION,
+    STAGE_TOP,
     encode_counts,
+    round_stage_top,
     sparse_bins,
     vlq_encode,
     z_bin,
@@ -48,6 +50,7 @@ class ExportOptions:
     precision: str = "auto"  # "auto" | "float32" | "fast" (auto: scoring.resolve_precision)
     max_memory: int | None = None  # bytes for one chunk's working set
     samples: int = HIST_SAMPLES  # sample tokens per histogram bin
+    stage_top: int = STAGE_TOP  # each stage's own top-N tokens per position (the overview grid); 0: none
     device: str = "auto"
     lenses: list = field(default_factory=lambda: ["logit"])  # --lens specs; the first is the document's main lens
 
@@ -103,10 +106,12 @@ def resolve_track(tokenizer, items: list, vocab_size: int) -> list[int]:
     return ids
 
 
-def check_export_options(tokenizer, vocab_size: int, top_k: int, track: list) -> list[int]:
-    """Validate ``--top-k`` and ``--track`` against a vocabulary; return the tracked ids."""
+def check_export_options(tokenizer, vocab_size: int, top_k: int, track: list, stage_top: int = 0) -> list[int]:
+    """Validate ``--top-k``, ``--stage-top`` and ``--track`` against a vocabulary; return the tracked ids."""
     if top_k < 1 or top_k > vocab_size:
         raise InputError(f"--top-k {top_k} must be between 1 and the vocabulary size ({vocab_size})")
+    if stage_top < 0 or stage_top > vocab_size:
+        raise InputError(f"--stage-top {stage_top} must be between 0 and the vocabulary size ({vocab_size})")
     return resolve_track(tokenizer, track, vocab_size)
 
 
@@ -120,15 +125,22 @@ def _ints(t: torch.Tensor) -> np.ndarray:
 
 def export_prompt(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int], positions: list[int],
                   top_k: int, track_ids: list[int], budget: int, progress=None, samples: int = HIST_SAMPLES,
-                  tracked_of: dict | None = None) -> list[dict]:
+                  tracked_of: dict | None = None, stage_top: int = 0) -> list[dict]:
     """One record per chosen position of one prompt (vocabulary ids; string-table indices are assigned by
     :func:`build_document`), from the engine's statistics groups."""
     out = []
     for g in prompt_stats(scorer, stages_of, n_stages, token_ids, positions, top_k, track_ids, budget, samples, progress,
-                          tracked_of):
+                          tracked_of, stage_top):
         row_samples = _samples_by_row(g.stats, len(g.positions) * n_stages, scorer.col_ids)
+        top_ids = scorer.col_ids[g.stats.stage_top_cols].cpu().numpy().astype(np.int32)  # [R, N] vocabulary ids
+        # [R, N] score - lse (<= 0: in fast mode lse comes from the bfloat16 scores and may fall below a top score)
+        top_logp = (g.stats.stage_top_score.double() - g.stats.lse.double()[:, None]).clamp(max=0).cpu().numpy()
         for i, p in enumerate(g.positions):
-            out.append(_position_record(g.stats, i, n_stages, p, g.tracked[i], token_ids, row_samples))
+            rec = _position_record(g.stats, i, n_stages, p, g.tracked[i], token_ids, row_samples)
+            if stage_top:
+                rows = slice(i * n_stages, (i + 1) * n_stages)
+                rec["stage_top_ids"], rec["stage_top_logp"] = top_ids[rows], top_logp[rows]
+            out.append(rec)
     return out
 
 
@@ -205,6 +217,8 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
             for r in [row] + row.get("lenses", []):
                 kept[id(r)] = _sparse_samples(r, options.samples)
                 referenced.extend(kept[id(r)])
+                if "stage_top_ids" in r:
+                    referenced.append(r["stage_top_ids"].ravel().astype(np.int64))
             referenced.append(np.asarray(row["tracked_ids"], dtype=np.int64))
     # string table ordered by how often a token is referenced (ties: by id), so common references are short numbers
     ids_all, freq = np.unique(np.concatenate(referenced), return_counts=True) if referenced else (np.zeros(0, np.int64),) * 2
@@ -220,6 +234,9 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
         p_meta = meta["prompts"][pi]
         entry = {"index": pi, "text": p_meta["text"], "tokens": refs(p_meta["token_ids"]).tolist(), "positions": []}
         def lens_fields(row):  # what each lens has of its own at a position
+            top = {}
+            if "stage_top_ids" in row:  # the overview grid: each stage's own top-N
+                top["stage_top"] = {"tokens": refs(row["stage_top_ids"]), "logp": round_stage_top(row["stage_top_logp"])}
             return {
                 "score": row["score"],
                 "rank": row["rank"],
@@ -234,6 +251,7 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
                     "counts": encode_counts(row["hist_counts"], row["hist_lo"], row["hist_hi"]),
                     "samples": [vlq_encode(refs(x)) for x in kept[id(row)]],
                 },
+                **top,
             }
 
         for row in positions:
@@ -250,6 +268,7 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
         "lenskit_version": __version__,
         "model": model,
         "lens": {"norm": options.norm, "precision": options.precision, "top_k": options.top_k,
+                 "stage_top": options.stage_top,
                  "lenses": lenses or [{"kind": "logit", "source": None, "fingerprint": model.get("fingerprint")}]},
         "vocab_size": vocab_size,
         "stages": {k: [s[k] for s in meta["stages"]] for k in ("name", "kind", "layer")},
@@ -271,7 +290,8 @@ def plan_export(meta: dict, tokenizer, options: ExportOptions) -> tuple[list[tup
     n_prompts = len(meta["prompts"])
     if options.prompt is not None and not 0 <= options.prompt < n_prompts:
         raise InputError(f"--prompt {options.prompt} is out of range: the trace has {n_prompts} prompt(s) (0-{n_prompts - 1})")
-    track_ids = check_export_options(tokenizer, meta["model"]["vocab_size"], options.top_k, options.track)
+    track_ids = check_export_options(tokenizer, meta["model"]["vocab_size"], options.top_k, options.track,
+                                     options.stage_top)
     chosen = [options.prompt] if options.prompt is not None else list(range(n_prompts))
     return [(i, parse_positions(options.positions, len(meta["prompts"][i]["token_ids"]))) for i in chosen], track_ids
 
@@ -303,11 +323,12 @@ def export_document(meta: dict, lens, tokenizer, stages_for_prompt, options: Exp
         for i, positions in plans:
             ids = meta["prompts"][i]["token_ids"]
             rows = export_prompt(scorers[0], stages_for_prompt(i), n_stages, ids, positions, options.top_k, track_ids,
-                                 budget, progress.update, samples=options.samples)
+                                 budget, progress.update, samples=options.samples, stage_top=options.stage_top)
             tracked_of = {r["pos"]: r["tracked_ids"] for r in rows}  # every lens follows the first lens's tokens
             for scorer in scorers[1:]:
                 more = export_prompt(scorer, stages_for_prompt(i), n_stages, ids, positions, options.top_k, track_ids,
-                                     budget, progress.update, samples=options.samples, tracked_of=tracked_of)
+                                     budget, progress.update, samples=options.samples, tracked_of=tracked_of,
+                                 stage_top=options.stage_top)
                 for r, m in zip(rows, more):
                     r.setdefault("lenses", []).append(m)
             results.append((i, rows))

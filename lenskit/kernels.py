@@ -9,8 +9,9 @@ while it sits in the core's L2 cache (49,152 float32 scores = 192 KB):
    with ``a = BIN_SCALE / std``, both float32 operations, clamped, plus ``BIN_OFFSET``; ``lenskit.stats.z_bins``
    is the same formula in torch), one byte per score; histogram counts from those bytes (4 interleaved
    sub-histograms); tracked tokens' bins read from the same bytes, so they always agree with the counts.
-3. **samples and ranks** (:func:`row_scan`) -- the first ``samples`` columns of each bin in column order, from a
-   scan of the bytes that stops once every bin has its samples; rank(t) = 1 + #{v : s_v > s_t} (exact, ties
+3. **samples, ranks and the row's own top-N** (:func:`row_scan`) -- the first ``samples`` columns of each bin in
+   column order, from a scan of the bytes that stops once every bin has its samples and the highest bins (those
+   holding the top N, known from the counts) have been seen, their scores inserted into a tiny sorted array; rank(t) = 1 + #{v : s_v > s_t} (exact, ties
    included). Bins are monotone in the score, so the scores in higher bins are counted by the histogram and only
    t's own bin needs comparisons: during the scan for a sparse bin (<= ``DENSE`` scores, e.g. top tokens), by a
    vectorised comparison of the whole row (four tokens per pass) for a dense one.
@@ -126,17 +127,38 @@ def row_count_above(row, t, out):
 
 
 @njit(inline="always")
-def _visit(v, b, x, active, need, got, head, nxt, t, above, left, samp):
+def _better(x, i, y, j):
+    """Whether score x of vocabulary id i goes before score y of id j: higher score first, then smaller id."""
+    return x > y or (x == y and i < j)
+
+
+@njit(inline="always")
+def _insert(x, v, i, ts, tc, ti):
+    """Insert score x (column v, vocabulary id i) into the sorted top-N ``ts, tc, ti [N]`` if it belongs there."""
+    n = ts.shape[0]
+    if not _better(x, i, ts[n - 1], ti[n - 1]):
+        return
+    j = n - 1
+    while j > 0 and _better(x, i, ts[j - 1], ti[j - 1]):
+        ts[j], tc[j], ti[j] = ts[j - 1], tc[j - 1], ti[j - 1]
+        j -= 1
+    ts[j], tc[j], ti[j] = x, v, i
+
+
+@njit(inline="always")
+def _visit(v, b, x, active, need, got, head, nxt, t, above, left, samp, topb, ids, ts, tc, ti):
     """One score (column v, bin b, value x) of a bin the scan still serves; returns 1 when the bin is done."""
     if got[b] < need[b]:
         samp[b, got[b]] = v
         got[b] += 1
     k = head[b]
-    if k >= 0:
+    if k >= 0 or b >= topb:
         while k >= 0:
             if x > t[k]:
                 above[k] += 1
             k = nxt[k]
+        if b >= topb:
+            _insert(x, v, ids[v], ts, tc, ti)
         left[b] -= 1
     if got[b] == need[b] and left[b] == 0:
         active[b] = False
@@ -145,16 +167,19 @@ def _visit(v, b, x, active, need, got, head, nxt, t, above, left, samp):
 
 
 @njit(cache=True)
-def row_scan(row, bins, counts, cols, t, tb, samp, rank):
-    """Samples and ranks (``row [V]`` float32, ``bins [V]`` uint8, ``counts [HIST_BINS]``; tracked ``cols, t, tb
-    [K]`` columns, scores, bins; writes ``samp [HIST_BINS, n]`` and ``rank [K]``).
+def row_scan(row, bins, counts, cols, t, tb, samp, rank, ids, top_cols, top_score):
+    """Samples, ranks and the row's own top-N (``row [V]`` float32, ``bins [V]`` uint8, ``counts [HIST_BINS]``;
+    tracked ``cols, t, tb [K]`` columns, scores, bins; ``ids [V]`` vocabulary id of each column; writes
+    ``samp [HIST_BINS, n]``, ``rank [K]``, ``top_cols, top_score [N]``).
 
     Samples: the first ``min(n, counts[b])`` columns of each bin b, in column order.
     Ranks: the bins are monotone in the score, so rank(t) = 1 + (scores in higher bins, from ``counts``) + (scores
     of t's own bin above t). A bin of at most ``DENSE`` scores is compared during a scan of the bins; a denser one
     by a vectorised comparison of the whole row (cheaper than the scan's branches).
-    The scan stops once every bin has its samples and every tracked bin has been seen whole (sparse tail bins
-    keep it going through most of the row: ~1 ns per score).
+    Top-N: the highest bins holding N scores in all (from ``counts``) hold the top N; the scan serves them too,
+    inserting each of their scores into a tiny sorted array (higher score first, equal scores by smaller id).
+    The scan stops once every bin has its samples and every tracked or top bin has been seen whole (sparse tail
+    bins keep it going through most of the row: ~1 ns per score).
     """
     V, K, n = row.shape[0], cols.shape[0], samp.shape[1]
     head = np.full(HIST_BINS, -1, np.int64)  # [BINS] first tracked token compared in the scan, per bin
@@ -184,13 +209,26 @@ def row_scan(row, bins, counts, cols, t, tb, samp, rank):
         row_count_above(row, tq, cq)
         for j in range(min(4, m - i)):
             above[dense[i + j]] = cq[j]
+    N = top_cols.shape[0]
+    topb = HIST_BINS  # [BINS] bins >= topb hold the top N (none when N = 0)
+    if N > 0:
+        acc = 0
+        topb = HIST_BINS - 1
+        while topb > 0:
+            acc += counts[topb]
+            if acc >= N:
+                break
+            topb -= 1
+    ts = np.full(N, -np.inf, np.float32)  # [N] the top N so far: scores, columns, ids (empty slots lose to all)
+    tc = np.full(N, -1, np.int64)
+    ti = np.full(N, np.iinfo(np.int64).max, np.int64)
     need = np.minimum(counts, n)  # [BINS] samples to take
     got = np.zeros(HIST_BINS, np.int64)
-    left = np.zeros(HIST_BINS, np.int64)  # [BINS] members of a tracked bin not yet seen
+    left = np.zeros(HIST_BINS, np.int64)  # [BINS] members of a tracked or top bin not yet seen
     active = np.zeros(HIST_BINS, np.bool_)  # [BINS] bins the scan still serves
     n_active = 0
     for b in range(HIST_BINS):
-        if head[b] >= 0:
+        if head[b] >= 0 or b >= topb:
             left[b] = counts[b]
         active[b] = need[b] > 0 or left[b] > 0
         n_active += active[b]
@@ -198,8 +236,11 @@ def row_scan(row, bins, counts, cols, t, tb, samp, rank):
     while n_active > 0:
         b = bins[v]
         if active[b]:
-            n_active -= _visit(v, b, row[v], active, need, got, head, nxt, t, above, left, samp)
+            n_active -= _visit(v, b, row[v], active, need, got, head, nxt, t, above, left, samp, topb, ids, ts, tc, ti)
         v += 1
+    for j in range(N):
+        top_cols[j] = tc[j]
+        top_score[j] = ts[j]
     higher = np.zeros(HIST_BINS, np.int64)  # [BINS] scores in the bins above b
     for b in range(HIST_BINS - 2, -1, -1):
         higher[b] = higher[b + 1] + counts[b + 1]
@@ -284,10 +325,12 @@ def row_kl_dot(row, m, pf):
 
 
 @njit(cache=True)
-def row_stats(r, row, cols, pf, mean, std, mx, lse, entropy, kl, tscore, rank, tbin, counts, samp, bins, q, bits):
+def row_stats(r, row, cols, pf, mean, std, mx, lse, entropy, kl, tscore, rank, tbin, counts, samp, bins, q, bits, ids,
+              top_cols, top_score):
     """All statistics of row ``r`` (``row [V]``, tracked ``cols [K]``) into the block outputs (see
     :func:`block_stats`). KL too when ``pf [V]``, its position's final distribution, has V entries (final rows
-    pass an empty one). ``bins [V]`` uint8, ``q [V]`` float32, ``bits [V]`` int32 are scratch."""
+    pass an empty one). ``bins [V]`` uint8, ``q [V]`` float32, ``bits [V]`` int32 are scratch; ``ids [V]``: the
+    vocabulary id of each column (ties of the row's own top-N into ``top_cols, top_score [R, N]``)."""
     m, mu, sd = row_moments(row)
     mean32 = np.float32(mu)
     std32 = max(np.float32(sd), np.float32(1e-12))
@@ -297,7 +340,7 @@ def row_stats(r, row, cols, pf, mean, std, mx, lse, entropy, kl, tscore, rank, t
     for k in range(cols.shape[0]):
         tscore[r, k] = row[cols[k]]
         tbin[r, k] = bins[cols[k]]
-    row_scan(row, bins, counts[r], cols, tscore[r], tbin[r], samp[r], rank[r])
+    row_scan(row, bins, counts[r], cols, tscore[r], tbin[r], samp[r], rank[r], ids, top_cols[r], top_score[r])
     row_exp_parts(row, m, q, bits)
     if pf.shape[0] == row.shape[0]:
         e_sum, f_sum, acc, tot = row_softmax_kl_sums(row, m, q, bits.view(np.float32), pf)
@@ -313,13 +356,15 @@ def row_stats(r, row, cols, pf, mean, std, mx, lse, entropy, kl, tscore, rank, t
 
 
 @njit(parallel=True, cache=True)
-def block_stats(s, n_stages, tracked, n_threads, mean, std, mx, lse, entropy, kl, tscore, rank, tbin, counts, samp):
+def block_stats(s, n_stages, tracked, n_threads, mean, std, mx, lse, entropy, kl, tscore, rank, tbin, counts, samp,
+                ids, top_cols, top_score):
     """All statistics of ``s [R, V]`` (float32, C-contiguous), R = c * n_stages rows ordered (position, stage).
 
     tracked ``[c, K]`` int64 columns per position; ``n_threads`` row groups run in parallel. Outputs (written):
     mean, std ``[R]`` float32; mx, lse, entropy, kl ``[R]`` float64; tscore ``[R, K]`` float32; rank, tbin
     ``[R, K]`` int64; counts ``[R, HIST_BINS]`` int64; samp ``[R, HIST_BINS, samples]`` int64 sample columns (the
-    first ``min(samples, counts)`` of each bin are set).
+    first ``min(samples, counts)`` of each bin are set); top_cols ``[R, N]`` int64 and top_score ``[R, N]`` float32:
+    each row's own N highest scores, ties by smaller vocabulary id ``ids [V]`` int64 (the id of each column).
 
     Final rows go first (their softmax pf ``[c, V]`` is needed by every stage row of the position); then every
     other row in one visit: statistics and its KL dot product while the row is in cache.
@@ -332,7 +377,7 @@ def block_stats(s, n_stages, tracked, n_threads, mean, std, mx, lse, entropy, kl
         rf = p * n_stages + n_stages - 1
         bins, q, bits = np.empty(V, np.uint8), np.empty(V, np.float32), np.empty(V, np.int32)
         row_stats(rf, s[rf], tracked[p], none, mean, std, mx, lse, entropy, kl, tscore, rank, tbin, counts, samp,
-                  bins, q, bits)
+                  bins, q, bits, ids, top_cols, top_score)
         row_exp(s[rf], np.float32(lse[rf]), pf[p], bits)
         acc, tot = row_kl_dot(s[rf], mx[rf], pf[p])
         kl[rf] = lse[rf] - mx[rf] - acc / tot
@@ -343,6 +388,6 @@ def block_stats(s, n_stages, tracked, n_threads, mean, std, mx, lse, entropy, kl
             rf = p * n_stages + n_stages - 1
             if r != rf:
                 row_stats(r, s[r], tracked[p], pf[p], mean, std, mx, lse, entropy, kl, tscore, rank, tbin, counts,
-                          samp, bins, q, bits)
+                          samp, bins, q, bits, ids, top_cols, top_score)
     for r in prange(R):
         kl[r] = max(kl[r] - entropy[(r // n_stages) * n_stages + n_stages - 1], 0.0)

@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from .schema import HIST_BINS, HIST_SAMPLES
-from .stats import BIN_OFFSET, ChunkStats, bin_scale, z_bins
+from .stats import BIN_OFFSET, ChunkStats, bin_scale, stage_top_torch, z_bins
 
 BLOCK_A = 2048  # scores per program in pass A
 BLOCK_B = 1024  # scores per program in passes B and C
@@ -159,7 +159,8 @@ def _cdiv(a: int, b: int) -> int:
 @torch.inference_mode()
 def chunk_stats_triton(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor, samples: int = HIST_SAMPLES,
                        moments: tuple[torch.Tensor, torch.Tensor] | None = None, block_a: int = BLOCK_A,
-                       block_b: int = BLOCK_B, sub_c: int = SUB_C) -> ChunkStats:
+                       block_b: int = BLOCK_B, sub_c: int = SUB_C, stage_top: int = 0,
+                       col_ids: torch.Tensor | None = None) -> ChunkStats:
     """:func:`lenskit.stats.chunk_stats` of exact float32 scores with the Triton kernels (CUDA tensors, or CPU
     tensors under ``TRITON_INTERPRET=1``).
 
@@ -171,6 +172,9 @@ def chunk_stats_triton(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tenso
         moments: (mean, std) ``[R]`` float32 to use instead of computing them (tests).
         block_a, block_b, sub_c: scores per program in pass A and in passes B/C, columns per step of pass C (powers
             of two; the interpreter in the tests runs faster with small blocks and few steps).
+        stage_top, col_ids: each row's own top-N and the vocabulary id of each column (ties: smaller id first), by
+            :func:`lenskit.stats.stage_top_torch` -- ``torch.topk`` on the GPU plus the exact tie order, not a
+            Triton kernel: it reads the scores once more.
     """
     R, V = s.shape
     assert s.dtype == torch.float32 and R % n_stages == 0
@@ -238,6 +242,7 @@ def chunk_stats_triton(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tenso
                                              BLOCK=block_b, SUB=min(sub_c, block_b), NBK=NB, num_warps=4)
     keep = torch.arange(samples, device=dev)[None, None, :] < counts.clamp(max=samples)[:, :, None]  # [R, BINS, n]
     rb = torch.nonzero(keep)  # [n, 3] (row, bin, j), row-major: sorted by (row, bin, column)
+    top_cols, top_score = stage_top_torch(s, stage_top, col_ids)  # [R, N] each
     return ChunkStats(
         mean=mean,
         std=std,
@@ -251,4 +256,6 @@ def chunk_stats_triton(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tenso
         sample_rows=rb[:, 0],
         sample_bins=rb[:, 1],
         sample_cols=samp[:, :, :samples][keep],
+        stage_top_cols=top_cols,
+        stage_top_score=top_score,
     )

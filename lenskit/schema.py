@@ -15,6 +15,9 @@ tokens) and none of the others, the tracked tokens' bins are recomputed from ``s
 lists the rare exceptions) instead of being stored, and lse/entropy/KL have 3 decimals. Version 3 adds lenses
 (``lens.lenses``: kind, source and fingerprint of each; a position's ``lenses`` holds the per-lens fields of the
 second and later lenses); a version-2 document reads as version 3 with the one logit lens. The viewer reads all three.
+Version 3 documents may carry ``stage_top`` per position (each stage's own top-N tokens, the overview grid; with
+``lens.stage_top`` = N): an optional field, so older version-3 documents stay valid and readers that do not know it
+lose nothing else.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ HIST_SAMPLES = 3  # sparse bins (at most this many tokens) list all their tokens
 ROUND_SCORE = 3
 ROUND_STAT = 4  # mean and std (z-scores and histogram bins are recomputed from them)
 ROUND_NATS = 3  # lse, entropy and KL: like the scores (log-probability = score - lse) and as the viewer shows them
+# The overview grid: each stage's own top STAGE_TOP tokens (`--stage-top`) with log-probabilities, the top-1's (the
+# cell colour) to ROUND_NATS decimals, the others' (shown on hover only) to ROUND_STAGE_TOP_REST.
+STAGE_TOP = 5
+ROUND_STAGE_TOP_REST = 1
 
 
 def _arr(items: dict, description: str) -> dict:
@@ -49,6 +56,7 @@ _PER_STAGE_NUM = _arr(_NUM, "one value per stage")
 _PER_STAGE_INT = _arr(_INT, "one value per stage")
 
 _PER_LENS = ("score", "rank", "bin_edge", "mean", "std", "lse", "entropy", "kl", "hist")  # fields each lens has
+_PER_LENS_OPTIONAL = ("stage_top",)  # and may have
 
 _POSITION = {
     "type": "object",
@@ -109,6 +117,22 @@ _POSITION = {
                 ),
             },
         },
+        "stage_top": {
+            "type": "object",
+            "description": "Only when `lens.stage_top` > 0 (`--stage-top N`, default 5): each stage's own N highest-scoring "
+            "tokens (the overview grid: what the model would predict if it stopped at that stage), exact and tie-broken "
+            "like the final top-k (higher score first, then smaller vocabulary id). Absent in older documents.",
+            "required": ["tokens", "logp"],
+            "additionalProperties": False,
+            "properties": {
+                "tokens": _arr(_arr(_IDX, "N string-table indices, best first"), "`[stage][N]` the stage's top-N tokens."),
+                "logp": _arr(
+                    _arr(_NUM, "N log-probabilities"),
+                    f"`[stage][N]` their log-probabilities (score - lse) at that stage: the top-1's to {ROUND_NATS} "
+                    f"decimals, the others' to {ROUND_STAGE_TOP_REST}.",
+                ),
+            },
+        },
     },
 }
 
@@ -117,7 +141,7 @@ _POSITION["properties"]["lenses"] = _arr(
         "type": "object",
         "required": list(_PER_LENS),
         "additionalProperties": False,
-        "properties": {k: _POSITION["properties"][k] for k in _PER_LENS},
+        "properties": {k: _POSITION["properties"][k] for k in _PER_LENS + _PER_LENS_OPTIONAL},
     },
     "Only when the export holds several lenses: for `lens.lenses[1]`, `lens.lenses[2]`, ... the same fields as above "
     "(`score` ... `hist`) computed with that lens, for the same `tracked` tokens; the fields above are `lens.lenses[0]`'s.",
@@ -163,6 +187,7 @@ JSON_SCHEMA = {
                     "description": "`fast`: reduced-precision matmul with an exact float32 re-check; `float32`: plain float32. Ranks and top-k are identical.",
                 },
                 "top_k": {"type": "integer", "minimum": 1, "description": "Number of final top tokens tracked per position."},
+                "stage_top": {"type": "integer", "minimum": 0, "description": "N of each position's `stage_top`: every stage's own top-N tokens (0 or absent: none)."},
                 "lenses": _arr(_LENS_ENTRY, "The lenses of this export (`--lens`, first = the one whose numbers are a position's own fields; its final top-k are the tracked tokens of all). lenskit always writes it; absent means one logit lens."),
             },
         },
@@ -231,7 +256,9 @@ def markdown_reference() -> str:
             "are Base64 VLQ strings, counts are stored as changes from the previous stage, only sparse bins list sample "
             "tokens (all of theirs), the tracked tokens' bins are recomputed (`bin_edge`) instead of stored (`bin`), and "
             "`lse`, `entropy`, `kl` have 3 decimals instead of 4. Version 3 adds `lens.lenses` and, in exports with "
-            "several lenses, `positions[].lenses`; a version-2 document is a version-3 one with the single logit lens."
+            "several lenses, `positions[].lenses`; a version-2 document is a version-3 one with the single logit lens. "
+            "Version-3 documents may also carry the optional `lens.stage_top` and `positions[].stage_top` (the overview "
+            "grid), absent from older ones."
         ),
         "",
         "| field | type | meaning |",
@@ -308,6 +335,15 @@ def encode_counts(counts: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> list[st
         prev = np.zeros_like(prev)
         prev[lo[s]: hi[s] + 1] = span
     return out
+
+
+def round_stage_top(logp) -> np.ndarray:
+    """``[S, N]`` log-probabilities as exported: column 0 (each stage's top-1, the grid's colour) to ``ROUND_NATS``
+    decimals, the rest to ``ROUND_STAGE_TOP_REST`` (no negative zeros)."""
+    x = np.asarray(logp, dtype=np.float64)
+    out = np.round(x, ROUND_STAGE_TOP_REST)
+    out[:, :1] = np.round(x[:, :1], ROUND_NATS)
+    return np.ascontiguousarray(out + 0.0)
 
 
 def sparse_bins(counts, samples: int):

@@ -59,6 +59,8 @@ class ChunkStats:
     sample_rows: torch.Tensor  # [n] row of each sample
     sample_bins: torch.Tensor  # [n] bin of each sample
     sample_cols: torch.Tensor  # [n] column of each sample; sorted by (row, bin, column)
+    stage_top_cols: torch.Tensor  # [R, N] columns of the row's own N highest scores (higher first, ties: smaller id)
+    stage_top_score: torch.Tensor  # [R, N] their float32 scores
 
 
 class Workspace:
@@ -135,6 +137,45 @@ def _first_per_group(keys: torch.Tensor, limit: int) -> torch.Tensor:
     return (idx - group_start) < limit
 
 
+def _col_ids(col_ids: torch.Tensor | None, V: int) -> torch.Tensor:
+    return torch.arange(V) if col_ids is None else col_ids
+
+
+def _check_top(n: int, V: int) -> int:
+    if not 0 <= n <= V:
+        raise ValueError(f"stage top-{n} of a vocabulary of {V}")
+    return n
+
+
+@torch.inference_mode()
+def stage_top_torch(s: torch.Tensor, n: int, col_ids: torch.Tensor | None = None, bound: torch.Tensor | None = None,
+                    exact=None, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's own n highest scores: ``[R, n]`` columns and float32 scores, higher score first, equal scores by
+    smaller vocabulary id (``col_ids[column]``; None: the column) -- the order of :meth:`Scorer.top_k`.
+
+    ``torch.topk`` gives the n-th highest score t of each row; every score >= t (>= t - 2 bound in fast mode, where
+    ``exact`` then gives the float32-mode scores of those few candidates) is a candidate, so ties at the boundary are
+    all seen, and the candidates are ordered by (row, -score, id) with stable sorts. ``mask``: an ``[R, V]`` bool
+    buffer to reuse."""
+    R, V = s.shape
+    dev = s.device
+    _check_top(n, V)
+    if n == 0:
+        return torch.zeros(R, 0, dtype=torch.int64, device=dev), torch.zeros(R, 0, device=dev)
+    thr = torch.topk(s, n, dim=1, sorted=False).values.amin(1)  # [R] n-th highest
+    if bound is not None:
+        thr = thr - 2 * bound
+    m = torch.ge(s, thr[:, None], out=mask) if mask is not None else s >= thr[:, None]  # [R, V]
+    rows, cols = torch.nonzero(m, as_tuple=True)  # [m] candidates, row-major (n per row, more with ties)
+    sc = s[rows, cols] if exact is None or bound is None or not bool(bound.any()) else exact(rows, cols, s)  # [m]
+    ids = _col_ids(col_ids, V).to(dev)[cols]  # [m]
+    o = torch.argsort(ids, stable=True)  # least significant key first: id, then -score, then row
+    o = o[torch.argsort(-sc[o], stable=True)]
+    o = o[torch.argsort(rows[o], stable=True)]
+    keep = o[_first_per_group(rows[o], n)]  # [R * n]
+    return cols[keep].view(R, n), sc[keep].float().view(R, n)
+
+
 _kernels = None  # lenskit.kernels once imported; False when numba is not importable
 
 
@@ -162,7 +203,8 @@ def use_fused(s: torch.Tensor, bound: torch.Tensor | None) -> bool:
 
 @torch.inference_mode()
 def chunk_stats(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor, ws: Workspace,
-                bound: torch.Tensor | None = None, exact=None, samples: int = HIST_SAMPLES) -> ChunkStats:
+                bound: torch.Tensor | None = None, exact=None, samples: int = HIST_SAMPLES, stage_top: int = 0,
+                col_ids: torch.Tensor | None = None) -> ChunkStats:
     """All statistics of one chunk.
 
     Args:
@@ -175,14 +217,16 @@ def chunk_stats(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor, ws: 
             means ``s`` is exact too (then ``exact`` would only read ``s``).
         exact: ``exact(rows, cols, s)`` -> float32-mode scores at those entries (None: read ``s``).
         samples: sample tokens kept per histogram bin (0 for none).
+        stage_top: N, each row's own top-N tokens to find (0 for none; at most V).
+        col_ids: ``[V]`` vocabulary id of each column (ties among the top-N go to the smaller id); None: column = id.
     """
     if use_fused(s, bound):
-        return chunk_stats_fused(s, n_stages, tracked_cols, samples)
+        return chunk_stats_fused(s, n_stages, tracked_cols, samples, stage_top, col_ids)
     if use_triton(s, bound):
         from .kernels_triton import chunk_stats_triton
 
-        return chunk_stats_triton(s, n_stages, tracked_cols, samples)
-    return chunk_stats_torch(s, n_stages, tracked_cols, ws, bound, exact, samples)
+        return chunk_stats_triton(s, n_stages, tracked_cols, samples, stage_top=stage_top, col_ids=col_ids)
+    return chunk_stats_torch(s, n_stages, tracked_cols, ws, bound, exact, samples, stage_top=stage_top, col_ids=col_ids)
 
 
 def use_triton(s: torch.Tensor, bound: torch.Tensor | None) -> bool:
@@ -206,7 +250,8 @@ def _numba_threads(work: int) -> int:
 
 @torch.inference_mode()
 def chunk_stats_fused(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor,
-                      samples: int = HIST_SAMPLES) -> ChunkStats:
+                      samples: int = HIST_SAMPLES, stage_top: int = 0,
+                      col_ids: torch.Tensor | None = None) -> ChunkStats:
     """:func:`chunk_stats` of exact float32 CPU scores with the numba kernels (:mod:`lenskit.kernels`)."""
     import numba
 
@@ -227,13 +272,16 @@ def chunk_stats_fused(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor
     tbin = torch.empty(R, K, dtype=torch.int64)
     counts = torch.empty(R, HIST_BINS, dtype=torch.int64)
     samp = torch.empty(R, HIST_BINS, samples, dtype=torch.int64)  # [R, BINS, samples] column or unused
+    ids = _col_ids(col_ids, V).cpu().to(torch.int64).contiguous()  # [V] vocabulary id of each column
+    top_cols = torch.empty(R, _check_top(stage_top, V), dtype=torch.int64)  # [R, N]
+    top_score = torch.empty(R, stage_top)  # [R, N]
     n_threads = _numba_threads(R * V)
     saved = numba.get_num_threads()
     numba.set_num_threads(n_threads)
     try:
         k.block_stats(sn, n_stages, trk, n_threads, mean.numpy(), std.numpy(), mx.numpy(), lse.numpy(),
                       entropy.numpy(), kl.numpy(), tscore.numpy(), rank.numpy(), tbin.numpy(), counts.numpy(),
-                      samp.numpy())
+                      samp.numpy(), ids.numpy(), top_cols.numpy(), top_score.numpy())
     finally:
         numba.set_num_threads(saved)
     keep = torch.arange(samples)[None, None, :] < counts.clamp(max=samples)[:, :, None]  # [R, BINS, samples]
@@ -251,13 +299,16 @@ def chunk_stats_fused(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor
         sample_rows=rb[:, 0],
         sample_bins=rb[:, 1],
         sample_cols=samp[keep],
+        stage_top_cols=top_cols,
+        stage_top_score=top_score,
     )
 
 
 @torch.inference_mode()
 def chunk_stats_torch(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor, ws: Workspace,
                       bound: torch.Tensor | None = None, exact=None, samples: int = HIST_SAMPLES,
-                      moments: tuple[torch.Tensor, torch.Tensor] | None = None) -> ChunkStats:
+                      moments: tuple[torch.Tensor, torch.Tensor] | None = None, stage_top: int = 0,
+                      col_ids: torch.Tensor | None = None) -> ChunkStats:
     """:func:`chunk_stats` with torch ops (any device, fast mode). ``moments``: (mean, std) ``[R]`` to use instead
     of computing them (tests give the fused kernel's, whose float64 sums differ in the last float32 bit)."""
     R, V = s.shape
@@ -342,6 +393,7 @@ def chunk_stats_torch(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor
     all_bins = torch.cat([pre_bins[pf_keep], sb2[keep2]])
     all_cols = torch.cat([pre_cols[pf_keep], cols2[keep2]])
     final_order = torch.argsort(all_rows * (HIST_BINS * V) + all_bins * V + all_cols)
+    top_cols, top_score = stage_top_torch(s, stage_top, col_ids, bound, exact, mask=ws.mask[:R])
     return ChunkStats(
         mean=mean,
         std=std,
@@ -355,4 +407,6 @@ def chunk_stats_torch(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor
         sample_rows=all_rows[final_order],
         sample_bins=all_bins[final_order],
         sample_cols=all_cols[final_order],
+        stage_top_cols=top_cols,
+        stage_top_score=top_score,
     )

@@ -153,3 +153,72 @@ def test_dispatch(monkeypatch):
     monkeypatch.setattr(stats, "_kernels", False)  # numba not importable
     chunk_stats(s, 5, trk, ws)
     assert calls == ["fused", "fused", "torch", "torch", "torch", "torch"]
+
+
+# ---- each row's own top-N (the overview grid)
+
+
+def brute_top(s: torch.Tensor, n: int, ids: torch.Tensor):
+    """``[R, n]`` columns and scores by sorting every row: higher score first, equal scores by smaller vocabulary id."""
+    cols = []
+    for r in range(s.shape[0]):
+        key = sorted(range(s.shape[1]), key=lambda v: (-float(s[r, v]), int(ids[v])))
+        cols.append(key[:n])
+    cols = torch.tensor(cols, dtype=torch.int64)
+    return cols, s.gather(1, cols)
+
+
+def top_block(c, S, V, seed=0):
+    """block()'s hard rows plus a row whose top scores tie across many columns and a row tied at the N-th place."""
+    s, trk = block(c, S, V, 5, seed)
+    s[0, :40] = s[0].max() + 1  # 40 columns tied for first: the order is by vocabulary id only
+    top4 = torch.topk(s[S], 4).values[-1]
+    s[S, ::50] = top4  # a tie at the 4th/5th place across many columns
+    return s, trk
+
+
+@pytest.mark.parametrize("V,n", [(997, 5), (997, 1), (50257, 5), (997, 20), (7, 7)])
+def test_stage_top_fused_torch_and_brute_force_agree(V, n):
+    c, S = 2, 5
+    s, trk = top_block(c, S, V) if V > 100 else (torch.randint(0, 3, (c * S, V)).float(), torch.zeros(c, 1, dtype=torch.int64))
+    ids = torch.randperm(V, generator=torch.Generator().manual_seed(7))  # columns are a permutation of the vocabulary
+    f = chunk_stats_fused(s, S, trk, 3, n, ids)
+    t = chunk_stats_torch(s, S, trk, Workspace(c * S, c * S, V, "cpu"), samples=3, stage_top=n, col_ids=ids)
+    assert f.stage_top_cols.shape == (c * S, n) and f.stage_top_cols.dtype == torch.int64
+    assert torch.equal(f.stage_top_cols, t.stage_top_cols) and torch.equal(f.stage_top_score, t.stage_top_score)
+    if V < 5000:
+        bc, bs = brute_top(s, n, ids)
+        assert torch.equal(f.stage_top_cols, bc) and torch.equal(f.stage_top_score, bs)
+    else:  # brute force by a stable sort on (score desc, id asc)
+        key = torch.argsort(ids[None, :].expand(c * S, V), dim=1, stable=True)
+        key = key.gather(1, torch.argsort(-s.gather(1, key), dim=1, stable=True))[:, :n]
+        assert torch.equal(f.stage_top_cols, key)
+    # the final row's own top-N is the final top-k's first N (same tie rule as Scorer.top_k)
+    assert (f.stage_top_score[:, :-1] >= f.stage_top_score[:, 1:]).all()
+    # the all-equal row: the n smallest vocabulary ids
+    assert torch.equal(ids[f.stage_top_cols[1]], torch.sort(ids).values[:n]) if V > 100 else True
+
+
+def test_stage_top_in_fast_mode_uses_exact_scores():
+    """Fast mode: approximate scores within a bound; candidates within 2 bounds of the N-th are re-scored exactly."""
+    s, trk = top_block(2, 5, 997, seed=3)
+    ids = torch.randperm(997, generator=torch.Generator().manual_seed(1))
+    noise = (torch.rand(s.shape, generator=torch.Generator().manual_seed(2)) - 0.5) * 1e-2  # |noise| <= 5e-3
+    approx = s + noise
+    bound = torch.full((s.shape[0],), 5e-3)
+
+    def exact(r, c, _x):  # the float32-mode scores
+        return s[r, c]
+
+    t = chunk_stats_torch(approx, 5, trk, Workspace(10, 10, 997, "cpu"), bound=bound, exact=exact, samples=3,
+                          stage_top=5, col_ids=ids)
+    bc, bs = brute_top(s, 5, ids)
+    assert torch.equal(t.stage_top_cols, bc) and torch.equal(t.stage_top_score, bs)
+
+
+def test_stage_top_zero_and_dispatch_defaults():
+    s, trk = block(1, 5, 997, 4)
+    f = chunk_stats_fused(s, 5, trk, 3)
+    assert f.stage_top_cols.shape == (5, 0) and f.stage_top_score.shape == (5, 0)
+    with pytest.raises(ValueError):
+        chunk_stats_fused(s, 5, trk, 3, 998)

@@ -202,3 +202,25 @@ def test_cuda_equals_cpu_at_llama_vocabulary(kt):
         if torch.equal(g["mean"], f.mean) and torch.equal(g["std"], f.std):
             for key in EXACT:
                 assert torch.equal(g[key], getattr(f, key)), key
+
+
+def test_triton_stage_top_equals_the_fused_kernel(kt):
+    """Each row's own top-N (torch.topk on the device plus the exact tie order) equals the numba kernel's."""
+    s, trk = block(2, 3, 997, 4)
+    s[0, :40] = s[0].max() + 1  # 40 columns tied for first
+    ids = torch.randperm(997, generator=torch.Generator().manual_seed(7))
+    g = kt.chunk_stats_triton(s.to(DEV), 3, trk.to(DEV), 3, block_a=512, block_b=256, sub_c=256, stage_top=5,
+                              col_ids=ids.to(DEV))
+    ref = torch_ref(s, 3, trk, 3)
+    from lenskit.stats import stage_top_torch
+
+    cols, score = stage_top_torch(s, 5, ids)
+    assert torch.equal(g.stage_top_cols.cpu(), cols) and torch.equal(g.stage_top_score.cpu(), score)
+    assert ref.stage_top_cols.shape == (6, 0)
+    try:
+        from lenskit.stats import chunk_stats_fused, fused_available
+    except ImportError:
+        return
+    if fused_available():
+        f = chunk_stats_fused(s, 3, trk, 3, 5, ids)
+        assert torch.equal(f.stage_top_cols, cols) and torch.equal(f.stage_top_score, score)

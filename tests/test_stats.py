@@ -200,3 +200,50 @@ def test_samples_per_bin_option(data, n):
         assert {b: len(x) for b, x in samples[s].items()} == {b: int(c) for b, c in enumerate(counts[s]) if 0 < c <= n}
         assert {b: [doc["token_ids"][i] for i in x] for b, x in samples[s].items()} == {
             b: [ref["token_ids"][i] for i in x] for b, x in ref_samples[s].items() if b in samples[s]}
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("precision", ["float32", "fast"])
+def test_stage_top_matches_brute_force(data, ties, precision):
+    """Each stage's own top-N in the document: the brute-force order (score desc, ties by smaller id), log-
+    probabilities = score - logsumexp, rounded as the schema says; the same tokens in fast mode (whose lse, like
+    every lse there, comes from the bfloat16 scores); valid JSON Schema."""
+    import jsonschema
+
+    from lenskit.schema import JSON_SCHEMA, ROUND_NATS, ROUND_STAGE_TOP_REST
+
+    stages, token_ids = data
+    lens = make_lens(ties)
+    doc = run(lens, stages, token_ids, stage_top=5, precision=precision)
+    jsonschema.validate(doc, JSON_SCHEMA)
+    assert doc["lens"]["stage_top"] == 5
+    full = brute(lens, stages).double()
+    lse = torch.logsumexp(full, -1)  # [S, T]
+    table = doc["token_ids"]
+    for pos in doc["prompts"][0]["positions"]:
+        p = pos["pos"]
+        top = pos["stage_top"]
+        assert len(top["tokens"]) == len(top["logp"]) == S
+        for s in range(S):
+            row = full[s, p]
+            order = sorted(range(V), key=lambda v: (-row[v].item(), v))[:5]
+            assert [table[i] for i in top["tokens"][s]] == order
+            for j, v in enumerate(order):
+                digits = ROUND_NATS if j == 0 else ROUND_STAGE_TOP_REST
+                want = min(0.0, (row[v] - lse[s, p]).item())
+                if precision == "float32":
+                    assert top["logp"][s][j] == pytest.approx(want, abs=0.5 * 10**-digits + 1e-4)
+                else:  # fast mode: lse approximate (as checked above), log-probabilities clamped at 0
+                    assert top["logp"][s][j] == pytest.approx(want, abs=0.5 * 10**-digits + 0.06, rel=0.02) and top["logp"][s][j] <= 0
+        # the last stage's own top-N are the final top-k's first N
+        assert top["tokens"][-1] == pos["tracked"][:5]
+
+
+def test_stage_top_zero_leaves_the_document_as_before(data):
+    stages, token_ids = data
+    doc = run(make_lens(), stages, token_ids, stage_top=0)
+    assert doc["lens"]["stage_top"] == 0
+    assert all("stage_top" not in pos for pos in doc["prompts"][0]["positions"])
+    with_top = run(make_lens(), stages, token_ids, stage_top=3)
+    for a, b in zip(doc["prompts"][0]["positions"], with_top["prompts"][0]["positions"]):
+        assert a["rank"] == b["rank"] and a["score"] == b["score"]  # nothing else changes

@@ -277,3 +277,32 @@ def test_torchrun_two_processes_equal_one(tiny_dir, corpus, tmp_path):
     assert json.loads((tmp_path / "two" / "survey.json").read_text())["options"]["processes"] == 2
     assert _doc_without_run(tmp_path / "two" / "survey.json") == _doc_without_run(tmp_path / "one" / "survey.json")
     assert (tmp_path / "two" / "export.json").read_bytes() == (tmp_path / "one" / "export.json").read_bytes()
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tiny_dir, corpus, tmp_path):
+    """SIGKILL a real `lenskit survey` process once a checkpoint exists; `--resume` gives the uninterrupted result."""
+    import signal
+    import time
+
+    args = [str(corpus), "-m", tiny_dir, "--max-tokens", "24", "-b", "1", "--block-docs", "1", "--examples", "3", "-q"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", LENSKIT_LOAD_PLUGINS="0")
+    cli = [sys.executable, "-m", "lenskit.cli", "survey", *args]
+    whole = subprocess.run([*cli, "-o", str(tmp_path / "whole")], env=env, capture_output=True, text=True, timeout=180)
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "cut"
+    ck = tmp_path / f".{out.name}.survey-partial" / "shard-000-of-001.json"
+    proc = subprocess.Popen([*cli, "-o", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not ck.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if proc.poll() is not None:
+        pytest.skip("the survey finished before it could be killed (machine too fast for this corpus)")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not out.exists() and ck.exists()  # nothing half-written in place: only the checkpoint
+    done = json.loads(ck.read_text())
+    assert done  # a readable checkpoint (written atomically)
+    res = subprocess.run([*cli, "-o", str(out), "--resume"], env=env, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr
+    assert _doc_without_run(out / "survey.json") == _doc_without_run(tmp_path / "whole" / "survey.json")
+    assert (out / "export.json").read_bytes() == (tmp_path / "whole" / "export.json").read_bytes()

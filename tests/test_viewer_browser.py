@@ -180,7 +180,7 @@ def test_figures_match_the_json(page, served, docs):
     open_view(page, served.url + "#run=synth&prompt=1&pos=7&stage=3")
     check_figures(page, doc, 1, 7, 3)
     assert state(page) == {"run": "synth", "prompt": "1", "pos": "7", "stage": "3", "mode": "raw", "view": "panels",
-                           "yrange": "layers"}
+                           "yrange": "layers", "grid": "prob"}
     # The strip highlights the position; the prediction line names the top-1 and the actual next token.
     assert page.get_attribute("#strip-section .strip .tok.selected", "data-pos") == "7"
     P = positions(doc, 1)[7]
@@ -211,7 +211,9 @@ def test_sliders_and_keys_move_linked_selections(page, served, docs):
     # Clicking a token in the strip selects it; clicking a point in Figure 2 selects its stage.
     page.click('#strip-section .strip .tok[data-pos="11"]')
     assert state(page)["pos"] == "11"
-    box = page.locator('#fig-ranks g.curve[data-token="0"] circle.pt[data-stage="6"]').bounding_box()
+    point = page.locator('#fig-ranks g.curve[data-token="0"] circle.pt[data-stage="6"]')
+    point.scroll_into_view_if_needed()  # below the overview grid
+    box = point.bounding_box()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     check_figures(page, doc, 0, 11, 6)
 

@@ -23,7 +23,9 @@ from lenskit.schema import (
     ROUND_SCORE,
     ROUND_STAT,
     SCHEMA_VERSION,
+    STAGE_TOP,
     encode_counts,
+    round_stage_top,
     sparse_bins,
     vlq_encode,
     z_bin,
@@ -75,10 +77,12 @@ def make_export(
     version: int = 2,
     embed_scale: float = 1.0,
     embed_shift: float = 0.0,
+    stage_top: int = STAGE_TOP,
 ) -> dict:
     """Build a ``lenskit.export/2`` document (``version=1``: the older ``lenskit.export/1`` the viewer still reads):
     ``prompts`` prompts of ``positions`` tokens, S = 2*layers+1 stages. ``embed_scale``/``embed_shift`` make the
-    embedding stage's scores ``scale * x + shift`` (as real models' embedding stage sits far from the rest)."""
+    embedding stage's scores ``scale * x + shift`` (as real models' embedding stage sits far from the rest).
+    ``stage_top``: each stage's own top-N per position (the overview grid; 0 for none, as in older documents)."""
     v1 = version == 1
     r_nats = ROUND_STAT if v1 else ROUND_NATS
     rng = np.random.default_rng(seed)
@@ -148,6 +152,12 @@ def make_export(
                     members = members[np.argsort(order_rank[members])][:HIST_SAMPLES]
                     flat.extend(ref(v) for v in members)
                 samples.append(flat if v1 else vlq_encode(flat))
+            top_fields = {}
+            if stage_top and not v1:
+                order_top = np.lexsort((np.arange(vocab_size)[None, :].repeat(S, 0), -sc), axis=1)[:, :stage_top]  # [S, N]
+                top_logp = np.take_along_axis(logp, order_top, 1)
+                top_fields["stage_top"] = {"tokens": [[ref(v) for v in row] for row in order_top],
+                                           "logp": round_stage_top(top_logp).tolist()}
             tbins = np.array([[int(bins[s, v]) for s in range(S)] for v in tracked])
             r_mean, r_std, r_score = _round(mean, ROUND_STAT), _round(std, ROUND_STAT), np.array(sc[:, tracked].T)
             if v1:
@@ -170,6 +180,7 @@ def make_export(
                     "entropy": _round(entropy, r_nats),
                     "kl": _round(np.maximum(kl, 0.0), r_nats),
                     "hist": {"lo": lo, "counts": counts, "samples": samples},
+                    **top_fields,
                 }
             )
         out_prompts.append({"index": p, "text": text, "tokens": [ref(i) for i in ids], "positions": pos_list})
@@ -185,7 +196,7 @@ def make_export(
             "adapter": "synthetic",
             "dtype": "float32",
         },
-        "lens": {"norm": True, "precision": "float32", "top_k": top_k},
+        "lens": {"norm": True, "precision": "float32", "top_k": top_k, **({"stage_top": stage_top} if not v1 else {})},
         "vocab_size": vocab_size,
         "stages": {
             "name": ["embed"] + [f"L{i}.{k}" for i in range(layers) for k in ("attn", "ffn")],

@@ -30,6 +30,7 @@ def export(
     positions: Optional[str] = typer.Option(None, "--positions", "-p", help="Positions to export, e.g. '3,10-20' (negative counts from the end). Default: all."),
     prompt: Optional[int] = typer.Option(None, "--prompt", min=0, help="Export only this prompt (0-based). Default: all."),
     top_k: int = typer.Option(10, "--top-k", "-k", min=1, help="Final top-k tokens followed per position."),
+    stage_top: int = typer.Option(5, "--stage-top", min=0, max=100, help="Each stage's own top-N tokens (with log-probabilities) per position: the viewer's overview grid. 0 for none (a smaller JSON)."),
     track: Optional[List[str]] = typer.Option(None, "--track", help="Extra token to follow: its text (one token, e.g. ' Paris') or id (ASCII digits). Repeatable."),
     samples: int = typer.Option(3, "--samples", min=0, max=100, help="Histogram bins holding at most N tokens list them all as hover samples (the sparse tails); denser bins list none. 0 for none; more = bigger JSON."),
     norm: bool = typer.Option(True, "--norm/--no-norm", help="Apply the model's final norm (the logit lens) or project the raw stream."),
@@ -83,7 +84,7 @@ def export(
         check_output_file(html, "report", others=(source,) + ((Path(output),) if output not in (None, "-") else ()))
     opts = ExportOptions(
         top_k=top_k, track=list(track or []), positions=positions, prompt=prompt, norm=norm, precision=precision,
-        max_memory=max_memory, device=device, samples=samples, lenses=list(lens or ["logit"]),
+        max_memory=max_memory, device=device, samples=samples, lenses=list(lens or ["logit"]), stage_top=stage_top,
     )
     doc = export_run_dir(run, opts, log=log, allow_download=allow_download)
     if output is not None:

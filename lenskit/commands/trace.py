@@ -75,6 +75,7 @@ def trace(
     export: bool = typer.Option(True, "--export/--no-export", help="Also write RUN_DIR/export.json for the viewer."),
     top_k: int = typer.Option(10, "--top-k", "-k", min=1, help="Tokens per position in export.json (final top-k)."),
     track: Optional[List[str]] = typer.Option(None, "--track", help="Extra token to follow in export.json (string or id). Repeatable."),
+    stage_top: int = typer.Option(5, "--stage-top", min=0, max=100, help="Each stage's own top-N tokens per position in export.json (the viewer's overview grid); 0 for none."),
     lens: Optional[List[str]] = typer.Option(None, "--lens", help="Lens to compute: logit (the model's own final norm + unembedding, default) or tuned:LENS_DIR (a lens from `lenskit fit-lens`). Repeatable: the export holds each (the first lens's final top-k are followed by all)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
@@ -104,7 +105,7 @@ def trace(
             from ..lenses import open_lenses
 
             head = lens_from_model(loaded.model, loaded.adapter)
-            check_export_options(loaded.tokenizer, head.vocab_size, top_k, list(track or []))
+            check_export_options(loaded.tokenizer, head.vocab_size, top_k, list(track or []), stage_top)
             n_layers = len(get_module(loaded.model, loaded.adapter.layers))
             open_lenses(lens, {"id": loaded.source["id"], "fingerprint": head.fingerprint()}, stage_names(n_layers))
         started = time.perf_counter()
@@ -116,7 +117,8 @@ def trace(
             from ..export import ExportOptions, export_run_dir, write_document
             from ..schema import EXPORT_FILE
 
-            opts = ExportOptions(top_k=top_k, track=list(track or []), lenses=list(lens or ["logit"]))
+            opts = ExportOptions(top_k=top_k, track=list(track or []), lenses=list(lens or ["logit"]),
+                                 stage_top=stage_top)
             write_document(export_run_dir(tmp, opts, loaded=loaded, states=states, log=log), tmp / EXPORT_FILE)
         replace_run_dir(tmp, target)
     finally:

@@ -6,7 +6,7 @@
 export const SCHEMA_VERSION = "lenskit.export/3";
 export const SCHEMA_V2 = "lenskit.export/2"; // still read: version 3 less the lenses (one logit lens)
 export const SCHEMA_V1 = "lenskit.export/1"; // still read: plain count/sample arrays, stored tracked bins
-const PER_LENS = ["score", "rank", "bin_edge", "mean", "std", "lse", "entropy", "kl", "hist"]; // a lens's own fields
+const PER_LENS = ["score", "rank", "bin_edge", "mean", "std", "lse", "entropy", "kl", "hist", "stage_top"]; // a lens's own fields
 const VLQ_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 const VLQ_DIGIT = new Int8Array(128).fill(-1);
 for (let i = 0; i < VLQ_ALPHABET.length; i++) VLQ_DIGIT[VLQ_ALPHABET.charCodeAt(i)] = i;
@@ -91,6 +91,49 @@ export class Run {
     return src ? `${l.kind} (${src})` : String(l.kind);
   }
   get topK() { return this._doc.lens.top_k; }
+  /** N of each position's stage_top (every stage's own top-N tokens), 0 when the export has none (older ones). */
+  get stageTopN() {
+    const first = this._doc.prompts[0] && this._doc.prompts[0].positions[0];
+    return first && first.stage_top ? first.stage_top.tokens[0].length : 0;
+  }
+
+  /**
+   * The overview grid of prompt `p` (lens 0), built once: `positions` (token positions, in order), and per cell
+   * c = i * stageCount + s (position i, stage s) typed arrays: `top` the stage's own top-1 (string-table index),
+   * `logp` its log-probability, `rank` the final top-1's rank there, `kl` KL(final ‖ stage); `next` per position the
+   * string-table index of the actual next token (-1 at the last one). null when the export has no stage_top.
+   */
+  grid(p) {
+    if (!this._grids) this._grids = new Map();
+    if (this._grids.has(p)) return this._grids.get(p);
+    const raw = this._doc.prompts[p].positions;
+    let out = null;
+    if (raw.length && raw[0].stage_top) {
+      const S = this.stageCount;
+      const n = raw.length * S;
+      const top = new Int32Array(n);
+      const logp = new Float32Array(n);
+      const rank = new Float64Array(n);
+      const kl = new Float32Array(n);
+      const next = new Int32Array(raw.length);
+      const tokens = this._doc.prompts[p].tokens;
+      raw.forEach((x, i) => {
+        const t = x.stage_top;
+        const r0 = x.rank[0];
+        for (let s = 0; s < S; s++) {
+          const c = i * S + s;
+          top[c] = t.tokens[s][0];
+          logp[c] = t.logp[s][0];
+          rank[c] = r0[s];
+          kl[c] = x.kl[s];
+        }
+        next[i] = x.pos + 1 < tokens.length ? tokens[x.pos + 1] : -1;
+      });
+      out = { positions: raw.map((x) => x.pos), stageCount: S, top, logp, rank, kl, next, inputs: raw.map((x) => tokens[x.pos]) };
+    }
+    this._grids.set(p, out);
+    return out;
+  }
 
   // Stages
   get stageCount() { return this._doc.stages.name.length; }
@@ -192,6 +235,15 @@ export class Position {
   lse(s) { return this._raw.lse[s]; }
   entropy(s) { return this._raw.entropy[s]; }
   kl(s) { return this._raw.kl[s]; }
+  /** How many of each stage's own top tokens the export holds (0: none). */
+  get stageTopCount() { return this._raw.stage_top ? this._raw.stage_top.tokens[0].length : 0; }
+  /** The j-th of stage s's own top tokens: {text, id, logp, prob}. */
+  stageTop(s, j) {
+    const t = this._raw.stage_top;
+    const index = t.tokens[s][j];
+    const logp = t.logp[s][j];
+    return { text: this._run.tokenText(index), id: this._run.tokenId(index), logp, prob: Math.exp(logp) };
+  }
 
   /** The score of tracked token j at stage s in a display mode: raw, centred (−mean), z ((−mean)/std), logprob (−lse). */
   value(mode, j, s) {

@@ -1,11 +1,12 @@
 // main.js — boots the viewer: loads the run list (served: runs.json; single file: the embedded run), restores the
-// view state from the URL, builds the strip and the three figures, and links them: every change of run, prompt,
+// view state from the URL, builds the overview grid, the strip and the three figures, and links them: every change of run, prompt,
 // position, stage, mode, view or y-range goes through one state store, redraws what depends on it and updates the URL.
 
 import { d3 } from "./d3.js";
 import { MODES, loadRun, loadRunList } from "./data.js";
 import { VIEWS, Y_RANGES, createState, readUrlState, writeUrlState } from "./state.js";
 import { createStrip } from "./strip.js";
+import { GRID_COLOURS, createGrid } from "./grid.js";
 import { createEvolution } from "./evolution.js";
 import { createRanks } from "./ranks.js";
 import { createHistogram } from "./histogram.js";
@@ -58,6 +59,10 @@ async function boot() {
   const evolution = createEvolution(d3.select("#fig-evolution"), { onStage });
   const ranks = createRanks(d3.select("#fig-ranks"), { onStage });
   const histogram = createHistogram(d3.select("#fig-histogram"), { onStage });
+  const grid = createGrid(d3.select("#fig-grid"), {
+    onSelect: (patch) => state.set(patch),
+    onColour: (colour) => state.set({ grid: colour }),
+  });
 
   /** A complete, valid state for `run`, starting from `want` (URL values or the previous state). */
   function resolve(want) {
@@ -73,6 +78,7 @@ async function boot() {
       mode: MODES.includes(want.mode) ? want.mode : "raw",
       view: VIEWS.includes(want.view) ? want.view : "panels",
       yrange: Y_RANGES.includes(want.yrange) ? want.yrange : "layers",
+      grid: GRID_COLOURS.includes(want.grid) ? want.grid : "prob",
     };
   }
 
@@ -158,6 +164,11 @@ async function boot() {
     }
     if (full || changed.has("stage")) histogram.draw(run, position, s.stage, width);
     if (full) strip.draw(run, s.prompt, position);
+    if (["run", "prompt", "resize", "grid"].some((k) => changed.has(k))) {
+      grid.draw(run, s, Math.max(MIN_PLOT_WIDTH, d3.select("#fig-grid .grid-plot").node().clientWidth || width));
+    } else if (changed.has("pos") || changed.has("stage")) {
+      grid.select(s);
+    }
     writeUrlState(s);
     root.attr("data-draw-ms", (performance.now() - t0).toFixed(2));
   }

@@ -1,8 +1,8 @@
-// state.js — the view state (run, prompt, position, stage, mode, view, yrange) shared by all figures, and its mirror in
-// the URL (#run=…&prompt=…&pos=…&stage=…&mode=…&view=…&yrange=…, written with history.replaceState so a link reproduces the view;
+// state.js — the view state (run, prompt, position, stage, mode, view, yrange, grid colour) shared by all figures, and
+// its mirror in the URL (#run=…&prompt=…&pos=…&stage=…&mode=…&view=…&yrange=…&grid=…, written with history.replaceState so a link reproduces the view;
 // the fragment works from file:// too). Listeners get the set of keys that changed.
 
-export const STATE_KEYS = ["run", "prompt", "pos", "stage", "mode", "view", "yrange"];
+export const STATE_KEYS = ["run", "prompt", "pos", "stage", "mode", "view", "yrange", "grid"];
 export const NUMERIC_KEYS = new Set(["prompt", "pos", "stage"]);
 export const VIEWS = ["panels", "shared"];
 // Figure 1's y-range: "layers" (default) from the stages after the embedding, the embedding drawn clipped; "all".
