@@ -33,7 +33,7 @@ from .schema import (
     encode_counts,
     round_stage_top,
     sparse_bins,
-    vlq_encode,
+    vlq_encode_many,
     z_bin,
 )
 
@@ -249,7 +249,7 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
                 "hist": {
                     "lo": row["hist_lo"],
                     "counts": encode_counts(row["hist_counts"], row["hist_lo"], row["hist_hi"]),
-                    "samples": [vlq_encode(refs(x)) for x in kept[id(row)]],
+                    "samples": vlq_encode_many([refs(x) for x in kept[id(row)]]),
                 },
                 **top,
             }

@@ -290,11 +290,20 @@ _VLQ_INDEX = {c: i for i, c in enumerate(VLQ_ALPHABET)}
 def vlq_encode(values) -> str:
     """Integers -> Base64 VLQ, as in JavaScript source maps: sign in the lowest bit of the first digit, 5 bits per
     base64 digit, least significant first, bit 5 (value 32) set on every digit but a number's last."""
-    v = np.asarray(values, dtype=np.int64).ravel()
+    return vlq_encode_many([values])[0]
+
+
+def vlq_encode_many(arrays) -> list[str]:
+    """:func:`vlq_encode` of each integer array, in one vectorised pass over all of them (an export encodes ~20,000
+    short arrays: one numpy pass each would cost more than the statistics)."""
+    parts = [np.asarray(a, dtype=np.int64).ravel() for a in arrays]
+    if not parts:
+        return []
+    v = np.concatenate(parts)
     if v.size == 0:
-        return ""
+        return [""] * len(parts)
     u = np.where(v < 0, ((-v) << 1) | 1, v << 1)
-    nd = np.ones(u.shape, dtype=np.int64)
+    nd = np.ones(u.shape, dtype=np.int64)  # digits per number
     rest = u >> 5
     while rest.any():
         nd += rest > 0
@@ -307,7 +316,11 @@ def vlq_encode(values) -> str:
         digit = (u[m] >> (5 * k)) & 31
         digit |= np.where(nd[m] - 1 > k, 32, 0)
         out[start[m] + k] = alphabet[digit]
-    return out.tobytes().decode("ascii")
+    text = out.tobytes().decode("ascii")
+    ends = np.cumsum([len(p) for p in parts])  # number index where each array ends
+    digit_end = np.concatenate([[0], np.cumsum(nd)])[ends]
+    digit_start = np.concatenate([[0], digit_end[:-1]])
+    return [text[a:b] for a, b in zip(digit_start.tolist(), digit_end.tolist())]
 
 
 def vlq_decode(text: str) -> list[int]:
@@ -327,14 +340,13 @@ def vlq_decode(text: str) -> list[int]:
 def encode_counts(counts: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> list[str]:
     """``counts [S, HIST_BINS]`` -> per stage the VLQ string of bins ``lo..hi``, each minus the same bin's count at
     the previous stage (0 before the first stage and outside the previous stage's ``lo..hi``)."""
-    prev = np.zeros(counts.shape[1], dtype=np.int64)
-    out = []
-    for s in range(counts.shape[0]):
-        span = counts[s, lo[s]: hi[s] + 1].astype(np.int64)
-        out.append(vlq_encode(span - prev[lo[s]: hi[s] + 1]))
-        prev = np.zeros_like(prev)
-        prev[lo[s]: hi[s] + 1] = span
-    return out
+    c = np.asarray(counts, dtype=np.int64)  # [S, BINS]
+    bins = np.arange(c.shape[1])
+    kept = (bins >= np.asarray(lo)[:, None]) & (bins <= np.asarray(hi)[:, None])  # [S, BINS] the stored spans
+    shown = np.where(kept, c, 0)
+    prev = np.vstack([np.zeros((1, c.shape[1]), dtype=np.int64), shown[:-1]])  # [S, BINS] the previous stage's span
+    delta = shown - prev
+    return vlq_encode_many([delta[s, lo[s]: hi[s] + 1] for s in range(c.shape[0])])
 
 
 def round_stage_top(logp) -> np.ndarray:
