@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from .schema import HIST_BINS, HIST_SAMPLES
-from .stats import BIN_OFFSET, ChunkStats, bin_scale, stage_top_torch, z_bins
+from .stats import BIN_OFFSET, ChunkStats, bin_scale, sample_lists, stage_top_torch, z_bins
 
 BLOCK_A = 2048  # scores per program in pass A
 BLOCK_B = 1024  # scores per program in passes B and C
@@ -240,22 +240,8 @@ def chunk_stats_triton(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tenso
             p_sel = prior[sel[:, 0], sel[:, 1]].contiguous()  # [n, BINS]
             _samples_kernel[(sel.shape[0],)](s, stride, V, sel.to(i32).contiguous(), mean, a, p_sel, samp, samples,
                                              BLOCK=block_b, SUB=min(sub_c, block_b), NBK=NB, num_warps=4)
-    keep = torch.arange(samples, device=dev)[None, None, :] < counts.clamp(max=samples)[:, :, None]  # [R, BINS, n]
-    rb = torch.nonzero(keep)  # [n, 3] (row, bin, j), row-major: sorted by (row, bin, column)
+    rows, bins, cols = sample_lists(counts, samp, samples)
     top_cols, top_score = stage_top_torch(s, stage_top, col_ids)  # [R, N] each
-    return ChunkStats(
-        mean=mean,
-        std=std,
-        lse=lse.float(),
-        entropy=entropy.float(),
-        kl=kl.float(),
-        tracked_score=t,
-        rank=rank,
-        tracked_bin=tbin,
-        counts=counts,
-        sample_rows=rb[:, 0],
-        sample_bins=rb[:, 1],
-        sample_cols=samp[:, :, :samples][keep],
-        stage_top_cols=top_cols,
-        stage_top_score=top_score,
-    )
+    return ChunkStats(mean=mean, std=std, lse=lse.float(), entropy=entropy.float(), kl=kl.float(), tracked_score=t,
+                      rank=rank, tracked_bin=tbin, counts=counts, sample_rows=rows, sample_bins=bins, sample_cols=cols,
+                      stage_top_cols=top_cols, stage_top_score=top_score)

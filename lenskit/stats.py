@@ -284,24 +284,18 @@ def chunk_stats_fused(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor
                       samp.numpy(), ids.numpy(), top_cols.numpy(), top_score.numpy())
     finally:
         numba.set_num_threads(saved)
-    keep = torch.arange(samples)[None, None, :] < counts.clamp(max=samples)[:, :, None]  # [R, BINS, samples]
+    rows, bins, cols = sample_lists(counts, samp, samples)
+    return ChunkStats(mean=mean, std=std, lse=lse.float(), entropy=entropy.float(), kl=kl.float(), tracked_score=tscore,
+                      rank=rank, tracked_bin=tbin, counts=counts, sample_rows=rows, sample_bins=bins, sample_cols=cols,
+                      stage_top_cols=top_cols, stage_top_score=top_score)
+
+
+def sample_lists(counts: torch.Tensor, samp: torch.Tensor, samples: int):
+    """A kernel's table of each bin's first sample columns, ``samp [R, BINS, >= samples]`` (valid up to the bin's
+    count) -> (rows, bins, cols) of every sample, sorted by (row, bin, column), as :class:`ChunkStats` holds them."""
+    keep = torch.arange(samples, device=counts.device)[None, None, :] < counts.clamp(max=samples)[:, :, None]
     rb = torch.nonzero(keep)  # [n, 3] (row, bin, j), row-major: sorted by (row, bin, column)
-    return ChunkStats(
-        mean=mean,
-        std=std,
-        lse=lse.float(),
-        entropy=entropy.float(),
-        kl=kl.float(),
-        tracked_score=tscore,
-        rank=rank,
-        tracked_bin=tbin,
-        counts=counts,
-        sample_rows=rb[:, 0],
-        sample_bins=rb[:, 1],
-        sample_cols=samp[keep],
-        stage_top_cols=top_cols,
-        stage_top_score=top_score,
-    )
+    return rb[:, 0], rb[:, 1], samp[:, :, :samples][keep]
 
 
 @torch.inference_mode()
