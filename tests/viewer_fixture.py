@@ -66,6 +66,63 @@ def _round(x, places):
     return [round(float(v), places) for v in x]
 
 
+def _lens_fields(sc, tracked, v1, r_nats, stage_top, order_rank, ref) -> dict:
+    """A position's per-lens fields (``score`` ... ``hist``, ``stage_top``) from one lens's scores ``sc [S, V]``."""
+    S, vocab_size = sc.shape
+    mean = sc.mean(axis=1)
+    std = sc.std(axis=1)
+    m = sc.max(axis=1, keepdims=True)
+    lse = (m[:, 0] + np.log(np.exp(sc - m).sum(axis=1)))
+    logp = sc - lse[:, None]
+    prob = np.exp(logp)
+    entropy = -(prob * logp).sum(axis=1)
+    kl = (prob[-1][None, :] * (logp[-1][None, :] - logp)).sum(axis=1)
+    z = (sc - mean[:, None]) / std[:, None]
+    bins = np.clip(np.floor((z - HIST_Z_MIN) / (HIST_Z_MAX - HIST_Z_MIN) * HIST_BINS), 0, HIST_BINS - 1).astype(int)
+    lo, hi, counts, samples, dense = [], [], [], [], []
+    for s in range(S):
+        c = np.bincount(bins[s], minlength=HIST_BINS)
+        nz = np.nonzero(c)[0]
+        lo.append(int(nz[0]))
+        hi.append(int(nz[-1]))
+        dense.append(c)
+        counts.append([int(v) for v in c[nz[0] : nz[-1] + 1]])
+        flat = []
+        for b in range(nz[0], nz[-1] + 1):
+            if not v1 and not sparse_bins(c[b], HIST_SAMPLES):
+                continue  # v2: only sparse bins list tokens (all of them)
+            members = np.nonzero(bins[s] == b)[0]
+            members = members[np.argsort(order_rank[members])][:HIST_SAMPLES]
+            flat.extend(ref(v) for v in members)
+        samples.append(flat if v1 else vlq_encode(flat))
+    top_fields = {}
+    if stage_top and not v1:
+        order_top = np.lexsort((np.arange(vocab_size)[None, :].repeat(S, 0), -sc), axis=1)[:, :stage_top]  # [S, N]
+        top_logp = np.take_along_axis(logp, order_top, 1)
+        top_fields["stage_top"] = {"tokens": [[ref(v) for v in row] for row in order_top],
+                                   "logp": round_stage_top(top_logp).tolist()}
+    tbins = np.array([[int(bins[s, v]) for s in range(S)] for v in tracked])
+    r_mean, r_std, r_score = _round(mean, ROUND_STAT), _round(std, ROUND_STAT), np.array(sc[:, tracked].T)
+    if v1:
+        bin_field = {"bin": tbins.tolist()}
+    else:
+        wrong = np.argwhere(z_bin(r_score, np.array(r_mean)[None], np.array(r_std)[None]) != tbins)
+        bin_field = {"bin_edge": [[int(j), int(s), int(tbins[j, s])] for j, s in wrong]}
+        counts = encode_counts(np.array(dense), np.array(lo), np.array(hi))
+    return {
+        "score": [_round(sc[:, v], ROUND_SCORE) for v in tracked],
+        "rank": [[int(1 + (sc[s] > sc[s, v]).sum()) for s in range(S)] for v in tracked],
+        **bin_field,
+        "mean": r_mean,
+        "std": r_std,
+        "lse": _round(lse, r_nats),
+        "entropy": _round(entropy, r_nats),
+        "kl": _round(np.maximum(kl, 0.0), r_nats),
+        "hist": {"lo": lo, "counts": counts, "samples": samples},
+        **top_fields,
+    }
+
+
 def make_export(
     prompts: int = 2,
     positions: int = 20,
@@ -78,14 +135,18 @@ def make_export(
     embed_scale: float = 1.0,
     embed_shift: float = 0.0,
     stage_top: int = STAGE_TOP,
+    lenses: int = 1,
 ) -> dict:
     """Build a ``lenskit.export/2`` document (``version=1``: the older ``lenskit.export/1`` the viewer still reads):
     ``prompts`` prompts of ``positions`` tokens, S = 2*layers+1 stages. ``embed_scale``/``embed_shift`` make the
     embedding stage's scores ``scale * x + shift`` (as real models' embedding stage sits far from the rest).
-    ``stage_top``: each stage's own top-N per position (the overview grid; 0 for none, as in older documents)."""
+    ``stage_top``: each stage's own top-N per position (the overview grid; 0 for none, as in older documents).
+    ``lenses`` > 1: a multi-lens document (``lens.lenses``; per position ``lenses`` with the later lenses' fields, from
+    the first lens's scores perturbed by seeded noise; the tracked tokens stay the first lens's)."""
     v1 = version == 1
     r_nats = ROUND_STAT if v1 else ROUND_NATS
     rng = np.random.default_rng(seed)
+    lens_rng = np.random.default_rng(seed + 7919)  # the later lenses' noise: the first lens's numbers stay as without
     vocab = _vocab(vocab_size)
     S = 2 * layers + 1
     order = rng.permutation(vocab_size)  # the fixed pseudo-random order samples are drawn in
@@ -126,61 +187,21 @@ def make_export(
             tracked = list(top)
             if nxt is not None and nxt not in tracked:
                 tracked.append(nxt)
-            mean = sc.mean(axis=1)
-            std = sc.std(axis=1)
-            m = sc.max(axis=1, keepdims=True)
-            lse = (m[:, 0] + np.log(np.exp(sc - m).sum(axis=1)))
-            logp = sc - lse[:, None]
-            prob = np.exp(logp)
-            entropy = -(prob * logp).sum(axis=1)
-            kl = (prob[-1][None, :] * (logp[-1][None, :] - logp)).sum(axis=1)
-            z = (sc - mean[:, None]) / std[:, None]
-            bins = np.clip(np.floor((z - HIST_Z_MIN) / (HIST_Z_MAX - HIST_Z_MIN) * HIST_BINS), 0, HIST_BINS - 1).astype(int)
-            lo, hi, counts, samples, dense = [], [], [], [], []
-            for s in range(S):
-                c = np.bincount(bins[s], minlength=HIST_BINS)
-                nz = np.nonzero(c)[0]
-                lo.append(int(nz[0]))
-                hi.append(int(nz[-1]))
-                dense.append(c)
-                counts.append([int(v) for v in c[nz[0] : nz[-1] + 1]])
-                flat = []
-                for b in range(nz[0], nz[-1] + 1):
-                    if not v1 and not sparse_bins(c[b], HIST_SAMPLES):
-                        continue  # v2: only sparse bins list tokens (all of them)
-                    members = np.nonzero(bins[s] == b)[0]
-                    members = members[np.argsort(order_rank[members])][:HIST_SAMPLES]
-                    flat.extend(ref(v) for v in members)
-                samples.append(flat if v1 else vlq_encode(flat))
-            top_fields = {}
-            if stage_top and not v1:
-                order_top = np.lexsort((np.arange(vocab_size)[None, :].repeat(S, 0), -sc), axis=1)[:, :stage_top]  # [S, N]
-                top_logp = np.take_along_axis(logp, order_top, 1)
-                top_fields["stage_top"] = {"tokens": [[ref(v) for v in row] for row in order_top],
-                                           "logp": round_stage_top(top_logp).tolist()}
-            tbins = np.array([[int(bins[s, v]) for s in range(S)] for v in tracked])
-            r_mean, r_std, r_score = _round(mean, ROUND_STAT), _round(std, ROUND_STAT), np.array(sc[:, tracked].T)
-            if v1:
-                bin_field = {"bin": tbins.tolist()}
-            else:
-                wrong = np.argwhere(z_bin(r_score, np.array(r_mean)[None], np.array(r_std)[None]) != tbins)
-                bin_field = {"bin_edge": [[int(j), int(s), int(tbins[j, s])] for j, s in wrong]}
-                counts = encode_counts(np.array(dense), np.array(lo), np.array(hi))
+            fields = _lens_fields(sc, tracked, v1, r_nats, stage_top, order_rank, ref)
+            if lenses > 1:
+                # Further lenses: the same tracked tokens, the scores perturbed stage by stage (less towards the output).
+                extra = []
+                for k in range(1, lenses):
+                    noise = np.stack([lens_rng.normal(0.0, 2.5 * (1 - s / (S - 1)) + 0.4, vocab_size) for s in range(S)])
+                    sc_k = np.round(sc + noise, ROUND_SCORE)
+                    extra.append(_lens_fields(sc_k, tracked, v1, r_nats, stage_top, order_rank, ref))
+                fields["lenses"] = extra
             pos_list.append(
                 {
                     "pos": t,
                     "tracked": [ref(v) for v in tracked],
                     "next": tracked.index(nxt) if nxt is not None else None,
-                    "score": [_round(sc[:, v], ROUND_SCORE) for v in tracked],
-                    "rank": [[int(1 + (sc[s] > sc[s, v]).sum()) for s in range(S)] for v in tracked],
-                    **bin_field,
-                    "mean": r_mean,
-                    "std": r_std,
-                    "lse": _round(lse, r_nats),
-                    "entropy": _round(entropy, r_nats),
-                    "kl": _round(np.maximum(kl, 0.0), r_nats),
-                    "hist": {"lo": lo, "counts": counts, "samples": samples},
-                    **top_fields,
+                    **fields,
                 }
             )
         out_prompts.append({"index": p, "text": text, "tokens": [ref(i) for i in ids], "positions": pos_list})
@@ -208,6 +229,11 @@ def make_export(
         "token_ids": [v for v, _ in by_index],
         "prompts": out_prompts,
     }
+    if lenses > 1:
+        entries = [{"kind": "logit", "source": None, "fingerprint": "0" * 16, "description": "final norm and unembedding"}]
+        entries += [{"kind": "tuned", "source": f"lenses/<b>synth-{k}", "fingerprint": f"{k:016x}",
+                     "description": "synthetic perturbed lens"} for k in range(1, lenses)]
+        doc["lens"]["lenses"] = entries
     if validate and not v1:
         import jsonschema
 

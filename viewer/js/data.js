@@ -98,15 +98,25 @@ export class Run {
   }
 
   /**
-   * The overview grid of prompt `p` (lens 0), built once: `positions` (token positions, in order), and per cell
+   * The overview grid of prompt `p` as lens `lens` saw it (falls back to lens 0 where that lens has no stage_top),
+   * built once: `positions` (token positions, in order), and per cell
    * c = i * stageCount + s (position i, stage s) typed arrays: `top` the stage's own top-1 (string-table index),
    * `logp` its log-probability, `rank` the final top-1's rank there, `kl` KL(final ‖ stage); `next` per position the
    * string-table index of the actual next token (-1 at the last one). null when the export has no stage_top.
    */
-  grid(p) {
+  grid(p, lens = 0) {
     if (!this._grids) this._grids = new Map();
-    if (this._grids.has(p)) return this._grids.get(p);
-    const raw = this._doc.prompts[p].positions;
+    const key = `${p}:${lens}`;
+    if (this._grids.has(key)) return this._grids.get(key);
+    const all = this._doc.prompts[p].positions;
+    const own = lens > 0 && all.length && all[0].lenses && all[0].lenses[lens - 1];
+    if (lens > 0 && !(own && own.stage_top)) {
+      const fallback = this.grid(p, 0);
+      this._grids.set(key, fallback);
+      return fallback;
+    }
+    // A lens's own fields, with the position's shared ones (pos, tracked, next).
+    const raw = lens > 0 ? all.map((x) => ({ ...x.lenses[lens - 1], pos: x.pos })) : all;
     let out = null;
     if (raw.length && raw[0].stage_top) {
       const S = this.stageCount;
@@ -129,9 +139,9 @@ export class Run {
         }
         next[i] = x.pos + 1 < tokens.length ? tokens[x.pos + 1] : -1;
       });
-      out = { positions: raw.map((x) => x.pos), stageCount: S, top, logp, rank, kl, next, inputs: raw.map((x) => tokens[x.pos]) };
+      out = { lens, positions: raw.map((x) => x.pos), stageCount: S, top, logp, rank, kl, next, inputs: raw.map((x) => tokens[x.pos]) };
     }
-    this._grids.set(p, out);
+    this._grids.set(key, out);
     return out;
   }
 

@@ -186,7 +186,7 @@ export function createGrid(root, { onSelect, onColour }) {
       showTooltip(event, { title: run.tokenText(grid.inputs[hit.i]), rows: [{ label: "position", value: String(pos) }] });
       return;
     }
-    const position = run.position(prompt, pos);
+    const position = run.position(prompt, pos, grid.lens);
     const s = hit.s;
     const c = hit.i * grid.stageCount + s;
     const rows = [
@@ -234,14 +234,18 @@ export function createGrid(root, { onSelect, onColour }) {
     }
   }
 
-  /** Draw the grid of `s.prompt` (hidden when the export has no stage_top). */
+  /** Draw the grid of `s.prompt` as lens `s.lens` sees it (hidden when the export has no stage_top). */
   function draw(run, s, width) {
-    const grid = run.grid(s.prompt);
+    const grid = run.grid(s.prompt, s.lens || 0);
     root.attr("hidden", grid ? null : true);
     if (!grid) {
       view = null;
       return;
     }
+    const wanted = s.lens || 0;
+    root.select(".grid-lens-note")
+      .attr("hidden", wanted === grid.lens ? true : null)
+      .text(wanted === grid.lens ? "" : `This grid shows lens ${grid.lens} (${run.lensLabel(grid.lens)}): the export has no per-stage top tokens for lens ${wanted} (${run.lensLabel(wanted)}).`);
     let klMax = 0;
     for (let c = 0; c < grid.kl.length; c++) if (grid.kl[c] > klMax) klMax = grid.kl[c];
     if (!view || view.run !== run) labels.clear();
@@ -252,6 +256,7 @@ export function createGrid(root, { onSelect, onColour }) {
     canvas.dataset.positions = String(grid.positions.length);
     canvas.dataset.stages = String(grid.stageCount);
     canvas.dataset.colour = s.grid;
+    canvas.dataset.lens = String(grid.lens);
     reveal();
     redraw();
   }

@@ -1,6 +1,7 @@
 // main.js — boots the viewer: loads the run list (served: runs.json; single file: the embedded run), restores the
 // view state from the URL, builds the overview grid, the strip and the three figures, and links them: every change of run, prompt,
-// position, stage, mode, view or y-range goes through one state store, redraws what depends on it and updates the URL.
+// position, stage, mode, view, y-range, lens or lens comparison goes through one state store, redraws what depends on
+// it and updates the URL.
 
 import { d3 } from "./d3.js";
 import { MODES, loadRun, loadRunList } from "./data.js";
@@ -79,6 +80,9 @@ async function boot() {
       view: VIEWS.includes(want.view) ? want.view : "panels",
       yrange: Y_RANGES.includes(want.yrange) ? want.yrange : "layers",
       grid: GRID_COLOURS.includes(want.grid) ? want.grid : "prob",
+      // Several lenses only: which one the figures show, and whether Figure 2 overlays another (else not in the URL).
+      lens: run.lenses.length > 1 ? clampInt(want.lens, 0, run.lenses.length - 1, 0) : undefined,
+      cmp: run.lenses.length > 1 && want.cmp === 1 ? 1 : undefined,
     };
   }
 
@@ -126,6 +130,13 @@ async function boot() {
   d3.select("#y-embed").on("change", function () {
     state.set({ yrange: this.checked ? "all" : "layers" });
   });
+  const lensSelect = d3.select("#lens-select");
+  lensSelect.on("change", function () {
+    state.set({ lens: Number(this.value) });
+  });
+  d3.select("#lens-cmp").on("change", function () {
+    state.set({ cmp: this.checked ? 1 : undefined });
+  });
 
   function fillPrompts() {
     promptSelect
@@ -136,11 +147,29 @@ async function boot() {
       .text((p) => `${p}: ${Array.from(run.promptText(p)).slice(0, 60).join("")}`);
     d3.select("#prompt-picker").attr("hidden", run.promptCount > 1 ? null : true);
     d3.select("#model-info").text(run.modelSummary);
+    const lenses = d3.range(run.lenses.length);
+    lensSelect
+      .selectAll("option")
+      .data(lenses)
+      .join("option")
+      .attr("value", (k) => k)
+      .text((k) => `${k}: ${run.lensLabel(k)}`);
+    d3.select("#lens-picker").attr("hidden", lenses.length > 1 ? null : true);
+    d3.select("#lens-compare").attr("hidden", lenses.length > 1 ? null : true);
+  }
+
+  /** The lens Figure 2 overlays when comparing: the second lens, or the first while the second is shown. */
+  function compareLens(s) {
+    if (!s.cmp || run.lenses.length < 2) return null;
+    return s.lens === 1 ? 0 : 1;
   }
 
   function drawAll(s, changed) {
     const t0 = performance.now();
-    const position = run.position(s.prompt, s.pos);
+    const lens = s.lens || 0;
+    const position = run.position(s.prompt, s.pos, lens);
+    const cmpLens = compareLens(s);
+    const cmp = cmpLens === null ? null : { lens: cmpLens, label: run.lensLabel(cmpLens), position: run.position(s.prompt, s.pos, cmpLens) };
     // Read the layout once, before any DOM write (all plots share the card width).
     const width = Math.max(MIN_PLOT_WIDTH, d3.select("#fig-evolution .plot").node().clientWidth || 900);
     if (changed.has("run")) fillPrompts();
@@ -151,20 +180,23 @@ async function boot() {
     });
     d3.select("#shared-axis").property("checked", s.view === "shared");
     d3.select("#y-embed").property("checked", s.yrange === "all");
-    const full = ["run", "prompt", "pos", "resize"].some((k) => changed.has(k));
+    lensSelect.property("value", lens);
+    d3.select("#lens-cmp").property("checked", Boolean(s.cmp));
+    d3.select("#lens-compare .lens-cmp-label").text(run.lenses.length > 1 ? `(dashed: ${run.lensLabel(lens === 1 ? 0 : 1)})` : "");
+    const full = ["run", "prompt", "pos", "lens", "resize"].some((k) => changed.has(k));
     if (full || changed.has("mode") || changed.has("view") || changed.has("yrange")) {
       evolution.draw(run, position, s, width);
     } else if (changed.has("stage")) {
       evolution.setStage(s.stage);
     }
-    if (full || changed.has("mode")) {
-      ranks.draw(run, position, s, width);
+    if (full || changed.has("mode") || changed.has("cmp")) {
+      ranks.draw(run, position, s, width, cmp);
     } else if (changed.has("stage")) {
       ranks.setStage(s.stage);
     }
     if (full || changed.has("stage")) histogram.draw(run, position, s.stage, width);
     if (full) strip.draw(run, s.prompt, position);
-    if (["run", "prompt", "resize", "grid"].some((k) => changed.has(k))) {
+    if (["run", "prompt", "lens", "resize", "grid"].some((k) => changed.has(k))) {
       grid.draw(run, s, Math.max(MIN_PLOT_WIDTH, d3.select("#fig-grid .grid-plot").node().clientWidth || width));
     } else if (changed.has("pos") || changed.has("stage")) {
       grid.select(s);

@@ -1,5 +1,7 @@
 // ranks.js — Figure 2 "Rank Ordering Evolution": each tracked token's rank among the whole vocabulary (1 = top)
-// over the stages, log y axis (rank 1 at the top), the same light/dark striping and hover as Figure 1.
+// over the stages, log y axis (rank 1 at the top), the same light/dark striping and hover as Figure 1. With several
+// lenses and "compare" on, another lens's ranks of the same tokens are overlaid as dashed curves (path.cmp-curve,
+// data-token, data-lens, data-ranks: the ranks, comma-separated, for the tests).
 
 import { d3 } from "./d3.js";
 import { createChart } from "./chart.js";
@@ -17,11 +19,13 @@ export function createRanks(root, { onStage }) {
     [["bands", "bands"], ["grid", "grid"], ["yAxis", "axis y-axis"], ["xAxis", "axis x-axis"]],
   );
   const marker = frame.append("line").attr("class", "stage-marker");
+  const compareLayer = frame.append("g").attr("class", "compare-curves");
   const curvesLayer = frame.append("g").attr("class", "curves");
   const overlay = frame.append("rect").attr("class", "overlay");
   let last = null;
 
-  function draw(run, position, { mode, stage }, width) {
+  /** `cmp`: null, or {lens, label, position} of the lens to overlay (dashed). */
+  function draw(run, position, { mode, stage }, width, cmp = null) {
     const w = width - MARGIN.left - MARGIN.right;
     const h = HEIGHT - MARGIN.top - MARGIN.bottom;
     svg.attr("width", width).attr("height", HEIGHT).attr("viewBox", `0 0 ${width} ${HEIGHT}`).attr("data-pos", position.pos);
@@ -53,6 +57,7 @@ export function createRanks(root, { onStage }) {
     xAxis.attr("transform", `translate(0,${h})`).call(stageAxis(run, x));
     xTitle.attr("x", MARGIN.left + w / 2).attr("y", HEIGHT - 6).text("stage (layer output; light band = attention block)");
 
+    renderCompare(cmp, n, top, x, y, S);
     renderCurves(curvesLayer, curves, (s) => run.stageKind(s), stage);
     overlay.attr("width", w).attr("height", h);
     attachHover(frame, overlay, points, {
@@ -62,6 +67,29 @@ export function createRanks(root, { onStage }) {
     renderLegend(legend, position);
     last = { x, h };
     setStage(stage);
+  }
+
+  function renderCompare(cmp, n, top, x, y, S) {
+    const rows = [];
+    if (cmp) {
+      for (let j = 0; j < n; j++) {
+        const ranks = d3.range(S).map((s) => cmp.position.rank(j, s));
+        rows.push({ j, ranks, color: tokenColor(j, top), cls: j < top ? "top" : "extra" });
+      }
+    }
+    const line = d3.line().x((_, s) => x(s)).y((r) => y(r));
+    compareLayer.attr("data-lens", cmp ? cmp.lens : null);
+    compareLayer
+      .selectAll("path.cmp-curve")
+      .data(rows, (d) => d.j)
+      .join("path")
+      .attr("class", (d) => `cmp-curve ${d.cls}`)
+      .attr("data-token", (d) => d.j)
+      .attr("data-lens", cmp ? cmp.lens : null)
+      .attr("data-ranks", (d) => d.ranks.join(","))
+      .attr("stroke", (d) => d.color)
+      .attr("stroke-dasharray", "5 3")
+      .attr("d", (d) => line(d.ranks));
   }
 
   function setStage(stage) {

@@ -1,9 +1,10 @@
-// state.js — the view state (run, prompt, position, stage, mode, view, yrange, grid colour) shared by all figures, and
-// its mirror in the URL (#run=…&prompt=…&pos=…&stage=…&mode=…&view=…&yrange=…&grid=…, written with history.replaceState so a link reproduces the view;
-// the fragment works from file:// too). Listeners get the set of keys that changed.
+// state.js — the view state (run, prompt, position, stage, mode, view, yrange, grid colour, lens, compare) shared by
+// all figures, and its mirror in the URL (#run=…&prompt=…&pos=…&stage=…&mode=…&view=…&yrange=…&grid=…, and for
+// exports with several lenses &lens=k (index into lens.lenses) &cmp=1 (Figure 2 overlays another lens), written
+// with history.replaceState so a link reproduces the view; the fragment works from file:// too). Listeners get the set of keys that changed.
 
-export const STATE_KEYS = ["run", "prompt", "pos", "stage", "mode", "view", "yrange", "grid"];
-export const NUMERIC_KEYS = new Set(["prompt", "pos", "stage"]);
+export const STATE_KEYS = ["run", "prompt", "pos", "stage", "mode", "view", "yrange", "grid", "lens", "cmp"];
+export const NUMERIC_KEYS = new Set(["prompt", "pos", "stage", "lens", "cmp"]);
 export const VIEWS = ["panels", "shared"];
 // Figure 1's y-range: "layers" (default) from the stages after the embedding, the embedding drawn clipped; "all".
 export const Y_RANGES = ["layers", "all"];
