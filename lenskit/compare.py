@@ -612,15 +612,9 @@ def json_schema() -> dict:
 
 def is_compare_dir(folder: Path) -> bool:
     """A folder ``lenskit compare`` wrote: it holds a compare.json of this schema family."""
-    path = Path(folder) / COMPARE_FILE
-    if not path.is_file() or path.is_symlink():
-        return False
-    try:
-        with open(path, "rb") as f:
-            head = f.read(64)
-    except OSError:
-        return False
-    return head.startswith(b'{"schema":"lenskit.compare/')
+    from .files import file_head
+
+    return (file_head(Path(folder) / COMPARE_FILE, 64) or b"").startswith(b'{"schema":"lenskit.compare/')
 
 
 def run_compare(run_a: Path, run_b: Path, prompt_a: int = 0, prompt_b: int = 0, align: str = "auto",

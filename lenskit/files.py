@@ -55,13 +55,21 @@ def atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-def _is_kind(path: Path, kind: str) -> bool:
+def file_head(path: Path, n: int = SIGNATURE_BYTES) -> bytes | None:
+    """The first ``n`` bytes of a regular file (not a symlink), or None: how lenskit recognises its own outputs."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_file():
+        return None
     try:
         with open(path, "rb") as f:
-            head = f.read(SIGNATURE_BYTES)
+            return f.read(n)
     except OSError:
-        return False
-    return not head or any(sig in head for sig in SIGNATURES[kind])
+        return None
+
+
+def _is_kind(path: Path, kind: str) -> bool:
+    head = file_head(path)
+    return head is not None and (not head or any(sig in head for sig in SIGNATURES[kind]))
 
 
 def check_output_file(path: Path, kind: str, others: tuple[Path, ...] = ()) -> Path:

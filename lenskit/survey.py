@@ -719,13 +719,9 @@ def export_examples(loaded, agg: Aggregates, opts: SurveyOptions, log=None) -> d
 
 def is_survey_run(folder: Path) -> bool:
     """Is ``folder`` a finished survey run (its survey.json starts like lenskit's)?"""
-    f = Path(folder) / SURVEY_FILE
-    try:
-        with open(f, "rb") as fh:
-            head = fh.read(64)
-    except OSError:
-        return False
-    return head.startswith(b'{"schema":"lenskit.survey/')
+    from .files import file_head
+
+    return (file_head(Path(folder) / SURVEY_FILE, 64) or b"").startswith(b'{"schema":"lenskit.survey/')
 
 
 def write_survey_run(tmp: Path, doc: dict, export_doc: dict | None) -> None:

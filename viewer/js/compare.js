@@ -8,6 +8,7 @@ import { hideTooltip } from "./tooltip.js";
 import { loadCompare, loadCompareList } from "./compare-data.js";
 import { createCompareRanks } from "./compare-ranks.js";
 import { createCompareKl } from "./compare-kl.js";
+import { readUrlState, writeUrlState } from "./state.js";
 
 const STATE_KEYS = ["cmp", "pair", "stage", "view"];
 const NUMERIC_KEYS = new Set(["pair", "stage"]);
@@ -17,34 +18,6 @@ const MIN_PLOT_WIDTH = 480;
 
 function showStatus(message, isError = false) {
   d3.select("#status").classed("error", isError).text(message).attr("hidden", message ? null : true);
-}
-
-function readUrlState() {
-  const out = {};
-  const params = new URLSearchParams(window.location.hash.replace(/^#/, ""));
-  for (const key of STATE_KEYS) {
-    const raw = params.get(key);
-    if (raw === null) continue;
-    if (NUMERIC_KEYS.has(key)) {
-      const n = Number.parseInt(raw, 10);
-      if (Number.isFinite(n)) out[key] = n;
-    } else {
-      out[key] = raw;
-    }
-  }
-  return out;
-}
-
-function writeUrlState(state) {
-  const params = new URLSearchParams();
-  for (const key of STATE_KEYS) if (state[key] !== undefined && state[key] !== null) params.set(key, String(state[key]));
-  const url = new URL(window.location.href);
-  url.hash = params.toString();
-  try {
-    window.history.replaceState(null, "", url.href);
-  } catch (err) {
-    // an embedder may forbid it: the view still works
-  }
 }
 
 function clampInt(v, lo, hi, fallback) {
@@ -116,7 +89,7 @@ async function boot() {
   root.attr("data-state", "loading");
   const list = await loadCompareList();
   if (list.length === 0) throw new Error("no comparisons to show: serve a folder written by `lenskit compare` (lenskit serve OUT)");
-  const wanted = readUrlState();
+  const wanted = readUrlState(window.location, STATE_KEYS, NUMERIC_KEYS);
   const entry = list.find((c) => c.name === wanted.cmp) || list[0];
   const cmp = await loadCompare(entry);
 
@@ -125,7 +98,7 @@ async function boot() {
     d3.select("#cmp-select").selectAll("option").data(list).join("option")
       .attr("value", (d) => d.name).property("selected", (d) => d.name === entry.name).text((d) => d.name);
     d3.select("#cmp-select").on("change", (event) => {
-      writeUrlState({ cmp: event.target.value });
+      writeUrlState({ cmp: event.target.value }, STATE_KEYS);
       window.location.reload();
     });
   }
@@ -181,7 +154,7 @@ async function boot() {
     drawSummary(d3.select("#summary"), cmp, pair, state.stage);
     ranks.draw(cmp, pair, { ...state, hidden }, width);
     kl.draw(cmp, pair, state, width);
-    writeUrlState(state);
+    writeUrlState(state, STATE_KEYS);
   }
 
   document.addEventListener("keydown", (event) => {

@@ -28,15 +28,16 @@ export function createState(initial) {
   };
 }
 
-/** State values found in the page's URL (fragment first, then query string); numbers parsed, unknown keys dropped. */
-export function readUrlState(location = window.location) {
+/** State values found in the page's URL (query string, then fragment); numbers parsed, unknown keys dropped. Another
+ * page (compare.js) passes its own ``keys``/``numeric``. */
+export function readUrlState(location = window.location, keys = STATE_KEYS, numeric = NUMERIC_KEYS) {
   const out = {};
   const sources = [new URLSearchParams(location.search), new URLSearchParams(location.hash.replace(/^#/, ""))];
   for (const params of sources) {
-    for (const key of STATE_KEYS) {
+    for (const key of keys) {
       const raw = params.get(key);
       if (raw === null) continue;
-      if (NUMERIC_KEYS.has(key)) {
+      if (numeric.has(key)) {
         const n = Number.parseInt(raw, 10);
         if (Number.isFinite(n)) out[key] = n;
       } else {
@@ -48,9 +49,9 @@ export function readUrlState(location = window.location) {
 }
 
 /** Write the state into the URL fragment without adding history entries. */
-export function writeUrlState(state) {
+export function writeUrlState(state, keys = STATE_KEYS) {
   const params = new URLSearchParams();
-  for (const key of STATE_KEYS) {
+  for (const key of keys) {
     if (state[key] !== undefined && state[key] !== null) params.set(key, String(state[key]));
   }
   const url = new URL(window.location.href);
