@@ -4,6 +4,7 @@
 # Usage: bash bench/gpu.sh   (from anywhere; writes $OUT/bench_gpu.json and $OUT/gpu.log when OUT is set)
 # Env: PYTHON (interpreter to use), LENSKIT_GPU_SHAPES, LENSKIT_GPU_MAX_POSITIONS, LENSKIT_GPU_REPEATS (see the bench).
 # Budget: ~6 minutes on an H100 (tests ~1-2 min incl. Triton compilation, bench ~1-2 min); each step has a timeout.
+# Wheels the device lacks (orjson, gguf) travel in .whl/ (git-ignored): see the README's "GPU" section.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/bench-gpu-out}
@@ -26,11 +27,19 @@ if [ -z "$PY" ]; then
 fi
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'
 
-# 2. light dependencies, only where missing (pip without network may fail: then the step says so)
+# 2. light dependencies, only where missing: wheels carried in .whl/ first (the device has no network), then pip
+if ls .whl/*.whl >/dev/null 2>&1; then
+  for whl in .whl/*.whl; do
+    mod=$(basename "$whl" | cut -d- -f1)
+    "$PY" -c "import $mod" 2>/dev/null || "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$whl"
+  done
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 need() { "$PY" -c "import $1" 2>/dev/null || { echo "installing $2"; timeout 180 "$PY" -m pip install -q "$2" || echo "could not install $2"; }; }
 need triton triton
 need numpy numpy
 need pytest pytest
+need orjson orjson
 "$PY" -c 'import triton; print("triton", triton.__version__)' || { echo "triton missing: cannot run"; exit 3; }
 # lenskit itself from this tree (PYTHONPATH; an editable install without dependencies only if that fails)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -41,13 +50,13 @@ export LENSKIT_LOAD_PLUGINS=0 HF_HUB_OFFLINE=1
 
 # 3. tests compiled on the GPU (CUDA-vs-CPU equality at Llama-3 vocabulary included)
 echo "== tests (GPU)"
-timeout 240 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_kernels_triton.py
+timeout ${LENSKIT_GPU_TEST_TIMEOUT:-200} "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_kernels_triton.py tests/test_cuda.py
 tests_rc=$?
 echo "tests rc=$tests_rc"
 
 # 4. the benchmark
 echo "== bench"
-OUT="$OUT" timeout 300 "$PY" bench/test_bench_gpu.py
+OUT="$OUT" PYTHONUNBUFFERED=1 timeout ${LENSKIT_GPU_BENCH_TIMEOUT:-300} "$PY" bench/test_bench_gpu.py
 bench_rc=$?
 echo "bench rc=$bench_rc; json: $OUT/bench_gpu.json"
 exit $(( tests_rc != 0 || bench_rc != 0 ))

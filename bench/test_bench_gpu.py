@@ -13,6 +13,13 @@ Per shape, median of ``LENSKIT_GPU_REPEATS`` (3) timed passes over all positions
 * ``gemm_stats``: float32-output GEMM + :func:`lenskit.kernels_triton.chunk_stats_triton` (K = 12 tracked tokens,
   3 samples per bin), results left on the GPU.
 
+Then the engine itself (:func:`lenskit.engine.prompt_stats`: scoring blocks, the final top-k, every statistic, each
+stage's top-5, results left on the GPU) on the same shapes with a random logit lens (LayerNorm + head), per
+``--precision`` mode, against bare GEMMs timed in the same run: ``float32`` vs a strict float32 GEMM (no TF32) and vs
+the bf16 GEMM; ``bf16`` vs the bf16 GEMM; ``fast`` (bf16 screen + exact float32 re-checks) on the first
+``LENSKIT_GPU_FAST_POSITIONS`` (128) positions only, checked identical to ``float32``. Also reported: how often
+``bf16`` mode's integers agree with ``float32`` mode's (top-10 sets, ranks), for users choosing between them.
+
 Reports achieved TFLOP/s (GEMM FLOPs / time) and each time as a ratio to ``gemm_bf16``; summary lines on stdout
 and JSON in ``$OUT/bench_gpu.json`` when ``OUT`` is set. Also checks the first chunk's integer results against the
 torch implementation on the GPU (given the same moments). Without CUDA it is skipped, unless
@@ -33,9 +40,9 @@ import time
 import pytest
 import torch
 
-SHAPES = {  # name: (stages S, positions T, hidden D, vocabulary V, positions per chunk c)
-    "llama3-8b": (65, 2048, 4096, 128256, 32),
+SHAPES = {  # name: (stages S, positions T, hidden D, vocabulary V, positions per chunk c); the default model first
     "smollm2-135m": (61, 1024, 576, 49152, 64),
+    "llama3-8b": (65, 2048, 4096, 128256, 32),
 }
 TINY = {"tiny": (3, 4, 64, 997, 2)}
 K_TRACKED = 12
@@ -127,6 +134,8 @@ def bench_shape(name: str, S: int, T: int, D: int, V: int, c: int, dev: str, rep
                 for k in ("lse", "entropy", "kl"))
     del s, st, ref
     gemm_bf16(), gemm_f32()
+    profile = _kernel_profile(lambda: [chunk_stats_triton(gemm_f32out(h[rows(p0, p1)], wt), S, trk[p0:p1], SAMPLES)
+                                       for p0, p1 in chunks[:4]]) if dev == "cuda" else None
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -149,7 +158,128 @@ def bench_shape(name: str, S: int, T: int, D: int, V: int, c: int, dev: str, rep
         "first_chunk_floats_close_torch": bool(close),
         "out_dtype_float32_gemm": bool(_OUT_DTYPE_OK),
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None,
+        "kernel_profile_4_chunks": profile,
     }
+    return out
+
+
+def _kernel_profile(fn, top: int = 12) -> list | None:
+    """GPU time per kernel name over one call of ``fn`` (torch.profiler), the ``top`` largest: where the time goes."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        rows = []
+        for ev in prof.key_averages():
+            t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+            if t:
+                rows.append((ev.key[:90], ev.count, round(t / 1e3, 3)))  # name, calls, ms
+        rows.sort(key=lambda r: -r[2])
+        for name, n, ms in rows[:top]:
+            print(f"  profile {ms:9.3f} ms {n:5d}x {name}", flush=True)
+        return rows[:top]
+    except Exception as e:  # the profiler is a nicety
+        print(f"  profile unavailable: {e}", flush=True)
+        return None
+
+
+def gemm_variants(S: int, T: int, D: int, V: int, dev: str, repeats: int) -> dict:
+    """Seconds for one pass over all rows in the engine's block shape: strict float32, TF32, bf16 (bf16 out), bf16 with
+    float32 output."""
+    from lenskit.scoring import GPU_BLOCK_BYTES, GPU_BLOCK_ROWS
+
+    rows = min(GPU_BLOCK_ROWS[1], max(GPU_BLOCK_ROWS[0], GPU_BLOCK_BYTES // (4 * V))) // S * S
+    g = torch.Generator(device=dev).manual_seed(1)
+    x = torch.randn(rows, D, generator=g, device=dev)  # [B, D]
+    w = torch.randn(D, V, generator=g, device=dev) / D**0.5  # [D, V]
+    x16, w16 = x.bfloat16(), w.bfloat16()
+    out = torch.empty(rows, V, device=dev)
+    n = -(-T * S // rows)  # blocks per pass
+
+    def f32():
+        for _ in range(n):
+            torch.matmul(x, w, out=out)
+
+    def tf32():
+        old = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            for _ in range(n):
+                torch.matmul(x, w, out=out)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = old
+
+    def bf16():
+        for _ in range(n):
+            torch.matmul(x16, w16)
+
+    def bf16_f32out():
+        for _ in range(n):
+            torch.mm(x16, w16, out_dtype=torch.float32, out=out)
+
+    res = {"block_rows": rows, "blocks": n}
+    for key, fn in (("f32", f32), ("tf32", tf32), ("bf16", bf16), ("bf16_f32out", bf16_f32out)):
+        try:
+            fn()
+            res[key] = statistics.median(_timed(fn, dev, repeats))
+        except (TypeError, RuntimeError, NotImplementedError) as e:
+            res[key] = None
+            res[key + "_error"] = str(e)[:200]
+    return res
+
+
+@torch.inference_mode()
+def bench_engine(S: int, T: int, D: int, V: int, dev: str, repeats: int, fast_positions: int) -> dict:
+    """The engine (scoring + statistics) per precision mode on random stages; see the module docstring."""
+    from lenskit.engine import prompt_stats
+    from lenskit.lens import Lens
+    from lenskit.planning import auto_max_memory
+    from lenskit.scoring import Scorer
+
+    g = torch.Generator(device=dev).manual_seed(2)
+    stages = torch.randn(S, T, D, generator=g, device=dev)  # [S, T, D]
+    stages *= torch.linspace(0.5, 4, S, device=dev)[:, None, None]  # later stages: larger stream, sharper rows
+    w = torch.randn(V, D, generator=g, device=dev) * (3 / D**0.5)
+    w[:16] *= 3
+    lens = Lens(norm=torch.nn.LayerNorm(D).to(dev), pre=None, weight=w, bias=None)
+    token_ids = torch.randint(0, V, (T,), generator=g, device=dev).tolist()
+    budget = auto_max_memory(torch.device(dev))
+
+    def engine(precision: str, n_pos: int):
+        scorer = Scorer(lens, torch.device(dev), True, precision)
+        groups = list(prompt_stats(scorer, lambda p0, p1: stages[:, p0:p1], S, token_ids[:n_pos], list(range(n_pos)),
+                                   10, [], budget, samples=3, stage_top=5))
+        _sync(dev)
+        return groups
+
+    out = {"positions": T, "fast_positions": fast_positions}
+    secs = {}
+    for prec in ("float32", "bf16"):
+        engine(prec, min(T, 64))  # warm-up: Triton compilation, cuBLAS heuristics
+        secs[prec] = statistics.median(_timed(lambda: engine(prec, T), dev, repeats))
+    out["seconds"] = secs
+    # agreement of bf16 mode with float32 mode, and fast == float32, on the first positions
+    n = min(T, fast_positions)
+    ref = engine("float32", n)
+    b16 = engine("bf16", n)
+    top_same = rank_same = rank_total = 0
+    for a, b in zip(ref, b16):
+        for i, (ta, tb) in enumerate(zip(a.tracked, b.tracked)):
+            top_same += set(ta[:10]) == set(tb[:10])
+        rank_same += int((a.stats.rank == b.stats.rank).sum())
+        rank_total += a.stats.rank.numel()
+    out["bf16_vs_float32"] = {"positions": n, "top10_set_equal_share": top_same / n,
+                              "ranks_equal_share": rank_same / max(1, rank_total)}
+    t0 = time.perf_counter()
+    fast = engine("fast", n)
+    out["fast_seconds"] = time.perf_counter() - t0
+    out["float32_seconds_same_positions"] = statistics.median(_timed(lambda: engine("float32", n), dev, 1))
+    out["fast_equals_float32"] = all(
+        a.tracked == b.tracked and torch.equal(a.stats.rank, b.stats.rank)  # (histograms use fast mode's moments)
+        and torch.equal(a.stats.tracked_score, b.stats.tracked_score)
+        and torch.equal(a.stats.stage_top_cols, b.stats.stage_top_cols) for a, b in zip(ref, fast))
     return out
 
 
@@ -174,6 +304,8 @@ def run(out_dir: str | None = None) -> dict | None:
     except ImportError:
         report["triton"] = None
     for name, (S, T, D, V, c) in shapes.items():
+        if name == "llama3-8b" and dev == "cuda" and torch.cuda.get_device_properties(0).total_memory < 60 * 2**30:
+            T = min(T, 512)  # the [T*S, D] stages and [V, D] head of the big shape need room
         if max_pos:
             T = min(T, int(max_pos))
         r = bench_shape(name, S, T, D, V, c, dev, repeats)
@@ -186,12 +318,39 @@ def run(out_dir: str | None = None) -> dict | None:
               f"throughput vs bf16 GEMM {r['throughput_vs_bf16_gemm']:.2f}x | stats {r['stats_seconds']:.3f}s | "
               f"exact {r['first_chunk_integers_equal_torch']} close {r['first_chunk_floats_close_torch']} | "
               f"warm-up {r['warmup_seconds']:.1f}s peak {r['peak_gib'] or 0:.1f} GiB", flush=True)
+        _dump(report, out_dir)
+        if os.environ.get("LENSKIT_GPU_ENGINE", "1") == "1":
+            try:
+                gv = gemm_variants(S, T, D, V, dev, repeats)
+                r["gemm_block"] = gv
+                flop = r["gemm_flop"]
+                print(f"bench_gpu {name} GEMM in the engine's {gv['block_rows']}-row blocks: " + " | ".join(
+                    f"{k} {gv[k]:.3f}s {flop / gv[k] / 1e12:.0f} TFLOP/s" for k in ("f32", "tf32", "bf16", "bf16_f32out")
+                    if gv.get(k)), flush=True)
+                eng = bench_engine(S, T, D, V, dev, repeats, int(os.environ.get("LENSKIT_GPU_FAST_POSITIONS", "128")))
+                r["engine"] = eng
+                es = eng["seconds"]
+                print(f"bench_gpu {name} engine: float32 {es['float32']:.3f}s ({es['float32'] / gv['f32']:.2f}x strict "
+                      f"f32 GEMM, {es['float32'] / gv['bf16']:.2f}x bf16 GEMM) | bf16 {es['bf16']:.3f}s "
+                      f"({es['bf16'] / gv['bf16']:.2f}x bf16 GEMM, {flop / es['bf16'] / 1e12:.0f} TFLOP/s) | "
+                      f"fast {eng['fast_seconds']:.2f}s vs float32 {eng['float32_seconds_same_positions']:.2f}s on "
+                      f"{eng['bf16_vs_float32']['positions']} positions, identical {eng['fast_equals_float32']} | "
+                      f"bf16 vs float32: top-10 sets equal {eng['bf16_vs_float32']['top10_set_equal_share']:.3f}, "
+                      f"ranks equal {eng['bf16_vs_float32']['ranks_equal_share']:.4f}", flush=True)
+            except Exception as e:  # keep the kernel figures above; say what broke
+                r["engine_error"] = f"{type(e).__name__}: {e}"
+                print(f"bench_gpu {name} engine: {r['engine_error']}", flush=True)
+            _dump(report, out_dir)
+    return report
+
+
+def _dump(report: dict, out_dir: str | None) -> None:
+    """Write what is measured so far (a later step may run out of time)."""
     out_dir = out_dir if out_dir is not None else os.environ.get("OUT")
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "bench_gpu.json"), "w") as f:
             json.dump(report, f, indent=1)
-    return report
 
 
 def test_gpu_stats_against_bf16_gemm():

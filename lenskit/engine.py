@@ -8,8 +8,8 @@ per-row results leave the device. Yields one :class:`Group` of results per stati
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -51,7 +51,8 @@ def prompt_stats(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int],
     ``progress(n)``, if given, is called as each chunk of n positions is done. ``tracked_of``: ``{position: tracked
     ids}`` to follow instead of this lens's own final top-k (the second lens of an export follows the first's).
     ``stage_top``: N, each (position, stage) row's own top-N tokens (``stats.stage_top_cols``; 0 for none)."""
-    plan = plan_chunks(n_stages, scorer.lens.vocab_size, scorer.set_block(n_stages), budget)
+    plan = plan_chunks(n_stages, scorer.lens.vocab_size, scorer.set_block(n_stages), budget,
+                       gpu=scorer.device.type == "cuda")
     for chunk in contiguous_groups(positions, plan.chunk):
         h = stages_of(chunk[0], chunk[-1] + 1)  # [S, c', D]
         h = h[:, [p - chunk[0] for p in chunk]]  # [S, c, D]

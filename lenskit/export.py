@@ -15,16 +15,16 @@ import orjson
 import torch
 
 from . import __version__
-from .errors import InputError
 from .engine import prompt_stats
+from .errors import InputError
 from .planning import auto_max_memory
 from .progress import Progress
-from .scoring import Scorer, resolve_precision
 from .schema import (
     HIST_BINS,
     HIST_SAMPLES,
     HIST_Z_MAX,
     HIST_Z_MIN,
+    PRECISIONS,
     ROUND_NATS,
     ROUND_SCORE,
     ROUND_STAT,
@@ -36,6 +36,7 @@ from .schema import (
     vlq_encode_many,
     z_bin,
 )
+from .scoring import Scorer, resolve_precision
 
 
 @dataclass
@@ -47,7 +48,7 @@ class ExportOptions:
     positions: str | None = None  # "3,10-20"
     prompt: int | None = None
     norm: bool = True
-    precision: str = "auto"  # "auto" | "float32" | "fast" (auto: scoring.resolve_precision)
+    precision: str = "auto"  # schema.PRECISIONS (auto: scoring.resolve_precision)
     max_memory: int | None = None  # bytes for one chunk's working set
     samples: int = HIST_SAMPLES  # sample tokens per histogram bin
     stage_top: int = STAGE_TOP  # each stage's own top-N tokens per position (the overview grid); 0: none
@@ -285,8 +286,8 @@ def plan_export(meta: dict, tokenizer, options: ExportOptions) -> tuple[list[tup
     Returns ``[(prompt, positions)]`` to export and the ``--track`` token ids."""
     if not 0 <= options.samples <= 100:
         raise InputError(f"--samples {options.samples} must be between 0 and 100")
-    if options.precision not in ("auto", "float32", "fast"):
-        raise InputError(f"unknown precision '{options.precision}'; use auto, float32 or fast")
+    if options.precision not in PRECISIONS:
+        raise InputError(f"unknown precision '{options.precision}'; use {', '.join(PRECISIONS)}")
     n_prompts = len(meta["prompts"])
     if options.prompt is not None and not 0 <= options.prompt < n_prompts:
         raise InputError(f"--prompt {options.prompt} is out of range: the trace has {n_prompts} prompt(s) (0-{n_prompts - 1})")
@@ -305,9 +306,8 @@ def export_document(meta: dict, lens, tokenizer, stages_for_prompt, options: Exp
     ``stages_for_prompt(i)`` returns a callable ``(p0, p1) -> [S, p1 - p0, D]`` for prompt ``i``; ``plan`` is
     :func:`plan_export`'s result when the caller checked the options already.
     """
-    from .models import resolve_device
-
     from .lenses import logit_lens
+    from .models import resolve_device
 
     device = resolve_device(options.device)
     options = replace(options, precision=resolve_precision(options.precision, device))  # the document records the mode
@@ -369,10 +369,9 @@ def export_run_dir(run_dir: Path, options: ExportOptions, loaded=None, states=No
     before the lens weights load. Right after tracing, pass the loaded model and the in-memory ``states``.
     """
     from .lens import lens_from_model
+    from .lenses import open_lenses
     from .store import check_finite, read_trace
     from .weights import model_folder, trace_lens, trace_tokenizer
-
-    from .lenses import open_lenses
 
     trace = read_trace(run_dir)
     meta = trace.meta

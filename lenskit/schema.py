@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+PRECISIONS = ("auto", "float32", "fast", "bf16")  # --precision: auto resolves to one of the others (scoring.py)
+
 SCHEMA_VERSION = "lenskit.export/3"
 SCHEMA_VERSIONS_READ = ("lenskit.export/1", "lenskit.export/2", SCHEMA_VERSION)  # what the viewer (js/data.js) accepts
 EXPORT_FILE = "export.json"  # name of the export inside a run folder (written by trace/export, served by serve)
@@ -183,8 +185,8 @@ JSON_SCHEMA = {
             "properties": {
                 "norm": {"type": "boolean", "description": "Whether the final norm was applied (false: raw projection, `--no-norm`)."},
                 "precision": {
-                    "enum": ["fast", "float32"],
-                    "description": "`fast`: reduced-precision matmul with an exact float32 re-check; `float32`: plain float32. Ranks and top-k are identical.",
+                    "enum": list(PRECISIONS[1:]),
+                    "description": "How scores were computed. `float32`: a float32 GEMM; `fast`: a bfloat16 GEMM with an exact float32 re-check (ranks and top-k identical to float32); `bf16`: scores defined as bfloat16-rounded stream and weight, float32 accumulation and output (every statistic exact for those scores; near-ties may order differently from float32).",
                 },
                 "top_k": {"type": "integer", "minimum": 1, "description": "Number of final top tokens tracked per position."},
                 "stage_top": {"type": "integer", "minimum": 0, "description": "N of each position's `stage_top`: every stage's own top-N tokens (0 or absent: none)."},

@@ -7,6 +7,11 @@ at a precision mode -- the first step of the engine (scoring -> kernels -> plann
   pseudo-random sample of the vocabulary.
 * ``precision="fast"``: a bfloat16 GEMM, a provable per-row bound on its error, and an exact float32 re-computation
   of the few entries that matter, so top-k and ranks equal float32 mode's.
+* ``precision="bf16"``: the scores are *defined* as the GEMM of bfloat16-rounded inputs (the normed stream and the
+  lens weight, as a bf16 model holds them) with float32 accumulation and float32 output -- what a GPU's tensor cores
+  compute at full speed (``torch.mm(..., out_dtype=float32)``). Every statistic is exact for these scores (no bound,
+  no re-check); they may order near-ties differently from float32 mode. On devices without a float32-output bf16
+  GEMM (CPUs) the same scores come from a float32 GEMM of the rounded inputs (exact products, not faster).
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ import torch
 
 from .lens import Lens
 
-
 BLOCK_BYTES = 128 << 20  # target size of one matmul block's float32 output (half the default CPU budget)
 BLOCK_ROWS = (256, 1024)  # rows per matmul call, within these bounds: larger blocks run the GEMM faster (244 rows:
 # 2.74 s, 976 rows: 2.32 s for the test paragraph's 11,590 x 576 x 49,152 on the README's Xeon)
+GPU_BLOCK_BYTES, GPU_BLOCK_ROWS = 1 << 30, (1024, 8192)  # on CUDA: bigger GEMMs keep the tensor cores busy (a
+# 195-row block of Llama-3-8B's 128,256 x 4,096 head is too small a GEMM for an H100/H200)
 MIN_COLS = 16  # narrower column gathers take another BLAS path (different rounding); pad up to this
 DENSE_FRACTION = 0.05  # above this share of the vocabulary, an exact re-check computes the whole float32 block
 PERM_SEED = 0x1E45  # fixed vocabulary order used to pick histogram samples
@@ -38,6 +44,29 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "float32" if precision == "auto" else precision
 
 
+_F32OUT: dict = {}  # device type -> whether torch.mm(bf16, bf16, out_dtype=float32) works there
+
+
+def bf16_f32out(device: torch.device) -> bool:
+    """Whether ``device`` has a bfloat16 GEMM with float32 output (CUDA in recent torch; not CPUs), tried once."""
+    dev = torch.device(device)
+    if dev.type not in _F32OUT:
+        try:
+            a = torch.ones(2, 2, dtype=torch.bfloat16, device=dev)
+            _F32OUT[dev.type] = torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+        except (TypeError, RuntimeError, NotImplementedError):
+            _F32OUT[dev.type] = False
+    return _F32OUT[dev.type]
+
+
+def mm_bf16(x: torch.Tensor, scorer: Scorer, out: torch.Tensor) -> None:
+    """bf16 mode's scores of one block: ``bf16(x) @ bf16(W)`` accumulated and returned in float32, into ``out``."""
+    if bf16_f32out(x.device):
+        torch.mm(x.to(torch.bfloat16), scorer.w_t16, out_dtype=torch.float32, out=out)  # [B, V] written in place
+    else:  # float32 GEMM of the rounded inputs: each product exact, float32 accumulation
+        torch.matmul(x.to(torch.bfloat16).float(), scorer.w_t, out=out)  # [B, V]
+
+
 class Scorer:
     """The lens prepared for batched scoring on ``device``, columns in a fixed permuted order.
 
@@ -53,9 +82,11 @@ class Scorer:
         self.translator = tr.to(device=device) if tr is not None else None  # None: the logit lens
         lens = getattr(lens, "head", lens)
         self.lens = lens.to(device=device, dtype=torch.float32)
-        self.device = device
+        self.device = device = torch.device(device)
         self.norm = norm
         self.fast = precision == "fast"
+        self.dense_recheck = self.device.type != "cpu"  # fast mode's re-checks by whole blocks (see exact())
+        self.bf16 = precision == "bf16"
         V = lens.vocab_size
         g = torch.Generator().manual_seed(PERM_SEED)
         self.col_ids = torch.randperm(V, generator=g).to(device)  # column -> vocab id
@@ -64,9 +95,12 @@ class Scorer:
         w = self.lens.weight[self.col_ids]  # [V, D] permuted rows
         self.w_t = w.t().contiguous()  # [D, V]
         self.bias = self.lens.bias[self.col_ids] if self.lens.bias is not None else None
-        if self.fast:
+        if self.fast or self.bf16:
             self.w_t16 = self.w_t.to(torch.bfloat16)  # [D, V]
+        if self.fast:
             self.w_norm_max = w.norm(dim=1).max().item()
+        if self.bf16 and not bf16_f32out(device):
+            self.w_t = self.w_t16.float()  # [D, V] the rounded weight, multiplied exactly in float32
         self.ws = None
         self.block = BLOCK_ROWS[0]
         self.x = None  # [N', D] normed rows of the last scored chunk
@@ -78,10 +112,12 @@ class Scorer:
         positions per block.
 
         Every matmul call has this same shape, so each row's float32 scores are independent of how positions are
-        chunked (the memory budget, ``--positions``); it depends only on the model's stage count and vocabulary.
+        chunked (the memory budget, ``--positions``); it depends only on the model's stage count and vocabulary (and
+        on the device kind: CUDA takes bigger blocks).
         """
         V = self.w_t.shape[1]
-        rows = min(BLOCK_ROWS[1], max(BLOCK_ROWS[0], BLOCK_BYTES // (4 * V)))  # from the model's shapes only
+        size, (lo, hi) = (GPU_BLOCK_BYTES, GPU_BLOCK_ROWS) if self.device.type == "cuda" else (BLOCK_BYTES, BLOCK_ROWS)
+        rows = min(hi, max(lo, size // (4 * V)))  # from the model's shapes (and the device kind) only
         per = max(1, rows // n_stages)
         self.block = per * n_stages
         self.n_stages = n_stages
@@ -123,6 +159,8 @@ class Scorer:
         for i in range(0, padded, B):  # same GEMM shape every call
             if self.fast:
                 out[i: i + B].copy_(torch.matmul(x[i: i + B].to(torch.bfloat16), self.w_t16))  # [B, V]
+            elif self.bf16:
+                mm_bf16(x[i: i + B], self, out[i: i + B])  # [B, V]
             else:
                 torch.matmul(x[i: i + B], self.w_t, out=out[i: i + B])  # [B, V]
         out = out[:n]
@@ -179,6 +217,8 @@ class Scorer:
         if not self.fast:
             return s[rows, cols]
         out = torch.empty(rows.shape[0], device=self.device)
+        dense = self.dense_recheck  # cuBLAS may pick another kernel (split-K) for a narrow gather: on GPUs
+        # only a whole block of the same shape reproduces float32 mode's scores bit for bit (seen on an H200)
         B, V = self.block, self.w_t.shape[1]
         blocks = rows // B
         for b in torch.unique(blocks).tolist():
@@ -186,7 +226,7 @@ class Scorer:
             local = rows[sel] - b * B
             full = self._full.get(b)
             ucols = None if full is not None else torch.unique(cols[sel])
-            if full is None and ucols.numel() > DENSE_FRACTION * V:
+            if full is None and (dense or ucols.numel() > DENSE_FRACTION * V):
                 full = self._full[b] = self._finish(torch.matmul(self.x[b * B: (b + 1) * B], self.w_t))  # [B, V]
             if full is not None:
                 out[sel] = full[local, cols[sel]]
@@ -199,15 +239,16 @@ class Scorer:
 
     @torch.inference_mode()
     def top_k(self, s: torch.Tensor, k: int, final_rows: torch.Tensor) -> torch.Tensor:
-        """Columns of the k highest float32 scores of each final row, ties broken by smaller vocabulary id. [c, k]"""
-        final = s[final_rows]  # [c, V]
-        vals = torch.topk(final, k, dim=-1).values  # [c, k]
-        slack = 2 * self.bound[final_rows]  # [c]
-        out = []
-        for i, r in enumerate(final_rows.tolist()):
-            cand = torch.nonzero(final[i] >= vals[i, -1] - slack[i]).flatten()  # all that could be in the top k
-            exact = self.exact(torch.full_like(cand, r), cand, s)
-            ids = self.col_ids[cand]
-            order = sorted(range(len(cand)), key=lambda j: (-exact[j].item(), ids[j].item()))[:k]
-            out.append(cand[order])
-        return torch.stack(out)
+        """Columns of the k highest float32 scores of each final row, ties broken by smaller vocabulary id. [c, k]
+
+        Vectorised (no per-row loop or device sync per row): :func:`lenskit.stats.stage_top_torch` on the final
+        rows, whose fast-mode candidates (scores >= k-th - 2 bound) are re-checked with :meth:`exact`."""
+        from .stats import stage_top_torch
+
+        rows = final_rows
+
+        def exact(rr, cc, _s):  # rows of the final-row view -> rows of the chunk
+            return self.exact(rows[rr], cc, s)
+
+        cols, _ = stage_top_torch(s[rows], k, self.col_ids, self.bound[rows] if self.fast else None, exact)
+        return cols

@@ -91,7 +91,7 @@ class Aggregates:
         for name in CLASSES:
             self.examples.setdefault(name, [])
 
-    def merge(self, other: "Aggregates") -> "Aggregates":
+    def merge(self, other: Aggregates) -> Aggregates:
         """Add ``other`` into this one (integer sums and a union of reservoirs: order does not matter)."""
         if other.n_stages != self.n_stages:
             raise SurveyError(f"cannot merge surveys of {other.n_stages} and {self.n_stages} stages")
@@ -119,7 +119,7 @@ class Aggregates:
                 "counters": dict(self.counters), "examples": {k: list(v) for k, v in self.examples.items()}}
 
     @classmethod
-    def from_state(cls, st: dict) -> "Aggregates":
+    def from_state(cls, st: dict) -> Aggregates:
         return cls(st["n_stages"], st["k_examples"],
                    {k: np.asarray(v, dtype=np.int64) for k, v in st["arrays"].items()},
                    dict(st["counters"]), {k: list(v) for k, v in st["examples"].items()})
@@ -489,7 +489,7 @@ def survey_shard(loaded, opts: SurveyOptions, target: Path, resume: bool = False
     from .lens import lens_from_model
     from .models import resolve_device
     from .planning import auto_max_memory
-    from .scoring import Scorer
+    from .scoring import Scorer, resolve_precision
 
     d = dist_info or Dist()
     n_layers = _n_layers(loaded)
@@ -514,7 +514,7 @@ def survey_shard(loaded, opts: SurveyOptions, target: Path, resume: bool = False
         raise OutputError(f"cannot write to {folder.parent}: {e.strerror or e}") from None
     device = resolve_device(opts.device)
     lens = lens_from_model(loaded.model, loaded.adapter)
-    scorer = Scorer(lens, device, opts.norm, opts.precision)
+    scorer = Scorer(lens, device, opts.norm, resolve_precision(opts.precision, device))
     budget = opts.max_memory or auto_max_memory(device)
     if getattr(loaded, "inferred", ()):  # no registered adapter: verify a layout on a short probe first
         from .testing import capture_inferred

@@ -186,8 +186,9 @@ def test_cuda_equals_cpu_at_llama_vocabulary(kt):
     for key in EXACT:
         assert torch.equal(g[key], getattr(ref, key)), key
     own = torch_ref(s, S, trk, 3)
-    for key in CLOSE:
-        torch.testing.assert_close(g[key], getattr(own, key), atol=2e-4, rtol=1e-5, msg=key)
+    for key in CLOSE:  # float32 sums of 128,256 exponentials in another order (seen on an H200: entropy off > 2e-4)
+        torch.testing.assert_close(g[key], getattr(own, key), atol=1e-3, rtol=1e-4,
+                                   msg=lambda m, key=key: f"{key}: {m}")
     gpu_ref = torch_ref(s.cuda(), S, trk.cuda(), 3, moments=(g["mean"].cuda(), g["std"].cuda()))
     for key in EXACT:  # the torch implementation on the GPU agrees too
         assert torch.equal(g[key], getattr(gpu_ref, key).cpu()), key

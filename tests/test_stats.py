@@ -247,3 +247,55 @@ def test_stage_top_zero_leaves_the_document_as_before(data):
     with_top = run(make_lens(), stages, token_ids, stage_top=3)
     for a, b in zip(doc["prompts"][0]["positions"], with_top["prompts"][0]["positions"]):
         assert a["rank"] == b["rank"] and a["score"] == b["score"]  # nothing else changes
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_bf16_mode_is_exact_for_its_own_scores(data, ties):
+    """--precision bf16: scores = bf16(normed stream) . bf16(weight) in float32; top-k, ranks, stage top-N and
+    histogram counts equal brute force on exactly those scores (the mode's definition, on every device)."""
+    stages, token_ids = data
+    lens = make_lens(ties)
+    doc = run(lens, stages, token_ids, track=["tok7"], precision="bf16", stage_top=3)
+    assert doc["lens"]["precision"] == "bf16"
+    with torch.inference_mode():
+        x = lens.normed(stages.reshape(-1, D).float(), True).to(torch.bfloat16).double()
+        w = lens.weight.to(torch.bfloat16).double()
+        full = (x @ w.t() + lens.bias.double()).float().reshape(S, T, V)  # [S, T, V]
+    table = doc["token_ids"]
+    for pos in doc["prompts"][0]["positions"]:
+        p = pos["pos"]
+        order = sorted(range(V), key=lambda v: (-full[-1, p, v].item(), v))
+        ids = [table[i] for i in pos["tracked"]]
+        assert ids[:10] == order[:10]
+        for k, tid in enumerate(ids):
+            for s in range(S):
+                row = full[s, p]
+                assert pos["rank"][k][s] == 1 + int((row > row[tid]).sum())
+        for s in range(S):
+            row = full[s, p]
+            assert [table[i] for i in pos["stage_top"]["tokens"][s]] == sorted(range(V), key=lambda v: (-row[v].item(), v))[:3]
+        assert (histogram(doc, pos)[0].sum(1) == V).all()
+
+
+def test_fast_mode_whole_block_rechecks_equal_float32(data, monkeypatch):
+    """Fast mode on GPUs re-checks by recomputing whole float32 blocks (a narrow cuBLAS GEMM may round differently):
+    forced here on the CPU, the results still equal float32 mode's."""
+    from lenskit import scoring
+
+    init = scoring.Scorer.__init__
+
+    def dense_init(self, *a, **k):
+        init(self, *a, **k)
+        self.dense_recheck = True
+
+    monkeypatch.setattr(scoring.Scorer, "__init__", dense_init)
+    stages, token_ids = data
+    lens = make_lens(True)
+    f32 = run(lens, stages, token_ids, track=["tok7"], stage_top=3)
+    fast = run(lens, stages, token_ids, track=["tok7"], precision="fast", stage_top=3)
+    for a, b in zip(f32["prompts"][0]["positions"], fast["prompts"][0]["positions"]):
+        ids_a, ids_b = f32["token_ids"], fast["token_ids"]  # (the token tables differ: fast mode's moments move bins)
+        assert [ids_a[i] for i in a["tracked"]] == [ids_b[i] for i in b["tracked"]]
+        assert a["rank"] == b["rank"] and a["score"] == b["score"]
+        assert [[ids_a[i] for i in r] for r in a["stage_top"]["tokens"]] == \
+            [[ids_b[i] for i in r] for r in b["stage_top"]["tokens"]]

@@ -9,7 +9,6 @@ weights load; each file is written under a temporary name and renamed into place
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -20,26 +19,28 @@ def export(
     run: Path = typer.Argument(
         ..., help="Run folder written by `lenskit trace` (or its trace.safetensors)."
     ),
-    output: Optional[str] = typer.Option(
+    output: str | None = typer.Option(
         None, "--output", "-o",
         help="Output JSON file, '-' for stdout. Default: RUN/export.json, unless only --html is given.",
     ),
-    html: Optional[Path] = typer.Option(
+    html: Path | None = typer.Option(
         None, "--html", dir_okay=False, help="Write a single self-contained HTML report (viewer + data) to this file."
     ),
-    positions: Optional[str] = typer.Option(None, "--positions", "-p", help="Positions to export, e.g. '3,10-20' (negative counts from the end). Default: all."),
-    prompt: Optional[int] = typer.Option(None, "--prompt", min=0, help="Export only this prompt (0-based). Default: all."),
+    positions: str | None = typer.Option(None, "--positions", "-p", help="Positions to export, e.g. '3,10-20' (negative counts from the end). Default: all."),
+    prompt: int | None = typer.Option(None, "--prompt", min=0, help="Export only this prompt (0-based). Default: all."),
     top_k: int = typer.Option(10, "--top-k", "-k", min=1, help="Final top-k tokens followed per position."),
     stage_top: int = typer.Option(5, "--stage-top", min=0, max=100, help="Each stage's own top-N tokens (with log-probabilities) per position: the viewer's overview grid. 0 for none (a smaller JSON)."),
-    track: Optional[List[str]] = typer.Option(None, "--track", help="Extra token to follow: its text (one token, e.g. ' Paris') or id (ASCII digits). Repeatable."),
+    track: list[str] | None = typer.Option(None, "--track", help="Extra token to follow: its text (one token, e.g. ' Paris') or id (ASCII digits). Repeatable."),
     samples: int = typer.Option(3, "--samples", min=0, max=100, help="Histogram bins holding at most N tokens list them all as hover samples (the sparse tails); denser bins list none. 0 for none; more = bigger JSON."),
     norm: bool = typer.Option(True, "--norm/--no-norm", help="Apply the model's final norm (the logit lens) or project the raw stream."),
     precision: str = typer.Option(
         "auto", "--precision", callback=options.choice("precision", *options.PRECISIONS),
-        help="auto | float32 | fast. fast: bfloat16 matmul with an exact float32 re-check (identical top-k and ranks; "
-        "slower than float32 on CPUs). auto: the fastest exact mode measured for the device, float32 today (see README).",
+        help="auto | float32 | fast | bf16. fast: bfloat16 matmul with an exact float32 re-check (identical top-k and "
+        "ranks; slower than float32 on CPUs). bf16: scores from bfloat16 inputs with float32 accumulation and output, "
+        "every statistic exact for those scores (the GPU's full-speed mode; near-ties may order differently from "
+        "float32). auto: the fastest mode identical to float32 measured for the device: float32 (see README).",
     ),
-    max_memory: Optional[str] = typer.Option(
+    max_memory: str | None = typer.Option(
         None, "--max-memory", callback=options.size,
         help="Working-memory budget per chunk, e.g. 256M or 2G. Default: 256 MiB on CPU, 1/8 of free "
         "GPU memory.",
@@ -50,7 +51,7 @@ def export(
         help="Let the hub download the traced model's weights when they are not on this machine (default: never; "
         "or set HF_HUB_OFFLINE=0).",
     ),
-    lens: Optional[List[str]] = typer.Option(None, "--lens", help="Lens to compute: logit (the model's own final norm + unembedding, default) or tuned:LENS_DIR (a lens from `lenskit fit-lens`). Repeatable: the export holds each (the first lens's final top-k are followed by all)."),
+    lens: list[str] | None = typer.Option(None, "--lens", help="Lens to compute: logit (the model's own final norm + unembedding, default) or tuned:LENS_DIR (a lens from `lenskit fit-lens`). Repeatable: the export holds each (the first lens's final top-k are followed by all)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Compute, for every position and stage, the final top-k tokens' scores and exact ranks (comparison counting),
@@ -62,11 +63,10 @@ def export(
     """
     from ..export import ExportOptions, export_run_dir, write_document
     from ..files import check_output_file
+    from ..lenses import parse_lens_spec
     from ..models import progress_logger
     from ..schema import EXPORT_FILE
     from ..store import trace_path
-
-    from ..lenses import parse_lens_spec
 
     for spec in lens or []:  # the spelling, before anything is read
         parse_lens_spec(spec)

@@ -11,11 +11,12 @@ import re
 
 import typer
 
+from ..schema import PRECISIONS  # noqa: F401  (re-exported: the one list of --precision values)
+
 DEVICES = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", re.ASCII)
 SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:I?B)?", re.ASCII | re.IGNORECASE)
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-PRECISIONS = ("auto", "float32", "fast")
 
 
 def device(value: str) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -19,38 +18,39 @@ DEMO_DOCS = 16  # --demo surveys this many help topics unless --max-docs says ot
 
 
 def survey(
-    corpus: Optional[List[str]] = typer.Argument(
+    corpus: list[str] | None = typer.Argument(
         None, metavar="CORPUS...", help="Text files (one document each), '-' (stdin), .jsonl (a 'text' field per line), "
         ".parquet (a 'text' column), a datasets save_to_disk folder, or folders of those."),
     demo: bool = typer.Option(False, "--demo", help=f"Survey Python's own help topics (pydoc_data.topics, offline); "
                               f"the first {DEMO_DOCS} unless --max-docs."),
-    model: Optional[str] = typer.Option(
+    model: str | None = typer.Option(
         None, "--model", "-m", help="Hub id, local folder or .gguf file. Default: the embedded SmolLM2-135M-Instruct."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder to create. Default: runs/survey-<model>-<time>."),
+    revision: str | None = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Run folder to create. Default: runs/survey-<model>-<time>."),
     force: bool = typer.Option(False, "--force", help="Replace the output folder if it is an earlier lenskit survey run."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted survey into the same -o (same corpus, "
                                 "model, options and number of processes)."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=2, help="Tokens per window (default: the "
+    max_tokens: int | None = typer.Option(None, "--max-tokens", min=2, help="Tokens per window (default: the "
                                              f"model's context, at most {DEFAULT_MAX_TOKENS})."),
     batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, max=4096, help="Windows per forward pass (right-"
                                    "padded, with an attention mask)."),
     block_docs: int = typer.Option(16, "--block-docs", min=1, help="Documents per block: the unit of sharding and "
                                    "checkpoints."),
     examples: int = typer.Option(8, "--examples", min=0, max=100, help="Example positions kept per class."),
-    max_docs: Optional[int] = typer.Option(None, "--max-docs", min=1, help="Survey only the first N documents."),
+    max_docs: int | None = typer.Option(None, "--max-docs", min=1, help="Survey only the first N documents."),
     max_chars: int = typer.Option(10_000_000, "--max-chars", min=1, help="Longer documents are skipped (counted as "
                                   "too_long)."),
     norm: bool = typer.Option(True, "--norm/--no-norm", help="Apply the model's final norm before the unembedding."),
     precision: str = typer.Option("float32", "--precision", callback=options.choice("precision", *options.PRECISIONS),
-                                  help="float32 | fast (bfloat16 GEMM with exact re-checks: same ranks)."),
-    max_memory: Optional[str] = typer.Option(None, "--max-memory", callback=options.size,
+                                  help="auto | float32 | fast | bf16 (as export's: fast = bfloat16 GEMM with exact "
+                                  "re-checks, same ranks; bf16 = bf16 inputs, float32 output)."),
+    max_memory: str | None = typer.Option(None, "--max-memory", callback=options.size,
                                              help="Engine working memory, e.g. 256M (default 256 MiB on CPU)."),
     device: str = typer.Option("auto", "--device", callback=options.device, help="auto | cpu | cuda[:N] | mps."),
     dtype: str = typer.Option("auto", "--dtype", callback=options.choice("dtype", *options.DTYPES),
                               help="auto | float32 | bfloat16 | float16."),
-    device_map: Optional[str] = typer.Option(None, "--device-map", help="accelerate device map, e.g. 'auto'."),
-    adapter: Optional[str] = typer.Option(None, "--adapter", help="Force a registered adapter."),
+    device_map: str | None = typer.Option(None, "--device-map", help="accelerate device map, e.g. 'auto'."),
+    adapter: str | None = typer.Option(None, "--adapter", help="Force a registered adapter."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model repository's own code."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or messages on stderr."),
 ) -> None:
@@ -64,8 +64,17 @@ def survey(
     from ..corpus import DEMO_SOURCE, expand_sources
     from ..files import check_run_dir, new_run_dir, replace_run_dir
     from ..models import load_model, progress_logger
-    from ..survey import (SurveyOptions, build_survey_document, export_examples, init_distributed, is_survey_run,
-                          process_device, remove_partial, run_survey, write_survey_run)
+    from ..survey import (
+        SurveyOptions,
+        build_survey_document,
+        export_examples,
+        init_distributed,
+        is_survey_run,
+        process_device,
+        remove_partial,
+        run_survey,
+        write_survey_run,
+    )
     from ..tokens import context_length
 
     if demo and corpus:
