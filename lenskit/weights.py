@@ -90,6 +90,18 @@ def _checkpoint_renamer(skeleton):
     return rename
 
 
+def _no_init_weights():
+    """transformers' context that skips weight initialisation (its home moved in 5.x); a no-op where absent."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:
+            from contextlib import nullcontext as no_init_weights
+    return no_init_weights()
+
+
 def load_lens(folder: Path, adapter: Adapter, dtype: torch.dtype = torch.float32, device="cpu") -> Lens:
     """Build only the lens of the model in ``folder`` (see :func:`model_folder`): final norm, projection, unembedding."""
     from accelerate import init_empty_weights
@@ -98,7 +110,7 @@ def load_lens(folder: Path, adapter: Adapter, dtype: torch.dtype = torch.float32
 
     try:
         config = AutoConfig.from_pretrained(folder)
-        with init_empty_weights():
+        with init_empty_weights(), _no_init_weights():  # meta tensors, and no random init of them (0.2 s)
             skeleton = AutoModelForCausalLM.from_config(config)
     except Exception as e:
         raise ModelError(f"cannot read the model config in {folder}: {str(e).splitlines()[0] if str(e) else e}") from None
