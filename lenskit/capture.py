@@ -155,21 +155,24 @@ def fingerprint_info(loaded) -> dict:
 
 def trace_prompts(loaded, texts: list[str], log=None) -> tuple[list[torch.Tensor], dict]:
     """Capture every prompt; return the ``[S, T, D]`` stage tensors and the trace metadata document."""
+    from .progress import Progress
     from .store import build_metadata
     from .tokens import context_length, token_texts, tokenize
 
     max_len = context_length(loaded.model.config)
     encoded = [tokenize(loaded.tokenizer, t, max_len) for t in texts]  # validate every prompt before running any
     states, prompts = [], []
-    for i, (text, ids) in enumerate(zip(texts, encoded)):
-        if log:
-            log(f"prompt {i + 1}/{len(texts)}: {len(ids)} tokens")
-        if i == 0 and getattr(loaded, "inferred", ()):  # no registered adapter: pick and verify a layout on this prompt
-            from .testing import capture_inferred
+    # a bar over the tokens on a terminal (prompt i/n beside it), else today's line per prompt; nothing if log is None
+    with Progress(sum(len(ids) for ids in encoded), "trace", "tokens", log, every=None) as progress:
+        for i, (text, ids) in enumerate(zip(texts, encoded)):
+            progress.note(f"prompt {i + 1}/{len(texts)}: {len(ids)} tokens")
+            if i == 0 and getattr(loaded, "inferred", ()):  # no registered adapter: pick and verify a layout here
+                from .testing import capture_inferred
 
-            states.append(capture_inferred(loaded, torch.tensor(ids)))
-        else:
-            states.append(capture_stages(loaded.model, loaded.adapter, torch.tensor(ids)))
-        prompts.append({"text": text, "token_ids": ids, "tokens": token_texts(loaded.tokenizer, ids)})
+                states.append(capture_inferred(loaded, torch.tensor(ids)))
+            else:
+                states.append(capture_stages(loaded.model, loaded.adapter, torch.tensor(ids)))
+            prompts.append({"text": text, "token_ids": ids, "tokens": token_texts(loaded.tokenizer, ids)})
+            progress.update(len(ids))
     n_layers = len(get_module(loaded.model, loaded.adapter.layers))
     return states, build_metadata(fingerprint_info(loaded), stage_names(n_layers), prompts)
