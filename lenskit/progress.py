@@ -38,12 +38,12 @@ class Progress:
     one every ``every`` of the total, or, with ``every=None``, each note instead.
     """
 
-    def __init__(self, total: float, desc: str, unit: str, log=None, every: float | None = 0.1):
+    def __init__(self, total: float | None, desc: str, unit: str, log=None, every: float | None = 0.1):
         self.total, self.desc, self.unit, self.log, self.every = total, desc, unit, log, every
         self.done, self.started, self._tick = 0, time.perf_counter(), 0
         self.bar = None
         stream = sys.stderr  # now: a step may redirect sys.stderr later (models.quiet_transformers)
-        if log is not None and total > 0 and is_terminal(stream):
+        if log is not None and (total is None or total > 0) and is_terminal(stream):  # None: a counter, no ETA
             from tqdm import tqdm
 
             fmt = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]" if unit == "%" else None

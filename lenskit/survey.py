@@ -20,7 +20,6 @@ import hashlib
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -414,31 +413,27 @@ def process_device(device: str, d: Dist) -> str:
     return device
 
 
-class Progress:
-    """The progress bar on stderr (tqdm): documents, tokens/s, ETA; silent when quiet or not rank 0."""
+class SurveyProgress:
+    """:class:`lenskit.progress.Progress` over documents (a bar with ETA on a terminal, 10% lines elsewhere), with the
+    token rate beside it; silent when quiet or not rank 0."""
 
-    def __init__(self, total: int | None, initial: int, enabled: bool):
-        self.bar = None
+    def __init__(self, total: int | None, initial: int, log):
+        from .progress import Progress
+
+        self.p = Progress(total, "survey", "doc", log)
         self.tokens, self.started = 0, time.perf_counter()
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, unit="doc", desc="lenskit: survey", file=sys.stderr,
-                            dynamic_ncols=True, smoothing=0.1)
+        if initial:
+            self.p.update(initial)  # resumed: blocks done before
 
     def add_tokens(self, n: int) -> None:
         self.tokens += n
-        if self.bar is not None:
-            rate = self.tokens / max(1e-9, time.perf_counter() - self.started)
-            self.bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
+        self.p.note(f"{self.tokens / max(1e-9, time.perf_counter() - self.started):,.0f} tok/s")
 
     def add_docs(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
+        self.p.update(n)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.p.close()
 
 
 def survey_block(loaded, scorer, budget: int, docs, opts: SurveyOptions, agg: Aggregates, progress=None,
@@ -528,7 +523,9 @@ def survey_shard(loaded, opts: SurveyOptions, target: Path, resume: bool = False
         n_blocks = -(-total // opts.block_docs)
         mine = sum(min(opts.block_docs, total - b * opts.block_docs) for b in range(n_blocks) if b % d.world == d.rank)
     initial = sum(min(opts.block_docs, (total or 0) - b * opts.block_docs) for b in done) if total else 0
-    progress = Progress(mine, initial, enabled=not quiet and d.rank == 0)
+    from .progress import progress_logger
+
+    progress = SurveyProgress(mine, initial, progress_logger(quiet or d.rank != 0))
     try:
         for b, docs in blocks(iter_documents(opts.sources, opts.max_chars), opts.block_docs, opts.max_docs):
             if b % d.world != d.rank or b in done:
