@@ -43,13 +43,13 @@ def test_bare_float32_matmul(benchmark, real):
 
 
 @pytest.mark.parametrize("kernels", ["fused", "torch"])
-@pytest.mark.parametrize("precision", ["float32", "fast"])
+@pytest.mark.parametrize("precision", ["float32", "fast", "bf16"])
 @pytest.mark.benchmark(group="export")
 def test_export_step(benchmark, real, precision, kernels, monkeypatch):
     """``kernels="torch"``: the statistics' torch implementation (``LENSKIT_KERNELS=torch``), the fused numba
     kernel's reference; fast mode always uses it, so only its float32 run is measured."""
-    if kernels == "torch" and precision == "fast":
-        pytest.skip("fast mode always runs the torch statistics")
+    if kernels == "torch" and precision != "float32":
+        pytest.skip("fast mode always runs the torch statistics; bf16 differs from float32 only in the GEMM")
     if kernels == "torch":
         monkeypatch.setenv("LENSKIT_KERNELS", "torch")
     trace, lens, tok = real
@@ -95,7 +95,7 @@ def test_bare_bf16_matmul_cuda(benchmark, real):
 
 
 @needs_cuda
-@pytest.mark.parametrize("precision", ["float32", "fast"])
+@pytest.mark.parametrize("precision", ["float32", "fast", "bf16"])
 @pytest.mark.benchmark(group="export-cuda")
 def test_export_step_cuda(benchmark, real, precision):
     trace, lens, tok = real
