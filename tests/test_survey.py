@@ -95,7 +95,7 @@ def test_padded_batch_capture_matches_unpadded(family, one_thread):
 
 
 def test_shards_in_any_order_merge_to_the_single_process_result(loaded, corpus, tmp_path, one_thread):
-    from lenskit.survey import Aggregates
+    from lenskit.survey_aggregates import Aggregates
 
     opts = _opts(corpus)
     single = _shard(loaded, opts, tmp_path / "one")
@@ -151,7 +151,7 @@ def test_resume_after_a_failure_equals_an_uninterrupted_run(loaded, corpus, tmp_
 
 
 def test_decision_stage_and_classes():
-    from lenskit.survey import classify
+    from lenskit.survey_aggregates import classify
 
     rank1 = torch.tensor([[5, 1, 1, 1, 1], [1, 3, 2, 1, 1], [9, 9, 9, 9, 1], [1, 1, 1, 1, 1]], dtype=torch.float64)
     right = torch.tensor([True, False, True, False])

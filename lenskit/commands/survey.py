@@ -64,17 +64,8 @@ def survey(
     from ..corpus import DEMO_SOURCE, expand_sources
     from ..files import check_run_dir, new_run_dir, replace_run_dir
     from ..models import load_model, progress_logger
-    from ..survey import (
-        SurveyOptions,
-        build_survey_document,
-        export_examples,
-        init_distributed,
-        is_survey_run,
-        process_device,
-        remove_partial,
-        run_survey,
-        write_survey_run,
-    )
+    from ..survey import SurveyOptions, init_distributed, process_device, remove_partial, run_survey
+    from ..survey_document import build_survey_document, export_examples, is_survey_run, write_survey_run
     from ..tokens import context_length
 
     if demo and corpus:
