@@ -6,6 +6,7 @@
 // the point is drawn clipped).
 
 import { d3 } from "./d3.js";
+import { setChanged, setTextChanged } from "./chart.js";
 import { appendTokenParts, formatNumber, formatRank } from "./format.js";
 import { showTooltip, hideTooltip } from "./tooltip.js";
 
@@ -52,6 +53,8 @@ function segmentPath(points, kindOf, kind) {
 
 /**
  * Draw `curves` ([{j, cls, color, points: [{s, x, y, value, rank}]}]) into `layer`, marking the points at `stage`.
+ * A position change reuses the nodes (the join keeps the curves in token order) and writes only what changed: the
+ * geometry and colours are set where they differ (an equal value set again still costs a style and layout pass).
  */
 export function renderCurves(layer, curves, kindOf, stage) {
   const groups = layer
@@ -64,29 +67,34 @@ export function renderCurves(layer, curves, kindOf, stage) {
       g.append("path").attr("class", "seg seg-clip");
       return g;
     })
-    .attr("class", (d) => `curve ${d.cls}`)
-    .attr("data-token", (d) => d.j)
-    .attr("fill", (d) => d.color);
-  groups.select("path.seg-attn").attr("d", (d) => segmentPath(d.points, kindOf, "attn")).attr("stroke", (d) => lightColor(d.color));
-  groups.select("path.seg-ffn").attr("d", (d) => segmentPath(d.points, kindOf, "ffn")).attr("stroke", (d) => darkColor(d.color));
-  groups.select("path.seg-clip").attr("d", (d) => segmentPath(d.points, kindOf, "clip")).attr("stroke", (d) => d.color);
+    .call(setChanged, "class", (d) => `curve ${d.cls}`)
+    .call(setChanged, "data-token", (d) => d.j)
+    .call(setChanged, "fill", (d) => d.color);
+  groups.select("path.seg-attn").attr("d", (d) => segmentPath(d.points, kindOf, "attn")).call(setChanged, "stroke", (d) => lightColor(d.color));
+  groups.select("path.seg-ffn").attr("d", (d) => segmentPath(d.points, kindOf, "ffn")).call(setChanged, "stroke", (d) => darkColor(d.color));
+  groups.select("path.seg-clip").attr("d", (d) => segmentPath(d.points, kindOf, "clip")).call(setChanged, "stroke", (d) => d.color);
+  // A curve's points are its stages in order: a circle keeps its stage (and radius) for good; the rest is written in
+  // one pass, where it differs from what this circle was last given (kept on the node: cheaper than reading the
+  // attributes back; nothing else writes them).
   groups
     .selectAll("circle.pt")
     .data((d) => d.points)
-    .join("circle")
-    .attr("class", (p) => (p.s === stage ? "pt at-stage" : "pt"))
-    .attr("cx", (p) => p.x)
-    .attr("cy", (p) => p.y)
-    .attr("r", POINT_RADIUS)
-    .attr("data-stage", (p) => p.s)
-    .attr("data-value", (p) => p.value)
-    .attr("data-rank", (p) => p.rank);
-  groups.raise();
+    .join((enter) => enter.append("circle").attr("class", "pt").attr("r", POINT_RADIUS).attr("data-stage", (p) => p.s))
+    .each(function (p) {
+      const was = this.lenskitPoint || {};
+      if (was.x !== p.x) this.setAttribute("cx", p.x);
+      if (was.y !== p.y) this.setAttribute("cy", p.y);
+      if (was.value !== p.value) this.setAttribute("data-value", p.value);
+      if (was.rank !== p.rank) this.setAttribute("data-rank", p.rank);
+      this.lenskitPoint = { x: p.x, y: p.y, value: p.value, rank: p.rank };
+    });
+  markStage(layer, stage);
 }
 
-/** Move the "at-stage" mark to another stage without redrawing. */
+/** Move the "at-stage" mark to another stage without redrawing (only the points that gain or lose it change). */
 export function markStage(layer, stage) {
-  layer.selectAll("circle.pt").classed("at-stage", (p) => p.s === stage);
+  layer.selectAll("circle.pt.at-stage").filter((p) => p.s !== stage).classed("at-stage", false);
+  layer.selectAll("circle.pt:not(.at-stage)").filter((p) => p.s === stage).classed("at-stage", true);
 }
 
 /** Faint bands behind the attention segments of a shared stage axis. */
@@ -98,11 +106,11 @@ export function renderBands(layer, run, x, height) {
     .selectAll("rect.band-attn")
     .data(bands)
     .join("rect")
-    .attr("class", "band-attn")
-    .attr("x", (s) => x(s - 1))
-    .attr("width", (s) => Math.max(0, x(s) - x(s - 1)))
-    .attr("y", 0)
-    .attr("height", height);
+    .call(setChanged, "class", "band-attn")
+    .call(setChanged, "x", (s) => x(s - 1))
+    .call(setChanged, "width", (s) => Math.max(0, x(s) - x(s - 1)))
+    .call(setChanged, "y", 0)
+    .call(setChanged, "height", height);
 }
 
 /** Bottom axis over stages: "emb", then L0, L1, … at each layer's output (thinned to ≤ MAX_STAGE_TICKS). */
@@ -120,7 +128,8 @@ export function stageAxis(run, x) {
     .tickFormat((s) => (s === 0 ? "emb" : `L${run.stageLayer(s)}`));
 }
 
-/** Token legend (colour, final rank, visible text) plus the light/dark block key, into an HTML container. */
+/** Token legend (colour, final rank, visible text) plus the light/dark block key, into an HTML container. The items
+ *  are joined by token index: a position change rewrites only the tags, colours and texts that differ. */
 export function renderLegend(container, position) {
   const items = [];
   for (let j = 0; j < position.trackedCount; j++) {
@@ -133,21 +142,42 @@ export function renderLegend(container, position) {
       extra,
     });
   }
-  container.selectAll("*").remove();
-  const list = container.append("div").attr("class", "legend-tokens");
-  for (const it of items) {
-    const item = list.append("span").attr("class", it.extra ? "legend-item extra" : "legend-item").attr("data-token", it.j);
-    item.append("span").attr("class", "swatch").style("background", it.color);
-    item.append("span").attr("class", "legend-tag").text(it.tag);
-    appendTokenParts(item.append("span").attr("class", "tok-text"), it.text);
+  let list = container.select("div.legend-tokens");
+  if (list.empty()) {
+    container.selectAll("*").remove();
+    list = container.append("div").attr("class", "legend-tokens");
+    const key = container.append("div").attr("class", "legend-blocks");
+    const a = key.append("span").attr("class", "legend-item");
+    a.append("span").attr("class", "swatch-line").style("background", lightColor(TOKEN_COLORS[0]));
+    a.append("span").text("attention block");
+    const f = key.append("span").attr("class", "legend-item");
+    f.append("span").attr("class", "swatch-line").style("background", darkColor(TOKEN_COLORS[0]));
+    f.append("span").text("FFN block");
   }
-  const key = container.append("div").attr("class", "legend-blocks");
-  const a = key.append("span").attr("class", "legend-item");
-  a.append("span").attr("class", "swatch-line").style("background", lightColor(TOKEN_COLORS[0]));
-  a.append("span").text("attention block");
-  const f = key.append("span").attr("class", "legend-item");
-  f.append("span").attr("class", "swatch-line").style("background", darkColor(TOKEN_COLORS[0]));
-  f.append("span").text("FFN block");
+  list
+    .selectAll("span.legend-item")
+    .data(items, (it) => it.j)
+    .join((enter) => {
+      const item = enter.append("span");
+      item.append("span").attr("class", "swatch");
+      item.append("span").attr("class", "legend-tag");
+      item.append("span").attr("class", "tok-text");
+      return item;
+    })
+    .call(setChanged, "class", (it) => (it.extra ? "legend-item extra" : "legend-item"))
+    .call(setChanged, "data-token", (it) => it.j)
+    .each(function (it) {
+      const item = d3.select(this);
+      const swatch = item.select("span.swatch");
+      if (swatch.property("lenskitColor") !== it.color) swatch.style("background", it.color).property("lenskitColor", it.color);
+      item.select("span.legend-tag").call(setTextChanged, it.tag);
+      const text = item.select("span.tok-text");
+      if (text.property("lenskitToken") !== it.text) {
+        text.selectAll("*").remove();
+        appendTokenParts(text, it.text);
+        text.property("lenskitToken", it.text);
+      }
+    });
 }
 
 /** Tooltip rows for point (token j, stage s) of a Position; `clipped` ("above"/"below") when drawn at the axis edge. */
@@ -184,10 +214,11 @@ export function pointTooltip(event, run, position, mode, j, s, clipped = null) {
  * `points` all drawn points [{j, s, x, y}]. Calls onHover(event, point) / onLeave() / onClick(point).
  */
 export function attachHover(frame, overlay, points, { onHover, onClick }) {
-  const delaunay = d3.Delaunay.from(points, (p) => p.x, (p) => p.y);
+  let delaunay = null; // built on the first pointer event over this drawing, not on every redraw
   const dot = frame.selectAll("circle.hover-dot").data([0]).join("circle").attr("class", "hover-dot").attr("r", 5).attr("visibility", "hidden");
   const nearest = (event) => {
     const [mx, my] = d3.pointer(event, frame.node());
+    if (!delaunay) delaunay = d3.Delaunay.from(points, (p) => p.x, (p) => p.y);
     const i = delaunay.find(mx, my);
     if (i < 0) return null;
     const p = points[i];

@@ -7,7 +7,7 @@
 // hover). The "yrange" state ("all") includes every stage.
 
 import { d3 } from "./d3.js";
-import { createChart } from "./chart.js";
+import { createChart, setChanged, setTextChanged } from "./chart.js";
 import { shortToken } from "./format.js";
 import { MODE_LABELS, attachHover, markStage, pointTooltip, renderBands, renderCurves, renderLegend, stageAxis, tokenColor } from "./curves.js";
 
@@ -33,12 +33,14 @@ export function createEvolution(root, { onStage }) {
   );
   const overlay = frame.append("rect").attr("class", "overlay");
   let last = null;
+  let stageAxisKey = null; // {run, w} of the shared stage axis drawn (null: none)
+  let panelTicksKey = null; // {run, key} of the panels' stage ticks drawn (null: none)
 
   /** Redraw for a Position; `width` is the plot width in px (read once by the caller, to avoid layout thrash). */
   function draw(run, position, { mode, view, stage, yrange }, width) {
     const w = width - MARGIN.left - MARGIN.right;
     const h = HEIGHT - MARGIN.top - MARGIN.bottom;
-    svg.attr("width", width).attr("height", HEIGHT).attr("viewBox", `0 0 ${width} ${HEIGHT}`);
+    svg.call(setChanged, "width", width).call(setChanged, "height", HEIGHT).call(setChanged, "viewBox", `0 0 ${width} ${HEIGHT}`);
     svg.attr("data-view", view).attr("data-mode", mode).attr("data-pos", position.pos).attr("data-yrange", yrange);
     const S = run.stageCount;
     const n = position.trackedCount;
@@ -86,7 +88,7 @@ export function createEvolution(root, { onStage }) {
 
     yAxis.call(d3.axisLeft(y).ticks(6).tickFormat(d3.format("~g")));
     grid.selectAll("line").data(y.ticks(6)).join("line").attr("x1", 0).attr("x2", w).attr("y1", y).attr("y2", y);
-    yTitle.attr("transform", `translate(14,${MARGIN.top + h / 2}) rotate(-90)`).text(MODE_LABELS[mode]);
+    yTitle.call(setChanged, "transform", `translate(14,${MARGIN.top + h / 2}) rotate(-90)`).call(setTextChanged, MODE_LABELS[mode]);
 
     // Panels: background, token label under each; or the shared stage axis.
     const panelData = view === "panels" ? d3.range(n) : [];
@@ -101,34 +103,47 @@ export function createEvolution(root, { onStage }) {
         g.append("text").attr("class", "panel-label").attr("text-anchor", "middle");
         return g;
       })
-      .attr("data-token", (j) => j);
-    panel.select("rect.panel-bg").attr("x", (j) => panelX(j)).attr("y", 0).attr("width", pw).attr("height", h);
+      .call(setChanged, "data-token", (j) => j);
+    panel.select("rect.panel-bg").call(setChanged, "x", (j) => panelX(j)).call(setChanged, "y", 0).call(setChanged, "width", pw).call(setChanged, "height", h);
     const maxChars = Math.max(3, Math.floor(pw / LABEL_CHAR_PX));
     panel
       .select("text.panel-rank")
-      .attr("x", (j) => panelX(j) + pw / 2)
-      .attr("y", h + 30)
-      .attr("fill", (j) => tokenColor(j, top))
-      .text((j) => (j < top ? `#${j + 1}` : j === position.nextIndex ? "next" : "tracked"));
+      .call(setChanged, "x", (j) => panelX(j) + pw / 2)
+      .call(setChanged, "y", h + 30)
+      .call(setChanged, "fill", (j) => tokenColor(j, top))
+      .call(setTextChanged, (j) => (j < top ? `#${j + 1}` : j === position.nextIndex ? "next" : "tracked"));
     panel
       .select("text.panel-label")
-      .attr("x", (j) => panelX(j) + pw / 2)
-      .attr("y", h + 46)
-      .text((j) => shortToken(position.tokenText(j), maxChars));
-    if (view === "panels") renderPanelTicks(panel, run, panelX, sx, pw, h);
+      .call(setChanged, "x", (j) => panelX(j) + pw / 2)
+      .call(setChanged, "y", h + 46)
+      .call(setTextChanged, (j) => shortToken(position.tokenText(j), maxChars));
     if (view === "panels") {
+      // The panels' stage ticks depend on the run and the panels' count and width only.
+      const key = `${n}|${top}|${pw}|${h}`;
+      if (panelTicksKey === null || panelTicksKey.run !== run || panelTicksKey.key !== key) {
+        renderPanelTicks(panel, run, panelX, sx, pw, h);
+        panelTicksKey = { run, key };
+      }
+      stageAxisKey = null;
       bands.selectAll("*").remove();
       xAxis.selectAll("*").remove();
-      xTitle.attr("x", MARGIN.left + w / 2).attr("y", HEIGHT - 6).text("each panel: one token's score from the embedding (left) to the last layer (right), in final-rank order");
+      xTitle.call(setChanged, "x", MARGIN.left + w / 2).call(setChanged, "y", HEIGHT - 6)
+        .call(setTextChanged, "each panel: one token's score from the embedding (left) to the last layer (right), in final-rank order");
     } else {
-      renderBands(bands, run, (s) => sx(s), h);
-      xAxis.attr("transform", `translate(0,${h})`).call(stageAxis(run, sx));
-      xTitle.attr("x", MARGIN.left + w / 2).attr("y", HEIGHT - 8).text("stage (layer output; light band = attention block)");
+      panelTicksKey = null;
+      // The stage axis and its bands depend on the run and the width only: drawn again when those change.
+      if (stageAxisKey === null || stageAxisKey.run !== run || stageAxisKey.w !== w) {
+        renderBands(bands, run, (s) => sx(s), h);
+        xAxis.attr("transform", `translate(0,${h})`).call(stageAxis(run, sx));
+        stageAxisKey = { run, w };
+      }
+      xTitle.call(setChanged, "x", MARGIN.left + w / 2).call(setChanged, "y", HEIGHT - 8)
+        .call(setTextChanged, "stage (layer output; light band = attention block)");
     }
 
     renderCurves(curvesLayer, curves, (s) => run.stageKind(s), stage);
     renderClipMarks(curvesLayer);
-    overlay.attr("width", w).attr("height", h);
+    overlay.call(setChanged, "width", w).call(setChanged, "height", h);
     attachHover(frame, overlay, points, {
       onHover: (event, p) => pointTooltip(event, run, position, mode, p.j, p.s, p.clipped),
       onClick: (p) => onStage(p.s),
@@ -146,11 +161,11 @@ export function createEvolution(root, { onStage }) {
       .selectAll("line.stage-marker")
       .data(d3.range(n))
       .join("line")
-      .attr("class", "stage-marker")
-      .attr("x1", (j) => panelX(j) + sx(stage))
-      .attr("x2", (j) => panelX(j) + sx(stage))
-      .attr("y1", 0)
-      .attr("y2", h)
+      .call(setChanged, "class", "stage-marker")
+      .call(setChanged, "x1", (j) => panelX(j) + sx(stage))
+      .call(setChanged, "x2", (j) => panelX(j) + sx(stage))
+      .call(setChanged, "y1", 0)
+      .call(setChanged, "y2", h)
       .attr("data-stage", stage);
     markStage(curvesLayer, stage);
   }
@@ -172,25 +187,25 @@ function renderPanelTicks(panel, run, panelX, sx, pw, h) {
   const label = (s) => (s === 0 ? "emb" : `L${run.stageLayer(s)}`);
   const anchor = (s) => (s === 0 ? "start" : s === S - 1 ? "end" : "middle");
   panel.each(function (j) {
-    const g = d3.select(this).select("g.panel-ticks").attr("transform", `translate(${panelX(j)},${h})`);
+    const g = d3.select(this).select("g.panel-ticks").call(setChanged, "transform", `translate(${panelX(j)},${h})`);
     g.selectAll("line.panel-tick")
       .data(ticks)
       .join("line")
-      .attr("class", (t) => (t.major ? "panel-tick major" : "panel-tick"))
-      .attr("x1", (t) => sx(t.s))
-      .attr("x2", (t) => sx(t.s))
-      .attr("y1", 0)
-      .attr("y2", (t) => (t.major ? PANEL_TICK_PX + 1 : PANEL_TICK_PX - 1))
-      .attr("data-stage", (t) => t.s);
+      .call(setChanged, "class", (t) => (t.major ? "panel-tick major" : "panel-tick"))
+      .call(setChanged, "x1", (t) => sx(t.s))
+      .call(setChanged, "x2", (t) => sx(t.s))
+      .call(setChanged, "y1", 0)
+      .call(setChanged, "y2", (t) => (t.major ? PANEL_TICK_PX + 1 : PANEL_TICK_PX - 1))
+      .call(setChanged, "data-stage", (t) => t.s);
     g.selectAll("text.panel-tick-label")
       .data(pw >= PANEL_TICK_LABEL_MIN_PX ? ticks.filter((t) => t.major) : [])
       .join("text")
-      .attr("class", "panel-tick-label")
-      .attr("x", (t) => sx(t.s))
-      .attr("y", PANEL_TICK_PX + 11)
-      .attr("text-anchor", (t) => anchor(t.s))
-      .attr("data-stage", (t) => t.s)
-      .text((t) => label(t.s));
+      .call(setChanged, "class", "panel-tick-label")
+      .call(setChanged, "x", (t) => sx(t.s))
+      .call(setChanged, "y", PANEL_TICK_PX + 11)
+      .call(setChanged, "text-anchor", (t) => anchor(t.s))
+      .call(setChanged, "data-stage", (t) => t.s)
+      .call(setTextChanged, (t) => label(t.s));
   });
 }
 

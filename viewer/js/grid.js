@@ -4,6 +4,9 @@
 // KL(final ‖ stage). Drawn on one canvas, only the visible columns (1,024 positions × 65 stages stay fast): token
 // texts go through fillText, never into markup. Hover a cell for the stage's top-N; click it to select its position
 // and stage in the three figures below. A cell whose top-1 is the actual next token gets an orange underline.
+// The selection (the position's column, the (position, stage) cell) is stroked on a second, transparent canvas on
+// top, so a selection change repaints that one and the stage gutter, not the cells; the scroll offset is kept here,
+// so a repaint never reads layout (it runs while the figures below are being redrawn).
 
 import { d3 } from "./d3.js";
 import { formatNumber, formatRank, shortToken } from "./format.js";
@@ -48,12 +51,15 @@ export function createGrid(root, { onSelect, onColour }) {
   const plot = root.select(".grid-plot");
   const canvas = plot.append("canvas").attr("class", "grid-canvas").attr("role", "img")
     .attr("aria-label", "overview grid: each stage's own top-1 token at each position").node();
+  const overlay = plot.append("canvas").attr("class", "grid-selection").attr("aria-hidden", "true").node();
   const scrollbar = root.select(".grid-scrollbar");
   const spacer = scrollbar.append("div").attr("class", "grid-spacer");
   const legend = root.select(".grid-legend");
   root.selectAll("input[name=grid-colour]").on("change", function () { onColour(this.value); });
 
-  let view = null; // {run, grid, prompt, colour, sel: {pos, stage}, cellW, width, height, scrollX}
+  let view = null; // {run, grid, prompt, colour, sel: {pos, stage}, cellW, width, height}
+  let scrollX = 0; // the scrollbar's scrollLeft, updated where it changes (set here, or its scroll event)
+  let painted = null; // {scrollX, stage} of the last repaint of the cells and the gutter
   const labels = new Map(); // `${index}:${chars}` -> shortened visible text
   const drawn = new Map(); // cell -> {text, fill} of the last redraw (read by tests through canvas.lenskitGrid)
 
@@ -84,10 +90,13 @@ export function createGrid(root, { onSelect, onColour }) {
     spacer.style("width", `${content}px`);
     scrollbar.style("display", content > view.width - LABEL_W + 0.5 ? null : "none");
     const dpr = window.devicePixelRatio || 1;
-    canvas.width = Math.round(view.width * dpr);
-    canvas.height = Math.round(view.height * dpr);
-    canvas.style.width = `${view.width}px`;
-    canvas.style.height = `${view.height}px`;
+    for (const c of [canvas, overlay]) {
+      c.width = Math.round(view.width * dpr);
+      c.height = Math.round(view.height * dpr);
+      c.style.width = `${view.width}px`;
+      c.style.height = `${view.height}px`;
+    }
+    scrollX = scrollbar.node().scrollLeft || 0; // the new content width may have clamped it
   }
 
   /** Paint the visible columns: header, stage gutter, cells, selection. */
@@ -103,7 +112,6 @@ export function createGrid(root, { onSelect, onColour }) {
     ctx.font = FONT;
     ctx.textBaseline = "middle";
     ctx.textAlign = "center";
-    const scrollX = scrollbar.node().scrollLeft || 0;
     const i0 = Math.max(0, Math.floor(scrollX / cellW));
     const i1 = Math.min(P, Math.ceil((scrollX + view.width - LABEL_W) / cellW));
     const chars = Math.max(1, Math.floor((cellW - 4) / CHAR_W));
@@ -133,19 +141,24 @@ export function createGrid(root, { onSelect, onColour }) {
         drawn.set(c, { text, fill });
       }
     }
-    // selection: the position's column and the (position, stage) cell
-    const si = grid.positions.indexOf(view.sel.pos);
-    if (si >= 0) {
-      const x = LABEL_W + si * cellW - scrollX;
-      ctx.strokeStyle = ACCENT;
-      ctx.lineWidth = 1;
-      ctx.strokeRect(x - 0.5, 0.5, cellW, view.height - 1);
-      ctx.lineWidth = 2.5;
-      ctx.strokeRect(x - 1, HEADER_H + view.sel.stage * CELL_H - 1, cellW + 1, CELL_H + 1);
-    }
     ctx.restore();
-    // the frozen stage gutter: embed, then per layer an attention row (light band) and an FFN row (dark band)
+    paintGutter(ctx);
+    paintSelection();
+    painted = { scrollX, stage: view.sel.stage };
+    const ms = performance.now() - t0;
+    canvas.dataset.drawMs = ms.toFixed(2);
+    canvas.dataset.cellsDrawn = String(drawn.size);
+    canvas.dataset.firstColumn = String(i0);
+  }
+
+  /** The frozen stage gutter: embed, then per layer an attention row (light band) and an FFN row (dark band); the
+   *  selected stage's name in the accent colour. */
+  function paintGutter(ctx) {
+    const { run, grid } = view;
+    const S = grid.stageCount;
     ctx.clearRect(0, 0, LABEL_W, view.height);
+    ctx.font = FONT;
+    ctx.textBaseline = "middle";
     ctx.textAlign = "right";
     for (let s = 0; s < S; s++) {
       const y = HEADER_H + s * CELL_H;
@@ -156,10 +169,28 @@ export function createGrid(root, { onSelect, onColour }) {
       const name = kind === "embed" ? "embed" : kind === "attn" ? `L${run.stageLayer(s)} attn` : `L${run.stageLayer(s)} ffn`;
       ctx.fillText(name, LABEL_W - 9, y + CELL_H / 2);
     }
-    const ms = performance.now() - t0;
-    canvas.dataset.drawMs = ms.toFixed(2);
-    canvas.dataset.cellsDrawn = String(drawn.size);
-    canvas.dataset.firstColumn = String(i0);
+  }
+
+  /** The selection on the overlay canvas: the position's column and the (position, stage) cell, clipped to the cells. */
+  function paintSelection() {
+    const dpr = window.devicePixelRatio || 1;
+    const ctx = overlay.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, view.width, view.height);
+    const si = view.grid.positions.indexOf(view.sel.pos);
+    if (si < 0) return;
+    const { cellW } = view;
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(LABEL_W, 0, view.width - LABEL_W, view.height);
+    ctx.clip();
+    const x = LABEL_W + si * cellW - scrollX;
+    ctx.strokeStyle = ACCENT;
+    ctx.lineWidth = 1;
+    ctx.strokeRect(x - 0.5, 0.5, cellW, view.height - 1);
+    ctx.lineWidth = 2.5;
+    ctx.strokeRect(x - 1, HEADER_H + view.sel.stage * CELL_H - 1, cellW + 1, CELL_H + 1);
+    ctx.restore();
   }
 
   /** The cell under a pointer event: {i, s} (s = -1 on the header row), or null. */
@@ -168,7 +199,7 @@ export function createGrid(root, { onSelect, onColour }) {
     const x = event.clientX - r.left;
     const y = event.clientY - r.top;
     if (x < LABEL_W || y < 0 || y >= view.height) return null;
-    const i = Math.floor((x - LABEL_W + (scrollbar.node().scrollLeft || 0)) / view.cellW);
+    const i = Math.floor((x - LABEL_W + scrollX) / view.cellW);
     if (i < 0 || i >= view.grid.positions.length) return null;
     const s = y < HEADER_H ? -1 : Math.floor((y - HEADER_H) / CELL_H);
     return s < view.grid.stageCount ? { i, s } : null;
@@ -220,18 +251,23 @@ export function createGrid(root, { onSelect, onColour }) {
       event.preventDefault();
     });
   scrollbar.on("scroll", () => {
+    scrollX = scrollbar.node().scrollLeft || 0;
     if (view) requestAnimationFrame(redraw);
   });
 
-  /** Bring the selected column into view (the strip or the keys may have moved it). */
+  /** Bring the selected column into view (the strip or the keys may have moved it); whether it scrolled. */
   function reveal() {
     const i = view.grid.positions.indexOf(view.sel.pos);
-    const node = scrollbar.node();
     const visible = view.width - LABEL_W;
     const x = i * view.cellW;
-    if (x < node.scrollLeft || x + view.cellW > node.scrollLeft + visible) {
+    if (x < scrollX || x + view.cellW > scrollX + visible) {
+      const node = scrollbar.node();
       node.scrollLeft = Math.max(0, x - visible / 2);
+      const moved = (node.scrollLeft || 0) !== scrollX;
+      scrollX = node.scrollLeft || 0;
+      return moved;
     }
+    return false;
   }
 
   /** Draw the grid of `s.prompt` as lens `s.lens` sees it (hidden when the export has no stage_top). */
@@ -261,12 +297,23 @@ export function createGrid(root, { onSelect, onColour }) {
     redraw();
   }
 
-  /** The selection changed (position or stage): repaint only. */
+  /** The selection changed (position or stage): repaint the cells only where the grid scrolled, else the
+   *  selection (and the gutter, for a new stage). */
   function select(s) {
     if (!view) return;
     view.sel = { pos: s.pos, stage: s.stage };
-    reveal();
-    redraw();
+    if (reveal() || !painted || painted.scrollX !== scrollX) {
+      redraw();
+      return;
+    }
+    if (painted.stage !== s.stage) {
+      const ctx = canvas.getContext("2d");
+      const dpr = window.devicePixelRatio || 1;
+      ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+      paintGutter(ctx);
+      painted.stage = s.stage;
+    }
+    paintSelection();
   }
 
   function drawLegend() {
@@ -282,12 +329,12 @@ export function createGrid(root, { onSelect, onColour }) {
   // For tests: layout and what the last repaint drew, per cell.
   canvas.lenskitGrid = {
     cellCentre(i, s) {
-      const x = LABEL_W + (i + 0.5) * view.cellW - (scrollbar.node().scrollLeft || 0);
+      const x = LABEL_W + (i + 0.5) * view.cellW - scrollX;
       return { x, y: s < 0 ? HEADER_H / 2 : HEADER_H + (s + 0.5) * CELL_H };
     },
     drawnCell(i, s) { return drawn.get(i * view.grid.stageCount + s) || null; },
     redraw() { const t0 = performance.now(); redraw(); return performance.now() - t0; },
-    scrollTo(x) { scrollbar.node().scrollLeft = x; redraw(); return scrollbar.node().scrollLeft; },
+    scrollTo(x) { scrollbar.node().scrollLeft = x; scrollX = scrollbar.node().scrollLeft || 0; redraw(); return scrollX; },
   };
 
   return { draw, select };

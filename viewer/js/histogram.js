@@ -3,7 +3,7 @@
 // marked with the tokens' colours; hovering a bin shows its count, z range and sample tokens (the sparse bins' tokens).
 
 import { d3 } from "./d3.js";
-import { createChart } from "./chart.js";
+import { createChart, setChanged, setTextChanged } from "./chart.js";
 import { formatNumber, formatRank } from "./format.js";
 import { tokenColor } from "./curves.js";
 import { showTooltip, hideTooltip } from "./tooltip.js";
@@ -28,15 +28,19 @@ export function createHistogram(root, { onStage }) {
   slider.on("input", function () {
     onStage(Number(this.value));
   });
+  let shown = null; // {run, position} drawn: what a bar's hover describes
+  let yAxisKey = null; // the y domain, height and width the y axis and grid lines were drawn for
+  let xAxisKey = null; // {run, w} of the x axis drawn (it does not depend on the position or the stage)
 
   function draw(run, position, stage, width) {
     const w = width - MARGIN.left - MARGIN.right;
     const h = HEIGHT - MARGIN.top - MARGIN.bottom;
-    svg.attr("width", width).attr("height", HEIGHT).attr("viewBox", `0 0 ${width} ${HEIGHT}`);
+    svg.call(setChanged, "width", width).call(setChanged, "height", HEIGHT).call(setChanged, "viewBox", `0 0 ${width} ${HEIGHT}`);
     svg.attr("data-pos", position.pos).attr("data-stage", stage);
     slider.attr("min", 0).attr("max", run.stageCount - 1).property("value", stage);
-    label.text(`${run.stageLabel(stage)}  (stage ${stage} of ${run.stageCount - 1})`);
-    stats.text(
+    label.call(setTextChanged, `${run.stageLabel(stage)}  (stage ${stage} of ${run.stageCount - 1})`);
+    stats.call(
+      setTextChanged,
       `mean ${formatNumber(position.mean(stage), 3)} · std ${formatNumber(position.std(stage), 3)} · ` +
         `entropy ${formatNumber(position.entropy(stage), 3)} nats · KL(final ‖ stage) ${formatNumber(position.kl(stage), 3)} nats`,
     );
@@ -54,20 +58,21 @@ export function createHistogram(root, { onStage }) {
     }
     const bins = hist.bins.map((d) => ({ ...d, tracked: trackedIn.get(d.bin) || [] }));
 
+    shown = { run, position };
     barsLayer
       .selectAll("rect.bin")
       .data(bins, (d) => d.bin)
-      .join("rect")
-      .attr("class", (d) => (d.tracked.length ? "bin tracked" : "bin"))
-      .attr("x", (d) => x(d.z0) + 0.5)
-      .attr("width", (d) => Math.max(1, x(d.z1) - x(d.z0) - 1))
-      .attr("y", (d) => y(d.count))
-      .attr("height", (d) => Math.max(0, h - y(d.count)))
+      .join((enter) => enter.append("rect")
+        .on("pointerenter pointermove", (event, d) => binTooltip(event, shown.run, shown.position, d))
+        .on("pointerleave", hideTooltip))
+      .call(setChanged, "class", (d) => (d.tracked.length ? "bin tracked" : "bin"))
+      .call(setChanged, "x", (d) => x(d.z0) + 0.5)
+      .call(setChanged, "width", (d) => Math.max(1, x(d.z1) - x(d.z0) - 1))
+      .call(setChanged, "y", (d) => y(d.count))
+      .call(setChanged, "height", (d) => Math.max(0, h - y(d.count)))
       .attr("data-bin", (d) => d.bin)
       .attr("data-count", (d) => d.count)
-      .attr("data-tracked", (d) => (d.tracked.length ? d.tracked.join(" ") : null))
-      .on("pointerenter pointermove", (event, d) => binTooltip(event, run, position, d))
-      .on("pointerleave", hideTooltip);
+      .attr("data-tracked", (d) => (d.tracked.length ? d.tracked.join(" ") : null));
 
     const marks = [];
     for (const d of bins) {
@@ -76,21 +81,26 @@ export function createHistogram(root, { onStage }) {
     marksLayer
       .selectAll("circle.mark")
       .data(marks)
-      .join("circle")
-      .attr("class", "mark")
-      .attr("r", MARK_RADIUS)
-      .attr("cx", (m) => m.cx)
-      .attr("cy", (m) => Math.max(MARK_RADIUS, m.cy))
-      .attr("fill", (m) => tokenColor(m.j, position.topCount))
+      .join((enter) => enter.append("circle").attr("class", "mark").attr("r", MARK_RADIUS))
+      .call(setChanged, "cx", (m) => m.cx)
+      .call(setChanged, "cy", (m) => Math.max(MARK_RADIUS, m.cy))
+      .call(setChanged, "fill", (m) => tokenColor(m.j, position.topCount))
       .attr("data-token", (m) => m.j)
       .attr("data-bin", (m) => m.bin);
 
-    const ticks = y.ticks().filter((t) => t >= 1 && Math.log10(t) % 1 === 0);
-    yAxis.call(d3.axisLeft(y).tickValues(ticks).tickFormat(d3.format("~s")));
-    grid.selectAll("line").data(ticks).join("line").attr("x1", 0).attr("x2", w).attr("y1", y).attr("y2", y);
-    xAxis.attr("transform", `translate(0,${h})`).call(d3.axisBottom(x).ticks(10));
-    yTitle.attr("transform", `translate(14,${MARGIN.top + h / 2}) rotate(-90)`).text("tokens per bin (log)");
-    xTitle.attr("x", MARGIN.left + w / 2).attr("y", HEIGHT - 6).text("z-score of the logit: (score − mean) / std at this stage");
+    const yKey = `${y.domain()}|${h}|${w}`; // a position's y range is the same at every stage
+    if (yKey !== yAxisKey) {
+      const ticks = y.ticks().filter((t) => t >= 1 && Math.log10(t) % 1 === 0);
+      yAxis.call(d3.axisLeft(y).tickValues(ticks).tickFormat(d3.format("~s")));
+      grid.selectAll("line").data(ticks).join("line").attr("x1", 0).attr("x2", w).attr("y1", y).attr("y2", y);
+      yAxisKey = yKey;
+    }
+    if (xAxisKey === null || xAxisKey.run !== run || xAxisKey.w !== w) {
+      xAxis.attr("transform", `translate(0,${h})`).call(d3.axisBottom(x).ticks(10));
+      yTitle.attr("transform", `translate(14,${MARGIN.top + h / 2}) rotate(-90)`).text("tokens per bin (log)");
+      xTitle.attr("x", MARGIN.left + w / 2).attr("y", HEIGHT - 6).text("z-score of the logit: (score − mean) / std at this stage");
+      xAxisKey = { run, w };
+    }
   }
 
   return { draw };

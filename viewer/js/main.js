@@ -170,8 +170,18 @@ async function boot() {
     const position = run.position(s.prompt, s.pos, lens);
     const cmpLens = compareLens(s);
     const cmp = cmpLens === null ? null : { lens: cmpLens, label: run.lensLabel(cmpLens), position: run.position(s.prompt, s.pos, cmpLens) };
-    // Read the layout once, before any DOM write (all plots share the card width).
+    // Read the layout once, before any DOM write (all plots share the card width; the grid's card may differ).
     const width = Math.max(MIN_PLOT_WIDTH, d3.select("#fig-evolution .plot").node().clientWidth || 900);
+    const gridWidth = Math.max(MIN_PLOT_WIDTH, d3.select("#fig-grid .grid-plot").node().clientWidth || width);
+    // Then what needs a clean layout, before the figures' DOM writes would force the browser to lay the page out in the
+    // middle of a redraw: the URL (the browser saves the scroll position with it) and the grid (moving its
+    // scrollbar to the selection).
+    writeUrlState(s);
+    if (["run", "prompt", "lens", "resize", "grid"].some((k) => changed.has(k))) {
+      grid.draw(run, s, gridWidth);
+    } else if (changed.has("pos") || changed.has("stage")) {
+      grid.select(s);
+    }
     if (changed.has("run")) fillPrompts();
     runSelect.property("value", s.run);
     promptSelect.property("value", s.prompt);
@@ -196,12 +206,6 @@ async function boot() {
     }
     if (full || changed.has("stage")) histogram.draw(run, position, s.stage, width);
     if (full) strip.draw(run, s.prompt, position);
-    if (["run", "prompt", "lens", "resize", "grid"].some((k) => changed.has(k))) {
-      grid.draw(run, s, Math.max(MIN_PLOT_WIDTH, d3.select("#fig-grid .grid-plot").node().clientWidth || width));
-    } else if (changed.has("pos") || changed.has("stage")) {
-      grid.select(s);
-    }
-    writeUrlState(s);
     root.attr("data-draw-ms", (performance.now() - t0).toFixed(2));
   }
 

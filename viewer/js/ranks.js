@@ -4,7 +4,7 @@
 // data-token, data-lens, data-ranks: the ranks, comma-separated, for the tests).
 
 import { d3 } from "./d3.js";
-import { createChart } from "./chart.js";
+import { createChart, setChanged } from "./chart.js";
 import { attachHover, markStage, pointTooltip, renderBands, renderCurves, renderLegend, stageAxis, tokenColor } from "./curves.js";
 
 const HEIGHT = 320;
@@ -23,12 +23,14 @@ export function createRanks(root, { onStage }) {
   const curvesLayer = frame.append("g").attr("class", "curves");
   const overlay = frame.append("rect").attr("class", "overlay");
   let last = null;
+  let axesKey = null; // {run, w} of the axes, grid lines and bands drawn: they do not depend on the position
 
   /** `cmp`: null, or {lens, label, position} of the lens to overlay (dashed). */
   function draw(run, position, { mode, stage }, width, cmp = null) {
     const w = width - MARGIN.left - MARGIN.right;
     const h = HEIGHT - MARGIN.top - MARGIN.bottom;
-    svg.attr("width", width).attr("height", HEIGHT).attr("viewBox", `0 0 ${width} ${HEIGHT}`).attr("data-pos", position.pos);
+    svg.call(setChanged, "width", width).call(setChanged, "height", HEIGHT).call(setChanged, "viewBox", `0 0 ${width} ${HEIGHT}`);
+    svg.attr("data-pos", position.pos);
     const S = run.stageCount;
     const n = position.trackedCount;
     const top = position.topCount;
@@ -49,17 +51,20 @@ export function createRanks(root, { onStage }) {
       curves.push({ j, cls: j < top ? "top" : "extra", color, points: pts });
     }
 
-    const ticks = y.ticks().filter((t) => Math.log10(t) % 1 === 0);
-    yAxis.call(d3.axisLeft(y).tickValues(ticks).tickFormat(d3.format("~s")));
-    grid.selectAll("line").data(ticks).join("line").attr("x1", 0).attr("x2", w).attr("y1", y).attr("y2", y);
-    yTitle.attr("transform", `translate(14,${MARGIN.top + h / 2}) rotate(-90)`).text("rank (1 = top, log scale)");
-    renderBands(bands, run, x, h);
-    xAxis.attr("transform", `translate(0,${h})`).call(stageAxis(run, x));
-    xTitle.attr("x", MARGIN.left + w / 2).attr("y", HEIGHT - 6).text("stage (layer output; light band = attention block)");
+    if (axesKey === null || axesKey.run !== run || axesKey.w !== w) {
+      const ticks = y.ticks().filter((t) => Math.log10(t) % 1 === 0);
+      yAxis.call(d3.axisLeft(y).tickValues(ticks).tickFormat(d3.format("~s")));
+      grid.selectAll("line").data(ticks).join("line").attr("x1", 0).attr("x2", w).attr("y1", y).attr("y2", y);
+      yTitle.attr("transform", `translate(14,${MARGIN.top + h / 2}) rotate(-90)`).text("rank (1 = top, log scale)");
+      renderBands(bands, run, x, h);
+      xAxis.attr("transform", `translate(0,${h})`).call(stageAxis(run, x));
+      xTitle.attr("x", MARGIN.left + w / 2).attr("y", HEIGHT - 6).text("stage (layer output; light band = attention block)");
+      axesKey = { run, w };
+    }
 
     renderCompare(cmp, n, top, x, y, S);
     renderCurves(curvesLayer, curves, (s) => run.stageKind(s), stage);
-    overlay.attr("width", w).attr("height", h);
+    overlay.call(setChanged, "width", w).call(setChanged, "height", h);
     attachHover(frame, overlay, points, {
       onHover: (event, p) => pointTooltip(event, run, position, mode, p.j, p.s),
       onClick: (p) => onStage(p.s),
@@ -94,7 +99,8 @@ export function createRanks(root, { onStage }) {
 
   function setStage(stage) {
     if (!last) return;
-    marker.attr("x1", last.x(stage)).attr("x2", last.x(stage)).attr("y1", 0).attr("y2", last.h).attr("data-stage", stage);
+    marker.call(setChanged, "x1", last.x(stage)).call(setChanged, "x2", last.x(stage)).call(setChanged, "y1", 0).call(setChanged, "y2", last.h)
+      .attr("data-stage", stage);
     markStage(curvesLayer, stage);
   }
 

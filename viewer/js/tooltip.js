@@ -64,5 +64,6 @@ function move(event) {
 }
 
 export function hideTooltip() {
-  box().attr("hidden", true);
+  const tip = box();
+  if (!tip.empty() && !tip.node().hidden) tip.attr("hidden", true);
 }
