@@ -236,6 +236,11 @@ def use_triton(s: torch.Tensor, bound: torch.Tensor | None) -> bool:
         return False
     if bound is not None and bool(bound.any()):
         return False
+    return triton_available()
+
+
+def triton_available() -> bool:
+    """Whether triton is importable (it ships with CUDA builds of torch)."""
     import importlib.util
 
     return importlib.util.find_spec("triton") is not None

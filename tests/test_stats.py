@@ -299,3 +299,13 @@ def test_fast_mode_whole_block_rechecks_equal_float32(data, monkeypatch):
         assert a["rank"] == b["rank"] and a["score"] == b["score"]
         assert [[ids_a[i] for i in r] for r in a["stage_top"]["tokens"]] == \
             [[ids_b[i] for i in r] for r in b["stage_top"]["tokens"]]
+
+
+def test_plan_on_gpu_uses_whole_blocks_for_statistics():
+    """CUDA with Triton: one statistics group per GEMM block and no workspace charged; elsewhere cache-sized groups."""
+    from lenskit.planning import STATS_ROWS, plan_chunks
+
+    cpu = plan_chunks(61, 49152, 89, 1 << 30)
+    gpu = plan_chunks(61, 49152, 89, 1 << 30, gpu=True)
+    assert cpu.stats == max(1, STATS_ROWS // 61) and gpu.stats == 89
+    assert gpu.chunk >= cpu.chunk and gpu.chunk % 89 == 0
