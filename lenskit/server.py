@@ -65,6 +65,25 @@ def viewer_root():
     raise LenskitError("the viewer files are missing from this installation (lenskit.viewer); reinstall lenskit")
 
 
+def scan(base: Path, filename: str) -> list[Path]:
+    """Files called ``filename`` in ``base`` and in the folders up to :data:`SCAN_DEPTH` levels below it (sorted,
+    breadth first; symlinked and hidden folders are not entered)."""
+    found, level = [], [Path(base)]
+    for depth in range(SCAN_DEPTH + 1):
+        nxt = []
+        for d in level:
+            if (d / filename).is_file():
+                found.append(d / filename)
+            if depth < SCAN_DEPTH:
+                try:
+                    nxt.extend(sorted(c for c in d.iterdir()
+                                      if c.is_dir() and not c.is_symlink() and not c.name.startswith(".")))
+                except OSError:
+                    continue
+        level = nxt
+    return found
+
+
 def find_runs(run_dirs: list[Path] | None = None, cwd: Path | None = None) -> dict[str, Path]:
     """Map run names to export.json paths.
 
@@ -84,19 +103,7 @@ def find_runs(run_dirs: list[Path] | None = None, cwd: Path | None = None) -> di
             found.append(f)
     else:
         base = Path(cwd or Path.cwd())
-        level = [base]
-        for depth in range(SCAN_DEPTH + 1):
-            nxt = []
-            for d in level:
-                if (d / EXPORT_FILE).is_file():
-                    found.append(d / EXPORT_FILE)
-                if depth < SCAN_DEPTH:
-                    try:
-                        nxt.extend(sorted(c for c in d.iterdir()
-                                          if c.is_dir() and not c.is_symlink() and not c.name.startswith(".")))
-                    except OSError:
-                        continue
-            level = nxt
+        found = scan(base, EXPORT_FILE)
         if not found:
             raise InputError(
                 f"no runs found: no {EXPORT_FILE} in {base} or up to {SCAN_DEPTH} folders below it; "

@@ -251,3 +251,14 @@ def test_serve_shows_a_comparison(runs):
     assert [c["name"] for c in listing["compares"]] == ["base-vs-instruct"]
     res = run("serve", runs["base"], "--compare", "--get", "/runs.json")
     assert_clean_error(res, "--compare needs exactly two run folders")
+
+
+def test_serve_without_arguments_finds_runs_and_comparisons(runs, monkeypatch):
+    """`lenskit serve` in a folder: the runs (export.json) and the comparisons (compare.json) below it."""
+    compare(runs, "base", "instruct", "found")
+    monkeypatch.chdir(runs["root"])
+    res = run("serve", "--get", "/runs.json")
+    assert res.exit_code == 0, res.output
+    listing = json.loads(res.stdout)
+    assert {"base", "instruct"} <= {r["name"] for r in listing["runs"]}
+    assert "found" in [c["name"] for c in listing["compares"]]

@@ -18,7 +18,8 @@ def serve(
     run_dirs: Optional[List[Path]] = typer.Argument(
         None,
         metavar="RUN_DIR",
-        help="Run folders holding export.json. None: those in the current folder and up to 2 levels below it.",
+        help="Run folders holding export.json (or compare.json). None: those in the current folder and up to 2 levels "
+        "below it.",
     ),
     host: str = typer.Option(
         "127.0.0.1", "--host",
@@ -45,6 +46,7 @@ def serve(
     from ..server import Server, Site, find_runs
 
     compares, tmp = {}, None
+    scan_here = not compare and not run_dirs
     if compare:
         import tempfile
 
@@ -64,7 +66,14 @@ def serve(
         for d in [d for d in run_dirs if is_compare_dir(d)]:
             compares[Path(d).resolve().name] = Path(d) / COMPARE_FILE
         run_dirs = [d for d in run_dirs if not is_compare_dir(d)]
-    runs = find_runs(run_dirs or None) if run_dirs or not compares else {}
+    else:  # no folders named: the runs and the comparisons in the current folder and below
+        from ..server import scan
+
+        compares = {p.parent.resolve().name: p for p in scan(Path.cwd(), COMPARE_FILE) if is_compare_dir(p.parent)}
+    if run_dirs or not compares or (scan_here and _has_runs()):
+        runs = find_runs(run_dirs or None)
+    else:
+        runs = {}
     site = Site(runs, compares=compares)
     if get is not None:
         res = site.get(get)
@@ -95,6 +104,13 @@ def serve(
         server.server_close()
         if tmp is not None:
             tmp.cleanup()
+
+
+def _has_runs() -> bool:
+    from ..schema import EXPORT_FILE
+    from ..server import scan
+
+    return bool(scan(Path.cwd(), EXPORT_FILE))
 
 
 def register(app: typer.Typer) -> None:
