@@ -27,7 +27,7 @@ from .server import viewer_root
 DATA_ID = "lenskit-data"
 STYLE_TAG = '<link rel="stylesheet" href="style.css">'
 D3_TAG = '<script src="vendor/d3.min.js"></script>'
-MAIN_TAG = '<script type="module" src="js/main.js"></script>'
+PAGES = {"index.html": "main", "compare.html": "compare"}  # page -> its entry module (corpus.html has no report)
 ENTRY_MODULE = "main"
 JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 _IMPORT_RE = re.compile(r'^import\s*\{([^}]*)\}\s*from\s*"\./([A-Za-z0-9_-]+)\.js";?\s*$')
@@ -51,15 +51,15 @@ def _script_safe(code: str, what: str) -> str:
     return code
 
 
-def bundle_modules(js_dir) -> str:
-    """The single-prompt viewer's ES modules -- ``main`` and what it imports -- as one module script (dependencies
-    first, ``main`` last)."""
+def bundle_modules(js_dir, entry: str = ENTRY_MODULE) -> str:
+    """A page's ES modules -- its ``entry`` module (``main``: the single-prompt viewer; ``compare``) and what it
+    imports -- as one module script (dependencies first, the entry last)."""
     sources: dict[str, str] = {}
     for item in js_dir.iterdir():
         if item.name.endswith(".js"):
             sources[item.name[:-3]] = item.read_text(encoding="utf-8")
-    if ENTRY_MODULE not in sources:
-        raise LenskitError(f"viewer files incomplete: js/{ENTRY_MODULE}.js is missing")
+    if entry not in sources:
+        raise LenskitError(f"viewer files incomplete: js/{entry}.js is missing")
 
     bodies: dict[str, str] = {}
     deps: dict[str, list[str]] = {}
@@ -106,9 +106,9 @@ def bundle_modules(js_dir) -> str:
         visiting.discard(name)
         order.append(name)
 
-    if any(ENTRY_MODULE in d for d in deps.values()):
-        raise LenskitError(f"viewer js/{ENTRY_MODULE}.js must not be imported by another module")
-    visit(ENTRY_MODULE)  # main and what it imports: other pages' modules (corpus, compare) stay out of the report
+    if any(entry in d for d in deps.values()):
+        raise LenskitError(f"viewer js/{entry}.js must not be imported by another module")
+    visit(entry)  # the entry and what it imports: other pages' modules stay out of the report
     parts = [f"// ---- js/{name}.js\nconst {_var(name)} = (() => {{\n{bodies[name]}}})();\n" for name in order]
     return "".join(parts)
 
@@ -121,16 +121,19 @@ def _sha256(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
 
 
-def build_html(doc: dict, run_name: str | None = None) -> str:
-    """The single-file viewer for ``doc`` as an HTML string."""
+def build_html(doc: dict, run_name: str | None = None, page_name: str = "index.html") -> str:
+    """The single-file viewer for ``doc`` as an HTML string: ``index.html`` for an export document, ``compare.html``
+    for a comparison (``lenskit compare --html``)."""
     root = viewer_root()
-    page = root.joinpath("index.html").read_text(encoding="utf-8")
+    entry = PAGES[page_name]
+    main_tag = f'<script type="module" src="js/{entry}.js"></script>'
+    page = root.joinpath(page_name).read_text(encoding="utf-8")
     css = _script_safe(root.joinpath("style.css").read_text(encoding="utf-8"), "style.css")
     d3 = _script_safe(root.joinpath("vendor", "d3.min.js").read_text(encoding="utf-8"), "vendor/d3.min.js")
-    app = "\n" + _script_safe(bundle_modules(root.joinpath("js")), "the viewer modules")
-    for tag in (STYLE_TAG, D3_TAG, MAIN_TAG):
+    app = "\n" + _script_safe(bundle_modules(root.joinpath("js"), entry), "the viewer modules")
+    for tag in (STYLE_TAG, D3_TAG, main_tag):
         if page.count(tag) != 1:
-            raise LenskitError(f"viewer index.html: expected one {tag}")
+            raise LenskitError(f"viewer {page_name}: expected one {tag}")
     page = re.sub(r'<link rel="modulepreload" href="[^"]*">\n?', "", page)
     name = run_name or str(doc.get("model", {}).get("id", "report"))
     csp = (
@@ -145,15 +148,16 @@ def build_html(doc: dict, run_name: str | None = None) -> str:
     page = page.replace(STYLE_TAG, f"<style>\n{css}</style>")
     page = page.replace(D3_TAG, f"<script>{d3}</script>")
     data = f'<script type="application/json" id="{DATA_ID}" data-run="{html.escape(name, quote=True)}">{json_for_script(doc)}</script>'
-    page = page.replace(MAIN_TAG, f'{data}\n<script type="module">{app}</script>')
+    page = page.replace(main_tag, f'{data}\n<script type="module">{app}</script>')
     return page
 
 
-def write_html(doc: dict, path) -> Path:
-    """Write the self-contained viewer for export document ``doc`` to ``path`` (atomically); return the path."""
+def write_html(doc: dict, path, page_name: str = "index.html") -> Path:
+    """Write the self-contained viewer for ``doc`` (an export; a comparison with ``page_name="compare.html"``) to
+    ``path`` (atomically); return the path."""
     from .files import atomic_write
 
     path = Path(path)
-    text = build_html(doc, run_name=path.stem)
+    text = build_html(doc, run_name=path.stem, page_name=page_name)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return path

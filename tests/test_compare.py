@@ -262,3 +262,28 @@ def test_serve_without_arguments_finds_runs_and_comparisons(runs, monkeypatch):
     listing = json.loads(res.stdout)
     assert {"base", "instruct"} <= {r["name"] for r in listing["runs"]}
     assert "found" in [c["name"] for c in listing["compares"]]
+
+
+def test_compare_html_report_alone_and_beside_the_folder(runs, tmp_path):
+    """--html writes one self-contained file (the compare page's modules bundled, the document inlined, no network);
+    alone it writes nothing else; with -o both hold the same document; an unrelated file is never overwritten."""
+    import html as html_mod
+    import re
+
+    report = tmp_path / "cmp.html"
+    res = run("compare", runs["base"], runs["instruct"], "--html", report, "-q")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cmp.html"]
+    text = report.read_text(encoding="utf-8")
+    assert "// ---- js/compare.js" in text and "// ---- js/main.js" not in text
+    assert 'src="js/' not in text and "http://" not in text.split("<script>", 1)[0]
+    embedded = re.search(r'<script type="application/json" id="lenskit-data"[^>]*>(.*?)</script>', text, re.S).group(1)
+    doc = json.loads(html_mod.unescape(embedded))
+    folder_doc = compare(runs, "base", "instruct", "with-html", "--html", tmp_path / "both.html", "--force")
+    assert doc["pairs"] == folder_doc["pairs"] and doc["schema"] == folder_doc["schema"]
+    mine = tmp_path / "notes.html"
+    mine.write_text("<p>mine</p>")
+    res = run("compare", runs["base"], runs["instruct"], "--html", mine, "-q")
+    assert_clean_error(res, "not a lenskit report")
+    assert mine.read_text() == "<p>mine</p>"
+    assert_clean_error(run("compare", runs["base"], runs["instruct"], "-q"), "-o OUT")

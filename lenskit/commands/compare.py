@@ -19,7 +19,8 @@ from . import options
 def compare(
     run_a: Path = typer.Argument(..., metavar="RUN_A", help="Run folder written by `lenskit trace` (model/prompt A: solid lines)."),
     run_b: Path = typer.Argument(..., metavar="RUN_B", help="Run folder written by `lenskit trace` (model/prompt B: dashed lines)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder to create, holding compare.json (`lenskit serve OUT` shows it)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder to create, holding compare.json (`lenskit serve OUT` shows it). Needed unless --html is given."),
+    html: Optional[Path] = typer.Option(None, "--html", dir_okay=False, help="Also (or only) write a single self-contained HTML file: the compare page with the data inlined, for file:// and e-mail."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it is an earlier compare folder (nothing else is ever replaced)."),
     prompt_a: int = typer.Option(0, "--prompt-a", min=0, help="Which prompt of RUN_A (0-based)."),
     prompt_b: int = typer.Option(0, "--prompt-b", min=0, help="Which prompt of RUN_B (0-based)."),
@@ -52,34 +53,47 @@ def compare(
     Computed from the two traces with both lenses (the weights must be on this machine; ranks are exact, as in
     `lenskit export`); without them, from the two export.json files with the gaps marked. Example:
     lenskit compare runs/france runs/italy -o runs/france-vs-italy && lenskit serve runs/france-vs-italy
+    (or --html france-vs-italy.html: one file that opens anywhere, no server).
     """
     from ..compare import COMPARE_FILE, is_compare_dir, run_compare
     from ..export import dumps
-    from ..files import atomic_write, check_run_dir, new_run_dir, replace_run_dir
+    from ..files import atomic_write, check_output_file, check_run_dir, new_run_dir, replace_run_dir
     from ..models import progress_logger
 
     log = progress_logger(quiet)
-    target = check_run_dir(output.expanduser(), force, is_compare_dir)
+    if output is None and html is None:
+        raise typer.BadParameter("name the output: -o OUT (a folder for `lenskit serve`) and/or --html FILE",
+                                 param_hint="'-o' / '--html'")
+    target = check_run_dir(output.expanduser(), force, is_compare_dir) if output is not None else None
     for run in (run_a, run_b):
-        if Path(run).resolve() == target:
+        if target is not None and Path(run).resolve() == target:
             raise typer.BadParameter("-o must not be one of the compared runs")
+    if html is not None:
+        html = check_output_file(html.expanduser(), "report")
 
     def warn(msg):
         typer.echo(f"lenskit: warning: {msg}", err=True)
 
     doc = run_compare(run_a, run_b, prompt_a, prompt_b, align, positions, top_k, device, max_memory, exports_only,
                       allow_download, log=log, warn=warn)
-    data = dumps(doc)
-    tmp = new_run_dir(target)
-    try:
-        atomic_write(tmp / COMPARE_FILE, lambda t: Path(t).write_bytes(data))
-        replace_run_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if target is not None:
+        data = dumps(doc)
+        tmp = new_run_dir(target)
+        try:
+            atomic_write(tmp / COMPARE_FILE, lambda t: Path(t).write_bytes(data))
+            replace_run_dir(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if html is not None:
+        from ..report import write_html
+
+        write_html(doc, html, page_name="compare.html")
     if log:
         log(f"compared {len(doc['pairs'])} aligned position(s) ({doc['relation']}, aligned by {doc['align']}, "
             f"from {doc['source']})")
-    typer.echo(str(output))
+    for path in (output, html):
+        if path is not None:
+            typer.echo(str(path))
 
 
 def register(app: typer.Typer) -> None:

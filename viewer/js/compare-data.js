@@ -4,8 +4,12 @@
 const SCHEMA_PREFIX = "lenskit.compare/1";
 const LABEL_CHARS = 40; // prompt text shown in a side's label
 
-/** The comparisons the server offers (runs.json's "compares"): [{name, url}]. */
+const EMBEDDED_ID = "lenskit-data"; // the single-file report (`lenskit compare --html`) carries its document inline
+
+/** The comparisons the server offers (runs.json's "compares"): [{name, url}]; the report's one embedded comparison. */
 export async function loadCompareList() {
+  const embedded = document.getElementById(EMBEDDED_ID);
+  if (embedded) return [{ name: embedded.dataset.run || "report", url: null, embedded: true }];
   const res = await fetch("runs.json", { cache: "no-cache" });
   if (!res.ok) throw new Error(`runs.json: HTTP ${res.status}`);
   const list = await res.json();
@@ -14,6 +18,7 @@ export async function loadCompareList() {
 
 /** Fetch and wrap one comparison. */
 export async function loadCompare(entry) {
+  if (entry.embedded) return wrapCompare(JSON.parse(document.getElementById(EMBEDDED_ID).textContent));
   const res = await fetch(entry.url, { cache: "no-cache" });
   if (!res.ok) throw new Error(`${entry.url}: HTTP ${res.status}`);
   return wrapCompare(await res.json());
