@@ -7,6 +7,7 @@ A GGUF file is dequantized once and cached as a safetensors folder under ``$LENS
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import importlib.metadata
 import io
@@ -140,10 +141,11 @@ def gguf_cache_folder(path: Path) -> Path:
 
 def _gguf_phases(path: Path) -> dict:
     """Where each step of a first dequantization starts, in % of its estimated time. Timed on SmolLM2-135M (98 MB,
-    22 s): reading the GGUF metadata for the tokenizer (5 s), then for the config and weight names (14 s) costs about
-    the same for any model; dequantizing the tensors (~2 s per 100 MB) and saving safetensors (~1 s) grow with it."""
+    ~17 s): reading the GGUF metadata for the tokenizer (5 s), then again with the weight names (9 s; the config's
+    read is remembered, :func:`_gguf_metadata_once`) costs about the same for any model; dequantizing the tensors
+    (~2 s per 100 MB) and saving safetensors (~1 s) grow with it."""
     mb100 = path.stat().st_size / 1e8
-    seconds = {"tokenizer": 5, "config and weight names": 14, "tensors": 2 * mb100, "saving": mb100}
+    seconds = {"tokenizer": 5, "config and weight names": 9, "tensors": 2 * mb100, "saving": mb100}
     total, starts, done = sum(seconds.values()), {}, 0.0
     for step, s in seconds.items():
         starts[step], done = 100 * done / total, done + s
@@ -182,6 +184,34 @@ def _tensor_progress(progress: Progress, start: float, stop: float):
             gguf_utils.tqdm = original
 
 
+@contextlib.contextmanager
+def _gguf_metadata_once():
+    """transformers parses a GGUF's metadata (a slow pure-Python walk over its tokenizer arrays: ~5 s for the default
+    model) once for the tokenizer's config and again for the model's; meanwhile the metadata-only reads of one file
+    are remembered, so the second is free. The tensor read is untouched. Without that function (another transformers)
+    nothing changes."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    original = getattr(gguf_utils, "load_gguf_checkpoint", None)
+    memo: dict = {}
+
+    def once(path, return_tensors=False, *args, **kwargs):
+        if return_tensors or args or kwargs:
+            return original(path, return_tensors, *args, **kwargs)
+        key = str(path)
+        if key not in memo:
+            memo[key] = original(path, return_tensors=False)
+        return copy.deepcopy(memo[key])  # callers may edit what they get
+
+    if original is not None:
+        gguf_utils.load_gguf_checkpoint = once
+    try:
+        yield
+    finally:
+        if original is not None:
+            gguf_utils.load_gguf_checkpoint = original
+
+
 def ensure_gguf_cached(path: Path, log=None) -> Path:
     """Dequantize ``path`` once into a safetensors folder (atomically: temp folder, then rename); return the folder.
 
@@ -201,7 +231,7 @@ def ensure_gguf_cached(path: Path, log=None) -> Path:
             progress.note(step)
 
         try:
-            with quiet_transformers(), _tensor_progress(progress, at["tensors"], at["saving"]):
+            with quiet_transformers(), _gguf_metadata_once(), _tensor_progress(progress, at["tensors"], at["saving"]):
                 begin("tokenizer")
                 tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
                 begin("config and weight names")

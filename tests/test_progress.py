@@ -116,3 +116,27 @@ def test_trace_progress_cli(tiny_dir, tmp_path, monkeypatch):
     assert "prompt 2/2: 7 tokens" in bar.stderr and "lenskit: prompt" not in bar.stderr
     quiet = runner.invoke(app, [*args, "-o", str(tmp_path / "c"), "-q"])
     assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout.strip() == str(tmp_path / "c")
+
+
+def test_gguf_metadata_read_once_per_file(monkeypatch):
+    """During a dequantization the metadata-only GGUF reads of one file run once (the second read, for the config,
+    is served from memory, as an independent copy); tensor reads pass through; the original is restored after."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from lenskit.models import _gguf_metadata_once
+
+    calls = []
+
+    def fake(path, return_tensors=False, *args, **kwargs):
+        calls.append((str(path), return_tensors))
+        return {"config": {"n": 1}, "tensors": {} if return_tensors else None}
+
+    monkeypatch.setattr(gguf_utils, "load_gguf_checkpoint", fake)
+    with _gguf_metadata_once():
+        a = gguf_utils.load_gguf_checkpoint("m.gguf", return_tensors=False)
+        a["config"]["n"] = 99  # a caller edits its copy
+        b = gguf_utils.load_gguf_checkpoint("m.gguf", return_tensors=False)
+        gguf_utils.load_gguf_checkpoint("m.gguf", return_tensors=True)
+    assert b["config"]["n"] == 1
+    assert calls == [("m.gguf", False), ("m.gguf", True)]
+    assert gguf_utils.load_gguf_checkpoint is fake
