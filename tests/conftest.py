@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,12 @@ import torch
 os.environ.setdefault("LENSKIT_LOAD_PLUGINS", "0")  # third-party plugins installed on the machine stay out of tests
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+# The browser tests' fixtures (browser, page, docs, served, real_export), registered once; their helpers are imported
+# from this plain module by name, never from another test module. tests/ on sys.path: importable in any import mode.
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
+pytest_plugins = ["browser_fixtures"]
 
 WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "and", "ran", "to", "Paris", "is", "capital", "of", "France", "."]
 

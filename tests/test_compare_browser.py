@@ -9,20 +9,27 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-CHROMIUM = "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
+sys.path.insert(0, str(Path(__file__).parent))
+from browser_fixtures import (  # noqa: E402
+    HOSTILE_IMG,
+    TIMING_MOVES,
+    median_ms,
+    open_view,
+    require_chromium,
+    shot,
+)
+
+require_chromium()
 
 from conftest import llama_config, save_model  # noqa: E402
 from test_compare import PROMPT, save_variant  # noqa: E402
-from test_viewer_browser import LAUNCH_ARGS, VIEWPORT, Watch, _median_ms  # noqa: E402
 
 from lenskit.cli import app  # noqa: E402
 from lenskit.compare import COMPARE_FILE  # noqa: E402
@@ -30,10 +37,9 @@ from lenskit.server import Server, Site  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
-ARTIFACTS = Path(__file__).parent / "_artifacts"
-READY = "html[data-state=ready]"
-HOSTILE_IMG = "<img src=x onerror=alert(1)>"
-TIMING_MOVES = 12
+# Fixtures from browser_fixtures (registered in conftest.py): browser, page (fails on foreign requests, console/page
+# errors and dialogs).
+
 REAL_ENV = "LENSKIT_COMPARE_REAL"  # an existing compare folder of the default model to time instead of France/Italy
 
 
@@ -58,33 +64,6 @@ def serve(folders):
     srv = Server(Site({}, compares={Path(f).name: Path(f) / COMPARE_FILE for f in folders}), "127.0.0.1", 0)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture()
-def page(browser):
-    context = browser.new_context(viewport=VIEWPORT)
-    watch = Watch()
-    context.route("**/*", watch.route)
-    pg = context.new_page()
-    pg.on("console", lambda m: watch.errors.append(m.text) if m.type == "error" else None)
-    pg.on("pageerror", lambda e: watch.errors.append(str(e)))
-    pg.on("dialog", lambda d: (watch.dialogs.append(d.message), d.dismiss()))
-    yield pg
-    context.close()
-    watch.check()
-
-
-def open_page(page, url):
-    page.goto(url)
-    page.wait_for_selector(READY, state="attached", timeout=15000)
 
 
 def url_state(page) -> dict:
@@ -117,13 +96,12 @@ def test_compare_page_draws_the_document(page, tiny_compare):
     doc = json.loads((tiny_compare / COMPARE_FILE).read_text(encoding="utf-8"))
     srv = serve([tiny_compare])
     try:
-        open_page(page, srv.url)  # a server with only comparisons opens on the compare page
+        open_view(page, srv.url)  # a server with only comparisons opens on the compare page
         S = len(doc["runs"][0]["stages"]["name"])
         last = len(doc["pairs"]) - 1
         assert url_state(page) == {"cmp": tiny_compare.name, "pair": str(last), "stage": str(S - 1), "view": "overlay"}
         check_figures(page, doc, last, S - 1)
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "compare-tiny.png"), full_page=True)
+        shot(page, "compare-tiny.png")
         # keys: ← moves the pair, Shift+← the stage; the URL follows
         page.locator("body").click(position={"x": 5, "y": 5})
         page.keyboard.press("ArrowLeft")
@@ -141,11 +119,30 @@ def test_compare_page_draws_the_document(page, tiny_compare):
         srv.server_close()
 
 
+def test_single_file_compare_report_from_file_url(page, tiny_compare, tmp_path):
+    """`lenskit compare --html`: the page opens from file:// with no server and no network (the page fixture fails
+    on any request leaving the file), draws the same figures, and keeps its state in the URL."""
+    doc = json.loads((tiny_compare / COMPARE_FILE).read_text(encoding="utf-8"))
+    root = tiny_compare.parent
+    report = tmp_path / "base-vs-instruct.html"
+    invoke("compare", root / "base", root / "instruct", "--html", report, "-q")
+    S = len(doc["runs"][0]["stages"]["name"])
+    open_view(page, report.as_uri() + "#pair=1&stage=2&view=side")
+    check_figures(page, doc, 1, 2)
+    assert page.locator("#fig-cmp-ranks g.panel").count() == 2
+    page.locator("#strip-b .tok[data-pos='2']").click()
+    check_figures(page, doc, 2, 2)
+    open_view(page, report.as_uri())
+    check_figures(page, doc, len(doc["pairs"]) - 1, S - 1)
+    assert page.locator("#single-runs").is_hidden()  # no other pages beside a single file
+    shot(page, "compare-report-file.png")
+
+
 def test_url_state_restores_side_by_side(page, tiny_compare):
     doc = json.loads((tiny_compare / COMPARE_FILE).read_text(encoding="utf-8"))
     srv = serve([tiny_compare])
     try:
-        open_page(page, srv.url + f"compare.html#cmp={tiny_compare.name}&pair=1&stage=3&view=side")
+        open_view(page, srv.url + f"compare.html#cmp={tiny_compare.name}&pair=1&stage=3&view=side")
         assert page.locator("#fig-cmp-ranks g.panel").count() == 2
         assert page.is_checked("input[name=view][value=side]")
         check_figures(page, doc, 1, 3)
@@ -168,7 +165,7 @@ def test_hostile_token_text_stays_text(page, tiny_compare, tmp_path):
     (folder / COMPARE_FILE).write_text(json.dumps(doc), encoding="utf-8")
     srv = serve([folder])
     try:
-        open_page(page, srv.url)
+        open_view(page, srv.url)
         assert page.locator("img").count() == 0
         shown = HOSTILE_IMG.replace(" ", "\u2423")  # spaces shown as ␣, the markup as text
         assert shown in page.text_content("#fig-cmp-ranks .legend")
@@ -201,14 +198,13 @@ def test_real_compare_load_and_redraw_times(page, real_compare):
     try:
         loads = []
         for _ in range(3):
-            open_page(page, srv.url)
+            open_view(page, srv.url)
             loads.append(float(page.get_attribute("html", "data-ready-at")))
         S = len(doc["runs"][0]["stages"]["name"])
         check_figures(page, doc, len(doc["pairs"]) - 1, S - 1)
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / f"compare-real-{real_compare.name}.png"), full_page=True)
-        pair_ms = _median_ms(page, "#pair-slider", TIMING_MOVES)
-        stage_ms = _median_ms(page, "#stage-slider", TIMING_MOVES)
+        shot(page, f"compare-real-{real_compare.name}.png")
+        pair_ms = median_ms(page, "#pair-slider", TIMING_MOVES)
+        stage_ms = median_ms(page, "#stage-slider", TIMING_MOVES)
         print(
             f"\n[compare timing, {real_compare.name}: {len(doc['pairs'])} pairs x {S} stages, "
             f"{(real_compare / COMPARE_FILE).stat().st_size / 1e6:.2f} MB JSON]\n"

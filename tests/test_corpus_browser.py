@@ -5,24 +5,27 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-CHROMIUM = "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
+sys.path.insert(0, str(Path(__file__).parent))
+from browser_fixtures import require_chromium, shot  # noqa: E402
+
+require_chromium()
 
 from conftest import WORDS  # noqa: E402
-from test_viewer_browser import LAUNCH_ARGS, VIEWPORT, Watch  # noqa: E402
 
 from lenskit.cli import app  # noqa: E402
 from lenskit.server import Server, Site, find_runs  # noqa: E402
 
 pytestmark = pytest.mark.browser
+
+# Fixtures from browser_fixtures (registered in conftest.py): page (fails on foreign requests, console/page errors
+# and dialogs).
 
 
 @pytest.fixture(scope="module")
@@ -39,36 +42,25 @@ def survey_run(tiny_dir, tmp_path_factory):
     return out
 
 
-def test_corpus_page_draws_the_survey(survey_run):
+def test_corpus_page_draws_the_survey(survey_run, page):
     doc = json.loads((survey_run / "survey.json").read_text())
     srv = Server(Site(find_runs([survey_run])), "127.0.0.1", 0)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    watch = Watch()
     try:
-        with sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-            context = browser.new_context(viewport=VIEWPORT)
-            context.route("**/*", watch.route)
-            page = context.new_page()
-            page.on("console", lambda m: watch.errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: watch.errors.append(str(e)))
-            page.goto(srv.url + "corpus.html")
-            page.wait_for_selector("#curves svg path.curve", timeout=15000)
-            S = len(doc["stages"]["name"])
-            assert page.locator("#curves .corpus-card").count() >= 5  # CE, agreement, KL, entropy, next-token rank
-            marks = page.locator("#curves .corpus-card").first.locator("path.mark").count()
-            assert marks == S  # one mark per stage, attention and FFN stages drawn apart
-            assert page.locator("#curves .corpus-card").first.locator("path.mark-attn").count() == sum(
-                k == "attn" for k in doc["stages"]["kind"])
-            assert page.locator("#decision svg rect").count() > 0 and page.locator("#blocks svg rect").count() > 0
-            n_examples = sum(len(v) for v in doc["examples"].values())
-            links = page.locator("#examples a")
-            assert links.count() >= n_examples > 0
-            assert "index.html#" in links.first.get_attribute("href")
-            page.screenshot(path=str(Path(__file__).parent / "_artifacts" / "corpus-tiny.png"), full_page=True)
-            context.close()
-            browser.close()
+        page.goto(srv.url + "corpus.html")
+        page.wait_for_selector("#curves svg path.curve", timeout=15000)
+        S = len(doc["stages"]["name"])
+        assert page.locator("#curves .corpus-card").count() >= 5  # CE, agreement, KL, entropy, next-token rank
+        marks = page.locator("#curves .corpus-card").first.locator("path.mark").count()
+        assert marks == S  # one mark per stage, attention and FFN stages drawn apart
+        assert page.locator("#curves .corpus-card").first.locator("path.mark-attn").count() == sum(
+            k == "attn" for k in doc["stages"]["kind"])
+        assert page.locator("#decision svg rect").count() > 0 and page.locator("#blocks svg rect").count() > 0
+        n_examples = sum(len(v) for v in doc["examples"].values())
+        links = page.locator("#examples a")
+        assert links.count() >= n_examples > 0
+        assert "index.html#" in links.first.get_attribute("href")
+        shot(page, "corpus-tiny.png")
     finally:
         srv.shutdown()
         srv.server_close()
-    watch.check()

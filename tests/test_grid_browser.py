@@ -15,23 +15,26 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import test_viewer_browser as viewer_tests
-from test_viewer_browser import (
+from browser_fixtures import (  # noqa: E402
+    ARTIFACTS,
     HOSTILE_IMG,
     READY,
+    VIEWPORT,
     check_figures,
     open_view,
+    require_chromium,
     shot,
     state,
 )
-from viewer_fixture import make_export, write_run
 
-from lenskit.server import Server, Site, find_runs
+require_chromium()
 
-# the viewer tests' fixtures: a browser, a page that fails on errors and foreign requests, two served synthetic runs,
-# the real default-model run
-browser, page, docs, served, real_export = (viewer_tests.browser, viewer_tests.page, viewer_tests.docs,
-                                            viewer_tests.served, viewer_tests.real_export)
+from viewer_fixture import make_export, write_run  # noqa: E402
+
+from lenskit.server import Server, Site, find_runs  # noqa: E402
+
+# Fixtures from browser_fixtures (registered in conftest.py): browser, page (fails on foreign requests, console/page
+# errors and dialogs), docs and served (two synthetic runs), real_export (the default model's test paragraph).
 
 pytestmark = pytest.mark.browser
 GRID = "#fig-grid canvas.grid-canvas"
@@ -154,7 +157,7 @@ def test_grid_load_and_redraw_at_1024_positions(browser, tmp_path):
     size = {k: (f / "export.json").stat().st_size / 1e6 for k, f in folders.items()}
     srv = Server(Site(find_runs(list(folders.values()))), "127.0.0.1", 0)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context = browser.new_context(viewport=VIEWPORT)
     pg = context.new_page()
     errors = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
@@ -214,13 +217,13 @@ def test_real_grid_screenshots(browser, real_export):
                     assert grid_call(pg, f"g.drawnCell({i}, {s}).text") == text
         got = hover_cell(pg, 4, 40)
         assert got[2: 2 + 5] == [doc["tokens"][k] for k in P[4]["stage_top"]["tokens"][40]]
-        pg.locator("#fig-grid").screenshot(path=str(Path(__file__).parent / "_artifacts" / "grid-real-prob-hover.png"))
+        pg.locator("#fig-grid").screenshot(path=str(ARTIFACTS / "grid-real-prob-hover.png"))
         pg.mouse.move(0, 0)
         repaint = [grid_call(pg, "g.redraw()") for _ in range(15)]
         for colour in ("prob", "rank", "kl"):
             pg.check(f"input[name=grid-colour][value={colour}]")
             assert state(pg)["grid"] == colour
-            pg.locator("#fig-grid").screenshot(path=str(Path(__file__).parent / "_artifacts" / f"grid-real-{colour}.png"))
+            pg.locator("#fig-grid").screenshot(path=str(ARTIFACTS / f"grid-real-{colour}.png"))
         pg.mouse.click(*cell_point(pg, 7, 50))
         assert (state(pg)["pos"], state(pg)["stage"]) == (str(P[7]["pos"]), "50")
         check_figures(pg, doc, 0, P[7]["pos"], 50)

@@ -6,16 +6,27 @@ from __future__ import annotations
 
 import copy
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_viewer_browser import CHROMIUM, browser, check_figures, floats, open_view, page, state  # noqa: E402,F401
-from viewer_fixture import make_export, write_run  # noqa: E402
+from browser_fixtures import (  # noqa: E402
+    READY,
+    check_figures,
+    floats,
+    open_view,
+    require_chromium,
+    state,
+)
 
-from lenskit.server import Server, Site, find_runs  # noqa: E402
+require_chromium()
+
+from viewer_fixture import make_export  # noqa: E402
+
+# Fixtures from browser_fixtures (registered in conftest.py): browser, page (fails on foreign requests, console/page
+# errors and dialogs), served (a server over the module's docs). This module's own docs (a two-lens and a one-lens run)
+# override the shared ones.
 
 pytestmark = pytest.mark.browser
 PER_LENS = ["score", "rank", "bin_edge", "mean", "std", "lse", "entropy", "kl", "hist", "stage_top"]
@@ -37,19 +48,9 @@ def lens_view(doc: dict, k: int) -> dict:
 
 @pytest.fixture(scope="module")
 def docs():
+    """Overrides the shared ``docs``; the shared ``served`` then serves these two runs."""
     return {"two": make_export(prompts=1, positions=10, layers=3, seed=3, lenses=2),
             "one": make_export(prompts=1, positions=8, layers=3, seed=4)}
-
-
-@pytest.fixture(scope="module")
-def served(docs, tmp_path_factory):
-    root = tmp_path_factory.mktemp("lens-runs")
-    dirs = [write_run(root / name, doc) for name, doc in docs.items()]
-    srv = Server(Site(find_runs(dirs)), "127.0.0.1", 0)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
 
 
 def test_fixture_is_a_valid_two_lens_export(docs):
@@ -66,7 +67,7 @@ def test_switch_shows_only_with_two_lenses(page, served):
     assert "lens" not in state(page) and "cmp" not in state(page)
     open_view(page, served.url + "#run=two")
     page.reload()
-    page.wait_for_selector("html[data-state=ready]", state="attached")
+    page.wait_for_selector(READY, state="attached")
     assert page.locator("#lens-picker").is_visible()
     assert page.locator("#lens-compare").is_visible()
     texts = page.eval_on_selector_all("#lens-select option", "els => els.map(e => e.textContent)")

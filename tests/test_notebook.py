@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from browser_fixtures import ARTIFACTS, REAL_RUN_ENV  # noqa: E402
 from viewer_fixture import HOSTILE, make_export, write_run  # noqa: E402
 
 import lenskit  # noqa: E402
@@ -29,11 +30,6 @@ from lenskit.report import build_html  # noqa: E402
 from lenskit.schema import histogram, tracked_bins  # noqa: E402
 
 TESTS = Path(__file__).parent
-ARTIFACTS = TESTS / "_artifacts"
-CHROMIUM = "/usr/bin/chromium"
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--no-first-run"]
-REAL_RUN_ENV = "LENSKIT_VIEWER_REAL_RUN"
 CELL_WIDTH_PX = 980  # about a JupyterLab output area on a laptop
 
 
@@ -193,15 +189,8 @@ def _host_page(path: Path, outputs: list[str]) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-        yield b
-        b.close()
+# `browser` (one Chromium per module; skips the test without Chromium or Playwright) is browser_fixtures' fixture,
+# registered in conftest.py.
 
 
 class _Page:

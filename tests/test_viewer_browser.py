@@ -14,162 +14,34 @@ import statistics
 import sys
 import threading
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
+sys.path.insert(0, str(Path(__file__).parent))
+from browser_fixtures import (  # noqa: E402
+    HOSTILE_IMG,
+    TIMING_MOVES,
+    check_figures,
+    median_ms,
+    open_view,
+    positions,
+    require_chromium,
+    shot,
+    state,
+)
+
+require_chromium()
+
+from viewer_fixture import make_export  # noqa: E402
 
 from lenskit.report import write_html  # noqa: E402
-from lenskit.schema import histogram, tracked_bins  # noqa: E402
+from lenskit.schema import histogram  # noqa: E402
 from lenskit.server import Server, Site, find_runs  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
-from viewer_fixture import make_export, write_run  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
-ARTIFACTS = Path(__file__).parent / "_artifacts"
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--no-first-run"]
-VIEWPORT = {"width": 1280, "height": 900}
-LOCAL_HOSTS = {"127.0.0.1", "localhost"}
-READY = "html[data-state=ready]"
-HOSTILE_IMG = "<img src=x onerror=alert(1)>"
-REAL_RUN_ENV = "LENSKIT_VIEWER_REAL_RUN"  # an existing run folder of the default model, to skip tracing it again
-TIMING_MOVES = 12
-
-
-# ---- fixtures
-
-
-@pytest.fixture(scope="module")
-def docs():
-    return {"synth": make_export(seed=0), "other": make_export(prompts=1, positions=8, layers=3, seed=1)}
-
-
-@pytest.fixture(scope="module")
-def served(docs, tmp_path_factory):
-    """A server (thread, port 0) over two synthetic runs."""
-    root = tmp_path_factory.mktemp("viewer-runs")
-    dirs = [write_run(root / name, doc) for name, doc in docs.items()]
-    srv = Server(Site(find_runs(dirs)), "127.0.0.1", 0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
-        yield b
-        b.close()
-
-
-class Watch:
-    """What a page did that it must not: foreign requests, console errors, page errors, dialogs."""
-
-    def __init__(self):
-        self.foreign: list[str] = []
-        self.errors: list[str] = []
-        self.dialogs: list[str] = []
-
-    def route(self, route):
-        url = route.request.url
-        parts = urlsplit(url)
-        if parts.scheme in ("data", "blob", "file") or (parts.scheme in ("http", "https") and parts.hostname in LOCAL_HOSTS):
-            route.continue_()
-        else:
-            self.foreign.append(url)
-            route.abort()
-
-    def check(self):
-        assert not self.foreign, f"requests outside the machine: {self.foreign}"
-        assert not self.errors, f"console/page errors: {self.errors}"
-        assert not self.dialogs, f"dialogs fired: {self.dialogs}"
-
-
-@pytest.fixture()
-def page(browser):
-    context = browser.new_context(viewport=VIEWPORT)
-    watch = Watch()
-    context.route("**/*", watch.route)
-    pg = context.new_page()
-    pg.on("console", lambda m: watch.errors.append(m.text) if m.type == "error" else None)
-    pg.on("pageerror", lambda e: watch.errors.append(str(e)))
-    pg.on("dialog", lambda d: (watch.dialogs.append(d.message), d.dismiss()))
-    pg.watch = watch
-    yield pg
-    context.close()
-    watch.check()
-
-
-def open_view(page, url):
-    page.goto(url)
-    page.wait_for_selector(READY, state="attached", timeout=15000)
-    return page
-
-
-def shot(page, name):
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
-
-
-def state(page) -> dict:
-    frag = page.evaluate("location.hash").lstrip("#")
-    return dict(p.split("=", 1) for p in frag.split("&") if p)
-
-
-def positions(doc, prompt=0):
-    return doc["prompts"][prompt]["positions"]
-
-
-def floats(page, selector, attr="data-value"):
-    return page.eval_on_selector_all(selector, f"els => els.map(e => Number(e.getAttribute('{attr}')))")
-
-
-def check_figures(page, doc, prompt, pos, stage, mode="raw"):
-    """Figures 1–3 show exactly what the JSON says for (prompt, pos, stage)."""
-    P = next(p for p in positions(doc, prompt) if p["pos"] == pos)
-    S = len(doc["stages"]["name"])
-    k = doc["lens"]["top_k"]
-    n = len(P["tracked"])
-    for fig in ("#fig-evolution", "#fig-ranks"):
-        assert page.locator(f"{fig} g.curve.top").count() == k
-        assert page.locator(f"{fig} g.curve").count() == n
-        for j in range(n):
-            assert page.locator(f'{fig} g.curve[data-token="{j}"] circle.pt').count() == S
-    assert page.get_attribute("#fig-evolution svg.chart", "data-pos") == str(pos)
-    for j in range(n):
-        want = []
-        for s in range(S):
-            x = P["score"][j][s]
-            want.append({"raw": x, "centred": x - P["mean"][s], "z": (x - P["mean"][s]) / P["std"][s],
-                         "logprob": x - P["lse"][s]}[mode])
-        got = floats(page, f'#fig-evolution g.curve[data-token="{j}"] circle.pt')
-        assert got == pytest.approx(want, rel=1e-9, abs=1e-9)
-        assert floats(page, f'#fig-ranks g.curve[data-token="{j}"] circle.pt') == P["rank"][j]
-    assert floats(page, "#fig-evolution circle.pt.at-stage", "data-stage") == [stage] * n
-    assert set(floats(page, "#fig-ranks .stage-marker", "data-stage")) == {stage}
-    # Figure 3: documented bins, non-empty ones drawn with their counts, tracked tokens' bins marked.
-    dense = histogram(doc, P)[0][stage]
-    counts = {b: c for b, c in enumerate(dense.tolist()) if c > 0}
-    assert page.get_attribute("#fig-histogram svg.chart", "data-stage") == str(stage)
-    bins = floats(page, "#fig-histogram rect.bin", "data-bin")
-    assert all(0 <= b < doc["histogram"]["bins"] for b in bins)
-    assert dict(zip(bins, floats(page, "#fig-histogram rect.bin", "data-count"))) == counts
-    bins_of = tracked_bins(doc, P)
-    assert set(floats(page, "#fig-histogram rect.bin.tracked", "data-bin")) == {int(bins_of[j][stage]) for j in range(n)}
-    marks = page.eval_on_selector_all("#fig-histogram circle.mark", "els => els.map(e => [+e.dataset.token, +e.dataset.bin])")
-    assert sorted(marks) == sorted([j, int(bins_of[j][stage])] for j in range(n))
-    assert page.locator("#fig-histogram circle.mark").count() == n
-    assert page.input_value("#stage-slider") == str(stage)
+# Fixtures from browser_fixtures (registered in conftest.py): browser, page (fails on foreign requests, console/page
+# errors and dialogs), docs and served (two synthetic runs), real_export (the default model's test paragraph).
 
 
 # ---- served viewer
@@ -486,52 +358,15 @@ def test_bin_edge_exceptions_are_used(page, served, docs):
 # ---- the real default model: screenshots and timings (printed, not asserted)
 
 
-@pytest.fixture(scope="module")
-def real_export(request):
-    folder = os.environ.get(REAL_RUN_ENV)
-    if folder:
-        if not (Path(folder) / "export.json").is_file():
-            pytest.skip(f"{REAL_RUN_ENV}={folder} has no export.json")
-        return Path(folder)
-    return request.getfixturevalue("real_run")
-
-
-def _median_ms(page, selector, moves):
-    """Median time of a slider move: synchronous redraw, and until the next frame is ready (includes layout)."""
-    return page.evaluate(
-        """async ([selector, moves]) => {
-            const el = document.querySelector(selector);
-            const sync = [], frame = [];
-            for (let i = 0; i < moves; i++) {
-                const v = Number(el.value), max = Number(el.max);
-                el.value = String(v < max ? v + 1 : 0);
-                const t0 = performance.now();
-                el.dispatchEvent(new Event('input', { bubbles: true }));
-                sync.push(performance.now() - t0);
-                await new Promise((r) => requestAnimationFrame(() => setTimeout(r, 0)));
-                frame.push(performance.now() - t0);
-            }
-            const med = (xs) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-            return [med(sync), med(frame)];
-        }""",
-        [selector, moves],
-    )
-
-
 @pytest.mark.realmodel
-def test_real_export_load_and_redraw_times(browser, real_export, tmp_path):
+def test_real_export_load_and_redraw_times(page, real_export, tmp_path):
     doc = json.loads((real_export / "export.json").read_text(encoding="utf-8"))
     site = Site(find_runs([real_export]))
     site.warm()
     srv = Server(site, "127.0.0.1", 0)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
-    context = browser.new_context(viewport=VIEWPORT)
-    watch = Watch()
-    context.route("**/*", watch.route)
-    pg = context.new_page()
-    pg.on("console", lambda m: watch.errors.append(m.text) if m.type == "error" else None)
-    pg.on("pageerror", lambda e: watch.errors.append(str(e)))
+    pg = page  # watched: foreign requests, console errors and dialogs fail the test
     try:
         loads = []
         for _ in range(3):
@@ -542,8 +377,8 @@ def test_real_export_load_and_redraw_times(browser, real_export, tmp_path):
         assert pos == doc["prompts"][0]["positions"][-1]["pos"]  # opens at the last position: the next-token prediction
         check_figures(pg, doc, 0, pos, S - 1)
         assert pg.locator("#fig-evolution g.curve.top").count() == 10
-        pos_ms = _median_ms(pg, "#pos-slider", TIMING_MOVES)
-        stage_ms = _median_ms(pg, "#stage-slider", TIMING_MOVES)
+        pos_ms = median_ms(pg, "#pos-slider", TIMING_MOVES)
+        stage_ms = median_ms(pg, "#stage-slider", TIMING_MOVES)
         s = state(pg)
         check_figures(pg, doc, 0, int(s["pos"]), int(s["stage"]))
         shot(pg, "viewer-real-smollm2-last.png")
@@ -569,10 +404,8 @@ def test_real_export_load_and_redraw_times(browser, real_export, tmp_path):
         )
         assert not math.isnan(statistics.median(loads))
     finally:
-        context.close()
         srv.shutdown()
         srv.server_close()
-    watch.check()
 
 
 PARIS = "The capital of France is"

@@ -92,6 +92,7 @@ async function boot() {
   const wanted = readUrlState(window.location, STATE_KEYS, NUMERIC_KEYS);
   const entry = list.find((c) => c.name === wanted.cmp) || list[0];
   const cmp = await loadCompare(entry);
+  if (entry.embedded) d3.select("#single-runs").attr("hidden", true); // a single-file report has no other pages
 
   if (list.length > 1) {
     d3.select("#cmp-picker").attr("hidden", null);
