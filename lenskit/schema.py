@@ -260,8 +260,9 @@ def markdown_reference() -> str:
             "`lse`, `entropy`, `kl` have 3 decimals instead of 4. Version 3 adds `lens.lenses` and, in exports with "
             "several lenses, `positions[].lenses`; a version-2 document is a version-3 one with the single logit lens. "
             "Version-3 documents may also carry the optional `lens.stage_top` and `positions[].stage_top` (the overview "
-            "grid), absent from older ones. Rounding is not part of the version: lenskit 0.1 writes scores, `lse`, "
-            f"`entropy` and `kl` with {ROUND_SCORE} decimals and `mean`/`std` with {ROUND_STAT} (earlier builds: 3 and 4); "
+            "grid), absent from older ones. Rounding is not part of the version: lenskit 0.1 writes scores with "
+            f"{ROUND_SCORE} decimals, `lse`, `entropy` and `kl` with {ROUND_NATS}, `mean`/`std` with {ROUND_STAT} (earlier "
+            "builds: 3, 3 and 4); "
             "readers use the numbers as they are."
         ),
         "",
