@@ -19,7 +19,6 @@ from browser_fixtures import (  # noqa: E402
     ARTIFACTS,
     HOSTILE_IMG,
     READY,
-    VIEWPORT,
     check_figures,
     open_view,
     require_chromium,
@@ -146,7 +145,7 @@ def _load_times(pg, url, n=3):
     return at, boot
 
 
-def test_grid_load_and_redraw_at_1024_positions(browser, tmp_path):
+def test_grid_load_and_redraw_at_1024_positions(page, tmp_path):
     """1,024 positions x 65 stages (32 layers): load times with and without the grid (the same document less its
     stage_top), and the grid's repaint times (printed; loose bounds asserted)."""
     started = time.perf_counter()
@@ -157,10 +156,7 @@ def test_grid_load_and_redraw_at_1024_positions(browser, tmp_path):
     size = {k: (f / "export.json").stat().st_size / 1e6 for k, f in folders.items()}
     srv = Server(Site(find_runs(list(folders.values()))), "127.0.0.1", 0)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    context = browser.new_context(viewport=VIEWPORT)
-    pg = context.new_page()
-    errors = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg = page  # watched: page errors, console errors, foreign requests and dialogs fail the test
     try:
         base_at, base_boot = _load_times(pg, srv.url + "#run=nogrid&pos=500&stage=30")
         at, boot = _load_times(pg, srv.url + "#run=grid&pos=500&stage=30")
@@ -178,10 +174,8 @@ def test_grid_load_and_redraw_at_1024_positions(browser, tmp_path):
             clicks.append(float(pg.get_attribute("html", "data-draw-ms")))
         shot(pg, "grid-1024x65.png")
     finally:
-        context.close()
         srv.shutdown()
         srv.server_close()
-    assert not errors, errors
     med = statistics.median
     print(f"\n[grid timing, synthetic 1024 positions x 65 stages (made in {made:.0f}s)] "
           f"load, navigation to drawn (boot to drawn): with the grid {med(at):.0f} ms ({med(boot):.0f} ms), "
@@ -194,7 +188,7 @@ def test_grid_load_and_redraw_at_1024_positions(browser, tmp_path):
 
 
 @pytest.mark.realmodel
-def test_real_grid_screenshots(browser, real_export):
+def test_real_grid_screenshots(page, real_export):
     """The grid on the default model's test paragraph: cells against the JSON, hover, the three colourings
     (screenshots grid-real-*.png), load and repaint times (printed)."""
     doc = json.loads((real_export / "export.json").read_text(encoding="utf-8"))
@@ -202,10 +196,8 @@ def test_real_grid_screenshots(browser, real_export):
     S = len(doc["stages"]["name"])
     srv = Server(Site(find_runs([real_export])), "127.0.0.1", 0)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
-    pg = context.new_page()
-    errors = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg = page
+    pg.set_viewport_size({"width": 1280, "height": 1000})
     try:
         at, boot = _load_times(pg, srv.url + "#pos=4&stage=24")
         assert pg.get_attribute(GRID, "data-positions") == str(len(P))
@@ -229,10 +221,8 @@ def test_real_grid_screenshots(browser, real_export):
         check_figures(pg, doc, 0, P[7]["pos"], 50)
         shot(pg, "grid-real-page.png")
     finally:
-        context.close()
         srv.shutdown()
         srv.server_close()
-    assert not errors, errors
     med = statistics.median
     print(f"\n[grid timing, real export {len(P)} positions x {S} stages] load, navigation to drawn {med(at):.0f} ms "
           f"(boot to drawn {med(boot):.0f} ms); grid repaint median {med(repaint):.1f} ms")
