@@ -6,33 +6,20 @@ import math
 import numpy as np
 import pytest
 import torch
+from kernel_cases import CLOSE, EXACT, block
 
 from lenskit import stats
 from lenskit.schema import HIST_BINS
-from lenskit.stats import Workspace, chunk_stats, chunk_stats_fused, chunk_stats_torch, z_bins
+from lenskit.stats import (
+    Workspace,
+    chunk_stats,
+    chunk_stats_fused,
+    chunk_stats_torch,
+    z_bins,
+)
 
 pytest.importorskip("numba")
 
-EXACT = ("counts", "rank", "tracked_bin", "tracked_score", "sample_rows", "sample_bins", "sample_cols")
-CLOSE = ("mean", "std", "lse", "entropy", "kl")
-
-
-def block(c: int, S: int, V: int, K: int, seed: int = 0):
-    """Scores ``[c*S, V]`` with hard cases mixed in, and tracked columns ``[c, K]`` with duplicates."""
-    g = torch.Generator().manual_seed(seed)
-    s = torch.randn(c * S, V, generator=g) * 3
-    s[:, 1::7] = s[:, :1]  # ties with column 0 everywhere
-    s[1, :] = 1.5  # an all-equal row
-    s[2] = (torch.rand(V, generator=g) * 2 - 1) * 1e4  # scores of +-1e4
-    s[2, V // 2] = 1e4
-    s[3] = 30 * torch.tanh(s[3] * 10 / 30)  # softcapped: many scores pressed against +-30
-    s[4, : V // 3] = s[4, V // 3: 2 * (V // 3)]  # a third of the row duplicated
-    s[S - 1] *= 4  # a peaked final distribution
-    trk = torch.randint(0, V, (c, K), generator=g)
-    trk[:, 1] = trk[:, 0]  # duplicate tracked column
-    trk[:, 2] = 0  # a column with many exact ties
-    trk[:, 3] = 1
-    return s, trk
 
 
 def brute(s: torch.Tensor, S: int, trk: torch.Tensor, samples: int, mean, std):
