@@ -8,11 +8,16 @@ does those): the GPU's exports against brute force on the same scores, fast == f
 
 import pytest
 import torch
-from test_stats import D, S, T, V, brute, data, make_lens, run  # noqa: F401  (data: a fixture)
+from stats_cases import S, V, brute, make_lens, random_stages, run
 
 from lenskit.schema import histogram
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture
+def data():
+    return random_stages()
 
 
 def _ids(doc, pos):
