@@ -188,9 +188,9 @@ def _kernel_profile(fn, top: int = 12) -> list | None:
 def gemm_variants(S: int, T: int, D: int, V: int, dev: str, repeats: int) -> dict:
     """Seconds for one pass over all rows in the engine's block shape: strict float32, TF32, bf16 (bf16 out), bf16 with
     float32 output."""
-    from lenskit.scoring import GPU_BLOCK_BYTES, GPU_BLOCK_ROWS
+    from lenskit.scoring import block_rows
 
-    rows = min(GPU_BLOCK_ROWS[1], max(GPU_BLOCK_ROWS[0], GPU_BLOCK_BYTES // (4 * V))) // S * S
+    rows = block_rows(V, torch.device("cuda")) // S * S  # the engine's CUDA block shape
     g = torch.Generator(device=dev).manual_seed(1)
     x = torch.randn(rows, D, generator=g, device=dev)  # [B, D]
     w = torch.randn(D, V, generator=g, device=dev) / D**0.5  # [D, V]

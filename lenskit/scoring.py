@@ -44,6 +44,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "float32" if precision == "auto" else precision
 
 
+def block_rows(vocab: int, device: torch.device) -> int:
+    """Rows of one matmul block before rounding to whole positions: ~BLOCK_BYTES of float32 scores within BLOCK_ROWS
+    (GPU_BLOCK_* on CUDA) -- from the vocabulary and the device kind only."""
+    cuda = torch.device(device).type == "cuda"
+    size, (lo, hi) = (GPU_BLOCK_BYTES, GPU_BLOCK_ROWS) if cuda else (BLOCK_BYTES, BLOCK_ROWS)
+    return min(hi, max(lo, size // (4 * vocab)))
+
+
 _F32OUT: dict = {}  # device type -> whether torch.mm(bf16, bf16, out_dtype=float32) works there
 
 
@@ -115,10 +123,7 @@ class Scorer:
         chunked (the memory budget, ``--positions``); it depends only on the model's stage count and vocabulary (and
         on the device kind: CUDA takes bigger blocks).
         """
-        V = self.w_t.shape[1]
-        size, (lo, hi) = (GPU_BLOCK_BYTES, GPU_BLOCK_ROWS) if self.device.type == "cuda" else (BLOCK_BYTES, BLOCK_ROWS)
-        rows = min(hi, max(lo, size // (4 * V)))  # from the model's shapes (and the device kind) only
-        per = max(1, rows // n_stages)
+        per = max(1, block_rows(self.w_t.shape[1], self.device) // n_stages)
         self.block = per * n_stages
         self.n_stages = n_stages
         return per

@@ -23,7 +23,7 @@ import torch
 
 from .errors import OutputError
 from .survey_aggregates import Aggregates, SurveyError, Window, add_group
-from .survey_document import _n_layers
+from .survey_document import layer_count
 from .survey_schema import (
     CHECKPOINT_FORMAT,
     SURVEY_VERSION,
@@ -240,7 +240,7 @@ def survey_shard(loaded, opts: SurveyOptions, target: Path, resume: bool = False
     from .scoring import Scorer, resolve_precision
 
     d = dist_info or Dist()
-    n_layers = _n_layers(loaded)
+    n_layers = layer_count(loaded)
     S = 2 * n_layers + 1
     recipe = dict(opts.recipe(), model=_model_key(loaded), world=d.world, version=SURVEY_VERSION)
     folder = partial_dir(target)

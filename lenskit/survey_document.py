@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .survey import SurveyOptions
 
 
-def _n_layers(loaded) -> int:
+def layer_count(loaded) -> int:
     from .adapters import get_module
 
     return len(get_module(loaded.model, loaded.adapter.layers))
@@ -72,7 +72,7 @@ def build_survey_document(agg: Aggregates, loaded, opts: SurveyOptions, examples
     from .capture import stage_names
     from .lens import lens_from_model
 
-    stages = stage_names(_n_layers(loaded))
+    stages = stage_names(layer_count(loaded))
     a, n = agg.arrays, agg.counters["positions"]
     lens = lens_from_model(loaded.model, loaded.adapter)
     qs = ("p10", "p50", "p90")
@@ -103,7 +103,7 @@ def build_survey_document(agg: Aggregates, loaded, opts: SurveyOptions, examples
         "lenskit_version": __version__,
         "model": {"id": loaded.source.get("id"), "fingerprint": lens.fingerprint(), "architecture": loaded.architecture,
                   "adapter": loaded.adapter.name, "dtype": str(loaded.dtype).removeprefix("torch."),
-                  "n_layers": _n_layers(loaded), "vocab_size": lens.vocab_size},
+                  "n_layers": layer_count(loaded), "vocab_size": lens.vocab_size},
         "lens": {"norm": opts.norm, "precision": opts.precision},
         "stages": {key: [s[key] for s in stages] for key in ("name", "kind", "layer")},
         "corpus": {"sources": [s if s.startswith("<") or s == "-" else str(Path(s)) for s in opts.sources],
@@ -155,7 +155,7 @@ def export_examples(loaded, agg: Aggregates, opts: SurveyOptions, log=None) -> d
     tok = loaded.tokenizer
     prompts = [{"text": tok.decode(ids, clean_up_tokenization_spaces=False), "token_ids": list(ids),
                 "tokens": token_texts(tok, ids)} for ids in example_prompts(agg)]
-    meta = build_metadata(fingerprint_info(loaded), stage_names(_n_layers(loaded)), prompts)
+    meta = build_metadata(fingerprint_info(loaded), stage_names(layer_count(loaded)), prompts)
     cache: dict = {}
 
     def stages_for_prompt(i):

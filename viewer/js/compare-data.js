@@ -1,10 +1,11 @@
 // compare-data.js — the only module that knows the shape of compare.json (lenskit.compare/1, written by
 // `lenskit compare`): the served list of comparisons, loading one, and accessors the compare page's views use.
 
+// the single-file report (`lenskit compare --html`) carries its document inline, under the viewer's id
+import { EMBEDDED_ID } from "./data.js";
+
 const SCHEMA_PREFIX = "lenskit.compare/1";
 const LABEL_CHARS = 40; // prompt text shown in a side's label
-
-const EMBEDDED_ID = "lenskit-data"; // the single-file report (`lenskit compare --html`) carries its document inline
 
 /** The comparisons the server offers (runs.json's "compares"): [{name, url}]; the report's one embedded comparison. */
 export async function loadCompareList() {
