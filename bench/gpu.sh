@@ -2,7 +2,8 @@
 # One prepared GPU run (no network needed): the Triton kernels' tests compiled on the GPU, then the benchmark
 # (bench/test_bench_gpu.py: Llama-3-8B and default-model shapes, statistics vs a bare bf16 GEMM, same run).
 # Usage: bash bench/gpu.sh   (from anywhere; writes $OUT/bench_gpu.json and $OUT/gpu.log when OUT is set)
-# Env: PYTHON (interpreter to use), LENSKIT_GPU_SHAPES, LENSKIT_GPU_MAX_POSITIONS, LENSKIT_GPU_REPEATS (see the bench).
+# Env: PYTHON (interpreter to use), LENSKIT_GPU_SHAPES, LENSKIT_GPU_MAX_POSITIONS, LENSKIT_GPU_ENGINE_POSITIONS,
+# LENSKIT_GPU_REPEATS, LENSKIT_GPU_ABLATION (see the bench).
 # Budget: ~6 minutes on an H100 (tests ~1-2 min incl. Triton compilation, bench ~1-2 min); each step has a timeout.
 # Wheels the device lacks (orjson, gguf) travel in .whl/ (git-ignored): see the README's "GPU" section.
 set -u -o pipefail

@@ -185,6 +185,72 @@ def _kernel_profile(fn, top: int = 12) -> list | None:
         return None
 
 
+@torch.inference_mode()
+def kernel_ablation(S: int, D: int, V: int, c: int, dev: str, reps: int = 7) -> dict:
+    """Milliseconds (median of ``reps``, CUDA events) for one chunk of ``c`` positions: the GEMMs, the statistics
+    in full, and with parts of pass B switched off, other tilings and warp counts, pass C's warps, the stage top-5 --
+    where the statistics' time goes, so that the next change is chosen by measurement. Tracked tokens are each
+    position's final top-K (as in the engine: ranks are small in late stages)."""
+    from lenskit.kernels_triton import chunk_stats_triton
+    from lenskit.stats import stage_top_torch
+
+    g = torch.Generator(device=dev).manual_seed(3)
+    h = torch.randn(c * S, D, generator=g, device=dev).to(torch.bfloat16)
+    h *= torch.linspace(0.5, 3, S, device=dev).repeat(c)[:, None].to(torch.bfloat16)  # later stages sharper
+    w = (torch.randn(V, D, generator=g, device=dev) * (3 / D**0.5)).to(torch.bfloat16)
+    w[:16] *= 3
+    wt = w.t()
+    s = gemm_f32out(h, wt)  # [c*S, V]
+    trk = s.view(c, S, V)[:, -1].topk(K_TRACKED, -1).indices  # [c, K] each position's final top-K
+    ids = torch.arange(V, device=dev)
+
+    def ms(fn) -> float:
+        fn()
+        _sync(dev)
+        out = []
+        for _ in range(reps):
+            if dev != "cuda":  # (checking the script on a CPU)
+                t0 = time.perf_counter()
+                fn()
+                out.append(1e3 * (time.perf_counter() - t0))
+                continue
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            out.append(a.elapsed_time(b))
+        return round(statistics.median(out), 4)
+
+    res = {"rows": c * S, "vocab": V,
+           "gemm_bf16": ms(lambda: torch.mm(h, wt)), "gemm_f32out": ms(lambda: gemm_f32out(h, wt)),
+           "stats_samples3": ms(lambda: chunk_stats_triton(s, S, trk, 3)),
+           "stats_samples0": ms(lambda: chunk_stats_triton(s, S, trk, 0)),
+           "stage_top5": ms(lambda: stage_top_torch(s, 5, ids))}
+    off = lambda **k: {("DO_" + n.upper()): v for n, v in k.items()}
+    variants = {
+        "no_hist": off(hist=False), "no_rank": off(rank=False), "no_kl": off(kl=False),
+        "hist_only": off(rank=False, kl=False), "rank_only": off(hist=False, kl=False),
+        "kl_only": off(hist=False, rank=False), "load_only": off(hist=False, rank=False, kl=False),
+    }
+    for name, flags in variants.items():
+        res["samples0_" + name] = ms(lambda f=flags: chunk_stats_triton(s, S, trk, 0, ablate=f))
+    res["samples0_rank_skip"] = ms(lambda: chunk_stats_triton(s, S, trk, 0, rank_skip=True))
+    res["samples3_rank_skip_warps_c1"] = ms(lambda: chunk_stats_triton(s, S, trk, 3, rank_skip=True, warps_c=1))
+    for tiles in (2, 4, 8):
+        res[f"samples0_tiles_b{tiles}"] = ms(lambda t=tiles: chunk_stats_triton(s, S, trk, 0, tiles_b=t))
+    for warps in (2, 8):
+        res[f"samples0_warps_b{warps}"] = ms(lambda wb=warps: chunk_stats_triton(s, S, trk, 0, warps_b=wb))
+    for bb in (512, 2048):
+        res[f"samples0_block_b{bb}"] = ms(lambda b_=bb: chunk_stats_triton(s, S, trk, 0, block_b=b_))
+    for warps in (1, 2):
+        res[f"samples3_warps_c{warps}"] = ms(lambda wc=warps: chunk_stats_triton(s, S, trk, 3, warps_c=wc))
+    res["samples3_sub64"] = ms(lambda: chunk_stats_triton(s, S, trk, 3, sub_c=64))
+    for k, v in res.items():
+        print(f"  ablation {k}: {v}", flush=True)
+    return res
+
+
 def gemm_variants(S: int, T: int, D: int, V: int, dev: str, repeats: int) -> dict:
     """Seconds for one pass over all rows in the engine's block shape: strict float32, TF32, bf16 (bf16 out), bf16 with
     float32 output."""
@@ -260,6 +326,12 @@ def bench_engine(S: int, T: int, D: int, V: int, dev: str, repeats: int, fast_po
         engine(prec, min(T, 64))  # warm-up: Triton compilation, cuBLAS heuristics
         secs[prec] = statistics.median(_timed(lambda: engine(prec, T), dev, repeats))
     out["seconds"] = secs
+    if dev == "cuda":  # where the engine's GPU time goes (its wall time minus this sum: host-side work and syncs)
+        n_prof = min(T, 256)
+        t0 = time.perf_counter()
+        engine("float32", n_prof)
+        out["profile_positions"], out["profile_wall_s"] = n_prof, time.perf_counter() - t0
+        out["profile_float32"] = _kernel_profile(lambda: engine("float32", n_prof), top=16)
     # agreement of bf16 mode with float32 mode, and fast == float32, on the first positions
     n = min(T, fast_positions)
     ref = engine("float32", n)
@@ -319,15 +391,23 @@ def run(out_dir: str | None = None) -> dict | None:
               f"exact {r['first_chunk_integers_equal_torch']} close {r['first_chunk_floats_close_torch']} | "
               f"warm-up {r['warmup_seconds']:.1f}s peak {r['peak_gib'] or 0:.1f} GiB", flush=True)
         _dump(report, out_dir)
+        if dev == "cuda" and os.environ.get("LENSKIT_GPU_ABLATION", "1") == "1":
+            try:
+                r["ablation_ms"] = kernel_ablation(S, D, V, c, dev)
+            except Exception as e:
+                r["ablation_error"] = f"{type(e).__name__}: {e}"
+                print(f"bench_gpu {name} ablation: {r['ablation_error']}", flush=True)
+            _dump(report, out_dir)
         if os.environ.get("LENSKIT_GPU_ENGINE", "1") == "1":
             try:
-                gv = gemm_variants(S, T, D, V, dev, repeats)
+                T_e = min(T, int(os.environ.get("LENSKIT_GPU_ENGINE_POSITIONS", T)))  # the engine's positions
+                gv = gemm_variants(S, T_e, D, V, dev, repeats)
                 r["gemm_block"] = gv
-                flop = r["gemm_flop"]
+                flop = 2.0 * T_e * S * D * V
                 print(f"bench_gpu {name} GEMM in the engine's {gv['block_rows']}-row blocks: " + " | ".join(
                     f"{k} {gv[k]:.3f}s {flop / gv[k] / 1e12:.0f} TFLOP/s" for k in ("f32", "tf32", "bf16", "bf16_f32out")
                     if gv.get(k)), flush=True)
-                eng = bench_engine(S, T, D, V, dev, repeats, int(os.environ.get("LENSKIT_GPU_FAST_POSITIONS", "128")))
+                eng = bench_engine(S, T_e, D, V, dev, repeats, int(os.environ.get("LENSKIT_GPU_FAST_POSITIONS", "128")))
                 r["engine"] = eng
                 es = eng["seconds"]
                 print(f"bench_gpu {name} engine: float32 {es['float32']:.3f}s ({es['float32'] / gv['f32']:.2f}x strict "
