@@ -32,8 +32,9 @@ def tracked_tokens(scorer: Scorer, top_cols: torch.Tensor, group: list[int], tok
                    track_ids: list[int]) -> list[list[int]]:
     """Per position: final top-k ids, then the actual next token and the user's tokens when not already there."""
     out = []
+    top_ids = scorer.col_ids[top_cols].tolist()  # [c][k] (one device -> host copy per chunk)
     for i, p in enumerate(group):
-        ids = scorer.col_ids[top_cols[i]].tolist()
+        ids = top_ids[i]
         nxt = token_ids[p + 1] if p + 1 < len(token_ids) else None
         for tid in ([nxt] if nxt is not None else []) + track_ids:
             if tid not in ids:

@@ -49,6 +49,8 @@ TILES_B = 1  # tiles per program in pass B
 WARPS_B = 4  # warps per program in pass B
 WARPS_C = 4  # and in pass C
 RANK_SKIP = False  # pass B: skip the comparisons of tiles entirely below the tracked scores
+PASS_C = "sort"  # pass C's kernel: "sort" (a tile at once, also the stage top-N) or "steps" (SUB_C columns a step)
+TOP_CAP = 64  # stage top-N candidates per row kept by pass C
 assert HIST_BINS < NB and NB * BLOCK_B < 2**31
 
 _LO = tl.constexpr(float(-BIN_OFFSET))  # lowest z-bin before the offset
@@ -183,6 +185,62 @@ def _samples_kernel(s_ptr, stride, V, sel_ptr, mean_ptr, a_ptr, prior_ptr, samp_
             cnt += tl.histogram(b, NBK)  # (full bins need no count: a step without candidates is skipped)
 
 
+@triton.jit
+def _samples_top_kernel(s_ptr, stride, V, sel_ptr, mean_ptr, a_ptr, prior_ptr, topb_ptr, samp_out, n_samples,
+                        cand_col, cand_score, cap, BLOCK: tl.constexpr, NBK: tl.constexpr, TOP: tl.constexpr):
+    """Pass C, all at once per tile. Grid (n,), one program per selected (row, tile) pair ``sel [n, 2]`` int32;
+    ``prior [n, HIST_BINS]`` int32: members of each bin in the row's earlier tiles. Sorts the tile's keys
+    ``bin * BLOCK + column`` (``tl.sort``), so each bin's members lie together in column order; a member's index
+    among its bin's members of the row is ``prior[bin]`` + its index in the tile's run of that bin (the run starts at
+    the tile histogram's exclusive prefix sum). Writes ``samp_out [R, HIST_BINS, n_samples]`` int64 where that index
+    is below ``n_samples``. TOP: every member of the bins >= ``topb[row]`` (the highest bins, holding the row's own
+    top N) goes to ``cand_col`` int64 / ``cand_score`` float32 ``[R, cap]`` at its index among those members in (bin,
+    column) order -- the row's candidates for its top N, ordered later by score (indices >= cap are dropped: such
+    rows are done by torch.topk)."""
+    i = tl.program_id(0)
+    row = tl.load(sel_ptr + 2 * i)
+    tile = tl.load(sel_ptr + 2 * i + 1)
+    row64 = row.to(tl.int64)
+    lanes = tl.arange(0, BLOCK)
+    cols = tile * BLOCK + lanes  # [BLOCK]
+    valid = cols < V
+    x = tl.load(s_ptr + row64 * stride + cols, mask=valid, other=0.0)  # [BLOCK] float32
+    b = _z_bin(x, tl.load(mean_ptr + row), tl.load(a_ptr + row))
+    b = tl.where(valid, b, NBK - 1)  # padding: a bin past the histogram, sorted last
+    key = tl.sort(b * BLOCK + lanes)  # [BLOCK] ascending: by bin, then by column
+    sb = key // BLOCK  # [BLOCK] bin of each sorted member
+    local = key % BLOCK  # [BLOCK] its column in the tile
+    h = tl.histogram(b, NBK)  # [NBK]
+    start = tl.cumsum(h, 0) - h  # [NBK] sorted index of each bin's first member
+    nb = tl.arange(0, NBK)
+    prior = tl.load(prior_ptr + i.to(tl.int64) * _NBINS + nb, mask=nb < _NBINS, other=0)  # [NBK]
+    real = sb < _NBINS
+    col64 = (tile * BLOCK + local).to(tl.int64)  # [BLOCK] sorted members' columns
+    if n_samples > 0:
+        slot = tl.gather(prior, sb, 0) + lanes - tl.gather(start, sb, 0)  # [BLOCK] index among the bin's members
+        tl.store(samp_out + (row64 * _NBINS + sb) * n_samples + slot, col64, mask=real & (slot < n_samples))
+    if TOP:
+        tb = tl.load(topb_ptr + row)
+        before = tl.sum(tl.where(nb >= tb, prior, 0), 0)  # top-bin members in earlier tiles
+        first = tl.sum(tl.where(nb < tb, h, 0), 0)  # sorted index of the tile's first top-bin member
+        slot = before + lanes - first  # [BLOCK]
+        take = real & (sb >= tb) & (slot < cap)
+        tl.store(cand_col + row64 * cap + slot, col64, mask=take)
+        tl.store(cand_score + row64 * cap + slot, tl.gather(x, local, 0), mask=take)
+
+
+def stage_top_candidates(cand_col: torch.Tensor, cand_score: torch.Tensor, n: int,
+                         col_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's top n from its candidates ``[R, cap]`` (empty slots: column -1, score -inf): higher score first,
+    equal scores by smaller vocabulary id -- the order of :func:`lenskit.stats.stage_top_torch`."""
+    R, cap = cand_col.shape
+    ids = cand_col.clamp_min(0) if col_ids is None else col_ids[cand_col.clamp_min(0)]  # [R, cap]
+    ids = torch.where(cand_col < 0, torch.iinfo(torch.int64).max, ids)
+    o = torch.argsort(ids, dim=1, stable=True)  # least significant key first: id, then -score
+    o = o.gather(1, torch.argsort(-cand_score.gather(1, o), dim=1, stable=True))[:, :n]  # [R, n]
+    return cand_col.gather(1, o), cand_score.gather(1, o)
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -192,7 +250,8 @@ def chunk_stats_triton(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tenso
                        moments: tuple[torch.Tensor, torch.Tensor] | None = None, block_a: int = BLOCK_A,
                        block_b: int = BLOCK_B, sub_c: int = SUB_C, stage_top: int = 0,
                        col_ids: torch.Tensor | None = None, tiles_b: int = TILES_B, warps_b: int = WARPS_B,
-                       warps_c: int = WARPS_C, rank_skip: bool = RANK_SKIP, ablate: dict | None = None) -> ChunkStats:
+                       warps_c: int = WARPS_C, rank_skip: bool = RANK_SKIP, pass_c: str = PASS_C,
+                       top_cap: int = TOP_CAP, ablate: dict | None = None) -> ChunkStats:
     """:func:`lenskit.stats.chunk_stats` of exact float32 scores with the Triton kernels (CUDA tensors, or CPU
     tensors under ``TRITON_INTERPRET=1``).
 
@@ -209,6 +268,9 @@ def chunk_stats_triton(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tenso
             Triton kernel: it reads the scores once more.
         tiles_b, warps_b, warps_c: tiles per program in pass B, warps per program in passes B and C (tuning).
         rank_skip: pass B compares a group of tracked tokens only in tiles whose max exceeds one of them.
+        pass_c: ``"sort"`` (:func:`_samples_top_kernel`: samples and the stage top-N candidates, a tile at once) or
+            ``"steps"`` (:func:`_samples_kernel`, samples only; the stage top-N then by ``torch.topk``).
+        top_cap: stage top-N candidates kept per row (rows whose highest bins hold more go to ``torch.topk``).
         ablate: ``{"DO_HIST": False, ...}`` skips parts of pass B (the GPU benchmark's ablations; wrong results).
     """
     R, V = s.shape
@@ -268,18 +330,44 @@ def chunk_stats_triton(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tenso
     ent_f = entropy.view(c, n_stages)[:, -1:]  # [c, 1] H(final)
     kl = (log_e - A / tot).view(c, n_stages).sub(ent_f).clamp_min(0).view(R)  # lse - E_pf[s] - H(final)
 
-    # pass C: samples, only in the tiles that hold them
+    # pass C: samples and each row's own top-N candidates, only in the tiles that hold them
     samp = torch.full((R, HIST_BINS, max(samples, 1)), -1, dtype=i64, device=dev)  # [R, BINS, samples]
-    if samples > 0:
+    top = stage_top > 0 and pass_c == "sort"
+    if top:  # the top N lie in the highest bins holding N scores in all (bins are monotone in the score)
+        above = counts.flip(1).cumsum(1).flip(1)  # [R, BINS] members of bins >= b
+        topb = ((above >= stage_top).sum(1) - 1).clamp_min(0)  # [R] lowest bin of the top N
+        n_cand = above.gather(1, topb[:, None])[:, 0]  # [R] members of bins >= topb
+        cap = min(V, max(top_cap, stage_top))
+        cand_col = torch.full((R, cap), -1, dtype=i64, device=dev)  # [R, cap]
+        cand_score = torch.full((R, cap), float("-inf"), dtype=f32, device=dev)
+    if samples > 0 or top:
         prior = hist.cumsum(1, dtype=i32) - hist  # [R, Tb, BINS] members in earlier tiles
-        need = ((prior < samples) & (hist > 0)).any(-1)  # [R, Tb]
+        need = ((prior < samples) & (hist > 0)).any(-1) if samples > 0 else torch.zeros(R, tb, dtype=torch.bool,
+                                                                                         device=dev)  # [R, Tb]
+        if top:
+            in_top = torch.arange(HIST_BINS, device=dev) >= topb[:, None]  # [R, BINS]
+            need |= ((hist > 0) & in_top[:, None, :]).any(-1) & (n_cand <= cap)[:, None]
         sel = torch.nonzero(need)  # [n, 2] (row, tile)
         if sel.shape[0]:
             p_sel = prior[sel[:, 0], sel[:, 1]].contiguous()  # [n, BINS]
-            _samples_kernel[(sel.shape[0],)](s, stride, V, sel.to(i32).contiguous(), mean, a, p_sel, samp, samples,
-                                             BLOCK=block_b, SUB=min(sub_c, block_b), NBK=NB, num_warps=warps_c)
+            sel32 = sel.to(i32).contiguous()
+            if pass_c == "sort":
+                topb_arg = topb.to(i32).contiguous() if top else sel32
+                cc, cs = (cand_col, cand_score) if top else (samp, mean)
+                _samples_top_kernel[(sel.shape[0],)](s, stride, V, sel32, mean, a, p_sel, topb_arg, samp, samples,
+                                                     cc, cs, cap if top else 0, BLOCK=block_b, NBK=NB, TOP=top,
+                                                     num_warps=warps_c)
+            elif samples > 0:
+                _samples_kernel[(sel.shape[0],)](s, stride, V, sel32, mean, a, p_sel, samp, samples, BLOCK=block_b,
+                                                 SUB=min(sub_c, block_b), NBK=NB, num_warps=warps_c)
     rows, bins, cols = sample_lists(counts, samp, samples)
-    top_cols, top_score = stage_top_torch(s, stage_top, col_ids)  # [R, N] each
+    if top:
+        top_cols, top_score = stage_top_candidates(cand_col, cand_score, stage_top, col_ids)  # [R, N] each
+        over = torch.nonzero(n_cand > cap).flatten()  # rows whose top bins hold more than cap scores (rare)
+        if over.numel():
+            top_cols[over], top_score[over] = stage_top_torch(s[over], stage_top, col_ids)
+    else:
+        top_cols, top_score = stage_top_torch(s, stage_top, col_ids)  # [R, N] each
     return ChunkStats(mean=mean, std=std, lse=lse.float(), entropy=entropy.float(), kl=kl.float(), tracked_score=t,
                       rank=rank, tracked_bin=tbin, counts=counts, sample_rows=rows, sample_bins=bins, sample_cols=cols,
                       stage_top_cols=top_cols, stage_top_score=top_score)
