@@ -258,7 +258,6 @@ def kernel_ablation(S: int, D: int, V: int, c: int, dev: str, reps: int = 7) -> 
     trk4 = trk.repeat(4, 1)
     res["x4_gemm_f32out"] = ms(lambda: gemm_f32out(h.repeat(4, 1), wt))
     res["x4_samples3_top5_sort"] = ms(lambda: chunk_stats_triton(s4, S, trk4, 3, stage_top=5, col_ids=ids))
-    del s4
     for k, v in res.items():
         print(f"  ablation {k}: {v}", flush=True)
     return res
