@@ -4,7 +4,7 @@ One call handles a block ``s [R, V]`` of R = c positions x S stages (rows ordere
 each position is its final distribution) and returns the same :class:`lenskit.stats.ChunkStats` as
 :func:`lenskit.stats.chunk_stats`. Every kernel runs one program per (row, vocabulary tile) and writes only small
 per-tile partials; torch combines those per row (float64) on the GPU. Each score is read twice from GPU memory
-(passes A and B), plus once more for the tiles that hold histogram samples (pass C):
+(passes A and B), plus once more for the tiles that hold histogram samples (pass C) or a row's top N (pass D):
 
 A. :func:`_softmax_moments_kernel` -- per tile: max ``m_t``, ``E_t = sum exp(s - m_t)``, ``F_t = sum exp(s - m_t)
    (s - m_t)`` (float32), and the float64 sums of ``d = s - s[row, 0]`` and ``d^2`` (float64 is exact for ``d`` and
@@ -24,6 +24,10 @@ C. :func:`_samples_kernel` -- only for the (row, tile) pairs holding samples: wa
    of earlier scores of its bin in the step (``[SUB_C, SUB_C]`` compares). A slot below ``samples`` is stored. Steps
    whose scores all fall in full bins (most steps but a row's first) stop after the gather.
    Samples are therefore the first ``samples`` columns of each bin in column order, exactly as the other paths.
+D. :func:`_top_members_kernel` -- each row's own top N (the overview grid): the highest bins holding N scores in all
+   hold them (bins are monotone in the score); only the tiles holding members of those bins are read, and their
+   members (a few per row) are ordered by score, then vocabulary id. ``torch.topk`` would read every score again
+   (on an H200 it cost more than the bf16 GEMM itself).
 
 Nothing depends on the chunking: a row's results depend only on the row, its final row and V (the tiling is fixed by
 V and the block sizes). Integers (counts, ranks, bins, samples) involve no floating-point reduction.
@@ -47,9 +51,8 @@ SUB_C = 32  # columns per step of pass C ([SUB_C, SUB_C] compares)
 KB = 4  # tracked tokens compared per inner step of pass B ([KB, BLOCK_B] comparisons)
 TILES_B = 1  # tiles per program in pass B
 WARPS_B = 4  # warps per program in pass B
-WARPS_C = 4  # and in pass C
+WARPS_C = 1  # and in pass C (its steps are 32 columns wide: one warp)
 RANK_SKIP = False  # pass B: skip the comparisons of tiles entirely below the tracked scores
-PASS_C = "sort"  # pass C's kernel: "sort" (a tile at once, also the stage top-N) or "steps" (SUB_C columns a step)
 TOP_CAP = 64  # stage top-N candidates per row kept by pass C
 assert HIST_BINS < NB and NB * BLOCK_B < 2**31
 
@@ -186,47 +189,26 @@ def _samples_kernel(s_ptr, stride, V, sel_ptr, mean_ptr, a_ptr, prior_ptr, samp_
 
 
 @triton.jit
-def _samples_top_kernel(s_ptr, stride, V, sel_ptr, mean_ptr, a_ptr, prior_ptr, topb_ptr, samp_out, n_samples,
-                        cand_col, cand_score, cap, BLOCK: tl.constexpr, NBK: tl.constexpr, TOP: tl.constexpr):
-    """Pass C, all at once per tile. Grid (n,), one program per selected (row, tile) pair ``sel [n, 2]`` int32;
-    ``prior [n, HIST_BINS]`` int32: members of each bin in the row's earlier tiles. Sorts the tile's keys
-    ``bin * BLOCK + column`` (``tl.sort``), so each bin's members lie together in column order; a member's index
-    among its bin's members of the row is ``prior[bin]`` + its index in the tile's run of that bin (the run starts at
-    the tile histogram's exclusive prefix sum). Writes ``samp_out [R, HIST_BINS, n_samples]`` int64 where that index
-    is below ``n_samples``. TOP: every member of the bins >= ``topb[row]`` (the highest bins, holding the row's own
-    top N) goes to ``cand_col`` int64 / ``cand_score`` float32 ``[R, cap]`` at its index among those members in (bin,
-    column) order -- the row's candidates for its top N, ordered later by score (indices >= cap are dropped: such
-    rows are done by torch.topk)."""
+def _top_members_kernel(s_ptr, stride, V, sel_ptr, mean_ptr, a_ptr, topb_ptr, before_ptr, cand_col, cand_score, cap,
+                        BLOCK: tl.constexpr):
+    """The stage top-N's candidates. Grid (n,), one program per (row, tile) ``sel [n, 2]`` int32 holding members of
+    the row's highest bins (bins >= ``topb [R]``, which hold its top N: bins are monotone in the score); ``before
+    [n]`` int32: such members in the row's earlier tiles. Each member goes to ``cand_col`` int64 / ``cand_score``
+    float32 ``[R, cap]`` at its index among them in column order (an exclusive prefix sum; indices >= cap are dropped:
+    such rows are done by torch.topk). No atomics: the slots, and so the results, are deterministic."""
     i = tl.program_id(0)
     row = tl.load(sel_ptr + 2 * i)
     tile = tl.load(sel_ptr + 2 * i + 1)
     row64 = row.to(tl.int64)
-    lanes = tl.arange(0, BLOCK)
-    cols = tile * BLOCK + lanes  # [BLOCK]
+    cols = tile * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
     valid = cols < V
     x = tl.load(s_ptr + row64 * stride + cols, mask=valid, other=0.0)  # [BLOCK] float32
     b = _z_bin(x, tl.load(mean_ptr + row), tl.load(a_ptr + row))
-    b = tl.where(valid, b, NBK - 1)  # padding: a bin past the histogram, sorted last
-    key = tl.sort(b * BLOCK + lanes)  # [BLOCK] ascending: by bin, then by column
-    sb = key // BLOCK  # [BLOCK] bin of each sorted member
-    local = key % BLOCK  # [BLOCK] its column in the tile
-    h = tl.histogram(b, NBK)  # [NBK]
-    start = tl.cumsum(h, 0) - h  # [NBK] sorted index of each bin's first member
-    nb = tl.arange(0, NBK)
-    prior = tl.load(prior_ptr + i.to(tl.int64) * _NBINS + nb, mask=nb < _NBINS, other=0)  # [NBK]
-    real = sb < _NBINS
-    col64 = (tile * BLOCK + local).to(tl.int64)  # [BLOCK] sorted members' columns
-    if n_samples > 0:
-        slot = tl.gather(prior, sb, 0) + lanes - tl.gather(start, sb, 0)  # [BLOCK] index among the bin's members
-        tl.store(samp_out + (row64 * _NBINS + sb) * n_samples + slot, col64, mask=real & (slot < n_samples))
-    if TOP:
-        tb = tl.load(topb_ptr + row)
-        before = tl.sum(tl.where(nb >= tb, prior, 0), 0)  # top-bin members in earlier tiles
-        first = tl.sum(tl.where(nb < tb, h, 0), 0)  # sorted index of the tile's first top-bin member
-        slot = before + lanes - first  # [BLOCK]
-        take = real & (sb >= tb) & (slot < cap)
-        tl.store(cand_col + row64 * cap + slot, col64, mask=take)
-        tl.store(cand_score + row64 * cap + slot, tl.gather(x, local, 0), mask=take)
+    m = (valid & (b >= tl.load(topb_ptr + row))).to(tl.int32)  # [BLOCK] 1: a member of the top bins
+    slot = tl.load(before_ptr + i) + tl.cumsum(m, 0) - m  # [BLOCK]
+    take = (m > 0) & (slot < cap)
+    tl.store(cand_col + row64 * cap + slot, cols.to(tl.int64), mask=take)
+    tl.store(cand_score + row64 * cap + slot, x, mask=take)
 
 
 def stage_top_candidates(cand_col: torch.Tensor, cand_score: torch.Tensor, n: int,
@@ -241,6 +223,39 @@ def stage_top_candidates(cand_col: torch.Tensor, cand_score: torch.Tensor, n: in
     return cand_col.gather(1, o), cand_score.gather(1, o)
 
 
+def stage_top_triton(s: torch.Tensor, n: int, col_ids: torch.Tensor | None, counts: torch.Tensor,
+                     hist: torch.Tensor, mean: torch.Tensor, a: torch.Tensor, block_b: int = BLOCK_B,
+                     cap: int = TOP_CAP) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's own top n (``[R, n]`` columns and scores; the order of :func:`lenskit.stats.stage_top_torch`) from
+    pass B's histograms: the members of the highest bins holding n scores in all are the candidates
+    (:func:`_top_members_kernel`, only in the tiles that hold them), ordered by score then id; rows whose highest bins
+    hold more than ``cap`` scores (many ties) by ``torch.topk``."""
+    R, V = s.shape
+    dev = s.device
+    if n == 0:
+        return stage_top_torch(s, 0, col_ids)
+    cap = min(V, max(cap, n))
+    above = counts.flip(1).cumsum(1).flip(1)  # [R, BINS] members of bins >= b
+    topb = ((above >= n).sum(1) - 1).clamp_min(0)  # [R] lowest bin of the top n
+    n_cand = above.gather(1, topb[:, None])[:, 0]  # [R] members of bins >= topb
+    in_top = torch.arange(HIST_BINS, device=dev) >= topb[:, None]  # [R, BINS]
+    per_tile = (hist * in_top[:, None, :]).sum(-1, dtype=torch.int32)  # [R, Tb] members of the top bins per tile
+    before = per_tile.cumsum(1, dtype=torch.int32) - per_tile  # [R, Tb] in earlier tiles
+    sel = torch.nonzero((per_tile > 0) & (n_cand <= cap)[:, None])  # [m, 2] (row, tile)
+    cand_col = torch.full((R, cap), -1, dtype=torch.int64, device=dev)  # [R, cap]
+    cand_score = torch.full((R, cap), float("-inf"), dtype=torch.float32, device=dev)
+    if sel.shape[0]:
+        _top_members_kernel[(sel.shape[0],)](s, s.stride(0), V, sel.to(torch.int32).contiguous(), mean, a,
+                                             topb.to(torch.int32).contiguous(),
+                                             before[sel[:, 0], sel[:, 1]].contiguous(), cand_col, cand_score, cap,
+                                             BLOCK=block_b, num_warps=4)
+    top_cols, top_score = stage_top_candidates(cand_col, cand_score, n, col_ids)  # [R, n] each
+    over = torch.nonzero(n_cand > cap).flatten()  # rows whose top bins hold more than cap scores (rare)
+    if over.numel():
+        top_cols[over], top_score[over] = stage_top_torch(s[over], n, col_ids)
+    return top_cols, top_score
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -250,8 +265,8 @@ def chunk_stats_triton(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tenso
                        moments: tuple[torch.Tensor, torch.Tensor] | None = None, block_a: int = BLOCK_A,
                        block_b: int = BLOCK_B, sub_c: int = SUB_C, stage_top: int = 0,
                        col_ids: torch.Tensor | None = None, tiles_b: int = TILES_B, warps_b: int = WARPS_B,
-                       warps_c: int = WARPS_C, rank_skip: bool = RANK_SKIP, pass_c: str = PASS_C,
-                       top_cap: int = TOP_CAP, ablate: dict | None = None) -> ChunkStats:
+                       warps_c: int = WARPS_C, rank_skip: bool = RANK_SKIP, top_cap: int = TOP_CAP,
+                       ablate: dict | None = None) -> ChunkStats:
     """:func:`lenskit.stats.chunk_stats` of exact float32 scores with the Triton kernels (CUDA tensors, or CPU
     tensors under ``TRITON_INTERPRET=1``).
 
@@ -264,12 +279,9 @@ def chunk_stats_triton(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tenso
         block_a, block_b, sub_c: scores per program in pass A and in passes B/C, columns per step of pass C (powers
             of two; the interpreter in the tests runs faster with small blocks and few steps).
         stage_top, col_ids: each row's own top-N and the vocabulary id of each column (ties: smaller id first), by
-            :func:`lenskit.stats.stage_top_torch` -- ``torch.topk`` on the GPU plus the exact tie order, not a
-            Triton kernel: it reads the scores once more.
+            :func:`stage_top_triton` from the histograms (pass D).
         tiles_b, warps_b, warps_c: tiles per program in pass B, warps per program in passes B and C (tuning).
         rank_skip: pass B compares a group of tracked tokens only in tiles whose max exceeds one of them.
-        pass_c: ``"sort"`` (:func:`_samples_top_kernel`: samples and the stage top-N candidates, a tile at once) or
-            ``"steps"`` (:func:`_samples_kernel`, samples only; the stage top-N then by ``torch.topk``).
         top_cap: stage top-N candidates kept per row (rows whose highest bins hold more go to ``torch.topk``).
         ablate: ``{"DO_HIST": False, ...}`` skips parts of pass B (the GPU benchmark's ablations; wrong results).
     """
@@ -330,44 +342,18 @@ def chunk_stats_triton(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tenso
     ent_f = entropy.view(c, n_stages)[:, -1:]  # [c, 1] H(final)
     kl = (log_e - A / tot).view(c, n_stages).sub(ent_f).clamp_min(0).view(R)  # lse - E_pf[s] - H(final)
 
-    # pass C: samples and each row's own top-N candidates, only in the tiles that hold them
+    # pass C: samples, only in the tiles that hold them
     samp = torch.full((R, HIST_BINS, max(samples, 1)), -1, dtype=i64, device=dev)  # [R, BINS, samples]
-    top = stage_top > 0 and pass_c == "sort"
-    if top:  # the top N lie in the highest bins holding N scores in all (bins are monotone in the score)
-        above = counts.flip(1).cumsum(1).flip(1)  # [R, BINS] members of bins >= b
-        topb = ((above >= stage_top).sum(1) - 1).clamp_min(0)  # [R] lowest bin of the top N
-        n_cand = above.gather(1, topb[:, None])[:, 0]  # [R] members of bins >= topb
-        cap = min(V, max(top_cap, stage_top))
-        cand_col = torch.full((R, cap), -1, dtype=i64, device=dev)  # [R, cap]
-        cand_score = torch.full((R, cap), float("-inf"), dtype=f32, device=dev)
-    if samples > 0 or top:
+    if samples > 0:
         prior = hist.cumsum(1, dtype=i32) - hist  # [R, Tb, BINS] members in earlier tiles
-        need = ((prior < samples) & (hist > 0)).any(-1) if samples > 0 else torch.zeros(R, tb, dtype=torch.bool,
-                                                                                         device=dev)  # [R, Tb]
-        if top:
-            in_top = torch.arange(HIST_BINS, device=dev) >= topb[:, None]  # [R, BINS]
-            need |= ((hist > 0) & in_top[:, None, :]).any(-1) & (n_cand <= cap)[:, None]
+        need = ((prior < samples) & (hist > 0)).any(-1)  # [R, Tb]
         sel = torch.nonzero(need)  # [n, 2] (row, tile)
         if sel.shape[0]:
             p_sel = prior[sel[:, 0], sel[:, 1]].contiguous()  # [n, BINS]
-            sel32 = sel.to(i32).contiguous()
-            if pass_c == "sort":
-                topb_arg = topb.to(i32).contiguous() if top else sel32
-                cc, cs = (cand_col, cand_score) if top else (samp, mean)
-                _samples_top_kernel[(sel.shape[0],)](s, stride, V, sel32, mean, a, p_sel, topb_arg, samp, samples,
-                                                     cc, cs, cap if top else 0, BLOCK=block_b, NBK=NB, TOP=top,
-                                                     num_warps=warps_c)
-            elif samples > 0:
-                _samples_kernel[(sel.shape[0],)](s, stride, V, sel32, mean, a, p_sel, samp, samples, BLOCK=block_b,
-                                                 SUB=min(sub_c, block_b), NBK=NB, num_warps=warps_c)
+            _samples_kernel[(sel.shape[0],)](s, stride, V, sel.to(i32).contiguous(), mean, a, p_sel, samp, samples,
+                                             BLOCK=block_b, SUB=min(sub_c, block_b), NBK=NB, num_warps=warps_c)
     rows, bins, cols = sample_lists(counts, samp, samples)
-    if top:
-        top_cols, top_score = stage_top_candidates(cand_col, cand_score, stage_top, col_ids)  # [R, N] each
-        over = torch.nonzero(n_cand > cap).flatten()  # rows whose top bins hold more than cap scores (rare)
-        if over.numel():
-            top_cols[over], top_score[over] = stage_top_torch(s[over], stage_top, col_ids)
-    else:
-        top_cols, top_score = stage_top_torch(s, stage_top, col_ids)  # [R, N] each
+    top_cols, top_score = stage_top_triton(s, stage_top, col_ids, counts, hist, mean, a, block_b, top_cap)
     return ChunkStats(mean=mean, std=std, lse=lse.float(), entropy=entropy.float(), kl=kl.float(), tracked_score=t,
                       rank=rank, tracked_bin=tbin, counts=counts, sample_rows=rows, sample_bins=bins, sample_cols=cols,
                       stage_top_cols=top_cols, stage_top_score=top_score)

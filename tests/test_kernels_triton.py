@@ -140,21 +140,21 @@ def test_results_do_not_depend_on_the_chunk_or_the_tiles(kt):
     whole = cpu(kt.chunk_stats_triton(s, S, trk, 3, block_a=256, block_b=128, sub_c=128))
     for p in (2,):
         one = cpu(kt.chunk_stats_triton(s[p * S:(p + 1) * S].clone(), S, trk[p: p + 1], 3, block_a=256,
-                                        block_b=128, sub_c=128, pass_c="steps"))  # (and pass C's other kernel)
+                                        block_b=128, sub_c=128))
         rows = slice(p * S, (p + 1) * S)
         for key in CLOSE + ("counts", "rank", "tracked_bin", "tracked_score"):
             assert torch.equal(one[key], whole[key][rows]), key
         keep = whole["sample_rows"] // S == p
         assert torch.equal(one["sample_cols"], whole["sample_cols"][keep])
         assert torch.equal(one["sample_bins"], whole["sample_bins"][keep])
-    other = cpu(kt.chunk_stats_triton(s, S, trk, 3, block_a=512, block_b=256, sub_c=64, pass_c="steps",
+    other = cpu(kt.chunk_stats_triton(s, S, trk, 3, block_a=512, block_b=256, sub_c=64,
                                       moments=(whole["mean"].to(DEV), whole["std"].to(DEV))))
     for key in EXACT:
         assert torch.equal(other[key], whole[key]), key
     for key in CLOSE:
         torch.testing.assert_close(other[key], whole[key], atol=1e-5, rtol=2e-7, msg=key)
     looped = cpu(kt.chunk_stats_triton(s, S, trk, 3, block_a=256, block_b=128, sub_c=128, tiles_b=3, warps_b=2,
-                                       warps_c=1, rank_skip=True, pass_c="steps"))  # 8 tiles in programs of 3
+                                       warps_c=1, rank_skip=True))  # 8 tiles in programs of 3
     for key in EXACT:
         assert torch.equal(looped[key], whole[key]), key
     for key in CLOSE:  # (float sums: the warp count changes their order)
