@@ -31,9 +31,10 @@ from .schema import (
     SCHEMA_VERSION,
     STAGE_TOP,
     encode_counts,
+    encode_samples,
     round_stage_top,
+    sample_order,
     sparse_bins,
-    vlq_encode_many,
     z_bin,
 )
 from .scoring import Scorer, resolve_precision
@@ -134,13 +135,14 @@ def export_prompt(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int]
                           tracked_of, stage_top):
         row_samples = _samples_by_row(g.stats, len(g.positions) * n_stages, scorer.col_ids)
         top_ids = scorer.col_ids[g.stats.stage_top_cols].cpu().numpy().astype(np.int32)  # [R, N] vocabulary ids
-        # [R, N] score - lse (<= 0: in fast mode lse comes from the bfloat16 scores and may fall below a top score)
-        top_logp = (g.stats.stage_top_score.double() - g.stats.lse.double()[:, None]).clamp(max=0).cpu().numpy()
+        # [R, N] surprisal lse - score (>= 0: in fast mode lse comes from the bfloat16 scores and may fall below a top
+        # score)
+        top_surprisal = (g.stats.lse.double()[:, None] - g.stats.stage_top_score.double()).clamp(min=0).cpu().numpy()
         for i, p in enumerate(g.positions):
             rec = _position_record(g.stats, i, n_stages, p, g.tracked[i], token_ids, row_samples)
             if stage_top:
                 rows = slice(i * n_stages, (i + 1) * n_stages)
-                rec["stage_top_ids"], rec["stage_top_logp"] = top_ids[rows], top_logp[rows]
+                rec["stage_top_ids"], rec["stage_top_surprisal"] = top_ids[rows], top_surprisal[rows]
             out.append(rec)
     return out
 
@@ -230,6 +232,9 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
     def refs(ids) -> np.ndarray:
         return lut[np.asarray(ids, dtype=np.int64)]
 
+    kept = {key: [refs(x) for x in per_stage] for key, per_stage in kept.items()}  # now string-table indices
+    order = sample_order(np.concatenate([x for v in kept.values() for x in v])) if kept else 0  # one per document
+
     prompts = []
     for pi, positions in prompts_out:
         p_meta = meta["prompts"][pi]
@@ -237,7 +242,8 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
         def lens_fields(row):  # what each lens has of its own at a position
             top = {}
             if "stage_top_ids" in row:  # the overview grid: each stage's own top-N
-                top["stage_top"] = {"tokens": refs(row["stage_top_ids"]), "logp": round_stage_top(row["stage_top_logp"])}
+                top["stage_top"] = {"tokens": refs(row["stage_top_ids"]),
+                                    "surprisal": round_stage_top(row["stage_top_surprisal"])}
             return {
                 "score": row["score"],
                 "rank": row["rank"],
@@ -250,7 +256,7 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
                 "hist": {
                     "lo": row["hist_lo"],
                     "counts": encode_counts(row["hist_counts"], row["hist_lo"], row["hist_hi"]),
-                    "samples": vlq_encode_many([refs(x) for x in kept[id(row)]]),
+                    "samples": encode_samples(kept[id(row)], order),
                 },
                 **top,
             }
@@ -273,7 +279,8 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
                  "lenses": lenses or [{"kind": "logit", "source": None, "fingerprint": model.get("fingerprint")}]},
         "vocab_size": vocab_size,
         "stages": {k: [s[k] for s in meta["stages"]] for k in ("name", "kind", "layer")},
-        "histogram": {"bins": HIST_BINS, "z_min": HIST_Z_MIN, "z_max": HIST_Z_MAX, "samples": options.samples},
+        "histogram": {"bins": HIST_BINS, "z_min": HIST_Z_MIN, "z_max": HIST_Z_MAX, "samples": options.samples,
+                      "sample_order": order},
         "tokens": token_texts(tokenizer, ids) if ids else [],
         "token_ids": ids,
         "prompts": prompts,

@@ -6,7 +6,7 @@
 the viewer's (the viewer posts its height to the parent page, a few lines of script beside the frame set it) unless a
 ``height`` is given, and stays at its first height where a frontend runs no script in outputs.
 
-:class:`Export` wraps an export document (``lenskit.export/1`` or ``/2``): ``_repr_html_`` shows it, and
+:class:`Export` wraps an export document (``lenskit.export/1`` to ``/4``): ``_repr_html_`` shows it, and
 :meth:`Export.scores`, :meth:`Export.ranks`, :meth:`Export.histogram` and :meth:`Export.stats` return what Figures 1-3
 draw as DataFrames, for users who plot their own. pandas is optional (``pip install 'lenskit[notebook]'``); it is
 imported only by those methods.

@@ -119,6 +119,27 @@ def test_grid_hostile_text_stays_text(page, served, docs):
     assert page.locator("img").count() == 0 and page.locator("#tooltip script").count() == 0
 
 
+def test_version_3_documents_draw_the_same_grid(page, tmp_path):
+    """A lenskit.export/3 document (log-probabilities in `stage_top.logp`) draws the same cells and hovers as the
+    version-4 document of the same numbers (surprisals in `stage_top.surprisal`)."""
+    from lenskit.report import write_html
+
+    kw = {"prompts": 1, "positions": 6, "layers": 2, "seed": 4}
+    seen = {}
+    for version in (3, 4):
+        doc = make_export(**kw, version=version)
+        assert ("logp" if version == 3 else "surprisal") in doc["prompts"][0]["positions"][0]["stage_top"]
+        open_view(page, write_html(doc, tmp_path / f"v{version}.html").as_uri() + "#pos=3&stage=2")
+        S = len(doc["stages"]["name"])
+        fills = [grid_call(page, f"g.drawnCell({i}, {s}).fill") for i in range(6) for s in range(S)]
+        hover = hover_cell(page, 3, 2)
+        labels = page.eval_on_selector_all("#tooltip .tip-label", "els => els.map(e => e.textContent)")
+        check_figures(page, doc, 0, 3, 2)
+        seen[version] = fills, hover, labels
+    assert seen[3] == seen[4]
+    assert len(set(seen[4][0])) > 1 and sum(lbl.startswith("#") and " p " in lbl for lbl in seen[4][2]) == 5
+
+
 def test_documents_without_the_grid_hide_it(page, tmp_path):
     doc = make_export(prompts=1, positions=6, layers=2, seed=4, stage_top=0)
     srv = Server(Site(find_runs([write_run(tmp_path / "old", doc)])), "127.0.0.1", 0)

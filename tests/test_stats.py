@@ -169,9 +169,9 @@ def test_samples_per_bin_option(data, n):
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("precision", ["float32", "fast"])
 def test_stage_top_matches_brute_force(data, ties, precision):
-    """Each stage's own top-N in the document: the brute-force order (score desc, ties by smaller id), log-
-    probabilities = score - logsumexp, rounded as the schema says; the same tokens in fast mode (whose lse, like
-    every lse there, comes from the bfloat16 scores); valid JSON Schema."""
+    """Each stage's own top-N in the document: the brute-force order (score desc, ties by smaller id), surprisals
+    = logsumexp - score, rounded as the schema says; the same tokens in fast mode (whose lse, like every lse there,
+    comes from the bfloat16 scores); valid JSON Schema."""
     import jsonschema
 
     from lenskit.schema import JSON_SCHEMA, ROUND_STAGE_TOP_REST
@@ -187,18 +187,19 @@ def test_stage_top_matches_brute_force(data, ties, precision):
     for pos in doc["prompts"][0]["positions"]:
         p = pos["pos"]
         top = pos["stage_top"]
-        assert len(top["tokens"]) == len(top["logp"]) == S
+        assert len(top["tokens"]) == len(top["surprisal"]) == S
         for s in range(S):
             row = full[s, p]
             order = sorted(range(V), key=lambda v: (-row[v].item(), v))[:5]
             assert [table[i] for i in top["tokens"][s]] == order
             for j, v in enumerate(order):
                 digits = ROUND_NATS if j == 0 else ROUND_STAGE_TOP_REST
-                want = min(0.0, (row[v] - lse[s, p]).item())
+                want = max(0.0, (lse[s, p] - row[v]).item())
+                got = top["surprisal"][s][j]
                 if precision == "float32":
-                    assert top["logp"][s][j] == pytest.approx(want, abs=0.5 * 10**-digits + 1e-4)
-                else:  # fast mode: lse approximate (as checked above), log-probabilities clamped at 0
-                    assert top["logp"][s][j] == pytest.approx(want, abs=0.5 * 10**-digits + 0.06, rel=0.02) and top["logp"][s][j] <= 0
+                    assert got == pytest.approx(want, abs=0.5 * 10**-digits + 1e-4)
+                else:  # fast mode: lse approximate (as checked above), surprisals clamped at 0
+                    assert got == pytest.approx(want, abs=0.5 * 10**-digits + 0.06, rel=0.02) and got >= 0
         # the last stage's own top-N are the final top-k's first N
         assert top["tokens"][-1] == pos["tracked"][:5]
 
@@ -265,11 +266,13 @@ def test_fast_mode_whole_block_rechecks_equal_float32(data, monkeypatch):
             [[ids_b[i] for i in r] for r in b["stage_top"]["tokens"]]
 
 
-def test_plan_on_gpu_uses_whole_blocks_for_statistics():
-    """CUDA with Triton: one statistics group per GEMM block and no workspace charged; elsewhere cache-sized groups."""
+def test_plan_on_gpu_uses_whole_chunks_for_statistics():
+    """CUDA with Triton: one statistics group per chunk (whole GEMM blocks) and no workspace charged; elsewhere
+    cache-sized groups."""
     from lenskit.planning import STATS_ROWS, plan_chunks
 
     cpu = plan_chunks(61, 49152, 89, 1 << 30)
     gpu = plan_chunks(61, 49152, 89, 1 << 30, gpu=True)
-    assert cpu.stats == max(1, STATS_ROWS // 61) and gpu.stats == 89
-    assert gpu.chunk >= cpu.chunk and gpu.chunk % 89 == 0
+    assert cpu.stats == max(1, STATS_ROWS // 61) and gpu.stats == gpu.chunk
+    assert gpu.chunk >= cpu.chunk and gpu.chunk % 89 == 0 and gpu.chunk // 89 == (1 << 30) // (89 * 61 * 49152 * 4)
+    assert plan_chunks(61, 49152, 89, 1, gpu=True).chunk == 89  # at least one block

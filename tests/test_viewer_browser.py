@@ -181,6 +181,27 @@ def check_bin_hovers(page, doc, P, stage):
     assert with_samples >= 2
 
 
+def test_exp_golomb_decoder_mirrors_python(page, served):
+    """js/data.js's decodeExpGolomb reads what lenskit.schema.exp_golomb_encode writes (values past 2^31, an order per
+    number or one for all, empty strings) and refuses what exp_golomb_decode refuses."""
+    from lenskit.schema import exp_golomb_encode
+
+    values = [0, 1, 2, 3, 17, 2**31 - 1, 2**31, 2**40 + 5, 2**53 - 2**4, 0, 5, 999]
+    orders = [0, 3, 0, 1, 2, 15, 0, 7, 4, 9, 0, 5]
+    cases = [[exp_golomb_encode(values, orders, [len(values)])[0], orders, values],
+             [exp_golomb_encode(values[:6], 2, [6])[0], 2, values[:6]], ["", 0, []], ["pk", 0, [0, 1, 2, 3]]]
+    open_view(page, served.url + "#run=synth")
+    got = page.evaluate("""async (cases) => {
+        const { decodeExpGolomb } = await import("./js/data.js");
+        const read = (text, order) => decodeExpGolomb(text, Array.isArray(order) ? (i) => order[i] : order);
+        const fails = (text, order) => { try { read(text, order); return false; } catch (e) { return true; } };
+        return { decoded: cases.map(([text, order]) => read(text, order)),
+                 refused: [["A", 0], ["AA", 0], ["p=", 0], ["B", 0], ["pk", [0, 0, 0]]].map(([t, o]) => fails(t, o)) };
+    }""", cases)
+    assert got["decoded"] == [want for _, _, want in cases]
+    assert got["refused"] == [True] * 5
+
+
 def test_hostile_text_stays_text(page, served, docs):
     open_view(page, served.url + "#run=synth&prompt=0&pos=0&stage=8")
     strip = page.locator("#strip-section .strip .tok")
@@ -339,6 +360,21 @@ def test_reads_version_1_documents(page, tmp_path):
     doc = make_export(prompts=1, positions=8, layers=3, seed=2, version=1)
     assert doc["schema"] == "lenskit.export/1"
     path = write_html(doc, tmp_path / "v1.html")
+    open_view(page, path.as_uri() + "#pos=5&stage=4&mode=z")
+    check_figures(page, doc, 0, 5, 4, "z")
+    check_bin_hovers(page, doc, positions(doc)[5], 4)
+
+
+def test_reads_version_3_documents(page, tmp_path):
+    """An export written before lenskit.export/4 (VLQ histogram strings, the grid's log-probabilities) still shows,
+    with the same counts and sample tokens as the version-4 document of the same numbers."""
+    doc = make_export(prompts=1, positions=8, layers=3, seed=2, version=3)
+    assert doc["schema"] == "lenskit.export/3" and "logp" in positions(doc)[0]["stage_top"]
+    new = make_export(prompts=1, positions=8, layers=3, seed=2)
+    for a, b in zip(positions(doc), positions(new)):
+        (ca, sa), (cb, sb) = histogram(doc, a), histogram(new, b)
+        assert (ca == cb).all() and sa == sb
+    path = write_html(doc, tmp_path / "v3.html")
     open_view(page, path.as_uri() + "#pos=5&stage=4&mode=z")
     check_figures(page, doc, 0, 5, 4, "z")
     check_bin_hovers(page, doc, positions(doc)[5], 4)

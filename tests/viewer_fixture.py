@@ -24,10 +24,14 @@ from lenskit.schema import (
     ROUND_STAT,
     SCHEMA_VERSION,
     STAGE_TOP,
+    count_deltas,
     encode_counts,
+    encode_samples,
     round_stage_top,
+    sample_order,
     sparse_bins,
     vlq_encode,
+    vlq_encode_many,
     z_bin,
 )
 
@@ -66,8 +70,11 @@ def _round(x, places):
     return [round(float(v), places) for v in x]
 
 
-def _lens_fields(sc, tracked, v1, r_nats, stage_top, order_rank, ref) -> dict:
-    """A position's per-lens fields (``score`` ... ``hist``, ``stage_top``) from one lens's scores ``sc [S, V]``."""
+def _lens_fields(sc, tracked, version, r_nats, stage_top, order_rank, ref) -> dict:
+    """A position's per-lens fields (``score`` ... ``hist``, ``stage_top``) from one lens's scores ``sc [S, V]``;
+    version 4's ``hist.samples`` stay lists of string-table indices (:func:`make_export` encodes them once the
+    document's ``histogram.sample_order`` is known)."""
+    v1 = version == 1
     S, vocab_size = sc.shape
     mean = sc.mean(axis=1)
     std = sc.std(axis=1)
@@ -94,13 +101,16 @@ def _lens_fields(sc, tracked, v1, r_nats, stage_top, order_rank, ref) -> dict:
             members = np.nonzero(bins[s] == b)[0]
             members = members[np.argsort(order_rank[members])][:HIST_SAMPLES]
             flat.extend(ref(v) for v in members)
-        samples.append(flat if v1 else vlq_encode(flat))
+        samples.append(vlq_encode(flat) if version == 3 else flat)
     top_fields = {}
     if stage_top and not v1:
         order_top = np.lexsort((np.arange(vocab_size)[None, :].repeat(S, 0), -sc), axis=1)[:, :stage_top]  # [S, N]
         top_logp = np.take_along_axis(logp, order_top, 1)
-        top_fields["stage_top"] = {"tokens": [[ref(v) for v in row] for row in order_top],
-                                   "logp": round_stage_top(top_logp).tolist()}
+        top_fields["stage_top"] = {"tokens": [[ref(v) for v in row] for row in order_top]}
+        if version == 3:
+            top_fields["stage_top"]["logp"] = round_stage_top(top_logp).tolist()
+        else:
+            top_fields["stage_top"]["surprisal"] = round_stage_top(-top_logp).tolist()
     tbins = np.array([[int(bins[s, v]) for s in range(S)] for v in tracked])
     r_mean, r_std, r_score = _round(mean, ROUND_STAT), _round(std, ROUND_STAT), np.array(sc[:, tracked].T)
     if v1:
@@ -108,7 +118,10 @@ def _lens_fields(sc, tracked, v1, r_nats, stage_top, order_rank, ref) -> dict:
     else:
         wrong = np.argwhere(z_bin(r_score, np.array(r_mean)[None], np.array(r_std)[None]) != tbins)
         bin_field = {"bin_edge": [[int(j), int(s), int(tbins[j, s])] for j, s in wrong]}
-        counts = encode_counts(np.array(dense), np.array(lo), np.array(hi))
+        if version == 4:
+            counts = encode_counts(np.array(dense), np.array(lo), np.array(hi))
+        else:
+            counts = vlq_encode_many(count_deltas(np.array(dense), np.array(lo), np.array(hi)))
     return {
         "score": [_round(sc[:, v], ROUND_SCORE) for v in tracked],
         "rank": [[int(1 + (sc[s] > sc[s, v]).sum()) for s in range(S)] for v in tracked],
@@ -131,18 +144,20 @@ def make_export(
     vocab_size: int = 400,
     seed: int = 0,
     validate: bool = True,
-    version: int = 2,
+    version: int = 4,
     embed_scale: float = 1.0,
     embed_shift: float = 0.0,
     stage_top: int = STAGE_TOP,
     lenses: int = 1,
 ) -> dict:
-    """Build a ``lenskit.export/2`` document (``version=1``: the older ``lenskit.export/1`` the viewer still reads):
+    """Build a ``lenskit.export/4`` document (``version=1`` or ``3``: an older one the viewer still reads):
     ``prompts`` prompts of ``positions`` tokens, S = 2*layers+1 stages. ``embed_scale``/``embed_shift`` make the
     embedding stage's scores ``scale * x + shift`` (as real models' embedding stage sits far from the rest).
     ``stage_top``: each stage's own top-N per position (the overview grid; 0 for none, as in older documents).
     ``lenses`` > 1: a multi-lens document (``lens.lenses``; per position ``lenses`` with the later lenses' fields, from
     the first lens's scores perturbed by seeded noise; the tracked tokens stay the first lens's)."""
+    if version not in (1, 3, 4):
+        raise ValueError(f"no synthetic lenskit.export/{version}")
     v1 = version == 1
     r_nats = ROUND_STAT if v1 else ROUND_NATS
     rng = np.random.default_rng(seed)
@@ -187,14 +202,14 @@ def make_export(
             tracked = list(top)
             if nxt is not None and nxt not in tracked:
                 tracked.append(nxt)
-            fields = _lens_fields(sc, tracked, v1, r_nats, stage_top, order_rank, ref)
+            fields = _lens_fields(sc, tracked, version, r_nats, stage_top, order_rank, ref)
             if lenses > 1:
                 # Further lenses: the same tracked tokens, the scores perturbed stage by stage (less towards the output).
                 extra = []
                 for k in range(1, lenses):
                     noise = np.stack([lens_rng.normal(0.0, 2.5 * (1 - s / (S - 1)) + 0.4, vocab_size) for s in range(S)])
                     sc_k = np.round(sc + noise, ROUND_SCORE)
-                    extra.append(_lens_fields(sc_k, tracked, v1, r_nats, stage_top, order_rank, ref))
+                    extra.append(_lens_fields(sc_k, tracked, version, r_nats, stage_top, order_rank, ref))
                 fields["lenses"] = extra
             pos_list.append(
                 {
@@ -206,9 +221,15 @@ def make_export(
             )
         out_prompts.append({"index": p, "text": text, "tokens": [ref(i) for i in ids], "positions": pos_list})
 
+    order = 0
+    if version == 4:  # the samples as Exp-Golomb codes of the order that suits them (as lenskit.export writes them)
+        per_lens = [f for p in out_prompts for x in p["positions"] for f in [x] + x.get("lenses", [])]
+        order = sample_order([t for f in per_lens for flat in f["hist"]["samples"] for t in flat])
+        for f in per_lens:
+            f["hist"]["samples"] = encode_samples(f["hist"]["samples"], order)
     by_index = sorted(table.items(), key=lambda kv: kv[1])
     doc = {
-        "schema": "lenskit.export/1" if v1 else SCHEMA_VERSION,
+        "schema": SCHEMA_VERSION if version == 4 else f"lenskit.export/{version}",
         "lenskit_version": "0.1.0",
         "model": {
             "id": "synthetic/<b>tiny</b>",
@@ -224,7 +245,8 @@ def make_export(
             "kind": ["embed"] + [k for _ in range(layers) for k in ("attn", "ffn")],
             "layer": [-1] + [i for i in range(layers) for _ in range(2)],
         },
-        "histogram": {"bins": HIST_BINS, "z_min": HIST_Z_MIN, "z_max": HIST_Z_MAX, "samples": HIST_SAMPLES},
+        "histogram": {"bins": HIST_BINS, "z_min": HIST_Z_MIN, "z_max": HIST_Z_MAX, "samples": HIST_SAMPLES,
+                      **({"sample_order": order} if version == 4 else {})},
         "tokens": [vocab[v] for v, _ in by_index],
         "token_ids": [v for v, _ in by_index],
         "prompts": out_prompts,
@@ -234,7 +256,7 @@ def make_export(
         entries += [{"kind": "tuned", "source": f"lenses/<b>synth-{k}", "fingerprint": f"{k:016x}",
                      "description": "synthetic perturbed lens"} for k in range(1, lenses)]
         doc["lens"]["lenses"] = entries
-    if validate and not v1:
+    if validate and version == 4:
         import jsonschema
 
         jsonschema.validate(doc, JSON_SCHEMA)

@@ -1,9 +1,10 @@
-// data.js — the only module that knows the export JSON's shape (lenskit.export/3 and the older /2 and /1, see
+// data.js — the only module that knows the export JSON's shape (lenskit.export/4 and the older /3, /2 and /1, see
 // lenskit/schema.py) and the server's /runs.json. It turns them into plain accessors: stages, prompts, positions, and per position the tracked
 // tokens' scores/ranks/bins, the per-stage statistics and the histogram (bins with their sample tokens).
 // Nothing here touches the DOM except reading the JSON embedded by the single-file report.
 
-export const SCHEMA_VERSION = "lenskit.export/3";
+export const SCHEMA_VERSION = "lenskit.export/4";
+export const SCHEMA_V3 = "lenskit.export/3"; // still read: VLQ histogram strings, stage_top.logp (not .surprisal)
 export const SCHEMA_V2 = "lenskit.export/2"; // still read: version 3 less the lenses (one logit lens)
 export const SCHEMA_V1 = "lenskit.export/1"; // still read: plain count/sample arrays, stored tracked bins
 const PER_LENS = ["score", "rank", "bin_edge", "mean", "std", "lse", "entropy", "kl", "hist", "stage_top"]; // a lens's own fields
@@ -32,6 +33,47 @@ export function decodeVlq(text) {
   if (shift) throw new Error("truncated VLQ string");
   return out;
 }
+
+/** Base64 Exp-Golomb (lenskit.schema.exp_golomb_encode): 6 bits a Base64 digit, most significant first, zero-padded;
+ *  per number n of order k, q = (n >> k) + 1 as floor(log2 q) zero bits then q in binary, then n's low k bits.
+ *  `order`: one k for all numbers, or a function (i) => k of the i-th number. */
+export function decodeExpGolomb(text, order) {
+  const digits = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) {
+    const d = VLQ_DIGIT[text.charCodeAt(i)];
+    if (d === undefined || d < 0) throw new Error(`bad Base64 digit ${JSON.stringify(text[i])}`);
+    digits[i] = d;
+  }
+  const bit = (p) => (digits[(p / 6) | 0] >> (5 - (p % 6))) & 1;
+  const size = digits.length * 6;
+  const out = [];
+  let p = 0;
+  for (;;) {
+    let zeros = 0;
+    while (p < size && !bit(p)) { p++; zeros++; }
+    if (p === size) {
+      if (zeros >= 6) throw new Error("Exp-Golomb string padded with a whole zero digit");
+      return out;
+    }
+    const k = typeof order === "function" ? order(out.length) : order;
+    if (!(k >= 0)) throw new Error(`no Exp-Golomb order for number ${out.length}`);
+    const end = p + zeros + 1 + k; // as many digits after the leading 1 as zeros before it, then k
+    if (end > size) throw new Error("truncated Exp-Golomb string");
+    let w = 0;
+    for (; p < end; p++) w = w * 2 + bit(p); // not <<: values may pass 2^31
+    out.push(w - 2 ** k);
+  }
+}
+
+/** Zigzag back to signed (lenskit.schema.unzigzag): 2d -> d, 2d + 1 -> -d - 1. */
+function unzigzag(z) { return z % 2 ? -(z + 1) / 2 : z / 2; }
+
+/** Exp-Golomb order of a count's change given the bin's count c at the previous stage (lenskit.schema.count_orders):
+ *  floor(log2(c + 1) / 2), for counts below 2^32. */
+function countOrder(c) { return (31 - Math.clz32(c + 1)) >> 1; }
+
+/** Log-probability of the j-th of stage s's own top tokens (version 4 stores its surprisal, version 3 logp). */
+function stageTopLogp(t, s, j) { return t.surprisal ? -t.surprisal[s][j] : t.logp[s][j]; }
 export const EMBEDDED_ID = "lenskit-data";
 export const RUNS_URL = "runs.json";
 export const MODES = ["raw", "centred", "z", "logprob"];
@@ -65,11 +107,12 @@ export async function loadRun(entry) {
 /** One export document. */
 export class Run {
   constructor(doc) {
-    if (!doc || ![SCHEMA_VERSION, SCHEMA_V2, SCHEMA_V1].includes(doc.schema)) {
-      throw new Error(`not a ${SCHEMA_VERSION} (or ${SCHEMA_V2}, ${SCHEMA_V1}) document (schema: ${doc && doc.schema})`);
+    if (!doc || ![SCHEMA_VERSION, SCHEMA_V3, SCHEMA_V2, SCHEMA_V1].includes(doc.schema)) {
+      throw new Error(`not a ${SCHEMA_VERSION} (or ${SCHEMA_V3}, ${SCHEMA_V2}, ${SCHEMA_V1}) document (schema: ${doc && doc.schema})`);
     }
     this._doc = doc;
     this._v1 = doc.schema === SCHEMA_V1;
+    this._vlq = doc.schema === SCHEMA_V2 || doc.schema === SCHEMA_V3; // histogram strings: VLQ, else Exp-Golomb
     this._positions = new Map();
   }
 
@@ -133,7 +176,7 @@ export class Run {
         for (let s = 0; s < S; s++) {
           const c = i * S + s;
           top[c] = t.tokens[s][0];
-          logp[c] = t.logp[s][0];
+          logp[c] = stageTopLogp(t, s, 0);
           rank[c] = r0[s];
           kl[c] = x.kl[s];
         }
@@ -169,6 +212,11 @@ export class Run {
     const per = this.samplesPerBin;
     if (this._v1) return Math.min(per, count);
     return count <= per ? count : 0;
+  }
+  /** One stage's `hist.samples` as string-table indices (v1: a plain array; v2, v3: VLQ; v4: Exp-Golomb). */
+  decodeSamples(stored) {
+    if (this._v1) return stored;
+    return this._vlq ? decodeVlq(stored) : decodeExpGolomb(stored, this._doc.histogram.sample_order);
   }
   binEdges(b) {
     const w = (this.zMax - this.zMin) / this.binCount;
@@ -251,7 +299,7 @@ export class Position {
   stageTop(s, j) {
     const t = this._raw.stage_top;
     const index = t.tokens[s][j];
-    const logp = t.logp[s][j];
+    const logp = stageTopLogp(t, s, j);
     return { text: this._run.tokenText(index), id: this._run.tokenId(index), logp, prob: Math.exp(logp) };
   }
 
@@ -269,7 +317,8 @@ export class Position {
   /** Probability of tracked token j at stage s (softmax over the whole vocabulary). */
   prob(j, s) { return Math.exp(this._raw.score[j][s] - this._raw.lse[s]); }
 
-  /** Per stage the counts of bins lo.. (v2 stores each as its change from the previous stage: decoded once). */
+  /** Per stage the counts of bins lo.. (v2 and later store each as its change from the previous stage, v4 as
+   *  zigzagged Exp-Golomb codes whose order follows the previous stage's count: decoded once). */
   get _counts() {
     if (this._countRows === undefined) {
       const h = this._raw.hist;
@@ -279,7 +328,9 @@ export class Position {
         const prev = new Float64Array(this._run.binCount);
         this._countRows = h.counts.map((text, s) => {
           const lo = h.lo[s];
-          const row = decodeVlq(text).map((d, i) => d + prev[lo + i]);
+          const order = (i) => (lo + i < prev.length ? countOrder(prev[lo + i]) : -1);
+          const deltas = this._run._vlq ? decodeVlq(text) : decodeExpGolomb(text, order).map(unzigzag);
+          const row = deltas.map((d, i) => d + prev[lo + i]);
           prev.fill(0);
           row.forEach((c, i) => { prev[lo + i] = c; });
           return row;
@@ -306,7 +357,7 @@ export class Position {
     const h = this._raw.hist;
     const lo = h.lo[s];
     const counts = this._counts[s];
-    const flat = this._run._v1 ? h.samples[s] : decodeVlq(h.samples[s]);
+    const flat = this._run.decodeSamples(h.samples[s]);
     const bins = [];
     let offset = 0;
     for (let i = 0; i < counts.length; i++) {
