@@ -189,14 +189,17 @@ def _bin_edge(true_bins: np.ndarray, score: np.ndarray, mean: np.ndarray, std: n
 def _sparse_samples(row: dict, samples: int) -> list[np.ndarray]:
     """Per stage, the sample ids of the sparse bins only (all their tokens): the statistics give min(samples, count)
     ids per bin, bin after bin; denser bins' ids are dropped."""
-    out = []
-    for s, ids in enumerate(row["sample_ids"]):
-        c = row["hist_counts"][s]
-        per_bin = np.minimum(c, samples)
-        if per_bin.sum() != len(ids):
-            raise RuntimeError(f"stage {s}: {len(ids)} sample tokens for {int(per_bin.sum())} expected")
-        out.append(ids[np.repeat(sparse_bins(c, samples), per_bin)])
-    return out
+    c = row["hist_counts"]  # [S, BINS]
+    per_bin = np.minimum(c, samples)  # [S, BINS] ids given per bin
+    got = np.array([len(x) for x in row["sample_ids"]])  # [S]
+    bad = np.nonzero(got != per_bin.sum(1))[0]
+    if bad.size:
+        s = int(bad[0])
+        raise RuntimeError(f"stage {s}: {got[s]} sample tokens for {int(per_bin[s].sum())} expected")
+    sparse = sparse_bins(c, samples)  # [S, BINS]
+    flat = np.concatenate(row["sample_ids"]) if len(got) else np.zeros(0, np.int32)  # stage after stage, bin after bin
+    kept = flat[np.repeat(sparse.ravel(), per_bin.ravel())]
+    return np.split(kept, np.cumsum((per_bin * sparse).sum(1))[:-1])  # per stage
 
 
 def _samples_by_row(st, n_rows: int, col_ids: torch.Tensor) -> list[np.ndarray]:
