@@ -259,22 +259,19 @@ def row_scan(row, bins, counts, samp, ids, top_cols, top_score):
     mode = np.argmax(counts)  # the fullest bin: the run of served-out bins around it can be skipped
     lo, hi = _idle_run(active, mode)
     cmin, cmax = step_ranges(bins)  # [V // SKIP] lowest and highest bin in each whole step
+    n_steps = cmin.shape[0]
     v = 0
     while n_active > 0:
-        c = v // SKIP
-        if c < cmin.shape[0] and cmin[c] >= lo and cmax[c] <= hi:  # a step wholly in served-out bins: nothing to do
-            v += SKIP
-            continue
-        end = min(v + SKIP, V)
-        done = 0
-        while v < end and n_active > done:
-            b = bins[v]
-            if active[b]:
-                done += _visit(v, b, row[v], active, need, got, left, samp, topb, ids, ts, tc, ti)
-            v += 1
-        if done:
-            n_active -= done
+        if v % SKIP == 0:
+            c = v // SKIP
+            if c < n_steps and cmin[c] >= lo and cmax[c] <= hi:  # a step wholly in served-out bins: nothing to do
+                v += SKIP
+                continue
+        b = bins[v]
+        if active[b] and _visit(v, b, row[v], active, need, got, left, samp, topb, ids, ts, tc, ti):
+            n_active -= 1
             lo, hi = _idle_run(active, mode)
+        v += 1
     for j in range(N):
         top_cols[j] = tc[j]
         top_score[j] = ts[j]

@@ -36,9 +36,10 @@ def export(
     precision: str = typer.Option(
         "auto", "--precision", callback=options.choice("precision", *options.PRECISIONS),
         help="auto | float32 | fast | bf16. fast: bfloat16 matmul with an exact float32 re-check (identical top-k and "
-        "ranks; slower than float32 on CPUs). bf16: scores from bfloat16 inputs with float32 accumulation and output, "
-        "every statistic exact for those scores (the GPU's full-speed mode; near-ties may order differently from "
-        "float32). auto: the fastest mode identical to float32 measured for the device: float32 (see README).",
+        "ranks; 16-45x slower than float32 on the CPUs and GPU measured). bf16: scores from bfloat16 inputs with "
+        "float32 accumulation and output, every statistic exact for those scores (the GPU's full-speed mode; "
+        "near-ties may order differently from float32). auto: the fastest mode identical to float32 measured for "
+        "the device: float32 (see README).",
     ),
     max_memory: str | None = typer.Option(
         None, "--max-memory", callback=options.size,
