@@ -235,9 +235,6 @@ def kernel_ablation(S: int, D: int, V: int, c: int, dev: str, reps: int = 7) -> 
     }
     for name, flags in variants.items():
         res["samples0_" + name] = ms(lambda f=flags: chunk_stats_triton(s, S, trk, 0, ablate=f))
-    res["samples0_rank_skip"] = ms(lambda: chunk_stats_triton(s, S, trk, 0, rank_skip=True))
-    for tiles in (2, 4, 8):
-        res[f"samples0_tiles_b{tiles}"] = ms(lambda t=tiles: chunk_stats_triton(s, S, trk, 0, tiles_b=t))
     for warps in (2, 8):
         res[f"samples0_warps_b{warps}"] = ms(lambda wb=warps: chunk_stats_triton(s, S, trk, 0, warps_b=wb))
     for bb in (512, 2048):

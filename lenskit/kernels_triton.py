@@ -49,10 +49,8 @@ BLOCK_B = 1024  # scores per program in passes B and C
 NB = 128  # histogram width inside the kernels (a power of two >= HIST_BINS + 1; bin NB - 1 collects padding)
 SUB_C = 32  # columns per step of pass C ([SUB_C, SUB_C] compares)
 KB = 4  # tracked tokens compared per inner step of pass B ([KB, BLOCK_B] comparisons)
-TILES_B = 1  # tiles per program in pass B
 WARPS_B = 4  # warps per program in pass B
 WARPS_C = 1  # and in pass C (its steps are 32 columns wide: one warp)
-RANK_SKIP = False  # pass B: skip the comparisons of tiles entirely below the tracked scores
 TOP_CAP = 64  # stage top-N candidates per row kept by pass C
 assert HIST_BINS < NB and NB * BLOCK_B < 2**31
 
@@ -98,29 +96,14 @@ def _softmax_moments_kernel(s_ptr, stride, V, n_tiles, m_out, e_out, f_out, t1_o
 @triton.jit
 def _bins_ranks_kl_kernel(s_ptr, stride, V, n_tiles, n_stages, mean_ptr, a_ptr, t_ptr, K, mx_ptr, lse_ptr,
                           hist_out, rank_out, acc_out, tot_out,
-                          BLOCK: tl.constexpr, NBK: tl.constexpr, KBK: tl.constexpr, TILES: tl.constexpr = 1,
-                          DO_HIST: tl.constexpr = True, DO_RANK: tl.constexpr = True, DO_KL: tl.constexpr = True,
-                          RANK_SKIP: tl.constexpr = False):
-    """Pass B. Grid (R, cdiv(n_tiles, TILES)): each program does TILES consecutive tiles of a row. Inputs per row:
-    mean, a, mx [R] float32, lse [R] float32, tracked scores t [R, K] float32. Writes hist_out [R, T, HIST_BINS]
-    int32, rank_out [R, T, K] int32 (#scores > t), acc_out / tot_out [R, T] float32 (sum pf (s - mx), sum pf).
-    DO_HIST / DO_RANK / DO_KL False skip that part (the GPU benchmark's ablations only). RANK_SKIP: a group of
-    tracked tokens whose scores are all >= the tile's max counts 0 without comparisons (rank_out zeroed first)."""
+                          BLOCK: tl.constexpr, NBK: tl.constexpr, KBK: tl.constexpr,
+                          DO_HIST: tl.constexpr = True, DO_RANK: tl.constexpr = True, DO_KL: tl.constexpr = True):
+    """Pass B. Grid (R, n_tiles). Inputs per row: mean, a, mx [R] float32, lse [R] float32, tracked scores
+    t [R, K] float32. Writes hist_out [R, T, HIST_BINS] int32, rank_out [R, T, K] int32 (#scores > t),
+    acc_out / tot_out [R, T] float32 (sum pf (s - mx), sum pf). DO_HIST / DO_RANK / DO_KL False skip that part
+    (the GPU benchmark's ablations only: where the time goes)."""
     row = tl.program_id(0)
-    for tt in range(TILES):
-        tile = tl.program_id(1) * TILES + tt
-        if tile < n_tiles:
-            _bins_ranks_kl_tile(s_ptr, stride, V, n_tiles, n_stages, mean_ptr, a_ptr, t_ptr, K, mx_ptr, lse_ptr,
-                                hist_out, rank_out, acc_out, tot_out, row, tile, BLOCK, NBK, KBK, DO_HIST, DO_RANK,
-                                DO_KL, RANK_SKIP)
-
-
-@triton.jit
-def _bins_ranks_kl_tile(s_ptr, stride, V, n_tiles, n_stages, mean_ptr, a_ptr, t_ptr, K, mx_ptr, lse_ptr,
-                        hist_out, rank_out, acc_out, tot_out, row, tile,
-                        BLOCK: tl.constexpr, NBK: tl.constexpr, KBK: tl.constexpr, DO_HIST: tl.constexpr,
-                        DO_RANK: tl.constexpr, DO_KL: tl.constexpr, RANK_SKIP: tl.constexpr):
-    """One (row, tile) of pass B."""
+    tile = tl.program_id(1)
     row64 = row.to(tl.int64)
     cols = tile * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
     valid = cols < V
@@ -133,18 +116,11 @@ def _bins_ranks_kl_tile(s_ptr, stride, V, n_tiles, n_stages, mean_ptr, a_ptr, t_
         nb = tl.arange(0, NBK)
         tl.store(hist_out + out * _NBINS + nb, h, mask=nb < _NBINS)
     if DO_RANK:  # comparison counts: KBK tracked tokens per step, [KBK, BLOCK] compares
-        if RANK_SKIP:
-            xmax = tl.max(tl.where(valid, x, float("-inf")), 0)
         for k0 in range(0, K, KBK):
             ks = k0 + tl.arange(0, KBK)  # [KBK]
             tk = tl.load(t_ptr + row64 * K + ks, mask=ks < K, other=float("inf"))  # [KBK]
-            if RANK_SKIP:
-                if tl.min(tk, 0) < xmax:
-                    gt = (x[None, :] > tk[:, None]) & valid[None, :]  # [KBK, BLOCK]
-                    tl.store(rank_out + out * K + ks, tl.sum(gt.to(tl.int32), 1), mask=ks < K)
-            else:
-                gt = (x[None, :] > tk[:, None]) & valid[None, :]  # [KBK, BLOCK]
-                tl.store(rank_out + out * K + ks, tl.sum(gt.to(tl.int32), 1), mask=ks < K)
+            gt = (x[None, :] > tk[:, None]) & valid[None, :]  # [KBK, BLOCK]
+            tl.store(rank_out + out * K + ks, tl.sum(gt.to(tl.int32), 1), mask=ks < K)
     if DO_KL:  # KL(final || this row): pf from the position's final row
         rf = (row // n_stages) * n_stages + n_stages - 1
         sf = tl.load(s_ptr + rf.to(tl.int64) * stride + cols, mask=valid, other=float("-inf"))  # [BLOCK]
@@ -264,8 +240,8 @@ def _cdiv(a: int, b: int) -> int:
 def chunk_stats_triton(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor, samples: int = HIST_SAMPLES,
                        moments: tuple[torch.Tensor, torch.Tensor] | None = None, block_a: int = BLOCK_A,
                        block_b: int = BLOCK_B, sub_c: int = SUB_C, stage_top: int = 0,
-                       col_ids: torch.Tensor | None = None, tiles_b: int = TILES_B, warps_b: int = WARPS_B,
-                       warps_c: int = WARPS_C, rank_skip: bool = RANK_SKIP, top_cap: int = TOP_CAP,
+                       col_ids: torch.Tensor | None = None, warps_b: int = WARPS_B, warps_c: int = WARPS_C,
+                       top_cap: int = TOP_CAP,
                        ablate: dict | None = None) -> ChunkStats:
     """:func:`lenskit.stats.chunk_stats` of exact float32 scores with the Triton kernels (CUDA tensors, or CPU
     tensors under ``TRITON_INTERPRET=1``).
@@ -280,8 +256,7 @@ def chunk_stats_triton(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tenso
             of two; the interpreter in the tests runs faster with small blocks and few steps).
         stage_top, col_ids: each row's own top-N and the vocabulary id of each column (ties: smaller id first), by
             :func:`stage_top_triton` from the histograms (pass D).
-        tiles_b, warps_b, warps_c: tiles per program in pass B, warps per program in passes B and C (tuning).
-        rank_skip: pass B compares a group of tracked tokens only in tiles whose max exceeds one of them.
+        warps_b, warps_c: warps per program in passes B and C (tuning).
         top_cap: stage top-N candidates kept per row (rows whose highest bins hold more go to ``torch.topk``).
         ablate: ``{"DO_HIST": False, ...}`` skips parts of pass B (the GPU benchmark's ablations; wrong results).
     """
@@ -327,14 +302,11 @@ def chunk_stats_triton(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tenso
     # pass B: histogram per tile, comparison counts, KL dot products
     tb = _cdiv(V, block_b)
     hist = torch.empty(R, tb, HIST_BINS, dtype=i32, device=dev)  # [R, Tb, BINS]
-    skip = rank_skip if ablate is None or "RANK_SKIP" not in ablate else ablate["RANK_SKIP"]
-    rank_t = (torch.zeros if skip else torch.empty)(R, tb, max(K, 1), dtype=i32, device=dev)  # [R, Tb, K]
+    rank_t = torch.empty(R, tb, max(K, 1), dtype=i32, device=dev)  # [R, Tb, K]
     acc_t, tot_t = (torch.empty(R, tb, dtype=f32, device=dev) for _ in range(2))  # [R, Tb]
     t_arg = t if K else torch.zeros(R, 1, dtype=f32, device=dev)
-    _bins_ranks_kl_kernel[(R, _cdiv(tb, tiles_b))](s, stride, V, tb, n_stages, mean, a, t_arg, K, mx, lse.float(),
-                                                   hist, rank_t, acc_t, tot_t, BLOCK=block_b, NBK=NB, KBK=KB,
-                                                   TILES=tiles_b, num_warps=warps_b,
-                                                   **{"RANK_SKIP": skip, **(ablate or {})})
+    _bins_ranks_kl_kernel[(R, tb)](s, stride, V, tb, n_stages, mean, a, t_arg, K, mx, lse.float(), hist, rank_t,
+                                   acc_t, tot_t, BLOCK=block_b, NBK=NB, KBK=KB, num_warps=warps_b, **(ablate or {}))
     counts = hist.sum(1, dtype=i64)  # [R, BINS]
     rank = 1 + rank_t[:, :, :K].sum(1, dtype=i64)  # [R, K]
     A = acc_t.double().sum(1)  # [R] sum pf (s - max)
