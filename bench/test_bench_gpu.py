@@ -18,7 +18,12 @@ stage's top-5, results left on the GPU) on the same shapes with a random logit l
 ``--precision`` mode, against bare GEMMs timed in the same run: ``float32`` vs a strict float32 GEMM (no TF32) and vs
 the bf16 GEMM; ``bf16`` vs the bf16 GEMM; ``fast`` (bf16 screen + exact float32 re-checks) on the first
 ``LENSKIT_GPU_FAST_POSITIONS`` (128) positions only, checked identical to ``float32``. Also reported: how often
-``bf16`` mode's integers agree with ``float32`` mode's (top-10 sets, ranks), for users choosing between them.
+``bf16`` mode's integers agree with ``float32`` mode's (top-10 sets, ranks), for users choosing between them, and
+the engine's own per-kernel profile. ``LENSKIT_GPU_ENGINE_POSITIONS`` caps the engine's positions (time).
+
+Before the engine, :func:`kernel_ablation` times one chunk's statistics with parts of pass B switched off, other
+warp counts and tile sizes, the stage top-N by ``torch.topk`` and by pass D, and a chunk 4x as tall: where the time
+goes, so that each kernel change is chosen by measurement (``LENSKIT_GPU_ABLATION=0`` skips it).
 
 Reports achieved TFLOP/s (GEMM FLOPs / time) and each time as a ratio to ``gemm_bf16``; summary lines on stdout
 and JSON in ``$OUT/bench_gpu.json`` when ``OUT`` is set. Also checks the first chunk's integer results against the
