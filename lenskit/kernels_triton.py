@@ -45,13 +45,13 @@ from .schema import HIST_BINS, HIST_SAMPLES
 from .stats import BIN_OFFSET, ChunkStats, bin_scale, sample_lists, stage_top_torch, z_bins
 
 BLOCK_A = 2048  # scores per program in pass A
-BLOCK_B = 1024  # scores per program in passes B and C
+BLOCK_B = 1024  # scores per program in passes B, C and D
 NB = 128  # histogram width inside the kernels (a power of two >= HIST_BINS + 1; bin NB - 1 collects padding)
 SUB_C = 32  # columns per step of pass C ([SUB_C, SUB_C] compares)
 KB = 4  # tracked tokens compared per inner step of pass B ([KB, BLOCK_B] comparisons)
 WARPS_B = 4  # warps per program in pass B
 WARPS_C = 1  # and in pass C (its steps are 32 columns wide: one warp)
-TOP_CAP = 64  # stage top-N candidates per row kept by pass C
+TOP_CAP = 64  # stage top-N candidates per row kept by pass D
 assert HIST_BINS < NB and NB * BLOCK_B < 2**31
 
 _LO = tl.constexpr(float(-BIN_OFFSET))  # lowest z-bin before the offset
