@@ -43,8 +43,8 @@ def export(
     ),
     max_memory: str | None = typer.Option(
         None, "--max-memory", callback=options.size,
-        help="Working-memory budget per chunk, e.g. 256M or 2G. Default: 256 MiB on CPU, 1/8 of free "
-        "GPU memory.",
+        help="Working-memory budget per chunk, e.g. 256M or 2G; a chunk is at least one matmul block of scores "
+        "(up to 192 MiB on CPU, 1 GiB on CUDA). Default: 256 MiB on CPU, 1/8 of free GPU memory.",
     ),
     device: str = typer.Option("auto", "--device", callback=options.device, help="auto | cpu | cuda[:N] | mps: where the unembedding runs."),
     allow_download: bool = typer.Option(
