@@ -4,7 +4,8 @@
 # Usage: bash bench/gpu.sh   (from anywhere; writes $OUT/bench_gpu.json and $OUT/gpu.log when OUT is set)
 # Env: PYTHON (interpreter to use), LENSKIT_GPU_SHAPES, LENSKIT_GPU_MAX_POSITIONS, LENSKIT_GPU_ENGINE_POSITIONS,
 # LENSKIT_GPU_REPEATS, LENSKIT_GPU_ABLATION (see the bench).
-# Budget: ~6 minutes on an H100 (tests ~1-2 min incl. Triton compilation, bench ~1-2 min); each step has a timeout.
+# Budget: ~2-3 minutes on an H200 (tests ~40 s incl. Triton compilation, bench ~60 s, machine start ~40 s: this
+# session's runs); each step has a timeout.
 # Wheels the device lacks (orjson, gguf) travel in .whl/ (git-ignored): see the README's "GPU" section.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +48,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -c 'import lenskit.kernels_triton' || timeout 180 "$PY" -m pip install -q --no-deps --no-build-isolation -e . \
   || echo "lenskit not importable"
 unset TRITON_INTERPRET
+# the engine at 1,024 positions per shape unless told otherwise: all 2,048 Llama-3 positions overran a 300 s bench
+export LENSKIT_GPU_ENGINE_POSITIONS=${LENSKIT_GPU_ENGINE_POSITIONS:-1024}
 export LENSKIT_LOAD_PLUGINS=0 HF_HUB_OFFLINE=1
 
 # 3. tests compiled on the GPU (CUDA-vs-CPU equality at Llama-3 vocabulary included)
