@@ -289,7 +289,7 @@ def chunk_stats_fused(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor
                       samp.numpy(), ids.numpy(), top_cols.numpy(), top_score.numpy())
     finally:
         numba.set_num_threads(saved)
-    rows, bins, cols = sample_lists(counts, samp, samples)
+    rows, bins, cols = (torch.from_numpy(a) for a in k.flat_samples(counts.numpy(), samp.numpy(), samples))
     return ChunkStats(mean=mean, std=std, lse=lse.float(), entropy=entropy.float(), kl=kl.float(), tracked_score=tscore,
                       rank=rank, tracked_bin=tbin, counts=counts, sample_rows=rows, sample_bins=bins, sample_cols=cols,
                       stage_top_cols=top_cols, stage_top_score=top_score)

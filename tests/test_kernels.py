@@ -116,10 +116,10 @@ def test_exp_is_accurate():
 
     x = np.linspace(-float(EXP_CLAMP), 0, 200_001).astype(np.float32)
     out, bits = np.empty_like(x), np.empty(len(x), np.int32)
-    row_exp(x, np.float32(0), out, bits)
+    row_exp(x, np.float32(0), out, bits, np.empty(0, np.float32))
     ref = np.exp(x.astype(np.float64))
     assert np.abs(out / ref - 1).max() < 2e-7
-    row_exp(np.array([-1e4, -200.0], np.float32), np.float32(0), out[:2], bits[:2])  # clamped: tiny, finite
+    row_exp(np.array([-1e4, -200.0], np.float32), np.float32(0), out[:2], bits[:2], x)  # clamped: tiny, finite
     assert 0 < out[0] == out[1] < 1e-34 and math.isfinite(out[0])
 
 
@@ -209,3 +209,18 @@ def test_stage_top_zero_and_dispatch_defaults():
     assert f.stage_top_cols.shape == (5, 0) and f.stage_top_score.shape == (5, 0)
     with pytest.raises(ValueError):
         chunk_stats_fused(s, 5, trk, 3, 998)
+
+
+@pytest.mark.parametrize("n", [0, 1, 4])
+def test_flat_samples_equals_sample_lists(n):
+    """The kernel's flattening of the sample table equals the torch one (order: row, bin, column)."""
+    from lenskit.kernels import flat_samples
+    from lenskit.stats import sample_lists
+
+    g = torch.Generator().manual_seed(n)
+    counts = torch.randint(0, 7, (5, HIST_BINS), generator=g) * torch.randint(0, 2, (5, HIST_BINS), generator=g)
+    samp = torch.randint(0, 1000, (5, HIST_BINS, max(n, 1)), generator=g)
+    ref = sample_lists(counts, samp, n)
+    got = flat_samples(counts.numpy(), samp.numpy(), n)
+    for a, b in zip(ref, got):
+        assert torch.equal(a, torch.from_numpy(b))
