@@ -10,7 +10,9 @@ while it sits in the core's L2 cache (49,152 float32 scores = 192 KB):
    is the same formula in torch), one byte per score; histogram counts from those bytes (4 interleaved
    sub-histograms); tracked tokens' bins read from the same bytes, so they always agree with the counts.
 3. **ranks** (:func:`row_ranks`) -- rank(t) = 1 + #{v : s_v > s_t} (exact, ties included) by vectorised comparison
-   passes over the row, four tracked tokens per pass (counted as float32 sums of ones, which LLVM vectorises).
+   passes over the row, four tracked tokens per pass (counted as float32 sums of ones, which LLVM vectorises). A pass
+   skips each step of 256 scores whose highest bin (a vectorised byte max) lies below its four tokens' bins: late
+   stages put the final top tokens in sparse top bins, so such passes read a few percent of the row.
    **samples and the row's own top-N** (:func:`row_scan`) -- the first ``samples`` columns of each bin in column
    order, from a scan of the bytes that stops once every bin has its samples and the highest bins (those holding the
    top N, known from the counts) have been seen, their scores inserted into a tiny sorted array. Sparse tail bins
@@ -59,6 +61,7 @@ _MAG = np.int32(0x7FFFFFFF)
 _REDUCE = {"reassoc"}  # fast-math flags of the float64 sums only (see the module docstring)
 _POLY = {"contract"}  # and of the exp polynomial: fused multiply-adds
 SKIP = 64  # scores per step of the scan's skip test (a step wholly in served-out bins is skipped)
+RANK_STEP = 4 * SKIP  # scores per step of a rank pass's skip test (a step wholly below its tokens' bins)
 LINE = 16  # float32 scores per 64-byte cache line
 PREFETCH_STEP = 64  # scores per step of a pass that prefetches a share of the next row
 
@@ -154,21 +157,37 @@ def row_bins(row, mean, a, bins, counts, nxt):
 
 
 @njit(cache=True, fastmath=_REDUCE)
-def row_count_above(row, t, out):
-    """``out[k] = #{v : row[v] > t[k]}`` for ``t, out [4]`` (four thresholds per vectorised pass).
+def row_count_above(row, t, out, cmax, lo):
+    """``out[k] = #{v : row[v] > t[k]}`` for ``t, out [4]`` (four thresholds per vectorised pass), visiting only
+    the steps of RANK_STEP scores whose highest bin (``cmax [V // SKIP]``, from :func:`step_ranges`) is at least
+    ``lo``, the lowest bin of the four thresholds' scores: bins are monotone in the score, so no score of a skipped
+    step exceeds a threshold. Late stages put the tracked tokens in sparse top bins, and most steps are skipped.
 
     Counted as float32 sums of ones: exact (every partial sum is an integer below 2^24 > V) and, with ``reassoc``, LLVM
     vectorises them (2.3x faster than integer counters here, which it did not)."""
     t0, t1, t2, t3 = t[0], t[1], t[2], t[3]
     one, zero = np.float32(1.0), np.float32(0.0)
-    c0, c1, c2, c3 = zero, zero, zero, zero
-    for v in range(row.shape[0]):
+    n0, n1, n2, n3 = 0, 0, 0, 0
+    V, per = row.shape[0], RANK_STEP // SKIP
+    n = V // RANK_STEP
+    for c in range(n):
+        hi = cmax[c * per]
+        for j in range(1, per):
+            hi = max(hi, cmax[c * per + j])
+        if hi < lo:
+            continue
+        c0, c1, c2, c3 = zero, zero, zero, zero
+        for v in range(c * RANK_STEP, (c + 1) * RANK_STEP):  # a constant trip count: vectorised
+            x = row[v]
+            c0 += one if x > t0 else zero
+            c1 += one if x > t1 else zero
+            c2 += one if x > t2 else zero
+            c3 += one if x > t3 else zero
+        n0, n1, n2, n3 = n0 + np.int64(c0), n1 + np.int64(c1), n2 + np.int64(c2), n3 + np.int64(c3)
+    for v in range(n * RANK_STEP, V):
         x = row[v]
-        c0 += one if x > t0 else zero
-        c1 += one if x > t1 else zero
-        c2 += one if x > t2 else zero
-        c3 += one if x > t3 else zero
-    out[0], out[1], out[2], out[3] = np.int64(c0), np.int64(c1), np.int64(c2), np.int64(c3)
+        n0, n1, n2, n3 = n0 + (x > t0), n1 + (x > t1), n2 + (x > t2), n3 + (x > t3)
+    out[0], out[1], out[2], out[3] = n0, n1, n2, n3
 
 
 @njit(inline="always")
@@ -234,9 +253,11 @@ def _idle_run(active, mode):
 
 
 @njit(cache=True)
-def row_ranks(row, cols, t, rank):
+def row_ranks(row, cols, t, rank, bins, cmax):
     """rank[k] = 1 + #{v : row[v] > t[k]} for the tracked columns ``cols, t [K]`` (ties counted exactly as a sort
-    would), by vectorised comparison passes over the row, four tokens each (a repeated column is counted once)."""
+    would), by vectorised comparison passes over the row (:func:`row_count_above`), four tokens each, highest
+    scores first so that a pass's four share high bins and skip most of the row (``bins [V]``, ``cmax``: see
+    :func:`step_ranges`). A repeated column is counted once."""
     K = cols.shape[0]
     first = np.arange(K)  # [K] first k with the same column
     uniq = np.zeros(K, np.int64)  # [K] tracked tokens to count (first m entries)
@@ -249,21 +270,26 @@ def row_ranks(row, cols, t, rank):
         if first[k] == k:
             uniq[m] = k
             m += 1
+    order = uniq[:m][np.argsort(-t[uniq[:m]])]  # [m] highest score first
     tq, cq = np.empty(4, np.float32), np.empty(4, np.int64)
     for i in range(0, m, 4):
+        lo = 255
         for j in range(4):
-            tq[j] = t[uniq[min(i + j, m - 1)]]
-        row_count_above(row, tq, cq)
+            k = order[min(i + j, m - 1)]
+            tq[j] = t[k]
+            lo = min(lo, bins[cols[k]])
+        row_count_above(row, tq, cq, cmax, lo)
         for j in range(min(4, m - i)):
-            rank[uniq[i + j]] = 1 + cq[j]
+            rank[order[i + j]] = 1 + cq[j]
     for k in range(K):
         rank[k] = rank[first[k]]
 
 
 @njit(cache=True)
-def row_scan(row, bins, counts, samp, ids, top_cols, top_score):
+def row_scan(row, bins, counts, samp, ids, top_cols, top_score, cmin, cmax):
     """Samples and the row's own top-N (``row [V]`` float32, ``bins [V]`` uint8, ``counts [HIST_BINS]``, ``ids [V]``
-    vocabulary id of each column; writes ``samp [HIST_BINS, n]``, ``top_cols, top_score [N]``).
+    vocabulary id of each column, ``cmin, cmax`` from :func:`step_ranges`; writes ``samp [HIST_BINS, n]``,
+    ``top_cols, top_score [N]``).
 
     Samples: the first ``min(n, counts[b])`` columns of each bin b, in column order.
     Top-N: the highest bins holding N scores in all (from ``counts``) hold the top N; the scan serves them too,
@@ -298,7 +324,6 @@ def row_scan(row, bins, counts, samp, ids, top_cols, top_score):
         n_active += active[b]
     mode = np.argmax(counts)  # the fullest bin: the run of served-out bins around it can be skipped
     lo, hi = _idle_run(active, mode)
-    cmin, cmax = step_ranges(bins)  # [V // SKIP] lowest and highest bin in each whole step
     n_steps = cmin.shape[0]
     v = 0
     while n_active > 0:
@@ -423,8 +448,9 @@ def row_stats(r, row, cols, pf, mean, std, mx, lse, entropy, kl, tscore, rank, t
     for k in range(cols.shape[0]):
         tscore[r, k] = row[cols[k]]
         tbin[r, k] = bins[cols[k]]
-    row_ranks(row, cols, tscore[r], rank[r])
-    row_scan(row, bins, counts[r], samp[r], ids, top_cols[r], top_score[r])
+    cmin, cmax = step_ranges(bins)  # [V // SKIP] lowest and highest bin in each whole step
+    row_ranks(row, cols, tscore[r], rank[r], bins, cmax)
+    row_scan(row, bins, counts[r], samp[r], ids, top_cols[r], top_score[r], cmin, cmax)
     row_exp_parts(row, m, q, bits, nxt)
     if pf.shape[0] == row.shape[0]:
         e_sum, f_sum, acc, tot = row_softmax_kl_sums(row, m, q, bits.view(np.float32), pf)

@@ -224,3 +224,27 @@ def test_flat_samples_equals_sample_lists(n):
     got = flat_samples(counts.numpy(), samp.numpy(), n)
     for a, b in zip(ref, got):
         assert torch.equal(a, torch.from_numpy(b))
+
+
+def test_rank_passes_skip_steps_exactly():
+    """Tracked tokens in sparse top bins: the rank passes skip the steps below their bins, and still count every
+    higher score and no tie (equal top scores spread over several steps, a vocabulary not divisible by the step)."""
+    from lenskit.kernels import RANK_STEP, row_bins, row_moments, row_ranks, step_ranges
+    from lenskit.stats import BIN_SCALE
+
+    g = np.random.default_rng(7)
+    V = 5 * RANK_STEP + 37
+    row = g.normal(0, 1, V).astype(np.float32)
+    top = g.choice(V, 12, replace=False)
+    row[top] = np.float32(9.0)  # a 12-way tie in a top bin
+    row[top[:3]] = np.float32(11.0)
+    row[-1] = np.float32(10.0)  # in the tail past the last whole step
+    m, mu, sd = row_moments(row)
+    bins, counts = np.empty(V, np.uint8), np.zeros(HIST_BINS, np.int64)
+    mean32 = np.float32(mu)
+    row_bins(row, mean32, np.float32(BIN_SCALE / np.float64(np.float32(sd))), bins, counts, row[:0])
+    _, cmax = step_ranges(bins)
+    cols = np.concatenate([top[[0, 5, 5, 11]], [V - 1, int(np.argmin(row)), int(np.argsort(row)[V // 2])]]).astype(np.int64)
+    rank = np.zeros(len(cols), np.int64)
+    row_ranks(row, cols, row[cols].copy(), rank, bins, cmax)
+    assert rank.tolist() == [1 + int((row > row[c]).sum()) for c in cols]
