@@ -1,5 +1,10 @@
 """Export: the options a user gives, checked against a trace; the engine's statistics (:mod:`lenskit.engine`) turned
 into the compact, versioned JSON document (:mod:`lenskit.schema`); and writing it (file, stdout).
+
+The statistics come in groups of positions (often one position each on the CPU); every per-position step is
+vectorised over blocks of positions instead (rounding, histogram spans, ``bin_edge``, sample selection:
+:data:`RECORD_BLOCK`; the Base64 encodings: :data:`ENCODE_BLOCK`), as numpy calls on tiny arrays cost more than
+their work.
 """
 
 from __future__ import annotations
@@ -117,97 +122,187 @@ def check_export_options(tokenizer, vocab_size: int, top_k: int, track: list, st
     return resolve_track(tokenizer, track, vocab_size)
 
 
-def _round(t: torch.Tensor, digits: int) -> np.ndarray:
-    return np.ascontiguousarray(np.round(t.detach().cpu().double().numpy(), digits))
+def _doubles(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().double().numpy()
 
 
 def _ints(t: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.int32)
 
 
+RECORD_BLOCK = 64  # positions whose records are built in one vectorised pass (statistics groups may be single positions)
+
+
 def export_prompt(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int], positions: list[int],
                   top_k: int, track_ids: list[int], budget: int, progress=None, samples: int = HIST_SAMPLES,
                   tracked_of: dict | None = None, stage_top: int = 0) -> list[dict]:
     """One record per chosen position of one prompt (vocabulary ids; string-table indices are assigned by
-    :func:`build_document`), from the engine's statistics groups."""
-    out = []
+    :func:`build_document`), from the engine's statistics groups, about RECORD_BLOCK positions at a time."""
+    col_ids = scorer.col_ids.cpu().numpy()  # [V] vocabulary id of each score column
+    out, block, in_block = [], [], 0
     for g in prompt_stats(scorer, stages_of, n_stages, token_ids, positions, top_k, track_ids, budget, samples, progress,
                           tracked_of, stage_top):
-        row_samples = _samples_by_row(g.stats, len(g.positions) * n_stages, scorer.col_ids)
-        top_ids = scorer.col_ids[g.stats.stage_top_cols].cpu().numpy().astype(np.int32)  # [R, N] vocabulary ids
-        # [R, N] surprisal lse - score (>= 0: in fast mode lse comes from the bfloat16 scores and may fall below a top
-        # score)
-        top_surprisal = (g.stats.lse.double()[:, None] - g.stats.stage_top_score.double()).clamp(min=0).cpu().numpy()
-        for i, p in enumerate(g.positions):
-            rec = _position_record(g.stats, i, n_stages, p, g.tracked[i], token_ids, row_samples)
-            if stage_top:
-                rows = slice(i * n_stages, (i + 1) * n_stages)
-                rec["stage_top_ids"], rec["stage_top_surprisal"] = top_ids[rows], top_surprisal[rows]
-            out.append(rec)
+        block.append(_group_arrays(g, n_stages, col_ids, stage_top))
+        in_block += len(g.positions)
+        if in_block >= RECORD_BLOCK:
+            out += _records(_join(block), n_stages, token_ids, samples)
+            block, in_block = [], 0
+    if block:
+        out += _records(_join(block), n_stages, token_ids, samples)
     return out
 
 
-def _position_record(st, i: int, n_stages: int, p: int, ids: list[int], token_ids: list[int], samples) -> dict:
-    """One position's results (vocabulary ids, rounded numbers) from a statistics group.
-
-    Arrays stay numpy (serialised by orjson directly): Python lists of Python numbers would cost ~10x the memory
-    for long prompts."""
-    r0, r1 = i * n_stages, (i + 1) * n_stages
-    k = len(ids)
-    nxt = token_ids[p + 1] if p + 1 < len(token_ids) else None
-    counts = _ints(st.counts[r0:r1])  # [S, BINS]
-    nz = counts > 0
-    lo = nz.argmax(-1)  # first non-empty bin
-    hi = HIST_BINS - 1 - nz[:, ::-1].argmax(-1)
-    score = _round(st.tracked_score[r0:r1, :k].t(), ROUND_SCORE)
-    mean, std = _round(st.mean[r0:r1], ROUND_STAT), _round(st.std[r0:r1], ROUND_STAT)
-    return {
-        "pos": p,
-        "tracked_ids": ids,
-        "next": ids.index(nxt) if nxt is not None else None,
-        "score": score,
-        "rank": _ints(st.rank[r0:r1, :k].t()),
-        "mean": mean,
-        "std": std,
-        "lse": _round(st.lse[r0:r1], ROUND_NATS),
-        "entropy": _round(st.entropy[r0:r1], ROUND_NATS),
-        "kl": _round(st.kl[r0:r1], ROUND_NATS),
-        "bin_edge": _bin_edge(_ints(st.tracked_bin[r0:r1, :k].t()), score, mean, std),
-        "hist_lo": lo.astype(np.int32),
-        "hist_hi": hi.astype(np.int32),
-        "hist_counts": counts,
-        "sample_ids": samples[r0:r1],
+def _group_arrays(g, n_stages: int, col_ids: np.ndarray, stage_top: int) -> dict:
+    """A statistics group's results as numpy, rows ``R`` ordered (position, stage)."""
+    st = g.stats
+    rows = st.sample_rows.cpu().numpy()  # [n] sorted
+    bounds = np.searchsorted(rows, np.arange(st.counts.shape[0] + 1))  # [R + 1] where each row's samples start
+    out = {
+        "positions": g.positions,
+        "tracked": g.tracked,
+        "counts": _ints(st.counts),  # [R, BINS]
+        "score": _doubles(st.tracked_score),  # [R, K] (K: the group's longest tracked list; shorter ones padded)
+        "rank": _ints(st.rank),  # [R, K]
+        "true_bin": _ints(st.tracked_bin),  # [R, K]
+        **{k: _doubles(getattr(st, k)) for k in ("mean", "std", "lse", "entropy", "kl")},  # [R] each
+        "sample_ids": col_ids[st.sample_cols.cpu().numpy()[bounds[0]: bounds[-1]]],  # row after row, bin after bin
+        "sample_counts": np.diff(bounds),  # [R] how many of them each row has
     }
+    if stage_top:
+        out["top_ids"] = col_ids[st.stage_top_cols.cpu().numpy()].astype(np.int32)  # [R, N] vocabulary ids
+        out["top_score"] = _doubles(st.stage_top_score)  # [R, N]
+    return out
 
 
-def _bin_edge(true_bins: np.ndarray, score: np.ndarray, mean: np.ndarray, std: np.ndarray) -> list[list[int]]:
-    """``[j, s, bin]`` where the bin recomputed from the rounded numbers (as readers do) is not the true one."""
-    wrong = np.argwhere(z_bin(score, mean[None, :], std[None, :]) != true_bins)
-    return [[int(j), int(s), int(true_bins[j, s])] for j, s in wrong]
+def _join(groups: list[dict]) -> dict:
+    """Consecutive groups' :func:`_group_arrays` as one (``[R, K]`` arrays padded with zeros to the widest K)."""
+    if len(groups) == 1:
+        return groups[0]
+    out = {}
+    for key, first in groups[0].items():
+        parts = [g[key] for g in groups]
+        if isinstance(first, list):
+            out[key] = [x for part in parts for x in part]
+        elif first.ndim == 2 and len({x.shape[1] for x in parts}) > 1:
+            out[key] = np.zeros((sum(len(x) for x in parts), max(x.shape[1] for x in parts)), first.dtype)
+            r = 0
+            for x in parts:
+                out[key][r: r + len(x), : x.shape[1]] = x
+                r += len(x)
+        else:
+            out[key] = np.concatenate(parts)
+    return out
 
 
-def _sparse_samples(row: dict, samples: int) -> list[np.ndarray]:
-    """Per stage, the sample ids of the sparse bins only (all their tokens): the statistics give min(samples, count)
-    ids per bin, bin after bin; denser bins' ids are dropped."""
-    c = row["hist_counts"]  # [S, BINS]
-    per_bin = np.minimum(c, samples)  # [S, BINS] ids given per bin
-    got = np.array([len(x) for x in row["sample_ids"]])  # [S]
+def _records(a: dict, n_stages: int, token_ids: list[int], samples: int) -> list[dict]:
+    """One record per position of :func:`_group_arrays` ``a`` (vocabulary ids, rounded numbers).
+
+    Every statistic is rounded (and reshaped) once for all ``c`` positions x ``S`` stages; a position's arrays are
+    views of those. Arrays stay numpy (serialised by orjson directly): Python lists of Python numbers would cost ~10x
+    the memory for long prompts."""
+    c, S = len(a["positions"]), n_stages
+    ks = [len(ids) for ids in a["tracked"]]  # [c] tracked tokens of each position (K: the most)
+
+    def per_position(x: np.ndarray) -> np.ndarray:  # [R, ...] -> [c, S, ...] (rows ordered position, stage)
+        return x.reshape(c, S, *x.shape[1:])
+
+    def per_tracked(x: np.ndarray) -> np.ndarray:  # [R, K] -> [c, K, S]
+        return np.ascontiguousarray(per_position(x).transpose(0, 2, 1))
+
+    counts = per_position(a["counts"])  # [c, S, BINS]
+    nz = counts > 0
+    lo = nz.argmax(-1).astype(np.int32)  # [c, S] first non-empty bin
+    hi = (HIST_BINS - 1 - nz[..., ::-1].argmax(-1)).astype(np.int32)  # [c, S] last non-empty bin
+    score = per_tracked(np.round(a["score"], ROUND_SCORE))  # [c, K, S]
+    rank = per_tracked(a["rank"])  # [c, K, S]
+    mean, std = (per_position(np.round(a[k], ROUND_STAT)) for k in ("mean", "std"))  # [c, S]
+    lse, entropy, kl = (per_position(np.round(a[k], ROUND_NATS)) for k in ("lse", "entropy", "kl"))  # [c, S]
+    edges = _bin_edges(per_tracked(a["true_bin"]), score, mean, std, ks)
+    kept, sizes = _sparse_samples(a["sample_ids"], a["sample_counts"], a["counts"], samples, S)
+    sizes = per_position(sizes)  # [c, S]
+    n = sizes.sum(1)  # [c] samples of each position
+    ends = np.cumsum(n)
+    spans = list(zip((ends - n).tolist(), ends.tolist()))  # [c] where each position's samples are in kept
+    stage_top = "top_ids" in a
+    if stage_top:
+        top_ids = per_position(a["top_ids"])  # [c, S, N]
+        # [R, N] surprisal lse - score (>= 0: in fast mode lse comes from the bfloat16 scores and may fall below a top
+        # score)
+        surprisal = np.maximum(a["lse"][:, None] - a["top_score"], 0.0)
+        top_surprisal = per_position(round_stage_top(surprisal))  # [c, S, N] as exported
+    out = []
+    for i, p in enumerate(a["positions"]):
+        ids, k = a["tracked"][i], ks[i]
+        nxt = token_ids[p + 1] if p + 1 < len(token_ids) else None
+        rec = {
+            "pos": p,
+            "tracked_ids": ids,
+            "next": ids.index(nxt) if nxt is not None else None,
+            "score": score[i, :k],
+            "rank": rank[i, :k],
+            "mean": mean[i],
+            "std": std[i],
+            "lse": lse[i],
+            "entropy": entropy[i],
+            "kl": kl[i],
+            "bin_edge": edges[i],
+            "hist_lo": lo[i],
+            "hist_hi": hi[i],
+            "hist_counts": counts[i],
+            "sample_ids": kept[spans[i][0]: spans[i][1]],  # the sparse bins' tokens, stage after stage
+            "sample_sizes": sizes[i],  # [S] how many of them each stage has
+        }
+        if stage_top:
+            rec["stage_top_ids"], rec["stage_top_surprisal"] = top_ids[i], top_surprisal[i]
+        out.append(rec)
+    return out
+
+
+def _bin_edges(true_bins: np.ndarray, score: np.ndarray, mean: np.ndarray, std: np.ndarray,
+               ks: list[int]) -> list[list[list[int]]]:
+    """Per position ``[j, s, bin]`` where the bin recomputed from the rounded numbers (as readers do) is not the true
+    one; ``true_bins`` and ``score`` ``[c, K, S]``, ``mean`` and ``std`` ``[c, S]``, ``ks``: each position's number of
+    tracked tokens (the rest is padding)."""
+    wrong = np.argwhere(z_bin(score, mean[:, None, :], std[:, None, :]) != true_bins)  # [n, 3] (position, j, s)
+    out = [[] for _ in ks]
+    for (i, j, s), b in zip(wrong.tolist(), true_bins[tuple(wrong.T)].tolist()):
+        if j < ks[i]:
+            out[i].append([j, s, b])
+    return out
+
+
+def _sparse_samples(ids: np.ndarray, got: np.ndarray, counts: np.ndarray, samples: int, n_stages: int):
+    """The sample vocabulary ids of the sparse bins only (all their tokens), row after row, bin after bin, and how
+    many each row has ``[R]``: the statistics give ``ids`` ``[n]``, min(samples, count) per bin, bin after bin, ``got
+    [R]`` per row; denser bins' ids are dropped. ``counts [R, BINS]``."""
+    per_bin = np.minimum(counts, samples)  # [R, BINS] ids given per bin
     bad = np.nonzero(got != per_bin.sum(1))[0]
     if bad.size:
-        s = int(bad[0])
-        raise RuntimeError(f"stage {s}: {got[s]} sample tokens for {int(per_bin[s].sum())} expected")
-    sparse = sparse_bins(c, samples)  # [S, BINS]
-    flat = np.concatenate(row["sample_ids"]) if len(got) else np.zeros(0, np.int32)  # stage after stage, bin after bin
-    kept = flat[np.repeat(sparse.ravel(), per_bin.ravel())]
-    return np.split(kept, np.cumsum((per_bin * sparse).sum(1))[:-1])  # per stage
+        r = int(bad[0])
+        raise RuntimeError(f"stage {r % n_stages}: {got[r]} sample tokens for {int(per_bin[r].sum())} expected")
+    sparse = sparse_bins(counts, samples)  # [R, BINS]
+    return ids[np.repeat(sparse.ravel(), per_bin.ravel())].astype(np.int32), (per_bin * sparse).sum(1)
 
 
-def _samples_by_row(st, n_rows: int, col_ids: torch.Tensor) -> list[np.ndarray]:
-    """Sample vocabulary ids per row, bin after bin (already sorted by row, bin, column)."""
-    rows = st.sample_rows.cpu().numpy()
-    ids = col_ids[st.sample_cols].cpu().numpy()
-    bounds = np.searchsorted(rows, np.arange(n_rows + 1))
-    return [ids[bounds[r]: bounds[r + 1]].astype(np.int32) for r in range(n_rows)]
+ENCODE_BLOCK = 64  # rows (a lens at a position) whose histograms one vectorised encoding call writes (bounds its
+# temporaries for long prompts)
+
+
+def _encode_histograms(rows: list[dict], sample_refs: np.ndarray, order: int) -> list[tuple[list[str], list[str]]]:
+    """Per row (a lens at a position) its ``hist.counts`` and ``hist.samples`` strings, ENCODE_BLOCK rows per call;
+    ``sample_refs``: all rows' ``sample_ids`` as string-table indices, concatenated."""
+    out = []
+    start = 0  # where the block's samples start in sample_refs
+    for b0 in range(0, len(rows), ENCODE_BLOCK):
+        block = rows[b0: b0 + ENCODE_BLOCK]
+        S = len(block[0]["hist_lo"])
+        counts = encode_counts(*(np.stack([r[k] for r in block]) for k in ("hist_counts", "hist_lo", "hist_hi")))
+        sizes = np.concatenate([r["sample_sizes"] for r in block])  # [B * S]
+        end = start + int(sizes.sum())
+        texts = encode_samples(sample_refs[start:end], order, sizes)
+        start = end
+        out.extend((counts[i * S: (i + 1) * S], texts[i * S: (i + 1) * S]) for i in range(len(block)))
+    return out
 
 
 def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokenizer, options: ExportOptions,
@@ -217,15 +312,13 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
     from .tokens import token_texts
 
     referenced = [np.asarray(meta["prompts"][pi]["token_ids"], dtype=np.int64) for pi, _ in prompts_out]
-    kept = {}  # id(row) -> per-stage sample ids of its sparse bins
+    rows = []  # every lens's record at every position, in document order
     for _, positions in prompts_out:
         for row in positions:
-            for r in [row] + row.get("lenses", []):
-                kept[id(r)] = _sparse_samples(r, options.samples)
-                referenced.extend(kept[id(r)])
-                if "stage_top_ids" in r:
-                    referenced.append(r["stage_top_ids"].ravel().astype(np.int64))
+            rows += [row] + row.get("lenses", [])
             referenced.append(np.asarray(row["tracked_ids"], dtype=np.int64))
+    referenced += [r["sample_ids"] for r in rows]
+    referenced += [r["stage_top_ids"].ravel() for r in rows if "stage_top_ids" in r]
     # string table ordered by how often a token is referenced (ties: by id), so common references are short numbers
     ids_all, freq = np.unique(np.concatenate(referenced), return_counts=True) if referenced else (np.zeros(0, np.int64),) * 2
     table = ids_all[np.lexsort((ids_all, -freq))]
@@ -235,35 +328,32 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
     def refs(ids) -> np.ndarray:
         return lut[np.asarray(ids, dtype=np.int64)]
 
-    kept = {key: [refs(x) for x in per_stage] for key, per_stage in kept.items()}  # now string-table indices
-    order = sample_order(np.concatenate([x for v in kept.values() for x in v])) if kept else 0  # one per document
+    sample_refs = refs(np.concatenate([r["sample_ids"] for r in rows])) if rows else np.zeros(0, np.int32)
+    order = sample_order(sample_refs) if rows else 0  # one per document
+    hists = {id(r): h for r, h in zip(rows, _encode_histograms(rows, sample_refs, order))}
+
+    def lens_fields(row):  # what each lens has of its own at a position
+        counts, samples = hists[id(row)]
+        top = {}
+        if "stage_top_ids" in row:  # the overview grid: each stage's own top-N
+            top["stage_top"] = {"tokens": refs(row["stage_top_ids"]), "surprisal": row["stage_top_surprisal"]}
+        return {
+            "score": row["score"],
+            "rank": row["rank"],
+            "bin_edge": row["bin_edge"],
+            "mean": row["mean"],
+            "std": row["std"],
+            "lse": row["lse"],
+            "entropy": row["entropy"],
+            "kl": row["kl"],
+            "hist": {"lo": row["hist_lo"], "counts": counts, "samples": samples},
+            **top,
+        }
 
     prompts = []
     for pi, positions in prompts_out:
         p_meta = meta["prompts"][pi]
         entry = {"index": pi, "text": p_meta["text"], "tokens": refs(p_meta["token_ids"]).tolist(), "positions": []}
-        def lens_fields(row):  # what each lens has of its own at a position
-            top = {}
-            if "stage_top_ids" in row:  # the overview grid: each stage's own top-N
-                top["stage_top"] = {"tokens": refs(row["stage_top_ids"]),
-                                    "surprisal": round_stage_top(row["stage_top_surprisal"])}
-            return {
-                "score": row["score"],
-                "rank": row["rank"],
-                "bin_edge": row["bin_edge"],
-                "mean": row["mean"],
-                "std": row["std"],
-                "lse": row["lse"],
-                "entropy": row["entropy"],
-                "kl": row["kl"],
-                "hist": {
-                    "lo": row["hist_lo"],
-                    "counts": encode_counts(row["hist_counts"], row["hist_lo"], row["hist_hi"]),
-                    "samples": encode_samples(kept[id(row)], order),
-                },
-                **top,
-            }
-
         for row in positions:
             record = {"pos": row["pos"], "tracked": refs(row["tracked_ids"]).tolist(), "next": row["next"],
                       **lens_fields(row)}

@@ -1,7 +1,8 @@
 """Fused per-row statistics of a float32 score block, compiled with numba (CPU).
 
 One call handles a block ``s [R, V]`` of R = c positions x S stages (rows ordered (position, stage); the last stage
-of each position is its final distribution). Each row is read from memory once; every other pass runs on the row
+of each position is its final distribution). Each row is read from memory once, and that read is mostly hidden: the
+bins and exp passes of the previous row prefetch it into L2 (:func:`prefetch_l2`); every other pass runs on the row
 while it sits in the core's L2 cache (49,152 float32 scores = 192 KB):
 
 1. **moments** -- row max and the float64 sums of ``s - s[0]`` and its square: mean and std (ddof=1).

@@ -411,22 +411,29 @@ def exp_golomb_encode(values, orders, sizes) -> list[str]:
     w = n + (np.int64(1) << k)  # the code's value: q << k | low k bits of n
     if n.size and (n.min() < 0 or k.min() < 0 or w.max() > _EG_MAX):
         raise ValueError("Exp-Golomb codes need 0 <= n, 0 <= k and n + 2^k <= 2^53")
+    if n.size == 0:
+        return [""] * sizes.size
     digits = np.frexp(w.astype(np.float64))[1].astype(np.int64)  # binary digits of w (exact: w <= 2^53)
     length = 2 * digits - 1 - k  # code length: digits - k - 1 leading zero bits, then w's digits
     code_end = np.cumsum(length)  # [values] unpadded bit offset where each code ends
     string_bits = np.diff(np.concatenate([[0], code_end])[np.cumsum(sizes)], prepend=0)  # [strings]
     chars = -(-string_bits // 6)  # [strings] Base64 digits of each string
     pad = chars * 6 - string_bits
-    end = code_end + (np.cumsum(pad) - pad)[np.repeat(np.arange(sizes.size), sizes)]  # [values] padded code ends
+    end = code_end + np.repeat(np.cumsum(pad) - pad, sizes)  # [values] padded code ends
     # Each Base64 digit is the sum of the pieces of the codes' values w that fall in it (the leading zeros add
-    # nothing): per value, the digits from the one holding w's leading 1 to the one holding its last bit.
-    first = (end - digits) // 6  # [values]
-    span = (end - 1) // 6 - first + 1  # [values] digits w touches (1 to 10)
-    at = np.repeat(first - (np.cumsum(span) - span), span) + np.arange(int(span.sum()))  # [pieces] digit index
-    shift = np.repeat(end, span) - 6 * (at + 1)  # [pieces] bits of w right of the digit (< 0: the digit goes on)
-    piece = np.repeat(w, span)
-    piece = np.where(shift >= 0, piece >> np.maximum(shift, 0), piece << np.maximum(-shift, 0)) & 63
-    digit = np.bincount(at, weights=piece, minlength=int(chars.sum())).astype(np.uint8)  # sums < 64: exact
+    # nothing): w shifted to end on a digit boundary, cut into 6-bit pieces from the digit holding the code's last
+    # bit back to the one holding its leading 1.
+    at = (end + 5) // 6 - 1  # [values] digit of each code's last bit
+    v = w << (6 * at + 6 - end)  # [values] w ending on that digit's boundary (< 2^59)
+    ats, pieces = [], []
+    while at.size:  # one piece per remaining code, each a digit further back
+        ats.append(at)
+        pieces.append(v & 63)
+        v = v >> 6
+        more = v > 0
+        at, v = at[more] - 1, v[more]
+    digit = np.bincount(np.concatenate(ats), weights=np.concatenate(pieces), minlength=int(chars.sum()))
+    digit = digit.astype(np.uint8)  # sums of non-overlapping bits < 64: exact
     text = _ALPHABET_BYTES[digit].tobytes().decode("ascii")
     ends = np.cumsum(chars).tolist()
     return [text[e - c: e] for e, c in zip(ends, chars.tolist())]
@@ -466,14 +473,15 @@ def count_orders(previous) -> np.ndarray:
 
 
 def _count_deltas(counts, lo, hi) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``counts [S, BINS]`` -> ``delta``, ``prev`` and ``kept``, each ``[S, BINS]``: the change of each bin from the
-    previous stage, that stage's count (0 before the first stage and outside the previous stage's ``lo..hi``), and
-    whether the bin is in the stage's stored span ``lo..hi``."""
-    c = np.asarray(counts, dtype=np.int64)  # [S, BINS]
-    bins = np.arange(c.shape[1])
-    kept = (bins >= np.asarray(lo)[:, None]) & (bins <= np.asarray(hi)[:, None])  # [S, BINS] the stored spans
+    """``counts [..., S, BINS]`` (one position's stages, or several positions') -> ``delta``, ``prev`` and ``kept``,
+    each ``[..., S, BINS]``: the change of each bin from the previous stage, that stage's count (0 before the first
+    stage and outside the previous stage's ``lo..hi``), and whether the bin is in the stage's stored span ``lo..hi``."""
+    c = np.asarray(counts, dtype=np.int64)  # [..., S, BINS]
+    bins = np.arange(c.shape[-1])
+    kept = (bins >= np.asarray(lo)[..., None]) & (bins <= np.asarray(hi)[..., None])  # [..., S, BINS] stored spans
     shown = np.where(kept, c, 0)
-    prev = np.vstack([np.zeros((1, c.shape[1]), dtype=np.int64), shown[:-1]])  # [S, BINS] the previous stage's span
+    prev = np.zeros_like(shown)  # [..., S, BINS] the previous stage's span
+    prev[..., 1:, :] = shown[..., :-1, :]
     return shown - prev, prev, kept
 
 
@@ -486,9 +494,12 @@ def count_deltas(counts, lo, hi) -> list[np.ndarray]:
 
 def encode_counts(counts, lo, hi) -> list[str]:
     """``counts [S, HIST_BINS]`` -> ``hist.counts``: per stage the :func:`count_deltas` of bins ``lo..hi``, zigzagged,
-    as Exp-Golomb codes of the :func:`count_orders` of the previous stage's counts."""
+    as Exp-Golomb codes of the :func:`count_orders` of the previous stage's counts.
+
+    Several positions at once: ``counts [P, S, HIST_BINS]``, ``lo`` and ``hi`` ``[P, S]`` -> the P * S strings,
+    position after position (one vectorised pass)."""
     delta, prev, kept = _count_deltas(counts, lo, hi)
-    return exp_golomb_encode(zigzag(delta[kept]), count_orders(prev[kept]), kept.sum(1))
+    return exp_golomb_encode(zigzag(delta[kept]), count_orders(prev[kept]), kept.sum(-1))
 
 
 def decode_counts(texts, lo, bins: int) -> np.ndarray:
@@ -513,13 +524,18 @@ def sample_order(values) -> int:
     return int(np.argmin(bits))
 
 
-def encode_samples(arrays, order: int) -> list[str]:
+def encode_samples(arrays, order: int, sizes=None) -> list[str]:
     """Per stage the sample tokens' string-table indices -> ``hist.samples``: Exp-Golomb codes of order ``order``
-    (``histogram.sample_order``)."""
-    parts = [np.asarray(a, dtype=np.int64).ravel() for a in arrays]
-    if not parts:
-        return []
-    return exp_golomb_encode(np.concatenate(parts), order, [p.size for p in parts])
+    (``histogram.sample_order``).
+
+    ``arrays``: one per stage; or, with ``sizes`` (how many indices each stage has), all the stages' indices
+    concatenated (many positions' stages in one vectorised pass)."""
+    if sizes is None:
+        parts = [np.asarray(a, dtype=np.int64).ravel() for a in arrays]
+        if not parts:
+            return []
+        arrays, sizes = np.concatenate(parts), [p.size for p in parts]
+    return exp_golomb_encode(arrays, order, sizes)
 
 
 def round_stage_top(surprisal) -> np.ndarray:
