@@ -79,8 +79,10 @@ def prefetch_l2(typingctx, arr, idx):
         ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
         i8p = builder.bitcast(ptr, ir.IntType(8).as_pointer())
         i32 = ir.IntType(32)
+        # the unmangled name: LLVM's IR upgrade gives it the pointer mangling of its version (p0i8 with typed
+        # pointers, LLVM <= 16 as numba 0.60 uses; p0 with opaque ones)
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32]),
-                                            "llvm.prefetch.p0")
+                                            "llvm.prefetch")
         builder.call(fn, [i8p, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
         return context.get_dummy_value()
 
