@@ -16,7 +16,7 @@ import torch
 from .planning import contiguous_groups, plan_chunks
 from .schema import HIST_SAMPLES
 from .scoring import Scorer
-from .stats import ChunkStats, chunk_stats, triton_available
+from .stats import ChunkStats, chunk_stats, fused_enabled, triton_available
 
 
 @dataclass
@@ -52,9 +52,11 @@ def prompt_stats(scorer: Scorer, stages_of, n_stages: int, token_ids: list[int],
     ``progress(n)``, if given, is called as each chunk of n positions is done. ``tracked_of``: ``{position: tracked
     ids}`` to follow instead of this lens's own final top-k (the second lens of an export follows the first's).
     ``stage_top``: N, each (position, stage) row's own top-N tokens (``stats.stage_top_cols``; 0 for none)."""
-    # on CUDA the Triton kernels need no [rows, V] workspace: a statistics group can be a whole GEMM block
+    # the Triton kernels (CUDA) and the numba kernel (CPU) need no [rows, V] workspace: a statistics group can be a
+    # whole GEMM block on CUDA, a few positions on CPU
     wide = scorer.device.type == "cuda" and not scorer.fast and triton_available()
-    plan = plan_chunks(n_stages, scorer.lens.vocab_size, scorer.set_block(n_stages), budget, gpu=wide)
+    fused = scorer.device.type == "cpu" and not scorer.fast and fused_enabled()
+    plan = plan_chunks(n_stages, scorer.lens.vocab_size, scorer.set_block(n_stages), budget, gpu=wide, fused=fused)
     for chunk in contiguous_groups(positions, plan.chunk):
         h = stages_of(chunk[0], chunk[-1] + 1)  # [S, c', D]
         h = h[:, [p - chunk[0] for p in chunk]]  # [S, c, D]

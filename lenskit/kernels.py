@@ -481,7 +481,9 @@ def block_stats(s, n_stages, tracked, n_threads, mean, std, mx, lse, entropy, kl
 
     Final rows go first (their softmax pf ``[c, V]`` is needed by every stage row of the position); then every
     other row in one visit: statistics and its KL dot product while the row is in cache, and meanwhile the thread's
-    next row is prefetched into L2 (:func:`prefetch_l2`).
+    next row is prefetched into L2 (:func:`prefetch_l2`). Thread g takes rows g, g + n_threads, ...: late stages
+    cost less than early ones (their rank passes skip most of the row), so contiguous ranges would leave a thread
+    idle.
     """
     R, V = s.shape
     c = R // n_stages
@@ -497,14 +499,14 @@ def block_stats(s, n_stages, tracked, n_threads, mean, std, mx, lse, entropy, kl
         kl[rf] = lse[rf] - mx[rf] - acc / tot
     for g in prange(n_threads):
         bins, q, bits = np.empty(V, np.uint8), np.empty(V, np.float32), np.empty(V, np.int32)
-        end = (g + 1) * R // n_threads
-        for r in range(g * R // n_threads, end):
+        for r in range(g, R, n_threads):  # every n_threads-th row: each thread gets early and late stages alike
             p = r // n_stages
-            rf = p * n_stages + n_stages - 1
-            if r != rf:
-                n = r + 1 if r + 1 != rf else r + 2  # the next row this thread reads (final rows are done)
+            if r % n_stages != n_stages - 1:  # final rows are done
+                n = r + n_threads  # the next row this thread reads
+                if n % n_stages == n_stages - 1:
+                    n += n_threads
                 row_stats(r, s[r], tracked[p], pf[p], mean, std, mx, lse, entropy, kl, tscore, rank, tbin, counts,
-                          samp, bins, q, bits, ids, top_cols, top_score, s[n] if n < end else none)
+                          samp, bins, q, bits, ids, top_cols, top_score, s[n] if n < R else none)
     for r in prange(R):
         kl[r] = max(kl[r] - entropy[(r // n_stages) * n_stages + n_stages - 1], 0.0)
 

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import torch
 
 WORK_BYTES = 21  # statistics workspace bytes per (row, vocab) entry: softmax/bins, products (f32), bins (i64, i32), mask
-STATS_ROWS = 64  # rows per statistics pass: one position of a 30-layer model, cache-sized
+STATS_ROWS = 64  # rows per statistics pass of the torch statistics: one position of a 30-layer model, cache-sized
+FUSED_ROWS = 256  # rows per call of the fused CPU kernel (it needs no [rows, V] workspace): a few positions, so that
+# each thread has a final row to start with and per-call costs are shared
 CPU_BUDGET = 256 << 20  # default working memory on CPU
 
 
@@ -33,19 +35,21 @@ class Plan:
     chunk: int
 
 
-def plan_chunks(n_stages: int, vocab: int, block_positions: int, budget: int, gpu: bool = False) -> Plan:
+def plan_chunks(n_stages: int, vocab: int, block_positions: int, budget: int, gpu: bool = False,
+                fused: bool = False) -> Plan:
     """The largest chunk of whole matmul blocks that fits ``budget`` bytes beside one statistics group's workspace.
 
     With ``gpu`` (CUDA with the Triton kernels, which need no ``[rows, V]`` workspace) a statistics group is the whole
     chunk: each group costs a dozen kernel launches and small host syncs, so one-position groups left an H200 idle
     (3.4 s for 1,024 positions of the default model's shapes where the GEMMs take 0.08 s), and a group 4x as tall
-    costs 20-31% less per row than one GEMM block (measured on an H200); on CPUs (and for the torch statistics) a
-    group stays cache-sized."""
-    small = max(1, STATS_ROWS // n_stages)
-    work = 0 if gpu else small * n_stages * vocab * WORK_BYTES  # the torch statistics' [rows, V] buffers
+    costs 20-31% less per row than one GEMM block (measured on an H200). With ``fused`` (the numba kernel on CPU,
+    which also needs no workspace) a group is FUSED_ROWS rows of whole positions; for the torch statistics a group
+    stays cache-sized."""
+    small = max(1, (FUSED_ROWS if fused else STATS_ROWS) // n_stages)
+    work = 0 if gpu or fused else small * n_stages * vocab * WORK_BYTES  # the torch statistics' [rows, V] buffers
     per_block = block_positions * n_stages * vocab * 4
     chunk = block_positions * max(1, (budget - work) // per_block)
-    return Plan(block=block_positions, stats=chunk if gpu else small, chunk=chunk)
+    return Plan(block=block_positions, stats=chunk if gpu else min(small, chunk), chunk=chunk)
 
 
 def contiguous_groups(positions: list[int], size: int) -> list[list[int]]:

@@ -194,11 +194,16 @@ def fused_available() -> bool:
 def use_fused(s: torch.Tensor, bound: torch.Tensor | None) -> bool:
     """The fused kernel applies to exact float32 scores on CPU: ``bound`` None or all zero (float32 mode, where
     ``exact`` only reads ``s``), unless ``LENSKIT_KERNELS=torch`` or numba is missing."""
-    if os.environ.get(KERNELS_ENV, "").lower() == "torch" or s.device.type != "cpu" or s.dtype != torch.float32:
+    if s.device.type != "cpu" or s.dtype != torch.float32:
         return False
     if bound is not None and bool(bound.any()):
         return False
-    return fused_available()
+    return fused_enabled()
+
+
+def fused_enabled() -> bool:
+    """Whether exact CPU scores go to the fused kernel: numba importable and ``LENSKIT_KERNELS`` is not ``torch``."""
+    return os.environ.get(KERNELS_ENV, "").lower() != "torch" and fused_available()
 
 
 @torch.inference_mode()

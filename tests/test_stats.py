@@ -269,10 +269,11 @@ def test_fast_mode_whole_block_rechecks_equal_float32(data, monkeypatch):
 def test_plan_on_gpu_uses_whole_chunks_for_statistics():
     """CUDA with Triton: one statistics group per chunk (whole GEMM blocks) and no workspace charged; elsewhere
     cache-sized groups."""
-    from lenskit.planning import STATS_ROWS, plan_chunks
+    from lenskit.planning import FUSED_ROWS, STATS_ROWS, plan_chunks
 
     cpu = plan_chunks(61, 49152, 89, 1 << 30)
+    fused = plan_chunks(61, 49152, 89, 1 << 30, fused=True)  # the numba kernel: a few positions, no workspace
     gpu = plan_chunks(61, 49152, 89, 1 << 30, gpu=True)
-    assert cpu.stats == max(1, STATS_ROWS // 61) and gpu.stats == gpu.chunk
-    assert gpu.chunk >= cpu.chunk and gpu.chunk % 89 == 0 and gpu.chunk // 89 == (1 << 30) // (89 * 61 * 49152 * 4)
+    assert cpu.stats == max(1, STATS_ROWS // 61) and gpu.stats == gpu.chunk and fused.stats == FUSED_ROWS // 61
+    assert fused.chunk >= cpu.chunk and gpu.chunk >= cpu.chunk and gpu.chunk % 89 == 0 and gpu.chunk // 89 == (1 << 30) // (89 * 61 * 49152 * 4)
     assert plan_chunks(61, 49152, 89, 1, gpu=True).chunk == 89  # at least one block
