@@ -248,3 +248,41 @@ def test_rank_passes_skip_steps_exactly():
     rank = np.zeros(len(cols), np.int64)
     row_ranks(row, cols, row[cols].copy(), rank, bins, cmax)
     assert rank.tolist() == [1 + int((row > row[c]).sum()) for c in cols]
+
+
+def _cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return {w for line in f if line.startswith("flags") for w in line.split()}
+    except OSError:
+        return set()
+
+
+def test_intrinsics_reach_the_machine_code():
+    """``wide_vectors`` gives a function 512-bit vectors where the CPU has AVX-512, and ``prefetch_l2`` becomes a
+    prefetch instruction on x86: a numba or llvmlite upgrade that dropped either would only show as a slowdown."""
+    import platform
+
+    from numba import njit
+
+    from lenskit.kernels import prefetch_l2, wide_vectors
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("x86 instruction names")
+
+    @njit(fastmath={"reassoc"})  # the sum vectorises
+    def count_and_prefetch(row, t, nxt):
+        wide_vectors()
+        c = np.float32(0.0)
+        for v in range(row.shape[0]):
+            c += np.float32(1.0) if row[v] > t else np.float32(0.0)
+        for j in range(0, nxt.shape[0], 16):
+            prefetch_l2(nxt, j)
+        return c
+
+    x = np.arange(4096, dtype=np.float32)
+    assert count_and_prefetch(x, np.float32(100.5), x) == 3995
+    asm = count_and_prefetch.inspect_asm(count_and_prefetch.signatures[0])
+    assert "prefetcht1" in asm
+    if "avx512f" in _cpu_flags():
+        assert "zmm" in asm
