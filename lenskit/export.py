@@ -272,16 +272,15 @@ def _bin_edges(true_bins: np.ndarray, score: np.ndarray, mean: np.ndarray, std: 
 
 
 def _sparse_samples(ids: np.ndarray, got: np.ndarray, counts: np.ndarray, samples: int, n_stages: int):
-    """The sample vocabulary ids of the sparse bins only (all their tokens), row after row, bin after bin, and how
-    many each row has ``[R]``: the statistics give ``ids`` ``[n]``, min(samples, count) per bin, bin after bin, ``got
-    [R]`` per row; denser bins' ids are dropped. ``counts [R, BINS]``."""
-    per_bin = np.minimum(counts, samples)  # [R, BINS] ids given per bin
-    bad = np.nonzero(got != per_bin.sum(1))[0]
+    """The sample vocabulary ids (every token of each sparse bin, row after row, bin after bin: ``ids [n]``, ``got
+    [R]`` per row, as the statistics give them) checked against the histogram ``counts [R, BINS]``; returns them
+    as int32 and how many each row has ``[R]``."""
+    per_row = np.where(sparse_bins(counts, samples), counts, 0).sum(1)  # [R] tokens of the sparse bins
+    bad = np.nonzero(got != per_row)[0]
     if bad.size:
         r = int(bad[0])
-        raise RuntimeError(f"stage {r % n_stages}: {got[r]} sample tokens for {int(per_bin[r].sum())} expected")
-    sparse = sparse_bins(counts, samples)  # [R, BINS]
-    return ids[np.repeat(sparse.ravel(), per_bin.ravel())].astype(np.int32), (per_bin * sparse).sum(1)
+        raise RuntimeError(f"stage {r % n_stages}: {got[r]} sample tokens for {int(per_row[r])} expected")
+    return ids.astype(np.int32), per_row
 
 
 ENCODE_BLOCK = 64  # rows (a lens at a position) whose histograms one vectorised encoding call writes (bounds its

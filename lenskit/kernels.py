@@ -14,11 +14,12 @@ while it sits in the core's L2 cache (49,152 float32 scores = 192 KB):
    passes over the row, four tracked tokens per pass (counted as float32 sums of ones, which LLVM vectorises). A pass
    skips each step of 256 scores whose highest bin (a vectorised byte max) lies below its four tokens' bins: late
    stages put the final top tokens in sparse top bins, so such passes read a few percent of the row.
-   **samples and the row's own top-N** (:func:`row_scan`) -- the first ``samples`` columns of each bin in column
-   order, from a scan of the bytes that stops once every bin has its samples and the highest bins (those holding the
-   top N, known from the counts) have been seen, their scores inserted into a tiny sorted array. Sparse tail bins
-   keep the scan going to the end of the row, so it skips every step of ``SKIP`` scores whose bins all lie in the
-   run of bins it no longer serves (a step's lowest and highest bin by a vectorised byte min / max).
+   **samples and the row's own top-N** (:func:`row_scan`) -- every column of each sparse bin (at most ``samples``
+   scores: the histogram's tails; denser bins list none), from a scan of the bytes that stops once those bins and the
+   highest bins (those holding the top N, known from the counts) have been seen whole, top scores inserted into a
+   tiny sorted array. Tail bins keep the scan going to the end of the row, so it skips every step of ``SKIP``
+   scores whose bins all lie in the run of bins it does not serve (a step's lowest and highest bin by a vectorised
+   byte min / max).
 4. **softmax sums** -- ``e_v = exp(s_v - max)`` by a vectorised float32 exp (:func:`row_exp_parts`, relative
    error < 2e-7), ``E = sum e`` and ``F = sum e (s - max)`` in float64: lse = max + log E, entropy = log E - F / E.
 5. **KL(final || stage)** = lse - E_pf[s] - H(final) = log E - sum pf (s - max) / sum pf - H(final), with pf the
@@ -318,11 +319,12 @@ def row_scan(row, bins, counts, samp, ids, top_cols, top_score, cmin, cmax):
     vocabulary id of each column, ``cmin, cmax`` from :func:`step_ranges`; writes ``samp [HIST_BINS, n]``,
     ``top_cols, top_score [N]``).
 
-    Samples: the first ``min(n, counts[b])`` columns of each bin b, in column order.
+    Samples: every column of each sparse bin b (``counts[b] <= n``, ``n = samp.shape[1]``), in column order (the
+    histogram's tails; denser bins list none).
     Top-N: the highest bins holding N scores in all (from ``counts``) hold the top N; the scan serves them too,
     inserting each of their scores into a tiny sorted array (higher score first, equal scores by smaller id).
-    The scan stops once every bin has its samples and every top bin has been seen whole. Sparse tail bins keep it
-    going through most of the row, so it skips every step of SKIP scores whose bins (``step_ranges``) all lie in the
+    The scan stops once every sparse bin and every top bin has been seen whole. Sparse tail bins keep it going
+    through most of the row, so it skips every step of SKIP scores whose bins (``step_ranges``) all lie in the
     run of bins around the fullest one that it no longer serves: it visits ~10% of the scores of a real row.
     """
     wide_vectors()
@@ -340,7 +342,7 @@ def row_scan(row, bins, counts, samp, ids, top_cols, top_score, cmin, cmax):
     ts = np.full(N, -np.inf, np.float32)  # [N] the top N so far: scores, columns, ids (empty slots lose to all)
     tc = np.full(N, -1, np.int64)
     ti = np.full(N, np.iinfo(np.int64).max, np.int64)
-    need = np.minimum(counts, n)  # [BINS] samples to take
+    need = np.where(counts <= n, counts, 0)  # [BINS] samples to take: every member of each sparse bin
     got = np.zeros(HIST_BINS, np.int64)
     left = np.zeros(HIST_BINS, np.int64)  # [BINS] members of a top bin not yet seen
     active = np.zeros(HIST_BINS, np.bool_)  # [BINS] bins the scan still serves
@@ -506,8 +508,8 @@ def block_stats(s, n_stages, tracked, n_threads, mean, std, mx, lse, entropy, kl
 
     tracked ``[c, K]`` int64 columns per position; ``n_threads`` row groups run in parallel. Outputs (written):
     mean, std ``[R]`` float32; mx, lse, entropy, kl ``[R]`` float64; tscore ``[R, K]`` float32; rank, tbin
-    ``[R, K]`` int64; counts ``[R, HIST_BINS]`` int64; samp ``[R, HIST_BINS, samples]`` int64 sample columns (the
-    first ``min(samples, counts)`` of each bin are set); top_cols ``[R, N]`` int64 and top_score ``[R, N]`` float32:
+    ``[R, K]`` int64; counts ``[R, HIST_BINS]`` int64; samp ``[R, HIST_BINS, samples]`` int64 sample columns (all
+    ``counts`` of each bin with ``counts <= samples`` are set); top_cols ``[R, N]`` int64 and top_score ``[R, N]`` float32:
     each row's own N highest scores, ties by smaller vocabulary id ``ids [V]`` int64 (the id of each column).
 
     Final rows go first (their softmax pf ``[c, V]`` is needed by every stage row of the position); then every
@@ -547,19 +549,19 @@ def block_stats(s, n_stages, tracked, n_threads, mean, std, mx, lse, entropy, kl
 
 @njit(cache=True)
 def flat_samples(counts, samp, n):
-    """The sample table ``samp [R, HIST_BINS, >= n]`` (the first ``min(n, counts)`` entries of each bin are set)
-    -> (rows, bins, cols) ``[m]`` int64 of every sample, sorted by (row, bin, column): ``lenskit.stats.sample_lists``
-    without its dozen tensor ops (which cost more than a block's scan)."""
+    """The sample table ``samp [R, HIST_BINS, >= n]`` (all ``counts`` entries of each sparse bin, ``counts <= n``,
+    are set) -> (rows, bins, cols) ``[m]`` int64 of every sample, sorted by (row, bin, column):
+    ``lenskit.stats.sample_lists`` without its dozen tensor ops (which cost more than a block's scan)."""
     R, B = counts.shape
     m = 0
     for r in range(R):
         for b in range(B):
-            m += min(n, counts[r, b])
+            m += counts[r, b] if counts[r, b] <= n else 0
     rows, bins, cols = np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m, np.int64)
     i = 0
     for r in range(R):
         for b in range(B):
-            for j in range(min(n, counts[r, b])):
+            for j in range(counts[r, b] if counts[r, b] <= n else 0):
                 rows[i], bins[i], cols[i] = r, b, samp[r, b, j]
                 i += 1
     return rows, bins, cols

@@ -17,13 +17,14 @@ B. :func:`_bins_ranks_kl_kernel` -- per tile: the z-bin of every score (``floor(
    (K compares per score), and the KL dot products ``sum pf (s - max)`` and ``sum pf`` with ``pf = exp(s_final -
    lse_final)`` read from the position's final row (the tile of the final row is shared by the S rows of a position
    and is served from L2). Per-tile histograms are kept (``[R, T, HIST_BINS]`` int32): their prefix sums over tiles
-   say which tiles hold each bin's first ``samples`` columns.
+   say which tiles hold the members of each sparse bin (at most ``samples`` scores).
 C. :func:`_samples_kernel` -- only for the (row, tile) pairs holding samples: walk the tile in steps of ``SUB_C``
    columns, in column order, recomputing the bins; a score's slot among its bin's members is the bin's count in
    earlier tiles and steps (a ``[NB]`` vector, read with ``tl.gather``, advanced by ``tl.histogram``) plus the number
    of earlier scores of its bin in the step (``[SUB_C, SUB_C]`` compares). A slot below ``samples`` is stored. Steps
    whose scores all fall in full bins (most steps but a row's first) stop after the gather.
-   Samples are therefore the first ``samples`` columns of each bin in column order, exactly as the other paths.
+   Dense bins (more than ``samples`` scores) count as full from the start, so only the sparse bins' tiles are read:
+   samples are every column of each sparse bin, in column order, exactly as the other paths.
 D. :func:`_top_members_kernel` -- each row's own top N (the overview grid): the highest bins holding N scores in all
    hold them (bins are monotone in the score); only the tiles holding members of those bins are read, and their
    members (a few per row) are ordered by score, then vocabulary id. ``torch.topk`` would read every score again
@@ -318,6 +319,7 @@ def chunk_stats_triton(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tenso
     samp = torch.full((R, HIST_BINS, max(samples, 1)), -1, dtype=i64, device=dev)  # [R, BINS, samples]
     if samples > 0:
         prior = hist.cumsum(1, dtype=i32) - hist  # [R, Tb, BINS] members in earlier tiles
+        prior.masked_fill_((counts > samples)[:, None, :], samples)  # dense bins list no samples: full from the start
         need = ((prior < samples) & (hist > 0)).any(-1)  # [R, Tb]
         sel = torch.nonzero(need)  # [n, 2] (row, tile)
         if sel.shape[0]:

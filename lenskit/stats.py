@@ -20,9 +20,10 @@ same formula), so the two agree bit for bit given the same mean and std. The tor
 * **ranks.** rank(t) = 1 + #{score > t}. Scores whose sub-bin is more than one above t's are certainly greater
   (the binning is monotone); only the few in t's sub-bin and its two neighbours are compared exactly (wider windows
   in fast mode, from the bound). Ties therefore count exactly as in a brute-force sort.
-* **samples.** Vocabulary columns are in a fixed pseudo-random order (the lens weight is permuted once); the
-  samples of a bin are its first ``HIST_SAMPLES`` columns in that order, found in a short prefix of columns for
-  dense bins and by one exact scan of the few sparse-bin members otherwise.
+* **samples.** A bin holding at most ``samples`` scores (the histogram's sparse tails) lists all of its columns, in
+  column order (vocabulary columns are in a fixed pseudo-random order: the lens weight is permuted once); denser bins
+  list none. This implementation finds the first ``samples`` columns of every bin, in a short prefix of columns for
+  dense bins and by one exact scan of the few sparse-bin members otherwise, and keeps the sparse bins'.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ class ChunkStats:
     counts: torch.Tensor  # [R, HIST_BINS]
     sample_rows: torch.Tensor  # [n] row of each sample
     sample_bins: torch.Tensor  # [n] bin of each sample
-    sample_cols: torch.Tensor  # [n] column of each sample; sorted by (row, bin, column)
+    sample_cols: torch.Tensor  # [n] column of each sample; sorted by (row, bin, column). Samples: every column of
+    # each sparse bin (counts <= samples), none of the denser bins (the export lists only those: the histogram's tails)
     stage_top_cols: torch.Tensor  # [R, N] columns of the row's own N highest scores (higher first, ties: smaller id)
     stage_top_score: torch.Tensor  # [R, N] their float32 scores
 
@@ -221,7 +223,7 @@ def chunk_stats(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor, ws: 
         bound: ``[R]`` bound on |s - float32 score| per row (fast mode), or None when ``s`` is exact. All zero
             means ``s`` is exact too (then ``exact`` would only read ``s``).
         exact: ``exact(rows, cols, s)`` -> float32-mode scores at those entries (None: read ``s``).
-        samples: sample tokens kept per histogram bin (0 for none).
+        samples: a bin holding at most this many scores lists all of their columns; denser bins none (0: none).
         stage_top: N, each row's own top-N tokens to find (0 for none; at most V).
         col_ids: ``[V]`` vocabulary id of each column (ties among the top-N go to the smaller id); None: column = id.
     """
@@ -301,9 +303,11 @@ def chunk_stats_fused(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor
 
 
 def sample_lists(counts: torch.Tensor, samp: torch.Tensor, samples: int):
-    """A kernel's table of each bin's first sample columns, ``samp [R, BINS, >= samples]`` (valid up to the bin's
-    count) -> (rows, bins, cols) of every sample, sorted by (row, bin, column), as :class:`ChunkStats` holds them."""
-    keep = torch.arange(samples, device=counts.device)[None, None, :] < counts.clamp(max=samples)[:, :, None]
+    """A kernel's table of sample columns, ``samp [R, BINS, >= samples]`` (valid up to the bin's count, at least in
+    every sparse bin, ``counts <= samples``) -> (rows, bins, cols) of the sparse bins' samples, sorted by (row, bin,
+    column), as :class:`ChunkStats` holds them."""
+    listed = torch.where(counts <= samples, counts, 0)  # [R, BINS] every member of a sparse bin; none of the others
+    keep = torch.arange(samples, device=counts.device)[None, None, :] < listed[:, :, None]
     rb = torch.nonzero(keep)  # [n, 3] (row, bin, j), row-major: sorted by (row, bin, column)
     return rb[:, 0], rb[:, 1], samp[:, :, :samples][keep]
 
@@ -396,6 +400,8 @@ def chunk_stats_torch(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor
     all_rows = torch.cat([pre_rows[pf_keep], rows2[keep2]])
     all_bins = torch.cat([pre_bins[pf_keep], sb2[keep2]])
     all_cols = torch.cat([pre_cols[pf_keep], cols2[keep2]])
+    sparse = counts[all_rows, all_bins] <= samples  # only the sparse bins list their samples (all of them)
+    all_rows, all_bins, all_cols = all_rows[sparse], all_bins[sparse], all_cols[sparse]
     final_order = torch.argsort(all_rows * (HIST_BINS * V) + all_bins * V + all_cols)
     top_cols, top_score = stage_top_torch(s, stage_top, col_ids, bound, exact, mask=ws.mask[:R])
     return ChunkStats(

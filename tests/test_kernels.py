@@ -40,7 +40,9 @@ def brute(s: torch.Tensor, S: int, trk: torch.Tensor, samples: int, mean, std):
     sr, sb, sc = [], [], []
     for r in range(R):
         for b in range(HIST_BINS):
-            members = torch.nonzero(bins[r] == b).flatten()[:samples]  # first columns of the bin, in column order
+            members = torch.nonzero(bins[r] == b).flatten()  # the bin's columns, in column order
+            if len(members) > samples:  # only sparse bins list their samples (all of them)
+                members = members[:0]
             sr += [r] * len(members)
             sb += [b] * len(members)
             sc += members.tolist()

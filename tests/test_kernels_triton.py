@@ -71,7 +71,9 @@ def brute(s: torch.Tensor, S: int, trk: torch.Tensor, samples: int, mean, std) -
     sr, sb, sc = [], [], []
     for r in range(R):
         for b in torch.unique(bins[r]).tolist():
-            members = torch.nonzero(bins[r] == b).flatten()[:samples].tolist()  # first columns, in column order
+            members = torch.nonzero(bins[r] == b).flatten().tolist()  # the bin's columns, in column order
+            if len(members) > samples:  # only sparse bins list their samples (all of them)
+                members = []
             sr += [r] * len(members)
             sb += [b] * len(members)
             sc += members
