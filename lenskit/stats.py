@@ -22,8 +22,8 @@ same formula), so the two agree bit for bit given the same mean and std. The tor
   in fast mode, from the bound). Ties therefore count exactly as in a brute-force sort.
 * **samples.** A bin holding at most ``samples`` scores (the histogram's sparse tails) lists all of its columns, in
   column order (vocabulary columns are in a fixed pseudo-random order: the lens weight is permuted once); denser bins
-  list none. This implementation finds the first ``samples`` columns of every bin, in a short prefix of columns for
-  dense bins and by one exact scan of the few sparse-bin members otherwise, and keeps the sparse bins'.
+  list none. This implementation takes them from a short prefix of columns where a bin lies wholly in it, and by one
+  exact scan of the few sparse-bin members otherwise.
 """
 
 from __future__ import annotations
@@ -372,7 +372,8 @@ def chunk_stats_torch(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor
     pre_rows, pre_cols = pre_idx // P, pre_idx % P
     pre_bins = pb.view(-1)[pre_idx]
     found = torch.bincount(pre_rows * HIST_BINS + pre_bins, minlength=R * HIST_BINS).view(R, HIST_BINS)
-    unfilled = found < counts.clamp(max=samples)  # [R, BINS] bins needing a full scan
+    sparse = counts <= samples  # [R, BINS] bins that list their samples (all of them); denser bins list none
+    unfilled = sparse & (found < counts)  # [R, BINS] sparse bins not wholly in the prefix: they need a full scan
     # one gathered pass marks the few columns needing exact treatment: rank windows and unfilled bins
     edges = torch.zeros(R, N_FINE + 1, dtype=torch.int32, device=dev)  # difference array of window coverage
     ones = torch.ones_like(tu, dtype=torch.int32)
@@ -395,13 +396,11 @@ def chunk_stats_torch(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor
     keys2 = rows2 * HIST_BINS + sb2
     order2 = torch.sort(keys2, stable=True).indices  # stable: column order kept within a bin
     keep2 = order2[_first_per_group(keys2[order2], samples)]
-    # merge: prefix samples of filled bins + scanned samples of unfilled bins
-    pf_keep = ~unfilled[pre_rows, pre_bins]
+    # merge: prefix samples of wholly-prefixed sparse bins + scanned samples of the other sparse bins
+    pf_keep = sparse[pre_rows, pre_bins] & ~unfilled[pre_rows, pre_bins]
     all_rows = torch.cat([pre_rows[pf_keep], rows2[keep2]])
     all_bins = torch.cat([pre_bins[pf_keep], sb2[keep2]])
     all_cols = torch.cat([pre_cols[pf_keep], cols2[keep2]])
-    sparse = counts[all_rows, all_bins] <= samples  # only the sparse bins list their samples (all of them)
-    all_rows, all_bins, all_cols = all_rows[sparse], all_bins[sparse], all_cols[sparse]
     final_order = torch.argsort(all_rows * (HIST_BINS * V) + all_bins * V + all_cols)
     top_cols, top_score = stage_top_torch(s, stage_top, col_ids, bound, exact, mask=ws.mask[:R])
     return ChunkStats(
