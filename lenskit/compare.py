@@ -422,7 +422,8 @@ def compare_from_traces(a: Side, b: Side, plan: Plan, top_k: int = DEFAULT_TOP_K
                         t["rank"][k] = (1 + (blk > val[:, None]).sum(-1)).tolist()
                         t["logp"][k] = _rounded((val - lse).tolist())
                     if kl_ok:
-                        lps.append(torch.log_softmax(blk, dim=-1))  # [S, V]
+                        # [S, V] in vocabulary order: each model's scorer orders its columns by its own weight
+                        lps.append(torch.log_softmax(blk, dim=-1).index_select(1, sc.inv))
                 kl = None
                 if kl_ok:
                     la, lb = lps[0], lps[1][smap]  # [S_A, V] each

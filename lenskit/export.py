@@ -165,13 +165,21 @@ def _group_arrays(g, n_stages: int, col_ids: np.ndarray, stage_top: int) -> dict
         "rank": _ints(st.rank),  # [R, K]
         "true_bin": _ints(st.tracked_bin),  # [R, K]
         **{k: _doubles(getattr(st, k)) for k in ("mean", "std", "lse", "entropy", "kl")},  # [R] each
-        "sample_ids": col_ids[st.sample_cols.cpu().numpy()[bounds[0]: bounds[-1]]],  # row after row, bin after bin
+        "sample_ids": _sample_ids(st, col_ids),  # row after row, bin after bin, by id within a bin
         "sample_counts": np.diff(bounds),  # [R] how many of them each row has
     }
     if stage_top:
         out["top_ids"] = col_ids[st.stage_top_cols.cpu().numpy()].astype(np.int32)  # [R, N] vocabulary ids
         out["top_score"] = _doubles(st.stage_top_score)  # [R, N]
     return out
+
+
+def _sample_ids(st, col_ids: np.ndarray) -> np.ndarray:
+    """Vocabulary ids of a group's samples, sorted by (row, bin, id): a bin lists its tokens by id, whatever the
+    engine's column order (the kernels give them by (row, bin, column))."""
+    ids = col_ids[st.sample_cols.cpu().numpy()]  # [n]
+    key = st.sample_rows.cpu().numpy() * HIST_BINS + st.sample_bins.cpu().numpy()  # [n] sorted
+    return ids[np.lexsort((ids, key))]
 
 
 def _join(groups: list[dict]) -> dict:

@@ -2,8 +2,10 @@
 
 One call handles a block ``s [R, V]`` of R = c positions x S stages (rows ordered (position, stage); the last stage
 of each position is its final distribution). Each row is read from memory once, and that read is mostly hidden: the
-bins and exp passes of the previous row prefetch it into L2 (:func:`prefetch_l2`); every other pass runs on the row
-while it sits in the core's L2 cache (49,152 float32 scores = 192 KB):
+histogram pass of the previous row prefetches it into L2 (:func:`prefetch_l2`); every other pass runs on the row
+while it sits in the core's L2 cache (49,152 float32 scores = 192 KB). Columns are in the scorer's fixed order
+(``lenskit.scoring.column_order``), which puts tokens that score low in most contexts side by side, so several
+passes skip whole steps of columns by their bins:
 
 1. **moments** -- row max and the float64 sums of ``s - s[0]`` and its square: mean and std (ddof=1).
 2. **z-bins** -- the histogram bin of every score by :func:`z_bin` (the one definition: ``floor((s - mean) * a)``
@@ -20,20 +22,23 @@ while it sits in the core's L2 cache (49,152 float32 scores = 192 KB):
    tiny sorted array. Tail bins keep the scan going to the end of the row, so it skips every step of ``SKIP``
    scores whose bins all lie in the run of bins it does not serve (a step's lowest and highest bin by a vectorised
    byte min / max).
-4. **softmax sums** -- ``e_v = exp(s_v - max)`` by a vectorised float32 exp (:func:`row_exp_parts`, relative
-   error < 2e-7), ``E = sum e`` and ``F = sum e (s - max)`` in float64: lse = max + log E, entropy = log E - F / E.
+4. **softmax sums** -- ``e_v = exp(s_v - max)`` by a vectorised float32 exp (:func:`row_exp_parts_at`, relative
+   error < 2e-7), ``E = sum e`` and ``F = sum e (s - max)`` in float64: lse = max + log E, entropy = log E - F / E,
+   over the **window**: the steps of SKIP scores holding a score within EXP_WINDOW (30) of the max
+   (:func:`window_runs`; a step whose highest bin lies below the bin of max - 30 holds none). On the default model
+   that is 2-9% of a row's steps from the middle stages on, 30-50% in the first blocks, all of them in final rows.
 5. **KL(final || stage)** = lse - E_pf[s] - H(final) = log E - sum pf (s - max) / sum pf - H(final), with pf the
-   final row's softmax (final rows are done first, per position, and pf kept as ``[c, V]`` float32); its sums
-   share the loop of step 4.
+   final row's softmax (final rows are done first, per position, and pf kept as ``[c, V]`` float32): a float64 dot
+   product over every score (:func:`row_kl_dot`; a final distribution is rarely negligible anywhere).
 
-Exps are clamped at ``s - max >= -EXP_CLAMP`` (80): a clamped term is < e^-80 = 2e-35 where its true value is
-smaller still, so lse, entropy and KL change by < V e^-80 (1 + range of the row): nothing at the export's
-4 decimals. No threshold is used beyond that: on real logits most of the vocabulary lies within 30 of the max, so a
-window would save few exps, and the vectorised exp costs about as much as a comparison.
+The window leaves out terms e^d with d < -30: E (>= 1, the max's own term) changes by < V e^-30 (5e-9 at V =
+49,152) and F by < 30 V e^-30 (1.4e-7), below the float32 exp's own relative error and far below the export's 2
+decimals. Exps inside the window are clamped at ``s - max >= -EXP_CLAMP`` (80): a clamped term is < e^-80 = 2e-35
+where its true value is smaller still.
 
 Exactness: ``fastmath=False`` everywhere except ``reassoc`` on the float64 sums of :func:`row_moments`,
-:func:`row_softmax_sums`, :func:`row_softmax_kl_sums` and :func:`row_kl_dot` (it lets LLVM vectorise those
-reductions) and ``contract`` (fused multiply-adds) in the exp polynomial of :func:`row_exp_parts` (2x faster).
+:func:`row_softmax_sums_at` and :func:`row_kl_dot` (it lets LLVM vectorise those reductions) and ``contract``
+(fused multiply-adds) in the exp polynomial of :func:`row_exp_parts` (2x faster).
 Both only change float rounding far below the export's decimals; the compiled code fixes the order, so results
 are deterministic and independent of the chunking. Bins, counts, ranks and samples
 use no floating-point reduction at all and equal the torch implementation's bit for bit given the same mean/std.
@@ -54,6 +59,7 @@ from .stats import BIN_OFFSET, BIN_SCALE
 
 assert HIST_BINS <= 256, "bins are stored as one byte per score"
 EXP_CLAMP = np.float32(80.0)  # exp(d) for d = s - shift is evaluated at max(d, -EXP_CLAMP)
+EXP_WINDOW = np.float32(30.0)  # softmax sums skip steps of SKIP scores that all lie more than this below the max
 _LO = -BIN_OFFSET  # lowest z-bin before the offset
 _HI = HIST_BINS - 1 - BIN_OFFSET  # highest
 _LOG2E = np.float32(1.4426950408889634)
@@ -158,24 +164,22 @@ def row_moments(row):
 @njit(cache=True)
 def row_bins(row, mean, a, bins, counts, nxt):
     """z-bin of every score of ``row [V]`` into ``bins [V]`` uint8; the histogram into ``counts [HIST_BINS]``.
-    Meanwhile prefetches the first half of ``nxt`` (see :func:`row_stats`)."""
+    Meanwhile prefetches ``nxt`` (see :func:`row_stats`), a share per PREFETCH_STEP scores of the histogram's
+    scalar loop (the longest pass that visits every score, so the prefetches are spread thin)."""
     wide_vectors()
     V, W = row.shape[0], nxt.shape[0]
-    n = V - V % PREFETCH_STEP
-    for c in range(n // PREFETCH_STEP):
-        _prefetch_share(nxt, 0, W // 2, c, n // PREFETCH_STEP)
-        for v in range(c * PREFETCH_STEP, (c + 1) * PREFETCH_STEP):  # a constant trip count: vectorised
-            bins[v] = z_bin(row[v], mean, a)
-    for v in range(n, V):
+    for v in range(V):
         bins[v] = z_bin(row[v], mean, a)
     h = np.zeros((4, HIST_BINS), np.int32)  # 4 interleaved sub-histograms: no store-to-load stalls
-    n4 = V - V % 4
-    for v in range(0, n4, 4):
-        h[0, bins[v]] += 1
-        h[1, bins[v + 1]] += 1
-        h[2, bins[v + 2]] += 1
-        h[3, bins[v + 3]] += 1
-    for v in range(n4, V):
+    n = V - V % PREFETCH_STEP
+    for c in range(n // PREFETCH_STEP):
+        _prefetch_share(nxt, 0, W, c, n // PREFETCH_STEP)
+        for v in range(c * PREFETCH_STEP, (c + 1) * PREFETCH_STEP, 4):
+            h[0, bins[v]] += 1
+            h[1, bins[v + 1]] += 1
+            h[2, bins[v + 2]] += 1
+            h[3, bins[v + 3]] += 1
+    for v in range(n, V):
         h[0, bins[v]] += 1
     for b in range(HIST_BINS):
         counts[b] = h[0, b] + h[1, b] + h[2, b] + h[3, b]
@@ -393,60 +397,88 @@ def _exp_parts(row, shift, q, bits, v0, v1):
 
 
 @njit(cache=True, fastmath=_POLY)
-def row_exp_parts(row, shift, q, bits, nxt):
+def row_exp_parts(row, shift, q, bits):
     """exp(d), d = max(row - shift, -EXP_CLAMP), in two factors: ``q [V]`` float32 = exp(r) and ``bits [V]``
     int32 = the float32 bits of 2^k, where d = k ln2 + r, |r| <= ln2 / 2 (vectorised; exp(r) by its degree-7
-    Taylor polynomial: relative error < 1e-8 before float32 rounding; k >= -116 keeps 2^k normal).
-
-    Meanwhile prefetches the second half of ``nxt`` (see :func:`row_stats`)."""
+    Taylor polynomial: relative error < 1e-8 before float32 rounding; k >= -116 keeps 2^k normal)."""
     wide_vectors()
-    V, W = row.shape[0], nxt.shape[0]
-    n = V - V % PREFETCH_STEP
-    for c in range(n // PREFETCH_STEP):
-        _prefetch_share(nxt, W // 2, W, c, n // PREFETCH_STEP)
-        _exp_parts(row, shift, q, bits, c * PREFETCH_STEP, (c + 1) * PREFETCH_STEP)  # constant trip count
+    V = row.shape[0]
+    n = V - V % SKIP
+    for c in range(n // SKIP):
+        _exp_parts(row, shift, q, bits, c * SKIP, c * SKIP + SKIP)  # constant trip count: vectorised
     _exp_parts(row, shift, q, bits, n, V)
 
 
 @njit(cache=True)
-def row_exp(row, shift, out, bits, nxt):
-    """``out [V] = exp(max(row - shift, -EXP_CLAMP))`` float32 (``bits [V]`` int32 scratch; ``nxt``: prefetched,
-    see :func:`row_exp_parts`)."""
+def row_exp(row, shift, out, bits):
+    """``out [V] = exp(max(row - shift, -EXP_CLAMP))`` float32 (``bits [V]`` int32 scratch)."""
     wide_vectors()
-    row_exp_parts(row, shift, out, bits, nxt)
+    row_exp_parts(row, shift, out, bits)
     scale = bits.view(np.float32)  # [V] 2^k
     for v in range(row.shape[0]):
         out[v] *= scale[v]
 
 
+@njit(cache=True)
+def window_runs(cmax, lo, runs, V):
+    """The columns of a row of V scores that its softmax sums visit, as runs ``runs[2 i] .. runs[2 i + 1] - 1``
+    (int64, room for ``V // SKIP + 1`` runs); returns how many. A whole step of SKIP scores is visited when its
+    highest bin (``cmax``, from :func:`step_ranges`) is at least ``lo``, the bin of max - EXP_WINDOW: a step wholly
+    below that bin holds only scores below the window (bins are monotone in the score). The row's tail (``V % SKIP``
+    scores) always is. Runs of consecutive steps keep the loops long (the columns' order puts most of a row's window
+    together)."""
+    n = cmax.shape[0]
+    n_runs = 0
+    c = 0
+    while c < n:
+        if cmax[c] >= lo:
+            c1 = c + 1
+            while c1 < n and cmax[c1] >= lo:
+                c1 += 1
+            runs[2 * n_runs], runs[2 * n_runs + 1] = c * SKIP, c1 * SKIP
+            n_runs += 1
+            c = c1
+        else:
+            c += 1
+    if n_runs > 0 and runs[2 * n_runs - 1] == n * SKIP:
+        runs[2 * n_runs - 1] = V  # the tail extends the last run
+    elif V > n * SKIP:
+        runs[2 * n_runs], runs[2 * n_runs + 1] = n * SKIP, V
+        n_runs += 1
+    return n_runs
+
+
+@njit(cache=True, fastmath=_POLY)
+def row_exp_parts_at(row, shift, q, bits, runs, n_runs):
+    """:func:`row_exp_parts` of the columns in ``runs`` (see :func:`window_runs`).
+
+    Each run is worked on through views that start at 0 (here and in the sums below): numba then knows the indices
+    are not negative and emits no wrap-around select, which would keep LLVM from vectorising (4x slower)."""
+    wide_vectors()
+    for i in range(n_runs):
+        v0, v1 = runs[2 * i], runs[2 * i + 1]
+        r, qq, bb = row[v0:v1], q[v0:v1], bits[v0:v1]
+        n = (v1 - v0) // SKIP
+        for c in range(n):
+            _exp_parts(r, shift, qq, bb, c * SKIP, c * SKIP + SKIP)  # constant trip count: vectorised
+        _exp_parts(r, shift, qq, bb, n * SKIP, v1 - v0)
+
+
 @njit(cache=True, fastmath=_REDUCE)
-def row_softmax_sums(row, m, q, scale):
-    """(E, F) = (sum e, sum e (row - m)) in float64, ``e [V] = q * scale = exp(row - m)`` (see row_exp_parts)."""
+def row_softmax_sums_at(row, m, q, scale, runs, n_runs):
+    """(E, F) = (sum e, sum e (row - m)) in float64 over the columns in ``runs`` (see :func:`window_runs`),
+    ``e = q * scale = exp(row - m)`` (see row_exp_parts_at)."""
     wide_vectors()
     m64 = np.float64(m)
     e_sum, f_sum = 0.0, 0.0
-    for v in range(row.shape[0]):
-        e = np.float64(q[v] * scale[v])
-        e_sum += e
-        f_sum += e * (np.float64(row[v]) - m64)
+    for i in range(n_runs):
+        v0, v1 = runs[2 * i], runs[2 * i + 1]
+        r, qq, sc = row[v0:v1], q[v0:v1], scale[v0:v1]
+        for v in range(r.shape[0]):
+            e = np.float64(qq[v] * sc[v])
+            e_sum += e
+            f_sum += e * (np.float64(r[v]) - m64)
     return e_sum, f_sum
-
-
-@njit(cache=True, fastmath=_REDUCE)
-def row_softmax_kl_sums(row, m, q, scale, pf):
-    """:func:`row_softmax_sums` and :func:`row_kl_dot` in one loop: (E, F, A, P)."""
-    wide_vectors()
-    m64 = np.float64(m)
-    e_sum, f_sum, acc, tot = 0.0, 0.0, 0.0, 0.0
-    for v in range(row.shape[0]):
-        e = np.float64(q[v] * scale[v])
-        d = np.float64(row[v]) - m64
-        p = np.float64(pf[v])
-        e_sum += e
-        f_sum += e * d
-        acc += p * d
-        tot += p
-    return e_sum, f_sum, acc, tot
 
 
 @njit(cache=True, fastmath=_REDUCE)
@@ -464,16 +496,20 @@ def row_kl_dot(row, m, pf):
 
 @njit(cache=True)
 def row_stats(r, row, cols, pf, mean, std, mx, lse, entropy, kl, tscore, rank, tbin, counts, samp, bins, q, bits, ids,
-              top_cols, top_score, nxt):
+              top_cols, top_score, nxt, runs):
     """All statistics of row ``r`` (``row [V]``, tracked ``cols [K]``) into the block outputs (see
     :func:`block_stats`). KL too when ``pf [V]``, its position's final distribution, has V entries (final rows
-    pass an empty one). ``bins [V]`` uint8, ``q [V]`` float32, ``bits [V]`` int32 are scratch; ``ids [V]``: the
-    vocabulary id of each column (ties of the row's own top-N into ``top_cols, top_score [R, N]``).
+    pass an empty one). ``bins [V]`` uint8, ``q [V]`` float32, ``bits [V]`` int32, ``runs [2 (V // SKIP + 1)]``
+    int64 are scratch; ``ids [V]``: the vocabulary id of each column (ties of the row's own top-N into ``top_cols,
+    top_score [R, N]``).
 
-    ``nxt``: the next row this thread will read (empty for none), prefetched into L2 (:func:`prefetch_l2`) while
-    this row is worked on, half during the bins pass and half during the exps, a few cache lines per
-    PREFETCH_STEP scores: the first pass over a row otherwise waits for it from L3 or memory (~8 GB/s per core
-    here, ~20% of the statistics' time)."""
+    The exps and softmax sums visit only the steps of SKIP scores holding a score within EXP_WINDOW of the row's
+    max (:func:`window_runs`); KL's dot product with ``pf`` visits every score (a final distribution is rarely
+    negligible anywhere: real final rows lie within 30 nats of their max).
+
+    ``nxt``: the next row this thread will read (empty for none), prefetched into L2 (:func:`prefetch_l2`) during
+    the bins pass, a few cache lines per PREFETCH_STEP scores: the first pass over a row otherwise waits for it
+    from L3 or memory (~8 GB/s per core here, ~20% of the statistics' time)."""
     wide_vectors()
     m, mu, sd = row_moments(row)
     mean32 = np.float32(mu)
@@ -487,12 +523,11 @@ def row_stats(r, row, cols, pf, mean, std, mx, lse, entropy, kl, tscore, rank, t
     cmin, cmax = step_ranges(bins)  # [V // SKIP] lowest and highest bin in each whole step
     row_ranks(row, cols, tscore[r], rank[r], bins, cmax)
     row_scan(row, bins, counts[r], samp[r], ids, top_cols[r], top_score[r], cmin, cmax)
-    row_exp_parts(row, m, q, bits, nxt)
-    if pf.shape[0] == row.shape[0]:
-        e_sum, f_sum, acc, tot = row_softmax_kl_sums(row, m, q, bits.view(np.float32), pf)
-    else:
-        e_sum, f_sum = row_softmax_sums(row, m, q, bits.view(np.float32))
-        acc, tot = 0.0, 1.0
+    lo = z_bin(m - EXP_WINDOW, mean32, a)  # steps wholly below this bin hold no score within the window
+    n_runs = window_runs(cmax, lo, runs, row.shape[0])
+    row_exp_parts_at(row, m, q, bits, runs, n_runs)
+    e_sum, f_sum = row_softmax_sums_at(row, m, q, bits.view(np.float32), runs, n_runs)
+    acc, tot = row_kl_dot(row, m, pf) if pf.shape[0] == row.shape[0] else (0.0, 1.0)
     log_e = math.log(e_sum)
     lse[r] = np.float64(m) + log_e
     entropy[r] = log_e - f_sum / e_sum
@@ -527,14 +562,16 @@ def block_stats(s, n_stages, tracked, n_threads, mean, std, mx, lse, entropy, kl
         wide_vectors()  # each prange body becomes a function of its own
         rf = p * n_stages + n_stages - 1
         bins, q, bits = np.empty(V, np.uint8), np.empty(V, np.float32), np.empty(V, np.int32)
+        runs = np.empty(2 * (V // SKIP + 1), np.int64)
         row_stats(rf, s[rf], tracked[p], none, mean, std, mx, lse, entropy, kl, tscore, rank, tbin, counts, samp,
-                  bins, q, bits, ids, top_cols, top_score, none)
-        row_exp(s[rf], np.float32(lse[rf]), pf[p], bits, none)
+                  bins, q, bits, ids, top_cols, top_score, none, runs)
+        row_exp(s[rf], np.float32(lse[rf]), pf[p], bits)
         acc, tot = row_kl_dot(s[rf], mx[rf], pf[p])
         kl[rf] = lse[rf] - mx[rf] - acc / tot
     for g in prange(n_threads):
         wide_vectors()
         bins, q, bits = np.empty(V, np.uint8), np.empty(V, np.float32), np.empty(V, np.int32)
+        runs = np.empty(2 * (V // SKIP + 1), np.int64)
         for r in range(g, R, n_threads):  # every n_threads-th row: each thread gets early and late stages alike
             p = r // n_stages
             if r % n_stages != n_stages - 1:  # final rows are done
@@ -542,7 +579,7 @@ def block_stats(s, n_stages, tracked, n_threads, mean, std, mx, lse, entropy, kl
                 if n % n_stages == n_stages - 1:
                     n += n_threads
                 row_stats(r, s[r], tracked[p], pf[p], mean, std, mx, lse, entropy, kl, tscore, rank, tbin, counts,
-                          samp, bins, q, bits, ids, top_cols, top_score, s[n] if n < R else none)
+                          samp, bins, q, bits, ids, top_cols, top_score, s[n] if n < R else none, runs)
     for r in prange(R):
         kl[r] = max(kl[r] - entropy[(r // n_stages) * n_stages + n_stages - 1], 0.0)
 

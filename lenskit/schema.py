@@ -123,8 +123,8 @@ _POSITION = {
                 "samples": _arr(
                     {"type": "string"},
                     "`[stage]` Exp-Golomb of order `histogram.sample_order`: string-table indices, bin after bin: each "
-                    "non-empty bin with at most `histogram.samples` tokens lists all of them (in a fixed pseudo-random "
-                    "vocabulary order, seeded, so reruns agree); denser bins list none.",
+                    "non-empty bin with at most `histogram.samples` tokens lists all of them (by vocabulary id); denser "
+                    "bins list none.",
                 ),
             },
         },

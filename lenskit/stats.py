@@ -21,8 +21,7 @@ same formula), so the two agree bit for bit given the same mean and std. The tor
   (the binning is monotone); only the few in t's sub-bin and its two neighbours are compared exactly (wider windows
   in fast mode, from the bound). Ties therefore count exactly as in a brute-force sort.
 * **samples.** A bin holding at most ``samples`` scores (the histogram's sparse tails) lists all of its columns, in
-  column order (vocabulary columns are in a fixed pseudo-random order: the lens weight is permuted once); denser bins
-  list none. This implementation takes them from a short prefix of columns where a bin lies wholly in it, and by one
+  column order (the document lists them by vocabulary id); denser bins list none. This implementation takes them from a short prefix of columns where a bin lies wholly in it, and by one
   exact scan of the few sparse-bin members otherwise.
 """
 

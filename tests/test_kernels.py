@@ -118,10 +118,10 @@ def test_exp_is_accurate():
 
     x = np.linspace(-float(EXP_CLAMP), 0, 200_001).astype(np.float32)
     out, bits = np.empty_like(x), np.empty(len(x), np.int32)
-    row_exp(x, np.float32(0), out, bits, np.empty(0, np.float32))
+    row_exp(x, np.float32(0), out, bits)
     ref = np.exp(x.astype(np.float64))
     assert np.abs(out / ref - 1).max() < 2e-7
-    row_exp(np.array([-1e4, -200.0], np.float32), np.float32(0), out[:2], bits[:2], x)  # clamped: tiny, finite
+    row_exp(np.array([-1e4, -200.0], np.float32), np.float32(0), out[:2], bits[:2])  # clamped: tiny, finite
     assert 0 < out[0] == out[1] < 1e-34 and math.isfinite(out[0])
 
 
@@ -250,6 +250,44 @@ def test_rank_passes_skip_steps_exactly():
     rank = np.zeros(len(cols), np.int64)
     row_ranks(row, cols, row[cols].copy(), rank, bins, cmax)
     assert rank.tolist() == [1 + int((row > row[c]).sum()) for c in cols]
+
+
+def test_softmax_window_skips_steps_and_keeps_the_sums():
+    """Steps of scores all more than EXP_WINDOW below the max are left out of the exps and softmax sums (the row's
+    tail never is); lse, entropy and KL still equal float64 brute force to 1e-6, as the module's bound says."""
+    from lenskit.kernels import EXP_WINDOW, SKIP, row_bins, row_moments, step_ranges, window_runs
+    from lenskit.stats import BIN_SCALE
+
+    g = torch.Generator().manual_seed(3)
+    S, V = 3, 40 * SKIP + 13
+    s = torch.randn(S, V, generator=g) * 2 - 70  # far below the window ...
+    s[:, SKIP: 3 * SKIP] = torch.randn(S, 2 * SKIP, generator=g) * 3  # ... but for two whole steps
+    s[:, 20 * SKIP + 5] = 1.0  # one score inside it in a step of its own
+    s[:, -1] = 2.0  # and the tail
+    s[0, 30 * SKIP: 31 * SKIP] = -float(EXP_WINDOW) + 8  # a step just inside the window of row 0
+    trk = torch.tensor([[0, 1, SKIP, V - 1]])
+    f = chunk_stats_fused(s, S, trk, 3)
+    b = brute(s, S, trk, 3, f.mean, f.std)
+    for key in ("lse", "entropy", "kl"):
+        torch.testing.assert_close(getattr(f, key).double(), b[key], atol=1e-6, rtol=0, msg=key)
+    row = s[0].numpy()
+    m, mu, sd = row_moments(row)
+    a = np.float32(BIN_SCALE / np.float64(np.float32(sd)))
+    bins, counts = np.empty(V, np.uint8), np.zeros(HIST_BINS, np.int64)
+    row_bins(row, np.float32(mu), a, bins, counts, row[:0])
+    _, cmax = step_ranges(bins)
+    from lenskit.kernels import z_bin
+
+    runs = np.empty(2 * (V // SKIP + 1), np.int64)
+    n = window_runs(cmax, z_bin(m - EXP_WINDOW, np.float32(mu), a), runs, V)
+    got = [(int(runs[2 * i]), int(runs[2 * i + 1])) for i in range(n)]
+    # every score within the window is visited; the steps wholly below it are not
+    assert got[0] == (SKIP, 3 * SKIP) and got[-1][1] == V and (20 * SKIP, 21 * SKIP) in got
+    assert (30 * SKIP, 31 * SKIP) in got
+    inside = np.zeros(V, bool)
+    for lo_, hi_ in got:
+        inside[lo_:hi_] = True
+    assert inside[row >= m - EXP_WINDOW].all() and inside.sum() < V // 4
 
 
 def _cpu_flags() -> set:

@@ -85,7 +85,7 @@ def test_histograms_match_numpy_and_samples_lie_in_their_bins(data):
             assert set(all_samples[s]) == sparse and any(dense > HIST_SAMPLES)
             for b, refs in all_samples[s].items():
                 samples = [table[i] for i in refs]
-                assert len(samples) == len(set(samples)) == dense[b]
+                assert len(samples) == len(set(samples)) == dense[b] and samples == sorted(samples)  # by id
                 for t in samples:
                     zs = min(max(z[t], HIST_Z_MIN), HIST_Z_MAX - 1e-9)
                     assert abs((zs - HIST_Z_MIN) / width - b - 0.5) <= 0.5 + 1e-3
@@ -277,3 +277,18 @@ def test_plan_on_gpu_uses_whole_chunks_for_statistics():
     assert cpu.stats == max(1, STATS_ROWS // 61) and gpu.stats == gpu.chunk and fused.stats == FUSED_ROWS // 61
     assert fused.chunk >= cpu.chunk and gpu.chunk >= cpu.chunk and gpu.chunk % 89 == 0 and gpu.chunk // 89 == (1 << 30) // (89 * 61 * 49152 * 4)
     assert plan_chunks(61, 49152, 89, 1, gpu=True).chunk == 89  # at least one block
+
+
+def test_column_order_is_a_fixed_permutation_by_the_mean_direction():
+    """Columns go by each token's logit along the head's mean row, highest first, equal keys by id: a permutation
+    that depends only on the weight."""
+    from lenskit.scoring import column_order
+
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(300, 16, generator=g)
+    w[7] = w[3]  # equal keys: 3 before 7
+    order = column_order(w)
+    assert sorted(order.tolist()) == list(range(300)) and torch.equal(order, column_order(w.clone()))
+    key = w @ w.mean(0)
+    assert (key[order][1:] <= key[order][:-1]).all()
+    assert order.tolist().index(3) < order.tolist().index(7)
