@@ -36,7 +36,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
     On CPUs, torch's bfloat16 GEMM rounds its output to bfloat16 (``out_dtype=float32`` is CUDA-only), so the bound
     the fast mode must prove is wide and its exact re-check costs more than the float32 GEMM saves (35-45x the float32
-    floor on the README's Xeon). On an H200 the fast mode took 3.3 s where float32 took 0.20 s (128 positions at
+    floor on the README's Xeon). An fp16 screen (0.67x the float32 GEMM there, with AVX-512 FP16) would not pay
+    either: the re-check of the tracked tokens' uncertain entries covers 92-98% of a block's columns. On an H200 the fast mode took 3.3 s where float32 took 0.20 s (128 positions at
     Llama-3-8B shapes; its re-checks must recompute whole float32 blocks there). ``bf16`` is the GPU's full-speed
     mode, but its scores are a different definition (bf16-rounded inputs), so ``auto`` never picks it.
     """
