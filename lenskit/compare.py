@@ -396,7 +396,7 @@ def compare_from_traces(a: Side, b: Side, plan: Plan, top_k: int = DEFAULT_TOP_K
                 h = side.trace.reader(side.prompt)(lo, hi)[:, [p - lo for p in pos]]  # [S, c, D]
                 S = side.n_stages
                 rows = h.permute(1, 0, 2).reshape(len(pos) * S, -1)  # [c*S, D] (position, stage)
-                s = sc.scores(rows)  # [c*S, V] permuted columns
+                s = sc.scores(rows)  # [c*S, V] in the scorer's column order
                 final_rows = torch.arange(len(pos), device=s.device) * S + S - 1
                 top = sc.col_ids[sc.top_k(s, top_k, final_rows)].tolist()  # [c, k] vocabulary ids
                 scores.append(s)
