@@ -37,8 +37,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     On CPUs, torch's bfloat16 GEMM rounds its output to bfloat16 (``out_dtype=float32`` is CUDA-only), so the bound
     the fast mode must prove is wide and its exact re-check costs more than the float32 GEMM saves (35-45x the float32
     floor on the README's Xeon). An fp16 screen (0.67x the float32 GEMM there, with AVX-512 FP16) would not pay
-    either: the re-check of the tracked tokens' uncertain entries covers 92-98% of a block's columns. On an H200 the fast mode took 3.3 s where float32 took 0.20 s (128 positions at
-    Llama-3-8B shapes; its re-checks must recompute whole float32 blocks there). ``bf16`` is the GPU's full-speed
+    either: the re-check of the tracked tokens' uncertain entries covers 92-98% of a block's columns. On an H200 the
+    fast mode took 3.3 s where float32 took 0.20 s (128 positions at Llama-3-8B shapes; its re-checks must recompute
+    whole float32 blocks there). ``bf16`` is the GPU's full-speed
     mode, but its scores are a different definition (bf16-rounded inputs), so ``auto`` never picks it.
     """
     return "float32" if precision == "auto" else precision
@@ -53,8 +54,8 @@ def column_order(weight: torch.Tensor) -> torch.Tensor:
     other, and most of a row's scores far below its max fill whole steps of columns. The fused kernels skip such
     steps (exps below their window, rank passes below their tokens' bins, the samples scan outside the sparse
     bins): over the rows of the README's test paragraph, 37% of the steps of 64 columns hold a score within 30 of
-    their row's max in this order, 74% in a random one. Only speed depends on it: every statistic is a function of the set of scores (samples are listed
-    by vocabulary id), up to the rounding of float64 sums."""
+    their row's max in this order, 74% in a random one. Only speed depends on it: every statistic is a function of
+    the set of scores (samples are listed by vocabulary id), up to the rounding of float64 sums."""
     w = weight.float()  # [V, D]
     return torch.argsort(w @ w.mean(0), descending=True, stable=True)
 

@@ -255,7 +255,15 @@ def test_rank_passes_skip_steps_exactly():
 def test_softmax_window_skips_steps_and_keeps_the_sums():
     """Steps of scores all more than EXP_WINDOW below the max are left out of the exps and softmax sums (the row's
     tail never is); lse, entropy and KL still equal float64 brute force to 1e-6, as the module's bound says."""
-    from lenskit.kernels import EXP_WINDOW, SKIP, row_bins, row_moments, step_ranges, window_runs
+    from lenskit.kernels import (
+        EXP_WINDOW,
+        SKIP,
+        row_bins,
+        row_moments,
+        step_ranges,
+        window_runs,
+        z_bin,
+    )
     from lenskit.stats import BIN_SCALE
 
     g = torch.Generator().manual_seed(3)
@@ -276,8 +284,6 @@ def test_softmax_window_skips_steps_and_keeps_the_sums():
     bins, counts = np.empty(V, np.uint8), np.zeros(HIST_BINS, np.int64)
     row_bins(row, np.float32(mu), a, bins, counts, row[:0])
     _, cmax = step_ranges(bins)
-    from lenskit.kernels import z_bin
-
     runs = np.empty(2 * (V // SKIP + 1), np.int64)
     n = window_runs(cmax, z_bin(m - EXP_WINDOW, np.float32(mu), a), runs, V)
     got = [(int(runs[2 * i]), int(runs[2 * i + 1])) for i in range(n)]
