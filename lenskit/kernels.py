@@ -525,6 +525,8 @@ def row_stats(r, row, cols, pf, mean, std, mx, lse, entropy, kl, tscore, rank, t
     row_scan(row, bins, counts[r], samp[r], ids, top_cols[r], top_score[r], cmin, cmax)
     lo = z_bin(m - EXP_WINDOW, mean32, a)  # steps wholly below this bin hold no score within the window
     n_runs = window_runs(cmax, lo, runs, row.shape[0])
+    if n_runs == 0:  # only without a finite max (its own step is always visited): the whole row, as before the window
+        runs[0], runs[1], n_runs = 0, row.shape[0], 1
     row_exp_parts_at(row, m, q, bits, runs, n_runs)
     e_sum, f_sum = row_softmax_sums_at(row, m, q, bits.view(np.float32), runs, n_runs)
     acc, tot = row_kl_dot(row, m, pf) if pf.shape[0] == row.shape[0] else (0.0, 1.0)
