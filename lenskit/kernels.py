@@ -186,11 +186,13 @@ def row_bins(row, mean, a, bins, counts, nxt):
 
 
 @njit(cache=True, fastmath=_REDUCE)
-def row_count_above(row, t, out, cmax, lo):
-    """``out[k] = #{v : row[v] > t[k]}`` for ``t, out [4]`` (four thresholds per vectorised pass), visiting only
-    the steps of RANK_STEP scores whose highest bin (``cmax [V // SKIP]``, from :func:`step_ranges`) is at least
-    ``lo``, the lowest bin of the four thresholds' scores: bins are monotone in the score, so no score of a skipped
-    step exceeds a threshold. Late stages put the tracked tokens in sparse top bins, and most steps are skipped.
+def row_count_above(row, t, out, cmin, cmax, lo, hi):
+    """``out[k] = #{v : row[v] > t[k]}`` for ``t, out [4]`` (four thresholds per vectorised pass), comparing only in
+    the steps of RANK_STEP scores that hold bins from ``lo`` to ``hi``, the lowest and highest bin of the four
+    thresholds' scores (a step's bins from ``cmin, cmax [V // SKIP]``, :func:`step_ranges`). Bins are monotone in
+    the score, so no score of a step wholly below ``lo`` exceeds a threshold, and every score of a step wholly above
+    ``hi`` exceeds all four. Late stages put the tracked tokens in sparse top bins, where most steps lie below; the
+    columns' order puts many steps of high scores above the bulk's tokens.
 
     Counted as float32 sums of ones: exact (every partial sum is an integer below 2^24 > V) and, with ``reassoc``, LLVM
     vectorises them (2.3x faster than integer counters here, which it did not)."""
@@ -201,10 +203,14 @@ def row_count_above(row, t, out, cmax, lo):
     V, per = row.shape[0], RANK_STEP // SKIP
     n = V // RANK_STEP
     for c in range(n):
-        hi = cmax[c * per]
+        top, bottom = cmax[c * per], cmin[c * per]
         for j in range(1, per):
-            hi = max(hi, cmax[c * per + j])
-        if hi < lo:
+            top = max(top, cmax[c * per + j])
+            bottom = min(bottom, cmin[c * per + j])
+        if top < lo:
+            continue
+        if bottom > hi:
+            n0, n1, n2, n3 = n0 + RANK_STEP, n1 + RANK_STEP, n2 + RANK_STEP, n3 + RANK_STEP
             continue
         c0, c1, c2, c3 = zero, zero, zero, zero
         for v in range(c * RANK_STEP, (c + 1) * RANK_STEP):  # a constant trip count: vectorised
@@ -284,10 +290,10 @@ def _idle_run(active, mode):
 
 
 @njit(cache=True)
-def row_ranks(row, cols, t, rank, bins, cmax):
+def row_ranks(row, cols, t, rank, bins, cmin, cmax):
     """rank[k] = 1 + #{v : row[v] > t[k]} for the tracked columns ``cols, t [K]`` (ties counted exactly as a sort
     would), by vectorised comparison passes over the row (:func:`row_count_above`), four tokens each, highest
-    scores first so that a pass's four share high bins and skip most of the row (``bins [V]``, ``cmax``: see
+    scores first so that a pass's four share close bins and skip most of the row (``bins [V]``, ``cmin, cmax``: see
     :func:`step_ranges`). A repeated column is counted once."""
     wide_vectors()
     K = cols.shape[0]
@@ -305,12 +311,13 @@ def row_ranks(row, cols, t, rank, bins, cmax):
     order = uniq[:m][np.argsort(-t[uniq[:m]])]  # [m] highest score first
     tq, cq = np.empty(4, np.float32), np.empty(4, np.int64)
     for i in range(0, m, 4):
-        lo = 255
+        lo, hi = 255, 0
         for j in range(4):
             k = order[min(i + j, m - 1)]
             tq[j] = t[k]
             lo = min(lo, bins[cols[k]])
-        row_count_above(row, tq, cq, cmax, lo)
+            hi = max(hi, bins[cols[k]])
+        row_count_above(row, tq, cq, cmin, cmax, lo, hi)
         for j in range(min(4, m - i)):
             rank[order[i + j]] = 1 + cq[j]
     for k in range(K):
@@ -521,7 +528,7 @@ def row_stats(r, row, cols, pf, mean, std, mx, lse, entropy, kl, tscore, rank, t
         tscore[r, k] = row[cols[k]]
         tbin[r, k] = bins[cols[k]]
     cmin, cmax = step_ranges(bins)  # [V // SKIP] lowest and highest bin in each whole step
-    row_ranks(row, cols, tscore[r], rank[r], bins, cmax)
+    row_ranks(row, cols, tscore[r], rank[r], bins, cmin, cmax)
     row_scan(row, bins, counts[r], samp[r], ids, top_cols[r], top_score[r], cmin, cmax)
     lo = z_bin(m - EXP_WINDOW, mean32, a)  # steps wholly below this bin hold no score within the window
     n_runs = window_runs(cmax, lo, runs, row.shape[0])

@@ -245,10 +245,32 @@ def test_rank_passes_skip_steps_exactly():
     bins, counts = np.empty(V, np.uint8), np.zeros(HIST_BINS, np.int64)
     mean32 = np.float32(mu)
     row_bins(row, mean32, np.float32(BIN_SCALE / np.float64(np.float32(sd))), bins, counts, row[:0])
-    _, cmax = step_ranges(bins)
+    cmin, cmax = step_ranges(bins)
     cols = np.concatenate([top[[0, 5, 5, 11]], [V - 1, int(np.argmin(row)), int(np.argsort(row)[V // 2])]]).astype(np.int64)
     rank = np.zeros(len(cols), np.int64)
-    row_ranks(row, cols, row[cols].copy(), rank, bins, cmax)
+    row_ranks(row, cols, row[cols].copy(), rank, bins, cmin, cmax)
+    assert rank.tolist() == [1 + int((row > row[c]).sum()) for c in cols]
+
+
+def test_rank_passes_count_steps_above_their_tokens_whole():
+    """Tracked tokens in the bulk, with whole steps of higher scores (as the column order puts them first): those
+    steps are counted whole without comparing, and ranks still equal brute force, ties included."""
+    from lenskit.kernels import RANK_STEP, row_bins, row_moments, row_ranks, step_ranges
+    from lenskit.stats import BIN_SCALE
+
+    g = np.random.default_rng(11)
+    V = 6 * RANK_STEP + 21
+    row = g.normal(0, 1, V).astype(np.float32)
+    row[: 2 * RANK_STEP] = g.normal(6, 0.5, 2 * RANK_STEP).astype(np.float32)  # two steps wholly above the bulk
+    row[3 * RANK_STEP: 3 * RANK_STEP + 9] = np.float32(0.25)  # a 9-way tie in the bulk
+    _, mu, sd = row_moments(row)
+    bins, counts = np.empty(V, np.uint8), np.zeros(HIST_BINS, np.int64)
+    row_bins(row, np.float32(mu), np.float32(BIN_SCALE / np.float64(np.float32(sd))), bins, counts, row[:0])
+    cmin, cmax = step_ranges(bins)
+    cols = np.array([3 * RANK_STEP, 3 * RANK_STEP + 4, int(np.argmin(row)), V - 1, 5 * RANK_STEP + 7], np.int64)
+    assert bins[: 2 * RANK_STEP].min() > bins[cols].max()  # the skip applies
+    rank = np.zeros(len(cols), np.int64)
+    row_ranks(row, cols, row[cols].copy(), rank, bins, cmin, cmax)
     assert rank.tolist() == [1 + int((row > row[c]).sum()) for c in cols]
 
 
