@@ -21,8 +21,8 @@ same formula), so the two agree bit for bit given the same mean and std. The tor
   (the binning is monotone); only the few in t's sub-bin and its two neighbours are compared exactly (wider windows
   in fast mode, from the bound). Ties therefore count exactly as in a brute-force sort.
 * **samples.** A bin holding at most ``samples`` scores (the histogram's sparse tails) lists all of its columns, in
-  column order (the document lists them by vocabulary id); denser bins list none. This implementation takes them from a short prefix of columns where a bin lies wholly in it, and by one
-  exact scan of the few sparse-bin members otherwise.
+  column order (the document lists them by vocabulary id); denser bins list none. The gathered pass that marks the
+  rank windows' columns marks the sparse bins' few members too.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from .schema import HIST_BINS, HIST_SAMPLES, HIST_Z_MAX, HIST_Z_MIN
 
 FINE = 64  # sub-bins per histogram bin (a power of two: y * FINE is exact)
 N_FINE = HIST_BINS * FINE
-PREFIX = 2048  # columns scanned first for samples of dense bins
 BIN_SCALE = HIST_BINS / (HIST_Z_MAX - HIST_Z_MIN)  # bins per unit of z (5)
 BIN_OFFSET = int(round(-HIST_Z_MIN * BIN_SCALE))  # bin of z = 0 (40); z_min must lie on a bin edge from z = 0
 assert BIN_OFFSET == -HIST_Z_MIN * BIN_SCALE
@@ -361,24 +360,13 @@ def chunk_stats_torch(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor
     w = torch.ones(R, dtype=torch.int64, device=dev) if bound is None else (2 * bound * a).ceil().long() + 1  # [R]
     w = w.clamp(max=N_FINE)
     rank = 1 + above.gather(1, (tu + w[:, None] + 1).clamp(max=N_FINE))  # certainly greater: beyond the window
-    # samples in a prefix of columns (dense bins fill here)
-    P = min(PREFIX, V)
-    pb = (ug[:, :P] - row_off) // FINE  # [R, P]
-    keys = (torch.arange(R, device=dev)[:, None] * HIST_BINS + pb).view(-1).int()  # int32 sorts faster
-    order = torch.sort(keys, stable=True).indices
-    keep = _first_per_group(keys[order], samples)
-    pre_idx = order[keep].long()
-    pre_rows, pre_cols = pre_idx // P, pre_idx % P
-    pre_bins = pb.view(-1)[pre_idx]
-    found = torch.bincount(pre_rows * HIST_BINS + pre_bins, minlength=R * HIST_BINS).view(R, HIST_BINS)
     sparse = counts <= samples  # [R, BINS] bins that list their samples (all of them); denser bins list none
-    unfilled = sparse & (found < counts)  # [R, BINS] sparse bins not wholly in the prefix: they need a full scan
-    # one gathered pass marks the few columns needing exact treatment: rank windows and unfilled bins
+    # one gathered pass marks the few columns needing exact treatment: rank windows and sparse bins' members
     edges = torch.zeros(R, N_FINE + 1, dtype=torch.int32, device=dev)  # difference array of window coverage
     ones = torch.ones_like(tu, dtype=torch.int32)
     edges.scatter_add_(1, (tu - w[:, None]).clamp(min=0), ones)
     edges.scatter_add_(1, (tu + w[:, None] + 1).clamp(max=N_FINE), -ones)
-    mark = (edges.cumsum(1)[:, :N_FINE] > 0) | unfilled.repeat_interleave(FINE, 1)  # [R, N_FINE]
+    mark = (edges.cumsum(1)[:, :N_FINE] > 0) | sparse.repeat_interleave(FINE, 1)  # [R, N_FINE]
     g = torch.take(mark, ug, out=ws.mask[:R])  # [R, V]
     sel = torch.nonzero(g)  # [n, 2] (row, col), row-major
     rows, cols = sel[:, 0], sel[:, 1]
@@ -390,17 +378,9 @@ def chunk_stats_torch(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor
     greater = in_win[near] & (sv[:, None] > t[r_near])  # [m, K]
     rank = rank.index_add_(0, r_near, greater.to(torch.int64))
     sb = su // FINE
-    scan = unfilled[rows, sb]
+    scan = sparse[rows, sb]  # every member of a sparse bin is a sample
     rows2, cols2, sb2 = rows[scan], cols[scan], sb[scan]
-    keys2 = rows2 * HIST_BINS + sb2
-    order2 = torch.sort(keys2, stable=True).indices  # stable: column order kept within a bin
-    keep2 = order2[_first_per_group(keys2[order2], samples)]
-    # merge: prefix samples of wholly-prefixed sparse bins + scanned samples of the other sparse bins
-    pf_keep = sparse[pre_rows, pre_bins] & ~unfilled[pre_rows, pre_bins]
-    all_rows = torch.cat([pre_rows[pf_keep], rows2[keep2]])
-    all_bins = torch.cat([pre_bins[pf_keep], sb2[keep2]])
-    all_cols = torch.cat([pre_cols[pf_keep], cols2[keep2]])
-    final_order = torch.argsort(all_rows * (HIST_BINS * V) + all_bins * V + all_cols)
+    final_order = torch.argsort(rows2 * (HIST_BINS * V) + sb2 * V + cols2)
     top_cols, top_score = stage_top_torch(s, stage_top, col_ids, bound, exact, mask=ws.mask[:R])
     return ChunkStats(
         mean=mean,
@@ -412,9 +392,9 @@ def chunk_stats_torch(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor
         rank=rank,
         tracked_bin=tu // FINE,
         counts=counts,
-        sample_rows=all_rows[final_order],
-        sample_bins=all_bins[final_order],
-        sample_cols=all_cols[final_order],
+        sample_rows=rows2[final_order],
+        sample_bins=sb2[final_order],
+        sample_cols=cols2[final_order],
         stage_top_cols=top_cols,
         stage_top_score=top_score,
     )
