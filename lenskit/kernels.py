@@ -10,8 +10,9 @@ passes skip whole steps of columns by their bins:
 1. **moments** -- row max and the float64 sums of ``s - s[0]`` and its square: mean and std (ddof=1).
 2. **z-bins** -- the histogram bin of every score by :func:`z_bin` (the one definition: ``floor((s - mean) * a)``
    with ``a = BIN_SCALE / std``, both float32 operations, clamped, plus ``BIN_OFFSET``; ``lenskit.stats.z_bins``
-   is the same formula in torch), one byte per score; histogram counts from those bytes (4 interleaved
-   sub-histograms); tracked tokens' bins read from the same bytes, so they always agree with the counts.
+   is the same formula in torch), one byte per score; each step's lowest and highest bin; histogram counts from
+   those bytes by vector compares and popcounts over each step's few bins (:func:`count_ge`); tracked tokens' bins
+   read from the same bytes, so they always agree with the counts.
 3. **ranks** (:func:`row_ranks`) -- rank(t) = 1 + #{v : s_v > s_t} (exact, ties included) by vectorised comparison
    passes over the row, four tracked tokens per pass (counted as float32 sums of ones, which LLVM vectorises). A pass
    skips each step of 256 scores whose highest bin (a vectorised byte max) lies below its four tokens' bins: late
@@ -68,7 +69,7 @@ _LN2_LO = np.float32(-2.12194440e-4)
 _MAG = np.int32(0x7FFFFFFF)
 _REDUCE = {"reassoc"}  # fast-math flags of the float64 sums only (see the module docstring)
 _POLY = {"contract"}  # and of the exp polynomial: fused multiply-adds
-SKIP = 64  # scores per step of the scan's skip test (a step wholly in served-out bins is skipped)
+SKIP = 64  # scores per step of the histogram's counts and of the scan's skip test (one 64-bit mask: count_ge)
 RANK_STEP = 4 * SKIP  # scores per step of a rank pass's skip test (a step wholly below its tokens' bins)
 LINE = 16  # float32 scores per 64-byte cache line
 PREFETCH_STEP = 64  # scores per step of a pass that prefetches a share of the next row
@@ -92,6 +93,32 @@ def prefetch_l2(typingctx, arr, idx):
                                             "llvm.prefetch")
         builder.call(fn, [i8p, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def count_ge(typingctx, arr, idx, e):
+    """``#{j < SKIP : arr[idx + j] >= e}`` for a contiguous uint8 array and a uint8 ``e``: one 64-byte vector
+    compare and a popcount of its mask (LLVM IR that every target lowers: on AVX-512 ``vpcmpub`` + ``kmovq`` +
+    ``popcnt``; elsewhere a compare, a movemask and a popcount). The caller keeps ``idx + SKIP <= len(arr)``."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.uint8 and arr.layout == "C"):
+        return None
+    sig = types.int64(arr, idx, e)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i8, i32, i64 = ir.IntType(8), ir.IntType(32), ir.IntType(64)
+        vty = ir.VectorType(i8, SKIP)
+        x = builder.load(builder.bitcast(ptr, vty.as_pointer()), align=1)  # [SKIP] bytes
+        e8 = context.cast(builder, args[2], signature.args[2], types.uint8)
+        splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vty, ir.Undefined), e8, ir.Constant(i32, 0)),
+                                       ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(i32, SKIP), [0] * SKIP))
+        mask = builder.bitcast(builder.icmp_unsigned(">=", x, splat), i64)  # [SKIP] i1 -> one 64-bit word
+        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, [i64]), "llvm.ctpop.i64")
+        return builder.call(ctpop, [mask])
 
     return sig, codegen
 
@@ -129,9 +156,12 @@ def z_bin(x, mean, a):
     """Histogram bin of score ``x`` (float32) for a row with float32 ``mean`` and ``a = BIN_SCALE / std``.
 
     ``floor((x - mean) * a)`` in float32 (two correctly rounded operations: monotone in x), clamped to the
-    histogram, plus ``BIN_OFFSET``.
+    histogram, plus ``BIN_OFFSET``. A NaN (only a broken lens gives one: traces are validated finite) goes to the
+    lowest bin, so every bin indexes the histogram (the kernels index it unchecked).
     """
-    y = min(max(np.floor((x - mean) * a), np.float32(_LO)), np.float32(_HI))
+    y = np.floor((x - mean) * a)
+    y = y if y >= np.float32(_LO) else np.float32(_LO)  # noqa: FURB136 -- NaN fails the test: the lowest bin
+    y = y if y <= np.float32(_HI) else np.float32(_HI)  # noqa: FURB136 -- max() would keep a NaN
     return np.int32(y) + np.int32(BIN_OFFSET)
 
 
@@ -139,57 +169,67 @@ def z_bin(x, mean, a):
 def row_moments(row):
     """``row [V]`` float32 -> (max float32, mean float64, std float64 with ddof=1).
 
-    The max is taken on the float bits mapped to monotone int32 (an integer max vectorises; exact, NaN-free rows).
+    The max from the float bits as int32 (integer max and min vectorise; exact): a row with a non-negative score
+    has its max at the highest int (non-negative floats order as their bits), an all-negative row at the lowest
+    (negative floats' bits, sign bit set, grow with the magnitude). NaN-free rows; a NaN's bits order beyond inf.
     """
     wide_vectors()
     V = row.shape[0]
     iv = row.view(np.int32)  # [V] the same bytes as int32
     s0 = np.float64(row[0])
     t1, t2 = 0.0, 0.0
-    m = np.int32(-2147483648)
+    hi, lo = np.int32(-2147483648), np.int32(2147483647)
     for v in range(V):
         d = np.float64(row[v]) - s0
         t1 += d
         t2 += d * d
-        x = iv[v]
-        m = max(m, x ^ ((x >> np.int32(31)) & _MAG))  # order-preserving: negative floats flip their magnitude bits
-    m = m ^ ((m >> np.int32(31)) & _MAG)  # back to the float's bits
+        hi = max(hi, iv[v])
+        lo = min(lo, iv[v])
     mx = np.empty(1, np.int32)
-    mx[0] = m
+    mx[0] = hi if hi >= 0 else lo
     mean = s0 + t1 / V
     var = max((t2 - t1 * t1 / V) / max(V - 1, 1), 0.0)
     return mx.view(np.float32)[0], mean, math.sqrt(var)
 
 
 @njit(cache=True)
-def row_bins(row, mean, a, bins, counts, nxt):
-    """z-bin of every score of ``row [V]`` into ``bins [V]`` uint8; the histogram into ``counts [HIST_BINS]``.
-    Meanwhile prefetches ``nxt`` (see :func:`row_stats`), a share per PREFETCH_STEP scores of the histogram's
-    scalar loop (the longest pass that visits every score, so the prefetches are spread thin)."""
+def row_bins(row, mean, a, bins, counts, cmin, cmax, nxt):
+    """z-bin of every score of ``row [V]`` into ``bins [V]`` uint8; the lowest and highest bin of each whole step of
+    SKIP scores into ``cmin, cmax [V // SKIP]`` uint8; the histogram into ``counts [HIST_BINS]``.
+
+    Counts by step: a step with bins lo..hi counts #{bin >= e} for e = lo + 1 .. hi by :func:`count_ge` (one vector
+    compare and a popcount each; ~10 per step on real rows), and the differences are its bins' counts -- no scalar
+    scatter of every score. Meanwhile prefetches ``nxt`` (see :func:`row_stats`), a share per step."""
     wide_vectors()
     V, W = row.shape[0], nxt.shape[0]
     for v in range(V):
         bins[v] = z_bin(row[v], mean, a)
-    h = np.zeros((4, HIST_BINS), np.int32)  # 4 interleaved sub-histograms: no store-to-load stalls
-    n = V - V % PREFETCH_STEP
-    for c in range(n // PREFETCH_STEP):
-        _prefetch_share(nxt, 0, W, c, n // PREFETCH_STEP)
-        for v in range(c * PREFETCH_STEP, (c + 1) * PREFETCH_STEP, 4):
-            h[0, bins[v]] += 1
-            h[1, bins[v + 1]] += 1
-            h[2, bins[v + 2]] += 1
-            h[3, bins[v + 3]] += 1
-    for v in range(n, V):
-        h[0, bins[v]] += 1
+    n = V // SKIP
+    h = np.zeros(HIST_BINS, np.int64)
+    for c in range(n):
+        _prefetch_share(nxt, 0, W, c, n)
+        lo, hi = np.uint8(255), np.uint8(0)
+        for j in range(c * SKIP, (c + 1) * SKIP):  # vectorised byte min / max
+            lo = min(lo, bins[j])
+            hi = max(hi, bins[j])
+        cmin[c], cmax[c] = lo, hi
+        above = np.int64(SKIP)  # scores of the step in bins >= e, for e = lo
+        for e in range(np.int64(lo) + 1, np.int64(hi) + 1):
+            ge = count_ge(bins, c * SKIP, np.uint8(e))
+            h[e - 1] += above - ge
+            above = ge
+        h[hi] += above
+    for v in range(n * SKIP, V):
+        h[bins[v]] += 1
     for b in range(HIST_BINS):
-        counts[b] = h[0, b] + h[1, b] + h[2, b] + h[3, b]
+        counts[b] = h[b]
 
 
 @njit(cache=True, fastmath=_REDUCE)
 def row_count_above(row, t, out, cmin, cmax, lo, hi):
     """``out[k] = #{v : row[v] > t[k]}`` for ``t, out [4]`` (four thresholds per vectorised pass), comparing only in
     the steps of RANK_STEP scores that hold bins from ``lo`` to ``hi``, the lowest and highest bin of the four
-    thresholds' scores (a step's bins from ``cmin, cmax [V // SKIP]``, :func:`step_ranges`). Bins are monotone in
+    thresholds' scores (a step's bins from ``cmin, cmax [V // SKIP]``, :func:`row_bins`). Bins are monotone in
     the score, so no score of a step wholly below ``lo`` exceeds a threshold, and every score of a step wholly above
     ``hi`` exceeds all four. Late stages put the tracked tokens in sparse top bins, where most steps lie below; the
     columns' order puts many steps of high scores above the bulk's tokens.
@@ -260,22 +300,6 @@ def _visit(v, b, x, active, need, got, left, samp, topb, ids, ts, tc, ti):
     return 0
 
 
-@njit(cache=True)
-def step_ranges(bins):
-    """``bins [V]`` -> (lowest, highest) bin of each whole step of SKIP scores, ``[V // SKIP]`` uint8 each
-    (vectorised byte min / max)."""
-    wide_vectors()
-    n = bins.shape[0] // SKIP
-    cmin, cmax = np.empty(n, np.uint8), np.empty(n, np.uint8)
-    for c in range(n):
-        mn, mx = np.uint8(255), np.uint8(0)
-        for j in range(c * SKIP, (c + 1) * SKIP):
-            mn = min(mn, bins[j])
-            mx = max(mx, bins[j])
-        cmin[c], cmax[c] = mn, mx
-    return cmin, cmax
-
-
 @njit(inline="always")
 def _idle_run(active, mode):
     """The run of bins around ``mode`` that the scan no longer serves, as (lo, hi); (1, 0) when ``mode`` is served."""
@@ -294,7 +318,7 @@ def row_ranks(row, cols, t, rank, bins, cmin, cmax):
     """rank[k] = 1 + #{v : row[v] > t[k]} for the tracked columns ``cols, t [K]`` (ties counted exactly as a sort
     would), by vectorised comparison passes over the row (:func:`row_count_above`), four tokens each, highest
     scores first so that a pass's four share close bins and skip most of the row (``bins [V]``, ``cmin, cmax``: see
-    :func:`step_ranges`). A repeated column is counted once."""
+    :func:`row_bins`). A repeated column is counted once."""
     wide_vectors()
     K = cols.shape[0]
     first = np.arange(K)  # [K] first k with the same column
@@ -327,7 +351,7 @@ def row_ranks(row, cols, t, rank, bins, cmin, cmax):
 @njit(cache=True)
 def row_scan(row, bins, counts, samp, ids, top_cols, top_score, cmin, cmax):
     """Samples and the row's own top-N (``row [V]`` float32, ``bins [V]`` uint8, ``counts [HIST_BINS]``, ``ids [V]``
-    vocabulary id of each column, ``cmin, cmax`` from :func:`step_ranges`; writes ``samp [HIST_BINS, n]``,
+    vocabulary id of each column, ``cmin, cmax`` from :func:`row_bins`; writes ``samp [HIST_BINS, n]``,
     ``top_cols, top_score [N]``).
 
     Samples: every column of each sparse bin b (``counts[b] <= n``, ``n = samp.shape[1]``), in column order (the
@@ -335,7 +359,7 @@ def row_scan(row, bins, counts, samp, ids, top_cols, top_score, cmin, cmax):
     Top-N: the highest bins holding N scores in all (from ``counts``) hold the top N; the scan serves them too,
     inserting each of their scores into a tiny sorted array (higher score first, equal scores by smaller id).
     The scan stops once every sparse bin and every top bin has been seen whole. Sparse tail bins keep it going
-    through most of the row, so it skips every step of SKIP scores whose bins (``step_ranges``) all lie in the
+    through most of the row, so it skips every step of SKIP scores whose bins (from :func:`row_bins`) all lie in the
     run of bins around the fullest one that it no longer serves: it visits ~10% of the scores of a real row.
     """
     wide_vectors()
@@ -430,7 +454,7 @@ def row_exp(row, shift, out, bits):
 def window_runs(cmax, lo, runs, V):
     """The columns of a row of V scores that its softmax sums visit, as runs ``runs[2 i] .. runs[2 i + 1] - 1``
     (int64, room for ``V // SKIP + 1`` runs); returns how many. A whole step of SKIP scores is visited when its
-    highest bin (``cmax``, from :func:`step_ranges`) is at least ``lo``, the bin of max - EXP_WINDOW: a step wholly
+    highest bin (``cmax``, from :func:`row_bins`) is at least ``lo``, the bin of max - EXP_WINDOW: a step wholly
     below that bin holds only scores below the window (bins are monotone in the score). The row's tail (``V % SKIP``
     scores) always is. Runs of consecutive steps keep the loops long (the columns' order puts most of a row's window
     together)."""
@@ -503,11 +527,11 @@ def row_kl_dot(row, m, pf):
 
 @njit(cache=True)
 def row_stats(r, row, cols, pf, mean, std, mx, lse, entropy, kl, tscore, rank, tbin, counts, samp, bins, q, bits, ids,
-              top_cols, top_score, nxt, runs):
+              top_cols, top_score, nxt, runs, steps):
     """All statistics of row ``r`` (``row [V]``, tracked ``cols [K]``) into the block outputs (see
     :func:`block_stats`). KL too when ``pf [V]``, its position's final distribution, has V entries (final rows
     pass an empty one). ``bins [V]`` uint8, ``q [V]`` float32, ``bits [V]`` int32, ``runs [2 (V // SKIP + 1)]``
-    int64 are scratch; ``ids [V]``: the vocabulary id of each column (ties of the row's own top-N into ``top_cols,
+    int64 and ``steps [2, V // SKIP]`` uint8 are scratch; ``ids [V]``: the vocabulary id of each column (ties of the row's own top-N into ``top_cols,
     top_score [R, N]``).
 
     The exps and softmax sums visit only the steps of SKIP scores holding a score within EXP_WINDOW of the row's
@@ -523,11 +547,11 @@ def row_stats(r, row, cols, pf, mean, std, mx, lse, entropy, kl, tscore, rank, t
     std32 = max(np.float32(sd), np.float32(1e-12))
     a = np.float32(BIN_SCALE / np.float64(std32))  # = lenskit.stats.bin_scale(std)
     mean[r], std[r], mx[r] = mean32, std32, m
-    row_bins(row, mean32, a, bins, counts[r], nxt)
+    cmin, cmax = steps[0], steps[1]  # [V // SKIP] lowest and highest bin in each whole step
+    row_bins(row, mean32, a, bins, counts[r], cmin, cmax, nxt)
     for k in range(cols.shape[0]):
         tscore[r, k] = row[cols[k]]
         tbin[r, k] = bins[cols[k]]
-    cmin, cmax = step_ranges(bins)  # [V // SKIP] lowest and highest bin in each whole step
     row_ranks(row, cols, tscore[r], rank[r], bins, cmin, cmax)
     row_scan(row, bins, counts[r], samp[r], ids, top_cols[r], top_score[r], cmin, cmax)
     lo = z_bin(m - EXP_WINDOW, mean32, a)  # steps wholly below this bin hold no score within the window
@@ -572,8 +596,9 @@ def block_stats(s, n_stages, tracked, n_threads, mean, std, mx, lse, entropy, kl
         rf = p * n_stages + n_stages - 1
         bins, q, bits = np.empty(V, np.uint8), np.empty(V, np.float32), np.empty(V, np.int32)
         runs = np.empty(2 * (V // SKIP + 1), np.int64)
+        steps = np.empty((2, V // SKIP), np.uint8)
         row_stats(rf, s[rf], tracked[p], none, mean, std, mx, lse, entropy, kl, tscore, rank, tbin, counts, samp,
-                  bins, q, bits, ids, top_cols, top_score, none, runs)
+                  bins, q, bits, ids, top_cols, top_score, none, runs, steps)
         row_exp(s[rf], np.float32(lse[rf]), pf[p], bits)
         acc, tot = row_kl_dot(s[rf], mx[rf], pf[p])
         kl[rf] = lse[rf] - mx[rf] - acc / tot
@@ -581,6 +606,7 @@ def block_stats(s, n_stages, tracked, n_threads, mean, std, mx, lse, entropy, kl
         wide_vectors()
         bins, q, bits = np.empty(V, np.uint8), np.empty(V, np.float32), np.empty(V, np.int32)
         runs = np.empty(2 * (V // SKIP + 1), np.int64)
+        steps = np.empty((2, V // SKIP), np.uint8)
         for r in range(g, R, n_threads):  # every n_threads-th row: each thread gets early and late stages alike
             p = r // n_stages
             if r % n_stages != n_stages - 1:  # final rows are done
@@ -588,7 +614,7 @@ def block_stats(s, n_stages, tracked, n_threads, mean, std, mx, lse, entropy, kl
                 if n % n_stages == n_stages - 1:
                     n += n_threads
                 row_stats(r, s[r], tracked[p], pf[p], mean, std, mx, lse, entropy, kl, tscore, rank, tbin, counts,
-                          samp, bins, q, bits, ids, top_cols, top_score, s[n] if n < R else none, runs)
+                          samp, bins, q, bits, ids, top_cols, top_score, s[n] if n < R else none, runs, steps)
     for r in prange(R):
         kl[r] = max(kl[r] - entropy[(r // n_stages) * n_stages + n_stages - 1], 0.0)
 

@@ -228,11 +228,56 @@ def test_flat_samples_equals_sample_lists(n):
         assert torch.equal(a, torch.from_numpy(b))
 
 
+def _row_bins(row, mu, sd):
+    """:func:`lenskit.kernels.row_bins` of a row with moments ``mu, sd`` -> (bins, counts, cmin, cmax)."""
+    from lenskit.kernels import SKIP, row_bins
+    from lenskit.stats import BIN_SCALE
+
+    V = row.shape[0]
+    bins, counts = np.empty(V, np.uint8), np.zeros(HIST_BINS, np.int64)
+    cmin, cmax = np.empty(V // SKIP, np.uint8), np.empty(V // SKIP, np.uint8)
+    row_bins(row, np.float32(mu), np.float32(BIN_SCALE / np.float64(np.float32(sd))), bins, counts, cmin, cmax, row[:0])
+    return bins, counts, cmin, cmax
+
+
+@pytest.mark.parametrize("case", ["normal", "ties", "extremes", "one bin", "wide steps", "nan"])
+def test_row_bins_counts_and_step_ranges_equal_brute_force(case):
+    """The histogram counted by vector compares over each step's bins equals a bincount of the bins, and each
+    step's range their min / max: ties, clamped extremes (every bin in one step), a row in one bin, steps spanning
+    the whole histogram, NaN scores (the lowest bin), a tail past the last step."""
+    from lenskit.kernels import SKIP, z_bin
+    from lenskit.stats import BIN_SCALE
+
+    g = np.random.default_rng(5)
+    V = 37 * SKIP + 29
+    row = g.normal(0, 1, V).astype(np.float32)
+    if case == "ties":
+        row = np.round(row * 2) / 2  # a handful of distinct values
+    elif case == "extremes":
+        row[::7] = np.float32(1e4)
+        row[3::7] = np.float32(-1e4)
+    elif case == "one bin":
+        row[:] = np.float32(0.5)
+        row[-1] = np.float32(0.75)
+    elif case == "wide steps":
+        row = np.linspace(-6, 6, V).astype(np.float32).reshape(-1)[g.permutation(V)]
+    elif case == "nan":
+        row[::11] = np.float32("nan")
+    mu, sd = np.float64(np.nanmean(row)), np.float64(np.nanstd(row, ddof=1) or 1.0)
+    bins, counts, cmin, cmax = _row_bins(row, mu, sd)
+    a = np.float32(BIN_SCALE / np.float64(np.float32(sd)))
+    ref = np.array([z_bin(x, np.float32(mu), a) for x in row], np.int64)
+    assert np.array_equal(bins, ref) and 0 <= ref.min() and ref.max() < HIST_BINS
+    assert case != "nan" or (ref[::11] == 0).all()  # NaN: the lowest bin
+    assert np.array_equal(counts, np.bincount(ref, minlength=HIST_BINS)) and counts.sum() == V
+    steps = bins[: V // SKIP * SKIP].reshape(-1, SKIP)
+    assert np.array_equal(cmin, steps.min(1)) and np.array_equal(cmax, steps.max(1))
+
+
 def test_rank_passes_skip_steps_exactly():
     """Tracked tokens in sparse top bins: the rank passes skip the steps below their bins, and still count every
     higher score and no tie (equal top scores spread over several steps, a vocabulary not divisible by the step)."""
-    from lenskit.kernels import RANK_STEP, row_bins, row_moments, row_ranks, step_ranges
-    from lenskit.stats import BIN_SCALE
+    from lenskit.kernels import RANK_STEP, row_moments, row_ranks
 
     g = np.random.default_rng(7)
     V = 5 * RANK_STEP + 37
@@ -242,10 +287,7 @@ def test_rank_passes_skip_steps_exactly():
     row[top[:3]] = np.float32(11.0)
     row[-1] = np.float32(10.0)  # in the tail past the last whole step
     m, mu, sd = row_moments(row)
-    bins, counts = np.empty(V, np.uint8), np.zeros(HIST_BINS, np.int64)
-    mean32 = np.float32(mu)
-    row_bins(row, mean32, np.float32(BIN_SCALE / np.float64(np.float32(sd))), bins, counts, row[:0])
-    cmin, cmax = step_ranges(bins)
+    bins, _, cmin, cmax = _row_bins(row, mu, sd)
     cols = np.concatenate([top[[0, 5, 5, 11]], [V - 1, int(np.argmin(row)), int(np.argsort(row)[V // 2])]]).astype(np.int64)
     rank = np.zeros(len(cols), np.int64)
     row_ranks(row, cols, row[cols].copy(), rank, bins, cmin, cmax)
@@ -255,8 +297,7 @@ def test_rank_passes_skip_steps_exactly():
 def test_rank_passes_count_steps_above_their_tokens_whole():
     """Tracked tokens in the bulk, with whole steps of higher scores (as the column order puts them first): those
     steps are counted whole without comparing, and ranks still equal brute force, ties included."""
-    from lenskit.kernels import RANK_STEP, row_bins, row_moments, row_ranks, step_ranges
-    from lenskit.stats import BIN_SCALE
+    from lenskit.kernels import RANK_STEP, row_moments, row_ranks
 
     g = np.random.default_rng(11)
     V = 6 * RANK_STEP + 21
@@ -264,9 +305,7 @@ def test_rank_passes_count_steps_above_their_tokens_whole():
     row[: 2 * RANK_STEP] = g.normal(6, 0.5, 2 * RANK_STEP).astype(np.float32)  # two steps wholly above the bulk
     row[3 * RANK_STEP: 3 * RANK_STEP + 9] = np.float32(0.25)  # a 9-way tie in the bulk
     _, mu, sd = row_moments(row)
-    bins, counts = np.empty(V, np.uint8), np.zeros(HIST_BINS, np.int64)
-    row_bins(row, np.float32(mu), np.float32(BIN_SCALE / np.float64(np.float32(sd))), bins, counts, row[:0])
-    cmin, cmax = step_ranges(bins)
+    bins, _, cmin, cmax = _row_bins(row, mu, sd)
     cols = np.array([3 * RANK_STEP, 3 * RANK_STEP + 4, int(np.argmin(row)), V - 1, 5 * RANK_STEP + 7], np.int64)
     assert bins[: 2 * RANK_STEP].min() > bins[cols].max()  # the skip applies
     rank = np.zeros(len(cols), np.int64)
@@ -277,15 +316,7 @@ def test_rank_passes_count_steps_above_their_tokens_whole():
 def test_softmax_window_skips_steps_and_keeps_the_sums():
     """Steps of scores all more than EXP_WINDOW below the max are left out of the exps and softmax sums (the row's
     tail never is); lse, entropy and KL still equal float64 brute force to 1e-6, as the module's bound says."""
-    from lenskit.kernels import (
-        EXP_WINDOW,
-        SKIP,
-        row_bins,
-        row_moments,
-        step_ranges,
-        window_runs,
-        z_bin,
-    )
+    from lenskit.kernels import EXP_WINDOW, SKIP, row_moments, window_runs, z_bin
     from lenskit.stats import BIN_SCALE
 
     g = torch.Generator().manual_seed(3)
@@ -303,9 +334,7 @@ def test_softmax_window_skips_steps_and_keeps_the_sums():
     row = s[0].numpy()
     m, mu, sd = row_moments(row)
     a = np.float32(BIN_SCALE / np.float64(np.float32(sd)))
-    bins, counts = np.empty(V, np.uint8), np.zeros(HIST_BINS, np.int64)
-    row_bins(row, np.float32(mu), a, bins, counts, row[:0])
-    _, cmax = step_ranges(bins)
+    _, _, _, cmax = _row_bins(row, mu, sd)
     runs = np.empty(2 * (V // SKIP + 1), np.int64)
     n = window_runs(cmax, z_bin(m - EXP_WINDOW, np.float32(mu), a), runs, V)
     got = [(int(runs[2 * i]), int(runs[2 * i + 1])) for i in range(n)]
