@@ -7,6 +7,7 @@ on stderr and exiting with status 1.
 from __future__ import annotations
 
 import os
+import sys
 
 import typer
 from typer.core import TyperGroup
@@ -22,8 +23,10 @@ from .errors import LenskitError
 class _Group(TyperGroup):
     """Renders every failure as one ``lenskit: error: ...`` line on stderr, never a traceback.
 
-    LenskitError (a problem with the user's input or files) and a bad option or argument exit 1; anything else is a
-    bug in lenskit, reported on one line too (exit 1; ``LENSKIT_DEBUG=1`` shows the traceback); Ctrl-C exits 130.
+    LenskitError (a problem with the user's input or files), an error of the file system (OSError: a name too long,
+    a full disk) or a path Python cannot use (a NUL byte, ``~nosuchuser``), and a bad option or argument exit 1;
+    anything else is a bug in lenskit, reported on one line too (exit 1; ``LENSKIT_DEBUG=1`` shows the traceback);
+    Ctrl-C exits 130; a closed stdout pipe (``| head``) exits 141 quietly, as Unix tools do.
     """
 
     def invoke(self, ctx):
@@ -37,11 +40,44 @@ class _Group(TyperGroup):
             _fail(" ".join(e.format_message().split()), 1)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except BrokenPipeError:  # stdout's reader left (`lenskit export RUN -o - | head`): quiet, as Unix tools are
+            _quiet_exit(141)
+        except OSError as e:  # the file system refused (a name too long, a full disk, permissions): the user's to fix
+            _fail(" ".join(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}".split())[:300], 1)
         except Exception as e:
-            if isinstance(e, typer.Exit) or type(e).__name__ in ("Exit", "Abort") or os.environ.get("LENSKIT_DEBUG") == "1":
+            if isinstance(e, typer.Exit) or type(e).__name__ in ("Exit", "Abort"):  # click's are RuntimeErrors
                 raise
-            _fail(f"unexpected {type(e).__name__}: {' '.join(str(e).split())[:300]} (a bug in lenskit; "
-                  "LENSKIT_DEBUG=1 shows the traceback)", 1)
+            why = _path_problem(e)
+            if why is None:
+                _unexpected(e)
+            _fail(why, 1)
+
+
+def _unexpected(e: Exception):
+    """Anything else is a bug in lenskit: one line all the same (``LENSKIT_DEBUG=1`` re-raises it)."""
+    if os.environ.get("LENSKIT_DEBUG") == "1":
+        raise e
+    _fail(f"unexpected {type(e).__name__}: {' '.join(str(e).split())[:300]} (a bug in lenskit; "
+          "LENSKIT_DEBUG=1 shows the traceback)", 1)
+
+
+def _path_problem(e: Exception) -> str | None:
+    """The user-facing line for a path Python cannot use at all (None for other errors)."""
+    msg = str(e)
+    if isinstance(e, ValueError) and "null byte" in msg:
+        return "a path holds a null byte (NUL); name a real file or folder"
+    if isinstance(e, RuntimeError) and msg.startswith("Could not determine home directory"):
+        return "a path starts with ~ of a user that does not exist here; give the folder itself"
+    return None
+
+
+def _quiet_exit(code: int):
+    """Exit without writing more to stdout; Python's own flush at exit would hit the closed pipe again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file (CliRunner): nothing to redirect
+        pass
+    raise typer.Exit(code) from None
 
 
 def _fail(message: str, code: int):

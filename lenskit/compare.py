@@ -114,6 +114,14 @@ def open_side(run: Path, prompt: int, label: str) -> Side:
         stages = {k: [s[k] for s in meta["stages"]] for k in ("name", "kind", "layer")}
         return Side(label, run, name, prompt, p["text"], list(p["token_ids"]), list(p["tokens"]), model, stages,
                     trace, None)
+    try:
+        return _side_from_export(run, export, prompt, label, name)
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
+        raise TraceFileError(f"{run}/export.json does not follow the lenskit export schema "
+                             f"({type(e).__name__}: {e}); re-run `lenskit export`") from None
+
+
+def _side_from_export(run: Path, export: dict, prompt: int, label: str, name: str) -> Side:
     entries = [e for e in export["prompts"] if e.get("index", 0) == prompt]
     if not entries:
         have = ", ".join(str(e.get("index")) for e in export["prompts"])
@@ -455,9 +463,48 @@ def _pair_record(pa, pb, end, nxt, vocabs, tokens, kl, decide) -> dict:
 # ---- from exports: what both export.json hold ------------------------------------------------------------------------
 
 
+EXPORT_SECTIONS = {"model": dict, "stages": dict, "lens": dict, "prompts": list, "token_ids": list, "tokens": list}
+
+
+def _check_export_shape(side: Side) -> None:
+    """The top-level sections compare reads from an export.json, then that it is the export of the trace beside it."""
+    if side.export is None:
+        return
+    bad = [k for k, t in EXPORT_SECTIONS.items() if not isinstance(side.export.get(k), t)]
+    if bad or len(side.export["token_ids"]) != len(side.export["tokens"]):
+        raise TraceFileError(f"{side.run}/export.json does not follow the lenskit export schema "
+                             f"({', '.join(bad) or 'token_ids/tokens'} missing or malformed); re-run `lenskit export`")
+    _check_export_of_trace(side)
+
+
+def _check_export_of_trace(side: Side) -> None:
+    """Refuse an export.json that is not of the trace beside it (another model, or other token ids for the prompt):
+    the alignment comes from the trace, the values from the export, so they must describe the same run."""
+    from .schema import EXPORT_FILE
+
+    if side.trace is None or side.export is None:
+        return
+    path = side.run / EXPORT_FILE
+    if side.export["model"].get("fingerprint") != side.model.get("fingerprint"):
+        raise TraceFileError(f"{path} is of another model than {side.run}/trace.safetensors "
+                             "(fingerprints differ): re-run `lenskit export` on the run")
+    e = next((e for e in side.export["prompts"] if e.get("index", 0) == side.prompt), None)
+    if e is not None and [side.export["token_ids"][r] for r in e["tokens"]] != side.token_ids:
+        raise TraceFileError(f"{path} holds other tokens for prompt {side.prompt} than {side.run}/trace.safetensors: "
+                             "re-run `lenskit export` on the run")
+
+
 def compare_from_exports(a: Side, b: Side, plan: Plan, top_k: int = DEFAULT_TOP_K, why: str = "") -> dict:
     """The compare document from the two export.json files only: ranks and log-probabilities only for the tokens each
     export tracked at that position (the others are ``null`` with ``missing`` saying so), no KL."""
+    try:
+        return _compare_from_exports(a, b, plan, top_k, why)
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
+        raise TraceFileError(f"an export.json of {a.run} or {b.run} does not follow the lenskit export schema "
+                             f"({type(e).__name__}: {e}); re-run `lenskit export`") from None
+
+
+def _compare_from_exports(a: Side, b: Side, plan: Plan, top_k: int = DEFAULT_TOP_K, why: str = "") -> dict:
     sides = (a, b)
     for side in sides:
         if side.export is None:
@@ -467,6 +514,7 @@ def compare_from_exports(a: Side, b: Side, plan: Plan, top_k: int = DEFAULT_TOP_
                              "compare needs one or the other")
         if side.export["prompts"] and not any(e.get("index", 0) == side.prompt for e in side.export["prompts"]):
             raise InputError(f"{side.run}/export.json does not hold prompt {side.prompt}")
+        _check_export_of_trace(side)
         if side.export["lens"].get("top_k", top_k) < top_k:
             raise InputError(f"{side.run}/export.json holds only the top {side.export['lens']['top_k']} tokens; "
                              f"use --top-k {side.export['lens']['top_k']} or make the weights available")
@@ -645,6 +693,7 @@ def run_compare(run_a: Path, run_b: Path, prompt_a: int = 0, prompt_b: int = 0, 
         for side in (a, b):
             if side.export is None:
                 side.export = _load_export(side.run)
+            _check_export_shape(side)
     plan = plan_compare(a, b, align, positions)
     if why is None:
         return compare_from_traces(a, b, plan, top_k, device, max_memory, log)

@@ -66,23 +66,25 @@ POSITION_PART = re.compile(r"(-?[0-9]+)(?:-(-?[0-9]+))?", re.ASCII)
 TOKEN_ID = re.compile(r"[0-9]+", re.ASCII)
 
 
-def parse_positions(spec: str | None, n: int) -> list[int]:
-    """``"3,10-20"`` -> sorted positions; negative numbers count from the end. All positions if ``spec`` is None."""
+def parse_positions(spec: str | None, n: int, option: str = "--positions", item: str = "position",
+                    has: str = "the prompt has {n} tokens") -> list[int]:
+    """``"3,10-20"`` -> sorted positions; negative numbers count from the end. All positions if ``spec`` is None.
+    ``option``, ``item`` and ``has`` word the errors (``fit-lens --stages`` parses stages with it)."""
     if spec is None:
         return list(range(n))
     out: set[int] = set()
     for part in spec.split(","):
         m = POSITION_PART.fullmatch(part.strip())
         if not m:
-            raise InputError(f"bad --positions '{spec}': use e.g. 3,10-20 or -1 (ASCII digits)")
+            raise InputError(f"bad {option} '{spec}': use e.g. 3,10-20 or -1 (ASCII digits)")
         lo = int(m.group(1))
         hi = int(m.group(2)) if m.group(2) is not None else lo
         for v in (lo, hi):
             if not -n <= v < n:
-                raise InputError(f"position {v} is out of range: the prompt has {n} tokens (0-{n - 1}, or -{n} to -1)")
+                raise InputError(f"{item} {v} is out of range: {has.format(n=n)} (0-{n - 1}, or -{n} to -1)")
         lo, hi = lo % n, hi % n
         if lo > hi:
-            raise InputError(f"bad --positions '{spec}': range {m.group(0)} is empty")
+            raise InputError(f"bad {option} '{spec}': range {m.group(0)} is empty")
         out.update(range(lo, hi + 1))
     return sorted(out)
 

@@ -5,7 +5,7 @@
 * A command overwrites only what it was asked to write, and only when that is lenskit's own output of the same
   kind (:func:`check_output_file`): an export, a report, a run folder. Anything else is refused with one line.
 * A run folder is replaced only when it is recognisably a lenskit run (a ``trace.safetensors`` with lenskit metadata
-  and nothing but lenskit's files beside it) or empty, never the current folder, one of its parents or the home
+  and nothing but lenskit's files beside it, each recognised by its content: :func:`_written_by_lenskit`) or empty, never the current folder, one of its parents or the home
   folder; the replacement renames the old run aside, moves the new one in, then deletes the old
   (:func:`replace_run_dir`): a failure or interrupt at any point leaves one complete run in place.
 """
@@ -19,10 +19,10 @@ from pathlib import Path
 
 from .errors import OutputError
 
-RUN_FILE_SUFFIXES = (".json", ".html", ".safetensors")  # what lenskit writes into a run folder
 SIGNATURES = {  # what the start of each kind of lenskit output looks like
     "export": (b'{"schema":"lenskit.export/',),
     "report": (b'<meta name="generator" content="lenskit ',),
+    "document": (b'{"schema":"lenskit.',),  # any lenskit JSON document: export, survey, compare
 }
 SIGNATURE_BYTES = 4096
 
@@ -80,6 +80,8 @@ def check_output_file(path: Path, kind: str, others: tuple[Path, ...] = ()) -> P
     """
     path = Path(path)
     flag = "-o" if kind == "export" else "--html"
+    if path.is_symlink():  # dangling ones too: writing would replace the link itself, never its target
+        raise OutputError(f"{flag} {path} is a symbolic link; lenskit overwrites only its own files: name a real file")
     if path.is_dir():
         raise OutputError(f"{flag} {path} is a folder; name a file")
     parent = path.parent
@@ -111,12 +113,32 @@ def _protected(folder: Path) -> str | None:
     return None
 
 
+def _written_by_lenskit(path: Path) -> bool:
+    """Whether ``path`` is a file lenskit writes into a run folder, told by its content, not its name: a JSON
+    document with a ``lenskit.*`` schema, a lenskit HTML report, a safetensors file with lenskit's metadata. A user's
+    ``notes.json`` or an empty file is not (``--force`` would delete it)."""
+    head = file_head(path)
+    if not head:  # not a regular file, a symlink, unreadable or empty
+        return False
+    if path.suffix == ".json":
+        return any(head.startswith(sig) for sig in SIGNATURES["document"])
+    if path.suffix == ".html":
+        return any(sig in head for sig in SIGNATURES["report"])
+    if path.suffix == ".safetensors":
+        from .errors import LenskitError
+        from .store import META_KEY, _header
+
+        try:
+            meta = _header(path)[0].get("__metadata__")
+        except LenskitError:
+            return False
+        return isinstance(meta, dict) and META_KEY in meta
+    return False
+
+
 def _foreign_entries(folder: Path) -> list[str]:
     """Entries of ``folder`` that lenskit would not have written there."""
-    return sorted(
-        e.name for e in folder.iterdir()
-        if e.is_symlink() or not e.is_file() or not e.name.endswith(RUN_FILE_SUFFIXES)
-    )
+    return sorted(e.name for e in folder.iterdir() if not _written_by_lenskit(e))
 
 
 def check_run_dir(out: Path, force: bool, is_run) -> Path:

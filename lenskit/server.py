@@ -5,8 +5,9 @@ answer (each viewer file, ``/runs.json``, ``/runs/<name>/export.json``) and a re
 after percent-decoding, so ``/../``, ``%2e%2e/`` and friends simply find nothing (404). Each registered file is
 resolved again, symlinks and all (``Path.resolve(strict=True)``), when it is served: one that leaves its run folder
 (or the viewer's folder) is refused (403). Requests whose ``Host`` is not the bound address or ``localhost`` are
-refused (a DNS-rebinding guard: a web page cannot make the browser read exports through a name it controls), and
-only GET and HEAD are answered. JSON is gzip-compressed when the client accepts it. :meth:`Site.get` answers one
+refused, as are requests with no or several ``Host`` headers (a DNS-rebinding guard: a web page cannot make the
+browser read exports through a name it controls), and only GET and HEAD are answered. A connection idle for
+``Handler.timeout`` seconds mid-request is closed, so a client that never finishes its request holds no thread. JSON is gzip-compressed when the client accepts it. :meth:`Site.get` answers one
 path without sockets (``lenskit serve --get PATH``).
 """
 
@@ -84,6 +85,11 @@ def scan(base: Path, filename: str) -> list[Path]:
     return found
 
 
+def url_name(name: str) -> str:
+    """A folder name fit for a URL and JSON: bytes that are not UTF-8 (lone surrogates in Python) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def find_runs(run_dirs: list[Path] | None = None, cwd: Path | None = None) -> dict[str, Path]:
     """Map run names to export.json paths.
 
@@ -111,7 +117,7 @@ def find_runs(run_dirs: list[Path] | None = None, cwd: Path | None = None) -> di
             )
     runs: dict[str, Path] = {}
     for f in found:
-        stem = f.parent.resolve().name or "run"
+        stem = url_name(f.parent.resolve().name) or "run"
         name, n = stem, 1
         while name in runs:
             n += 1
@@ -268,6 +274,7 @@ class Handler(BaseHTTPRequestHandler):
 
     server_version = f"lenskit/{__version__}"
     protocol_version = "HTTP/1.1"
+    timeout = 30  # seconds a connection may sit idle mid-request (or between keep-alive requests) before it is closed
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self._answer(send_body=True)
@@ -283,7 +290,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self, send_body: bool) -> None:
         srv = self.server
-        if not host_allowed(self.headers.get("Host"), srv.allowed_hosts, srv.wildcard):
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) != 1 or not host_allowed(hosts[0], srv.allowed_hosts, srv.wildcard):  # two: which one counts?
             self._send(Response(403, b"forbidden: this server answers only for its own address (Host)\n"), send_body)
             return
         accept = self.headers.get("Accept-Encoding", "")

@@ -67,7 +67,7 @@ def _header(path: Path) -> tuple[dict, int]:
         raise TraceFileError(f"cannot read {path}: {e.strerror or e}") from None
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise TraceFileError(f"{path} is not a readable safetensors file (its header is not JSON)") from None
     if not isinstance(header, dict):
         raise TraceFileError(f"{path} is not a readable safetensors file (its header is not a JSON object)")
@@ -76,6 +76,17 @@ def _header(path: Path) -> tuple[dict, int]:
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_text(x) -> bool:
+    """A str that is valid Unicode (no lone surrogates, which no UTF-8 writer accepts)."""
+    if not isinstance(x, str):
+        return False
+    try:
+        x.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_meta(meta) -> list[str]:
@@ -108,8 +119,8 @@ def _check_meta(meta) -> list[str]:
         out.append("metadata has no 'stages' list")
     else:
         for j, s in enumerate(stages):
-            if not (isinstance(s, dict) and isinstance(s.get("name"), str) and s.get("kind") in STAGE_KINDS
-                    and _is_int(s.get("layer"))):
+            if not (isinstance(s, dict) and _is_text(s.get("name")) and s.get("kind") in STAGE_KINDS
+                    and _is_int(s.get("layer")) and -1 <= s["layer"] < len(stages)):
                 out.append(f"stage {j} must be {{name: string, kind: {'|'.join(STAGE_KINDS)}, layer: integer}}")
                 break
         L = model.get("n_layers")
@@ -124,8 +135,8 @@ def _check_meta(meta) -> list[str]:
             out.append(f"prompt {i} is not an object")
             continue
         ids = p.get("token_ids")
-        if not isinstance(p.get("text"), str):
-            out.append(f"prompt {i} has no 'text' string")
+        if not _is_text(p.get("text")):
+            out.append(f"prompt {i} has no 'text' string (of valid Unicode)")
         if not isinstance(ids, list) or not ids or not all(_is_int(t) for t in ids):
             out.append(f"prompt {i} has no 'token_ids' list of integers")
             continue
@@ -134,8 +145,8 @@ def _check_meta(meta) -> list[str]:
             if bad is not None:
                 out.append(f"prompt {i}: token id {bad} is outside the vocabulary (0-{V - 1})")
         toks = p.get("tokens")
-        if not isinstance(toks, list) or len(toks) != len(ids) or not all(isinstance(t, str) for t in toks):
-            out.append(f"prompt {i}: 'tokens' must be {len(ids)} strings, one per token id")
+        if not isinstance(toks, list) or len(toks) != len(ids) or not all(_is_text(t) for t in toks):
+            out.append(f"prompt {i}: 'tokens' must be {len(ids)} strings (valid Unicode), one per token id")
     return out
 
 
@@ -191,7 +202,7 @@ def _problems(path: Path) -> tuple[list[str], dict | None, int]:
         return ["it has no lenskit metadata: it was not written by `lenskit trace`"], None, 0
     try:
         meta = json.loads(raw) if isinstance(raw, str) else None
-    except ValueError:
+    except (ValueError, RecursionError):
         meta = None
     if meta is None:
         return ["its lenskit metadata is not valid JSON"], None, 0

@@ -90,7 +90,9 @@ class Aggregates:
     def threshold(self, cls: str) -> int:
         """Keys at or above this cannot enter the reservoir of ``cls``."""
         ex = self.examples[cls]
-        return ex[-1]["key"] if len(ex) >= self.k_examples else 1 << 64
+        if len(ex) < self.k_examples:
+            return 1 << 64
+        return ex[-1]["key"] if ex else 0  # --examples 0: keys are unsigned, none is below 0
 
     def state(self) -> dict:
         """A JSON-able copy (checkpoints, gathering across processes)."""

@@ -287,3 +287,24 @@ def test_compare_html_report_alone_and_beside_the_folder(runs, tmp_path):
     assert_clean_error(res, "not a lenskit report")
     assert mine.read_text() == "<p>mine</p>"
     assert_clean_error(run("compare", runs["base"], runs["instruct"], "-q"), "-o OUT")
+
+
+@pytest.mark.parametrize("export", ["other", "minimal"])
+def test_exports_only_refuses_an_export_that_is_not_of_the_trace(runs, tmp_path, export):
+    """--exports-only aligns by the trace and reads values from export.json: they must be of the same run."""
+    import shutil
+
+    side = tmp_path / "instruct"
+    shutil.copytree(runs["instruct"], side)
+    if export == "other":  # another model's export (same text) beside this trace
+        shutil.copy(runs["base"] / "export.json", side / "export.json")
+    else:
+        (side / "export.json").write_text('{"schema":"lenskit.export/4"}')
+    res = run("compare", runs["base"], side, "-o", tmp_path / "cmp", "--exports-only", "-q")
+    assert_clean_error(res, "another model" if export == "other" else "export schema", tmp_path / "cmp")
+
+
+def test_html_that_is_the_output_folder_is_refused_first(runs, tmp_path):
+    out = tmp_path / "cmp"
+    assert_clean_error(run("compare", runs["base"], runs["instruct"], "-o", out, "--html", out, "-q"), "--html")
+    assert not out.exists()

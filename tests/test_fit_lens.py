@@ -172,3 +172,39 @@ def test_short_fit_on_the_default_model_beats_the_logit_lens(default_model_avail
     print("\n[stage, logit KL, tuned KL]:", [(s, kl["logit"][s], kl["tuned"][s]) for s in chosen])
     assert all(kl["tuned"][s] < kl["logit"][s] for s in chosen), kl
     assert kl["tuned"][-1] == kl["logit"][-1] == 0
+
+
+@pytest.mark.parametrize("name, content", [(CONFIG_FILE, '{"my": "notes"}'), (WEIGHTS_FILE, "my weights"),
+                                           (CHECKPOINT_FILE, "not a checkpoint")])
+def test_fit_never_replaces_files_it_did_not_write(corpus, tmp_path, name, content):
+    """Refused before the model loads (-m names nothing): the user's file stays as it was."""
+    out = tmp_path / "lens"
+    out.mkdir()
+    (out / name).write_text(content)
+    assert_clean_error(invoke("fit-lens", corpus, "-m", tmp_path / "no-model", "-o", out), "not written by lenskit")
+    assert (out / name).read_text() == content and sorted(p.name for p in out.iterdir()) == [name]
+
+
+def test_fit_output_and_lr_refused(corpus, tmp_path):
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    assert_clean_error(invoke("fit-lens", corpus, "-m", tmp_path / "no-model", "-o", tmp_path / "dangling"),
+                       "symbolic link")
+    assert not (tmp_path / "nowhere").exists()
+    for lr in ("inf", "1e300", "nan"):
+        assert_clean_error(invoke("fit-lens", corpus, "-o", tmp_path / "l", "--lr", lr), "--lr")
+
+
+def test_corrupt_lens_config_is_one_line(tiny_run, tmp_path):
+    (tmp_path / CONFIG_FILE).write_text("[" * 100_000 + "]" * 100_000)
+    assert_clean_error(invoke("export", tiny_run, "-o", "-", "--lens", f"tuned:{tmp_path}"), "cannot read")
+
+
+def test_stage_spec_errors_speak_of_stages():
+    from lenskit.errors import InputError
+    from lenskit.lenses.fit import parse_stages
+
+    assert parse_stages("0-2,-1", 13) == [0, 1, 2, 12] and parse_stages(None, 13) == list(range(12))
+    for spec, fragment in (("0-999", "stage 999 is out of range: the model has 13 stages"), ("x", "bad --stages"),
+                           ("5-2", "bad --stages '5-2'")):
+        with pytest.raises(InputError, match=fragment):
+            parse_stages(spec, 13)

@@ -112,6 +112,28 @@ def test_force_refuses_a_run_holding_a_users_files(run, tiny_dir):
     assert snapshot(run.parent) == before
 
 
+@pytest.mark.parametrize("name, content", [
+    ("notes.json", b'{"mine": 1}'), ("page.html", b"<html>mine</html>"), ("weights.safetensors", b"\x08" + b"\0" * 7 + b"{}      "),
+    ("export.json.bak", b'{"schema":"lenskit.export/3"}'), ("empty.json", b""),
+])
+def test_force_refuses_a_users_file_with_a_lenskit_suffix(run, tiny_dir, name, content):
+    """lenskit's own files are told by their content, not their names: a user's JSON, HTML or safetensors file
+    in a run folder stops --force as any other file does."""
+    (run / name).write_bytes(content)
+    before = snapshot(run.parent)
+    assert_clean_error(invoke("trace", "the cat", "-m", tiny_dir, "-o", run, "--force"), name)
+    assert snapshot(run.parent) == before
+
+
+def test_force_replaces_a_run_holding_lenskit_reports(run, tiny_dir):
+    """A report written into the run (``export --html RUN/view.html``) is lenskit's: --force replaces the run."""
+    res = invoke("export", run, "--html", run / "view.html")
+    assert res.exit_code == 0, res.output
+    res = invoke("trace", "the cat", "-m", tiny_dir, "-o", run, "--force")
+    assert res.exit_code == 0, res.output
+    assert not (run / "view.html").exists() and (run / "trace.safetensors").is_file()
+
+
 def test_force_refuses_a_folder_with_a_fake_trace(tiny_dir, tmp_path):
     fake = tmp_path / "fake"
     fake.mkdir()
@@ -210,11 +232,50 @@ def test_html_output_refused(run, tmp_path, html_target, fragment):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("flag", ["-o", "--html"])
+def test_output_that_is_a_dangling_symlink_is_refused(run, tmp_path, flag):
+    """Writing would replace the link itself (the rename does not follow it): refused like any symlink."""
+    link = tmp_path / "out.json"
+    link.symlink_to(tmp_path / "missing" / "target.json")
+    before = snapshot(tmp_path)
+    args = ["-o", tmp_path / "e.json", "--html", link] if flag == "--html" else ["-o", link]
+    assert_clean_error(invoke("export", run, *args, "--positions", "0"), "symbolic link")
+    assert snapshot(tmp_path) == before
+
+
 def test_lenskit_overwrites_its_own_outputs(run, tmp_path):
     for _ in range(2):
         res = invoke("export", run, "-o", tmp_path / "e.json", "--html", tmp_path / "r.html", "--positions", "0", "-q")
         assert res.exit_code == 0, res.output
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("target, fragment", [
+    ("~no-such-user-of-lenskit/x.json", "~ of a user"),
+    ("a\0b.json", "null byte"),
+    ("n" * 300 + ".json", "too long"),
+])
+def test_paths_python_cannot_use(run, tmp_path, monkeypatch, target, fragment):
+    """A ~user that does not exist, a NUL byte, a name longer than the file system allows: one line, exit 1."""
+    monkeypatch.chdir(tmp_path)
+    before = snapshot(tmp_path)
+    assert_clean_error(invoke("export", run, "-o", target), fragment)
+    assert_clean_error(invoke("trace", "the cat", "-o", target.replace(".json", "")), fragment)
+    assert snapshot(tmp_path) == before
+
+
+def test_stdout_closed_early_is_quiet(run):
+    """``lenskit export RUN -o - | head -c 100``: the reader leaves before the document is written (a tiny run's
+    would fit the pipe's buffer otherwise), lenskit exits 141 with nothing on stderr."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "lenskit", "export", str(run), "-o", "-"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read()
+    assert p.wait(timeout=120) == 141, err
+    assert err == b"", err
 
 
 # ---- 3. malformed trace files --------------------------------------------------------------------------------------
@@ -275,6 +336,9 @@ META_CASES = [
     (_set(["model", "n_layers"], 5), "expected 2L+1"),
     (_set(["format"], "1"), "format '1'"),
     (_set(["format"], KeyError), "format None"),
+    (_set(["prompts", 0, "text"], "caf\udce9"), "no 'text'"),  # a lone surrogate: no UTF-8 writer takes it
+    (_set(["prompts", 0, "tokens", 0], "\ud800"), "'tokens' must be"),
+    (_set(["stages", 1, "layer"], 10**20), "stage 1"),
 ]
 
 
@@ -331,6 +395,8 @@ RAW_CASES = [
     (lambda h, d: ({"__metadata__": {"lenskit": "[1, 2]"}}, b""), "not a JSON object"),
     (lambda h, d: (h, d[: len(d) // 3]), "truncated"),
     (lambda h, d: (dict(h, **{"prompt.0.stages": dict(h["prompt.0.stages"], data_offsets=[0, 4])}), d), "data offsets"),
+    (lambda h, d: (struct.pack("<Q", 200_000) + b"[" * 100_000 + b"]" * 100_000, None), "not JSON"),  # nesting depth
+    (lambda h, d: ({"__metadata__": {"lenskit": "[" * 100_000 + "]" * 100_000}}, b""), "not valid JSON"),
 ]
 
 
@@ -448,6 +514,12 @@ def test_bad_trace_options(tiny_dir, tmp_path, args, fragment):
     assert_clean_error(invoke("trace", "the cat", "-m", tiny_dir, "-o", tmp_path / "r", *args), fragment, tmp_path / "r")
 
 
+def test_prompt_that_is_not_utf8(tiny_dir, tmp_path):
+    """Bytes that are not UTF-8 (a mis-encoded argument or stdin) reach Python as lone surrogates."""
+    res = invoke("trace", "the \udcff cat", "-m", tiny_dir, "-o", tmp_path / "r")
+    assert_clean_error(res, "not valid UTF-8", tmp_path / "r")
+
+
 # ---- 6. the server -------------------------------------------------------------------------------------------------
 
 
@@ -494,6 +566,35 @@ def test_dns_rebinding_hosts_are_refused(served, host):
     assert status == 403 and b"schema" not in body
 
 
+def test_two_host_headers_are_refused(served):
+    """Which of two Host headers a proxy or browser would use is not ours to guess: neither order is answered."""
+    own = f"127.0.0.1:{served.server_address[1]}"
+    for hosts in ([own, "evil.example"], ["evil.example", own], [own, own]):
+        conn = http.client.HTTPConnection(*served.server_address[:2], timeout=10)
+        conn.putrequest("GET", "/runs/run/export.json", skip_host=True, skip_accept_encoding=True)
+        for h in hosts:
+            conn.putheader("Host", h)
+        conn.endheaders()
+        res = conn.getresponse()
+        assert res.status == 403 and b"schema" not in res.read()
+        conn.close()
+
+
+def test_a_request_never_finished_is_dropped(served, monkeypatch):
+    """A client that sends half a request and waits holds its connection (and thread) only for Handler.timeout."""
+    import socket
+    import time
+
+    from lenskit.server import Handler
+
+    monkeypatch.setattr(Handler, "timeout", 0.5)
+    with socket.create_connection(served.server_address[:2], timeout=10) as sock:
+        sock.sendall(b"GET /runs.json HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # no blank line: the request goes on
+        t0 = time.monotonic()
+        assert sock.recv(1024) == b""  # closed by the server, not answered
+        assert time.monotonic() - t0 < 5
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "LOCALHOST:{port}", "127.0.0.1"])
 def test_own_host_names_are_answered(served, host):
     assert request(served, "/runs.json", host=host.format(port=served.server_address[1]))[0] == 200
@@ -515,3 +616,18 @@ def test_wildcard_bind_warns(run, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "visible to anyone" in res.stderr
     assert serve_cmd  # imported for the monkeypatch target's module
+
+
+def test_run_folder_whose_name_is_not_utf8(run, tmp_path):
+    """A folder name with bytes that are not UTF-8 must not break /runs.json (nor the gzip warm-up) for every run."""
+    from lenskit.server import Site, find_runs
+
+    odd = tmp_path / "b\udcffd"
+    run.rename(odd)
+    site = Site(find_runs([odd]))
+    site.warm()
+    res = site.get("/runs.json")
+    assert res.status == 200
+    url = json.loads(res.body)["runs"][0]["url"]
+    assert site.get("/" + url).status == 200
+

@@ -150,6 +150,15 @@ def test_resume_after_a_failure_equals_an_uninterrupted_run(loaded, corpus, tmp_
     _same(_shard(loaded, opts, target, resume=True), full)
 
 
+def test_no_examples_kept(tiny_dir, corpus, tmp_path, one_thread):
+    """--examples 0 (its documented lower bound) keeps no example and writes no export.json."""
+    out = tmp_path / "s"
+    res = CliRunner().invoke(app, ["survey", str(corpus), "-m", tiny_dir, "-o", str(out), "-q", "--device", "cpu",
+                                   "--examples", "0", "--max-docs", "4"])
+    assert res.exit_code == 0, res.output
+    assert (out / "survey.json").is_file() and not (out / "export.json").exists()
+
+
 def test_decision_stage_and_classes():
     from lenskit.survey_aggregates import classify
 
@@ -255,6 +264,18 @@ def test_cli_errors(tiny_dir, tmp_path):
     (tmp_path / "busy" / "notes.md").write_text("mine")
     assert_clean_error(runner.invoke(app, ["survey", str(tmp_path / "x.txt"), "-m", tiny_dir, "-o",
                                            str(tmp_path / "busy"), "--force"]), "not a lenskit run folder")
+
+
+def test_a_corpus_with_nothing_to_survey_is_an_error(tiny_dir, tmp_path, one_thread):
+    """Only empty and binary documents: one line saying why, exit 1, no run and no partial checkpoints left."""
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "empty.txt").write_text("   \n")
+    (corpus / "blob.txt").write_bytes(b"\xff\xfe\x00\x01" * 64)
+    out = tmp_path / "r"
+    res = CliRunner().invoke(app, ["survey", str(corpus), "-m", tiny_dir, "-o", str(out), "-q", "--device", "cpu"])
+    assert_clean_error(res, "nothing to survey", out)
+    assert "empty 1" in res.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["c"]
 
 
 def test_schema_command_prints_the_survey_schema():

@@ -7,6 +7,7 @@ written: a pair that cannot be aligned is one line and exit 1, and nothing is cr
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -70,6 +71,8 @@ def compare(
             raise typer.BadParameter("-o must not be one of the compared runs")
     if html is not None:
         html = check_output_file(html.expanduser(), "report")
+        if target is not None and Path(os.path.abspath(html)) == target:
+            raise typer.BadParameter("--html must not be the -o folder; name a file")
 
     def warn(msg):
         typer.echo(f"lenskit: warning: {msg}", err=True)

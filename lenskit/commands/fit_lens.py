@@ -29,7 +29,7 @@ def fit_lens(
     steps: int = typer.Option(250, "--steps", min=0, help="KL optimizer steps."),
     seq_len: int = typer.Option(128, "--seq-len", min=8, help="Tokens per training sequence."),
     batch: int = typer.Option(8, "--batch", min=1, help="Sequences per step."),
-    lr: float = typer.Option(1e-4, "--lr", min=0.0, help="Adam learning rate (1e-4 suits the least-squares start)."),
+    lr: float = typer.Option(1e-4, "--lr", min=0.0, max=1.0, help="Adam learning rate (1e-4 suits the least-squares start)."),
     init: str = typer.Option(
         "lstsq", "--init", callback=options.choice("init", "lstsq", "identity"),
         help="lstsq: start from a least-squares fit of the final stage (fast on CPU); identity: the logit lens.",
@@ -57,6 +57,9 @@ def fit_lens(
     out = output.expanduser()
     if out.exists() and not out.is_dir():
         raise InputError(f"-o {out} is a file; name a folder")
+    from ..lenses.fit import check_lens_dir
+
+    check_lens_dir(out)
     from ..testing import verify_inferred
 
     if import_dir is not None and corpus:

@@ -43,7 +43,7 @@ def serve(
     Example: lenskit serve runs/paris --port 0 --open
     """
     from ..compare import COMPARE_FILE, is_compare_dir
-    from ..server import Server, Site, find_runs
+    from ..server import Server, Site, find_runs, url_name
 
     compares, tmp = {}, None
     scan_here = not compare and not run_dirs
@@ -59,17 +59,17 @@ def serve(
         doc = run_compare(run_dirs[0], run_dirs[1], log=progress_logger(False),
                           warn=lambda m: typer.echo(f"lenskit: warning: {m}", err=True))
         tmp = tempfile.TemporaryDirectory(prefix="lenskit-compare-")
-        name = f"{Path(run_dirs[0]).resolve().name}-vs-{Path(run_dirs[1]).resolve().name}"
+        name = url_name(f"{Path(run_dirs[0]).resolve().name}-vs-{Path(run_dirs[1]).resolve().name}")
         (Path(tmp.name) / COMPARE_FILE).write_bytes(dumps(doc))
         compares[name] = Path(tmp.name) / COMPARE_FILE
     elif run_dirs:
         for d in [d for d in run_dirs if is_compare_dir(d)]:
-            compares[Path(d).resolve().name] = Path(d) / COMPARE_FILE
+            compares[url_name(Path(d).resolve().name)] = Path(d) / COMPARE_FILE
         run_dirs = [d for d in run_dirs if not is_compare_dir(d)]
     else:  # no folders named: the runs and the comparisons in the current folder and below
         from ..server import scan
 
-        compares = {p.parent.resolve().name: p for p in scan(Path.cwd(), COMPARE_FILE) if is_compare_dir(p.parent)}
+        compares = {url_name(p.parent.resolve().name): p for p in scan(Path.cwd(), COMPARE_FILE) if is_compare_dir(p.parent)}
     if run_dirs or not compares or (scan_here and _has_runs()):
         runs = find_runs(run_dirs or None)
     else:

@@ -98,9 +98,14 @@ def survey(
     if agg is None:  # another process's shard: rank 0 writes the run
         return
     elapsed = time.perf_counter() - started
+    c = agg.counters
+    bad = c["empty"] + c["unreadable"] + c["too_long"]
+    if c["positions"] == 0:  # a survey of nothing is no result: say why, write no run
+        remove_partial(target)
+        raise InputError(f"nothing to survey: {c['documents']} usable document(s) with no position (a position needs "
+                         f"a next token), {bad} skipped (empty {c['empty']}, unreadable {c['unreadable']}, too long "
+                         f"{c['too_long']}); give documents with text")
     if log:
-        c = agg.counters
-        bad = c["empty"] + c["unreadable"] + c["too_long"]
         log(f"surveyed {c['documents']} document(s), {c['positions']} positions in {elapsed:.1f}s "
             f"({c['positions'] / max(elapsed, 1e-9):.0f} tokens/s); {bad} bad document(s) skipped "
             f"(empty {c['empty']}, unreadable {c['unreadable']}, too long {c['too_long']})")

@@ -39,6 +39,10 @@ def read_prompts(prompts: list[str], files: list[Path]) -> list[str]:
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"cannot read prompt file {f}: {e}") from None
     for i, t in enumerate(texts):
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 reach argv and stdin as lone surrogates
+            raise InputError(f"prompt {i + 1} is not valid UTF-8 text: re-encode it (or the terminal) as UTF-8") from None
         if not t.strip():
             raise InputError(f"prompt {i + 1} is empty: give some text, or --file with text in it")
     return texts or [example_text()]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, LenskitError
 from .protocol import Translator
 from .tuned import save_lens
 
@@ -64,10 +64,7 @@ def parse_stages(spec: str | None, n_stages: int) -> list[int]:
         return list(range(n_stages - 1))
     from ..export import parse_positions
 
-    try:
-        return parse_positions(spec, n_stages)
-    except InputError as e:
-        raise InputError(str(e).replace("--positions", "--stages").replace("position", "stage")) from None
+    return parse_positions(spec, n_stages, "--stages", "stage", "the model has {n} stages")
 
 
 def token_sequences(tokenizer, texts, seq_len: int, max_tokens: int | None = None) -> list[list[int]]:
@@ -265,6 +262,45 @@ def _digest(seqs: list) -> str:
     return h.hexdigest()[:16]
 
 
+def check_lens_dir(out: Path) -> None:
+    """Refuse, before any work, a lens folder ``fit-lens`` must not write into: a dangling link, or a folder whose
+    ``lens.json``, ``lens.safetensors`` or ``checkpoint.safetensors`` lenskit did not write (they would be replaced)."""
+    from ..errors import OutputError
+    from ..store import _header
+    from .tuned import CONFIG_FILE, FORMAT, WEIGHTS_FILE
+
+    out = Path(out)
+    if out.is_symlink() and not out.exists():
+        raise OutputError(f"-o {out} is a symbolic link to nothing; name a real folder")
+    if not out.is_dir():
+        return
+
+    def safetensors_meta(path: Path) -> dict:
+        try:
+            meta = _header(path)[0].get("__metadata__")
+        except LenskitError:
+            return {}
+        return meta if isinstance(meta, dict) else {}
+
+    def ours(path: Path) -> bool:
+        if path.is_symlink() or not path.is_file():
+            return False
+        if path.name == CONFIG_FILE:
+            try:
+                doc = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+                return False
+            return isinstance(doc, dict) and doc.get("format") == FORMAT
+        meta = safetensors_meta(path)
+        return meta.get("format") == FORMAT if path.name == WEIGHTS_FILE else "lenskit_fit" in meta
+
+    for name in (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE):
+        path = out / name
+        if (path.exists() or path.is_symlink()) and not ours(path):
+            raise OutputError(f"-o {out}: {name} there was not written by lenskit fit-lens and would be replaced; "
+                              "move it or name another folder")
+
+
 def model_record(loaded) -> dict:
     """What a lens records about its model (the fingerprint is the trace's ``model.fingerprint``)."""
     from ..capture import fingerprint_info
@@ -355,7 +391,10 @@ def fit_lens(loaded, texts, out_dir: Path, opts: FitOptions, log=None, quiet: bo
         "heldout_kl": {"logit": state["logit_kl"], "tuned": tuned_kl,
                        "after_init": state.get("heldout_after_init"), "during": state.get("evals")},
     }
-    save_lens(out_dir, fitter.translator(), model, stages, {"fit": fit})
+    translator = fitter.translator()
+    if not (torch.isfinite(translator.weight).all() and torch.isfinite(translator.bias).all()):
+        raise InputError("the fit diverged (the translator holds NaN or infinity); lower --lr or use --init identity")
+    save_lens(out_dir, translator, model, stages, {"fit": fit})
     ckpt.unlink(missing_ok=True)
     return fit
 

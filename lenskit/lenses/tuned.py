@@ -35,7 +35,7 @@ def read_config(folder: Path) -> dict:
     except FileNotFoundError:
         raise InputError(f"{folder} is not a lenskit lens folder (no {CONFIG_FILE}; `lenskit fit-lens --import` "
                          "converts a tuned-lens folder)") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise InputError(f"cannot read {path}: {e}") from None
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or not isinstance(cfg.get("model"), dict):
         raise InputError(f"{path} is not a {FORMAT} lens config")

@@ -1,0 +1,5 @@
+"""``python -m lenskit``: the same command as ``lenskit``."""
+
+from .cli import main
+
+main()
