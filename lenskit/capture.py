@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .adapters import Adapter, get_module
-from .errors import AdapterError
+from .errors import AdapterError, InputError
 
 
 def stage_names(n_layers: int) -> list[dict]:
@@ -159,6 +159,12 @@ def trace_prompts(loaded, texts: list[str], log=None) -> tuple[list[torch.Tensor
     from .store import build_metadata
     from .tokens import context_length, token_texts, tokenize
 
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):  # a str would be traced letter by letter
+        raise InputError(f"texts must be a list of prompt strings (e.g. [\"The capital of France is\"]), "
+                         f"not {type(texts).__name__}")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise InputError(f"prompt {i} must be a string, not {type(t).__name__}")
     max_len = context_length(loaded.model.config)
     encoded = [tokenize(loaded.tokenizer, t, max_len) for t in texts]  # validate every prompt before running any
     states, prompts = [], []

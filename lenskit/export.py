@@ -389,10 +389,42 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
     }
 
 
+def _whole(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def check_option_types(options: ExportOptions) -> None:
+    """The Python API's :class:`ExportOptions` hold the types the CLI gives them (else one clear InputError, not a
+    TypeError deep inside; a string for ``track`` would be followed letter by letter)."""
+    if not isinstance(options, ExportOptions):
+        raise InputError(f"options must be an ExportOptions, not {type(options).__name__}")
+    for name in ("top_k", "samples", "stage_top"):
+        if not _whole(getattr(options, name)):
+            raise InputError(f"ExportOptions.{name} must be an int, not {getattr(options, name)!r}")
+    if options.prompt is not None and not _whole(options.prompt):
+        raise InputError(f"ExportOptions.prompt must be an int (0-based) or None, not {options.prompt!r}")
+    if options.positions is not None and not isinstance(options.positions, str):
+        raise InputError(f"ExportOptions.positions must be a string such as '3,10-20' or '-1', or None, "
+                         f"not {options.positions!r}")
+    if not isinstance(options.track, (list, tuple)) or not all(
+            isinstance(t, str) or _whole(t) for t in options.track):
+        raise InputError(f"ExportOptions.track must be a list of token texts or ids (e.g. [' Paris', 42]), "
+                         f"not {options.track!r}")
+    if not isinstance(options.norm, bool):
+        raise InputError(f"ExportOptions.norm must be True or False, not {options.norm!r}")
+    if options.max_memory is not None and not (_whole(options.max_memory) and options.max_memory > 0):
+        raise InputError(f"ExportOptions.max_memory must be a positive number of bytes or None, "
+                         f"not {options.max_memory!r}")
+    if not isinstance(options.lenses, (list, tuple)) or not options.lenses:
+        raise InputError(f"ExportOptions.lenses must be a non-empty list of lens specs (e.g. ['logit']), "
+                         f"not {options.lenses!r}")
+
+
 def plan_export(meta: dict, tokenizer, options: ExportOptions) -> tuple[list[tuple[int, list[int]]], list[int]]:
     """Check the options against a trace's metadata and tokenizer, before any lens weights load.
 
     Returns ``[(prompt, positions)]`` to export and the ``--track`` token ids."""
+    check_option_types(options)
     if not 0 <= options.samples <= 100:
         raise InputError(f"--samples {options.samples} must be between 0 and 100")
     if options.precision not in PRECISIONS:
@@ -403,7 +435,9 @@ def plan_export(meta: dict, tokenizer, options: ExportOptions) -> tuple[list[tup
     track_ids = check_export_options(tokenizer, meta["model"]["vocab_size"], options.top_k, options.track,
                                      options.stage_top)
     chosen = [options.prompt] if options.prompt is not None else list(range(n_prompts))
-    return [(i, parse_positions(options.positions, len(meta["prompts"][i]["token_ids"]))) for i in chosen], track_ids
+    has = "the prompt has {{n}} tokens" if n_prompts == 1 else "prompt {i} has {{n}} tokens"
+    return [(i, parse_positions(options.positions, len(meta["prompts"][i]["token_ids"]), has=has.format(i=i)))
+            for i in chosen], track_ids
 
 
 def export_document(meta: dict, lens, tokenizer, stages_for_prompt, options: ExportOptions, log=None,
@@ -415,13 +449,40 @@ def export_document(meta: dict, lens, tokenizer, stages_for_prompt, options: Exp
     ``stages_for_prompt(i)`` returns a callable ``(p0, p1) -> [S, p1 - p0, D]`` for prompt ``i``; ``plan`` is
     :func:`plan_export`'s result when the caller checked the options already.
     """
+    from .lens import Lens
     from .lenses import logit_lens
     from .models import resolve_device
 
+    if not (isinstance(meta, dict) and isinstance(meta.get("prompts"), list) and isinstance(meta.get("stages"), list)
+            and isinstance(meta.get("model"), dict)):
+        raise InputError("meta must be a trace's metadata (as trace_prompts or read_trace(...).meta give it)")
+    check_option_types(options)
+    lenses = list(lens) if isinstance(lens, (list, tuple)) else [logit_lens(lens) if isinstance(lens, Lens) else lens]
+    if not lenses or not all(isinstance(getattr(x, "head", None), Lens) for x in lenses):
+        raise InputError(f"lens must be a Lens (lens_from_model), a StageLens or a non-empty list of them, not {lens!r}")
+    if tokenizer is None:
+        raise InputError("export_document needs the model's tokenizer (for the token texts), not None")
     device = resolve_device(options.device)
     options = replace(options, precision=resolve_precision(options.precision, device))  # the document records the mode
-    lenses = list(lens) if isinstance(lens, (list, tuple)) else [lens if hasattr(lens, "head") else logit_lens(lens)]
     V = lenses[0].head.vocab_size
+    D = lenses[0].head.hidden_size
+    S = len(meta["stages"])
+    read_stages = stages_for_prompt
+
+    def stages_for_prompt(i):  # the caller's reader, its shapes checked (a torch error deep in the engine otherwise)
+        read = read_stages(i)
+
+        def checked(p0, p1):
+            h = read(p0, p1)
+            want = (S, p1 - p0, D)
+            if not isinstance(h, torch.Tensor) or tuple(h.shape) != want:
+                got = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
+                raise InputError(f"stages_for_prompt({i})({p0}, {p1}) gave {got}; expected a tensor [S, p1 - p0, D] "
+                                 f"= {list(want)}")
+            return h
+
+        return checked
+
     plans, track_ids = plan or plan_export(dict(meta, model=dict(meta["model"], vocab_size=V)), tokenizer, options)
     scorers = [Scorer(x, device, options.norm, options.precision) for x in lenses]
     budget = options.max_memory or auto_max_memory(device)
@@ -482,6 +543,7 @@ def export_run_dir(run_dir: Path, options: ExportOptions, loaded=None, states=No
     from .store import check_finite, read_trace
     from .weights import model_folder, trace_lens, trace_tokenizer
 
+    check_option_types(options)
     trace = read_trace(run_dir)
     meta = trace.meta
     lenses = open_lenses(options.lenses, meta["model"], meta["stages"])  # checked before any model weights load

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import html
 import json
+import operator
 import uuid
 from pathlib import Path
 
@@ -33,6 +34,17 @@ MAX_AUTO_HEIGHT = 4000
 HEIGHT_MESSAGE = "height"  # js/main.js posts {lenskit: "height", height: px} to its parent when framed
 MODES = ("raw", "centred", "z", "logprob")
 STAT_COLUMNS = ("mean", "std", "lse", "entropy", "kl")
+DOC_KEYS = ("model", "lens", "stages", "histogram", "tokens", "prompts")  # what the readers below use, every version
+
+
+def _index(x):
+    """``x`` as a Python int when it is a whole number (int, numpy integer; not bool), else None."""
+    if isinstance(x, bool):
+        return None
+    try:
+        return operator.index(x)
+    except TypeError:
+        return None
 
 _RESIZE_JS = (
     "(function(){var f=document.getElementById(%s);if(!f)return;"
@@ -68,6 +80,11 @@ class Export:
 
         if doc["schema"] not in SCHEMA_VERSIONS_READ:
             raise TraceFileError(f"export format {doc['schema']!r} is not one this lenskit reads ({', '.join(SCHEMA_VERSIONS_READ)})")
+        missing = [k for k in DOC_KEYS if k not in doc]
+        if missing or not isinstance(doc["prompts"], list) or not isinstance(doc.get("stages"), dict) \
+                or not isinstance(doc["stages"].get("name"), list):
+            raise TraceFileError(f"not a complete lenskit export document: "
+                                 f"{'no ' + ', '.join(repr(k) for k in missing) if missing else 'malformed prompts or stages'}")
         self.doc = doc
         self.name = name or str(doc.get("model", {}).get("id", "report"))
 
@@ -124,9 +141,13 @@ class Export:
 
     def _prompt(self, prompt: int) -> dict:
         prompts = self.doc["prompts"]
-        if not isinstance(prompt, int) or not -len(prompts) <= prompt < len(prompts):
-            raise InputError(f"prompt {prompt!r}: this export has prompts 0..{len(prompts) - 1}")
-        return prompts[prompt]
+        i = _index(prompt)
+        if i is None or not -len(prompts) <= i < len(prompts):
+            traced = [p.get("index", j) for j, p in enumerate(prompts)]
+            note = "" if traced == list(range(len(prompts))) else (
+                f"; they are the trace's prompt(s) {', '.join(map(str, traced))}, in that order")
+            raise InputError(f"prompt {prompt!r}: this export has prompts 0..{len(prompts) - 1}{note}")
+        return prompts[i]
 
     def _position(self, prompt: int, pos: int | None) -> dict:
         p = self._prompt(prompt)
@@ -134,14 +155,18 @@ class Export:
             raise InputError(f"prompt {prompt} has no exported positions")
         if pos is None:
             return p["positions"][-1]
-        if isinstance(pos, int) and pos < 0:
-            pos += len(p["tokens"])
+        want = _index(pos)
+        if want is None:
+            raise InputError(f"position {pos!r}: give a token position (an int; negative counts from the end) or None")
+        if want < 0:
+            want += len(p["tokens"])
         for x in p["positions"]:
-            if x["pos"] == pos:
+            if x["pos"] == want:
                 return x
         have = [x["pos"] for x in p["positions"]]
         shown = ", ".join(map(str, have[:12])) + (" …" if len(have) > 12 else "")
-        raise InputError(f"position {pos!r} of prompt {prompt} was not exported (exported: {shown})")
+        raise InputError(f"position {pos!r} of prompt {prompt} was not exported (exported: {shown}; the prompt has "
+                         f"{len(p['tokens'])} tokens)")
 
     def _stage(self, stage) -> int:
         names = self.stage_names
@@ -149,9 +174,10 @@ class Export:
             if stage not in names:
                 raise InputError(f"no stage named {stage!r} (stages: {names[0]}, {names[1]} … {names[-1]})")
             return names.index(stage)
-        if not isinstance(stage, int) or not -len(names) <= stage < len(names):
+        i = _index(stage)
+        if i is None or not -len(names) <= i < len(names):
             raise InputError(f"stage {stage!r}: this export has stages 0..{len(names) - 1} (or their names)")
-        return stage % len(names)
+        return i % len(names)
 
     def _tracked_index(self, P: dict):
         """Index (token texts) and the tokens' ids and roles ("#1".., "next", "tracked") for a position."""

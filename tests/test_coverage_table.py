@@ -39,3 +39,16 @@ def test_cli_prints_the_table():
     assert result.exit_code == 0, result.output
     assert result.output == coverage_markdown()
     assert result.output.startswith("| Family | Adapter | Hugging Face architectures | Quirks handled |")
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--plugins"], "--plugins only applies with --markdown"),
+    (["--json", "--markdown"], "choose one"),
+    (["--check", "some-model", "--json"], "--check prints its own table"),
+    (["--revision", "main"], "--revision applies only with --check"),
+])
+def test_adapters_refuses_options_it_would_ignore(args, fragment):
+    """Options that would be silently ignored are one error line (exit 1), before any model loads."""
+    from conftest import assert_clean_error
+
+    assert_clean_error(CliRunner().invoke(app, ["adapters", *args]), fragment)

@@ -141,3 +141,70 @@ def test_export_html_report(tiny_run, tmp_path):
     assert text.startswith("<!DOCTYPE html>") or text.lstrip().lower().startswith("<!doctype html")
     assert SCHEMA_VERSION in text and "</script>" in text
     assert "<script src=" not in text  # D3 and the viewer inlined: nothing loaded from elsewhere
+
+
+def test_positions_out_of_range_names_the_prompt(tiny_run, tmp_path):
+    """With several prompts, --positions applies to each: the error says which prompt is too short."""
+    out = tmp_path / "x.json"
+    res = invoke("export", tiny_run, "-o", out, "--positions", "10")  # prompt 0 has 11 tokens, prompt 1 has 8
+    assert_clean_error(res, "prompt 1 has 8 tokens")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("change,fragment", [
+    ({"track": "Paris"}, "ExportOptions.track must be a list"),  # not followed letter by letter
+    ({"track": 5}, "ExportOptions.track must be a list"),
+    ({"top_k": "5"}, "ExportOptions.top_k must be an int"),
+    ({"top_k": True}, "ExportOptions.top_k must be an int"),
+    ({"positions": 3}, "ExportOptions.positions must be a string"),
+    ({"prompt": "1"}, "ExportOptions.prompt must be an int"),
+    ({"samples": "3"}, "ExportOptions.samples must be an int"),
+    ({"max_memory": "256M"}, "ExportOptions.max_memory must be a positive"),
+    ({"max_memory": 0}, "ExportOptions.max_memory must be a positive"),
+    ({"norm": "no"}, "ExportOptions.norm must be True or False"),
+    ({"lenses": "logit"}, "ExportOptions.lenses must be a non-empty list"),
+])
+def test_python_api_option_types_are_input_errors(tiny_run, change, fragment):
+    """The Python API's ExportOptions of the wrong type: one InputError naming the field, before any weights load."""
+    from lenskit.errors import InputError
+    from lenskit.export import ExportOptions, export_run_dir
+
+    with pytest.raises(InputError, match=fragment):
+        export_run_dir(tiny_run, ExportOptions(**change))
+
+
+def test_export_document_checks_its_arguments(tiny_dir):
+    """export_document with a wrong lens, tokenizer, metadata or stage reader: InputError, not a deep torch error."""
+    from lenskit.capture import trace_prompts
+    from lenskit.errors import InputError
+    from lenskit.export import ExportOptions, export_document
+    from lenskit.lens import lens_from_model
+    from lenskit.models import load_model
+
+    loaded = load_model(tiny_dir, device="cpu")
+    with pytest.raises(InputError, match="list of prompt strings"):
+        trace_prompts(loaded, "the cat")  # a str, not a list: would be traced letter by letter
+    with pytest.raises(InputError, match="prompt 1 must be a string"):
+        trace_prompts(loaded, ["the cat", 5])
+    states, meta = trace_prompts(loaded, ["the cat sat"])
+    lens = lens_from_model(loaded.model, loaded.adapter)
+    def good(i):
+        return lambda p0, p1: states[i][:, p0:p1]
+
+    opts = ExportOptions(top_k=2, positions="-1")
+    for args, fragment in (
+        ((meta, None, loaded.tokenizer, good), "lens must be a Lens"),
+        ((meta, [], loaded.tokenizer, good), "lens must be a Lens"),
+        ((meta, lens, None, good), "needs the model's tokenizer"),
+        (({}, lens, loaded.tokenizer, good), "must be a trace's metadata"),
+        ((meta, lens, loaded.tokenizer, lambda i: (lambda p0, p1: states[i][:, p0:p1, :5])), r"expected a tensor"),
+    ):
+        with pytest.raises(InputError, match=fragment):
+            export_document(*args, opts)
+    doc = export_document(meta, lens, loaded.tokenizer, good, opts)
+    assert [q["pos"] for q in doc["prompts"][0]["positions"]] == [len(states[0][0]) - 1]
+
+
+def test_schema_markdown_with_survey_is_refused():
+    """`lenskit schema --survey --markdown` used to print the survey's JSON Schema, ignoring --markdown."""
+    assert_clean_error(invoke("schema", "--survey", "--markdown"), "--markdown is the export format's")

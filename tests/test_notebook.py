@@ -337,3 +337,24 @@ def test_notebook_render_time_on_the_test_paragraph(browser, request, tmp_path):
         f"  output page load -> figures drawn in the frame: {', '.join(f'{t:.2f}' for t in times)} s\n"
         f"  total: {kernel_s + browser_s:.2f} s (goal <= 1.5 s)"
     )
+
+
+def test_dataframe_arguments_are_checked(doc):
+    """numpy integers work like ints; bools, strings and floats are refused with one InputError; the message names
+    the position given; an incomplete document is a TraceFileError, not a KeyError later."""
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("pandas")
+    e = Export(doc)
+    assert e.ranks(np.int64(1), np.int64(-1)).attrs["pos"] == e.ranks(1, -1).attrs["pos"]
+    assert e.histogram(0, 3, np.int32(2)).attrs["stage"] == doc["stages"]["name"][2]
+    for call in (lambda: e.ranks(True), lambda: e.ranks(0, True), lambda: e.ranks(0, "3"), lambda: e.ranks(0, 3.0),
+                 lambda: e.histogram(0, 3, True), lambda: e.histogram(0, 3, None)):
+        with pytest.raises(InputError):
+            call()
+    with pytest.raises(InputError, match="position -999 of prompt 0 was not exported"):
+        e.ranks(0, -999)
+    with pytest.raises(TraceFileError, match="no 'model', 'lens'"):
+        Export({"schema": "lenskit.export/4"})
+    one = dict(doc, prompts=doc["prompts"][1:])  # as `lenskit export --prompt 1` writes it
+    with pytest.raises(InputError, match="the trace's prompt"):
+        Export(one).ranks(1)

@@ -47,7 +47,18 @@ def adapters(
     import orjson
 
     from ..adapters import coverage_markdown, registry
+    from ..errors import InputError
 
+    listing = [name for name, on in (("--json", as_json), ("--markdown", markdown), ("--plugins", plugins)) if on]
+    if check is not None and listing:
+        raise InputError(f"--check prints its own table; leave out {', '.join(listing)}")
+    checking = [name for name, on in (("--revision", revision is not None), ("--trust-remote-code", trust_remote_code)) if on]
+    if check is None and checking:
+        raise InputError(f"{', '.join(checking)} {'apply' if len(checking) > 1 else 'applies'} only with --check MODEL")
+    if as_json and markdown:
+        raise InputError("--json and --markdown are two formats of the list: choose one")
+    if plugins and not markdown:
+        raise InputError("--plugins only applies with --markdown (the plain list and --json always show plugins)")
     if check is not None:
         _check(check, revision, device, dtype, trust_remote_code)
         return

@@ -29,7 +29,7 @@ def export(
     positions: str | None = typer.Option(None, "--positions", "-p", help="Positions to export, e.g. '3,10-20' (negative counts from the end). Default: all."),
     prompt: int | None = typer.Option(None, "--prompt", min=0, help="Export only this prompt (0-based). Default: all."),
     top_k: int = typer.Option(10, "--top-k", "-k", min=1, help="Final top-k tokens followed per position."),
-    stage_top: int = typer.Option(5, "--stage-top", min=0, max=100, help="Each stage's own top-N tokens (with log-probabilities) per position: the viewer's overview grid. 0 for none (a smaller JSON)."),
+    stage_top: int = typer.Option(5, "--stage-top", min=0, max=100, help="Each stage's own top-N tokens (with their surprisals, -log p) per position: the viewer's overview grid. 0 for none (a smaller JSON)."),
     track: list[str] | None = typer.Option(None, "--track", help="Extra token to follow: its text (one token, e.g. ' Paris') or id (ASCII digits). Repeatable."),
     samples: int = typer.Option(3, "--samples", min=0, max=100, help="Histogram bins holding at most N tokens list them all as hover samples (the sparse tails); denser bins list none. 0 for none; more = bigger JSON."),
     norm: bool = typer.Option(True, "--norm/--no-norm", help="Apply the model's final norm (the logit lens) or project the raw stream."),

@@ -12,6 +12,10 @@ def schema(
     """Print the JSON Schema that every `lenskit export` document validates against (the current format: see `lenskit export`)."""
     import orjson
 
+    from ..errors import InputError
+
+    if survey and markdown:
+        raise InputError("--markdown is the export format's field reference; with --survey only the JSON Schema exists")
     if survey:
         from ..survey_schema import JSON_SCHEMA as SURVEY_SCHEMA
 
