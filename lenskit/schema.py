@@ -93,7 +93,7 @@ _POSITION = {
             "std is 0); `[j, s, bin]` entries give the true bin where that differs (a score at a bin edge: rare).",
         ),
         "mean": dict(_PER_STAGE_NUM, description="`[stage]` mean of the raw scores over the vocabulary."),
-        "std": dict(_PER_STAGE_NUM, description="`[stage]` standard deviation of the raw scores (z = (score - mean) / std)."),
+        "std": dict(_PER_STAGE_NUM, description="`[stage]` standard deviation of the raw scores over the vocabulary, the sample one (sum of squared deviations divided by V - 1); z = (score - mean) / std."),
         "lse": dict(
             _PER_STAGE_NUM, description="`[stage]` log-sum-exp of the scores: log-probability of a token = score - lse."
         ),

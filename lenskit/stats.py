@@ -310,25 +310,40 @@ def sample_lists(counts: torch.Tensor, samp: torch.Tensor, samples: int):
     return rb[:, 0], rb[:, 1], samp[:, :, :samples][keep]
 
 
+MOMENT_ROWS = 64  # rows per float64 slice of row_moments ([64, V] float64 temporaries)
+
+
+def row_moments(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's mean and standard deviation (ddof=1) of ``s [R, V]`` -> float32 ``[R]`` each, from float64 sums of
+    ``s - s[:, 0]`` and its square -- the fused kernel's definition (``lenskit.kernels.row_moments``), so both
+    implementations give the same float32 mean and std, hence the same bins (float32 sums differ in the last bit,
+    and a score at a bin edge then lands in the neighbouring bin). std is at least 1e-12."""
+    R, V = s.shape
+    mean = torch.empty(R, dtype=torch.float64, device=s.device)
+    var = torch.empty(R, dtype=torch.float64, device=s.device)
+    for r0 in range(0, R, MOMENT_ROWS):
+        x = s[r0: r0 + MOMENT_ROWS]  # [r, V]
+        s0 = x[:, :1].double()  # [r, 1]
+        d = x.double() - s0  # [r, V] exact in float64
+        t1 = d.sum(-1)  # [r]
+        t2 = d.mul_(d).sum(-1)  # [r]
+        mean[r0: r0 + MOMENT_ROWS] = s0[:, 0] + t1 / V
+        var[r0: r0 + MOMENT_ROWS] = ((t2 - t1 * t1 / V) / max(V - 1, 1)).clamp_min(0)
+    return mean.float(), var.sqrt().float().clamp_min(1e-12)
+
+
 @torch.inference_mode()
 def chunk_stats_torch(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor, ws: Workspace,
                       bound: torch.Tensor | None = None, exact=None, samples: int = HIST_SAMPLES,
                       moments: tuple[torch.Tensor, torch.Tensor] | None = None, stage_top: int = 0,
                       col_ids: torch.Tensor | None = None) -> ChunkStats:
     """:func:`chunk_stats` with torch ops (any device, fast mode). ``moments``: (mean, std) ``[R]`` to use instead
-    of computing them (tests give the fused kernel's, whose float64 sums differ in the last float32 bit)."""
+    of computing them (:func:`row_moments`)."""
     R, V = s.shape
     c = R // n_stages
     dev = s.device
-    # moments: sum and sum of squares (bmm and std_mean are several times slower on CPU)
     prod = ws.prod[:R]  # [R, V] products land in a reused buffer (a fresh 12 MB temporary page-faults)
-    if moments is None:
-        mean = s.sum(-1) / V  # [R]
-        sq = torch.mul(s, s, out=prod).sum(-1)  # [R]
-        var = ((sq - V * mean * mean) / max(V - 1, 1)).clamp_min(0)
-        std = var.sqrt().clamp_min(1e-12)  # [R]
-    else:
-        mean, std = moments
+    mean, std = row_moments(s) if moments is None else moments
     # softmax statistics: lse = max - log(max softmax)
     mx = s.amax(-1)  # [R]
     p = torch.ops.aten._softmax.out(s, -1, False, out=ws.tmp[:R])  # [R, V]

@@ -6,6 +6,8 @@ from functools import lru_cache
 
 from .errors import InputError
 
+NO_TOKEN = "<id {id}: no token>"  # display text of a head's id the tokenizer has no token for
+
 
 @lru_cache(maxsize=1)
 def _byte_decoder() -> dict:
@@ -31,13 +33,16 @@ def _literal(piece: str) -> str | None:
 
 def token_texts(tokenizer, ids) -> list[str]:
     """Display strings for token ids: decoded text (with SentencePiece's word-start space kept); partial UTF-8 byte
-    tokens become ``\\xNN`` escapes."""
+    tokens become ``\\xNN`` escapes; an id the tokenizer has no token for (a head padded beyond the tokenizer's
+    vocabulary, as Qwen's is) becomes ``<id N: no token>``, never an empty string."""
     ids = [int(i) for i in ids]
     texts = tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
     pieces = tokenizer.convert_ids_to_tokens(ids)
     out = []
-    for text, piece in zip(texts, pieces):
-        if "\ufffd" in text and piece and "\ufffd" not in piece:
+    for i, text, piece in zip(ids, texts, pieces):
+        if piece is None and not text:
+            text = NO_TOKEN.format(id=i)
+        elif "\ufffd" in text and piece and "\ufffd" not in piece:
             text = _literal(piece) or piece
         elif piece and piece.startswith("\u2581") and not text.startswith(" "):
             text = " " + text  # SentencePiece drops the word-start space when a token is decoded alone

@@ -72,6 +72,10 @@ def test_fused_equals_torch_and_brute_force(c, S, V, K, samples):
     # float results: as the torch implementation (float32 softmax: up to 1e-3 off on the row of scores of +-1e4)
     # and, closer, as float64 brute force
     own = torch_ref(s, S, trk, samples)
+    # with its own moments too (float64 sums, the kernel's definition): the same mean and std, bins and counts
+    assert torch.equal(own.mean, f.mean) and torch.equal(own.std, f.std)
+    for key in EXACT:
+        assert torch.equal(getattr(f, key), getattr(own, key)), key
     wide = s.abs().amax(1) > 1e3  # [R]
     for key in CLOSE:
         a, b = getattr(f, key), getattr(own, key)

@@ -22,3 +22,13 @@ def test_byte_level_partial_utf8_becomes_escapes():
     tok.decoder = decoders.ByteLevel()
     t = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
     assert token_texts(t, [1, 2]) == ["\\xe2\\x80", " Kra"]
+
+
+def test_ids_beyond_the_tokenizer_are_named_not_empty():
+    """A head padded beyond the tokenizer's vocabulary (as Qwen's is): those ids get a visible name."""
+    vocab = {"<unk>": 0, "\u2581the": 1}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    t = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+    assert token_texts(t, [1, 5, 127]) == [" the", "<id 5: no token>", "<id 127: no token>"]
