@@ -286,7 +286,7 @@ def validate_trace(run: Path) -> list[str]:
             Trace(path, meta, hidden).check_values()
     except TraceFileError as e:
         return [str(e)]
-    return [p if p.startswith(str(path)) else f"{path}: {p}" for p in problems]
+    return [p if p.startswith((str(path), "no trace at")) else f"{path}: {p}" for p in problems]
 
 
 def read_trace(run: Path) -> Trace:

@@ -1,7 +1,8 @@
 """Option types shared by several commands, declared once and checked by Typer before any command body runs.
 
 Parsing is strict: ASCII digits only (``int("٣")`` is 3 in Python, a token id nobody meant), finite positive sizes
-with a unit, devices of the forms lenskit supports. A bad value is one ``Invalid value`` line from Typer (exit 2).
+with a unit, devices of the forms lenskit supports. A bad value is one ``lenskit: error: Invalid value ...`` line
+(exit 1, as every lenskit error).
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def trace(
     prompts: Optional[List[str]] = typer.Argument(
         None, help="Prompt texts, one per argument (quote each). None and no --file: the standard test paragraph."
     ),
-    file: Optional[List[Path]] = typer.Option(None, "--file", "-f", help="Read a prompt from a file ('-' = stdin). Repeatable."),
+    file: Optional[List[Path]] = typer.Option(None, "--file", "-f", help="Read a prompt from a file ('-' = stdin). Repeatable. Prompts given as arguments come first, then the files', each in the order given."),
     model: Optional[str] = typer.Option(
         None, "--model", "-m", help="Hub id, local folder or .gguf file. Default: the embedded SmolLM2-135M-Instruct."
     ),
