@@ -147,6 +147,12 @@ def test_tuned_lens_export_is_chunk_size_invariant_and_fast_mode_exact(tiny_run,
         assert pl["rank"] != pt["rank"]  # but the translators change the other stages
 
 
+def test_the_same_lens_twice_is_refused_however_spelled(tiny_run, tiny_lens_dir):
+    for a, b in (("logit", " logit"), (f"tuned:{tiny_lens_dir}", f"tuned:{tiny_lens_dir}/"),
+                 (f"tuned:{tiny_lens_dir}", f"tuned:{tiny_lens_dir}/../{tiny_lens_dir.name}")):
+        assert_clean_error(invoke("export", tiny_run, "-o", "-", "--lens", a, "--lens", b), "given twice")
+
+
 def test_two_lenses_in_one_export(tiny_run, tiny_lens_dir, tmp_path):
     out = tmp_path / "two.json"
     res = invoke("export", tiny_run, "-o", out, "-q", "--lens", "logit", "--lens", f"tuned:{tiny_lens_dir}")

@@ -41,15 +41,20 @@ def parse_lens_spec(spec: str) -> tuple[LensKind, str | None]:
 
 def open_lenses(specs: list[str] | None, model: dict, stages: list) -> list[StageLens]:
     """Open each ``--lens`` spec against a trace's ``model`` section and stage table (no model weights needed)."""
+    import os
+
     specs = list(specs or [DEFAULT_LENS])
-    seen = set()
+    seen: dict = {}  # (kind, resolved source) -> the spec that opened it
     out = []
     for spec in specs:
-        if spec in seen:
-            raise InputError(f"--lens {spec} is given twice")
-        seen.add(spec)
         kind, arg = parse_lens_spec(spec)
-        out.append(kind.open(arg, model, stages))
+        lens = kind.open(arg, model, stages)
+        key = (lens.kind, os.path.realpath(lens.source) if lens.source else None)
+        if key in seen:  # the same lens however it is spelled ("logit", " logit", "tuned:d", "tuned:d/")
+            raise InputError(f"--lens {spec.strip()} is given twice" + (f" (as --lens {seen[key]})"
+                             if seen[key] != spec.strip() else ""))
+        seen[key] = spec.strip()
+        out.append(lens)
     return out
 
 
