@@ -308,3 +308,9 @@ def test_html_that_is_the_output_folder_is_refused_first(runs, tmp_path):
     out = tmp_path / "cmp"
     assert_clean_error(run("compare", runs["base"], runs["instruct"], "-o", out, "--html", out, "-q"), "--html")
     assert not out.exists()
+
+
+def test_output_inside_a_compared_run_is_refused(runs):
+    out = runs["base"] / "cmp"
+    assert_clean_error(run("compare", runs["base"], runs["instruct"], "-o", out, "-q"), "inside one")
+    assert not out.exists()

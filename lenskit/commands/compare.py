@@ -67,8 +67,10 @@ def compare(
                                  param_hint="'-o' / '--html'")
     target = check_run_dir(output.expanduser(), force, is_compare_dir) if output is not None else None
     for run in (run_a, run_b):
-        if target is not None and Path(run).resolve() == target:
-            raise typer.BadParameter("-o must not be one of the compared runs")
+        real = Path(run).resolve()
+        if target is not None and (real == target or real in target.resolve().parents):
+            raise typer.BadParameter("-o must not be one of the compared runs or a folder inside one (a run holds "
+                                     "only lenskit's files: --force would refuse it later)")
     if html is not None:
         html = check_output_file(html.expanduser(), "report")
         if target is not None and Path(os.path.abspath(html)) == target:
