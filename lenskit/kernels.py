@@ -637,3 +637,40 @@ def flat_samples(counts, samp, n):
                 rows[i], bins[i], cols[i] = r, b, samp[r, b, j]
                 i += 1
     return rows, bins, cols
+
+
+@njit(cache=True, fastmath=_REDUCE)
+def _count_ge(row, lo, hi, t):
+    """``#{v in [lo, hi) : row[v] >= t}`` as a float32 sum of ones (vectorised; exact below 2^24)."""
+    one, zero = np.float32(1.0), np.float32(0.0)
+    c = zero
+    for v in range(lo, hi):
+        c += one if row[v] >= t else zero
+    return c
+
+
+@njit(parallel=True, cache=True)
+def rows_top(s, rows, k, ids, out):
+    """``out [len(rows), k]``: the columns of the k highest scores of each row ``s[rows[i]]`` (float32, C-contiguous),
+    higher score first, equal scores by smaller vocabulary id ``ids [V]`` -- :func:`lenskit.stats.stage_top_torch`'s
+    order, for the final rows' top-k (the tracked tokens) without its [rows, V] gather and sorts.
+
+    One pass per row: a step of RANK_STEP scores none of which reaches the current k-th score (a vectorised count)
+    is skipped; the others go through the sorted insertion of the kernels' own top-N. ``k <= V``."""
+    wide_vectors()
+    V = s.shape[1]
+    n = V // RANK_STEP * RANK_STEP
+    for i in prange(rows.shape[0]):
+        wide_vectors()
+        row = s[rows[i]]
+        ts = np.full(k, -np.inf, np.float32)
+        tc = np.full(k, -1, np.int64)
+        ti = np.full(k, np.iinfo(np.int64).max, np.int64)  # any real id beats an empty slot on a tie at -inf
+        for c in range(0, n, RANK_STEP):
+            if _count_ge(row, c, c + RANK_STEP, ts[k - 1]) == 0:
+                continue
+            for v in range(c, c + RANK_STEP):
+                _insert(row[v], v, ids[v], ts, tc, ti)
+        for v in range(n, V):
+            _insert(row[v], v, ids[v], ts, tc, ti)
+        out[i] = tc

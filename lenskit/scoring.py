@@ -263,14 +263,17 @@ class Scorer:
     def top_k(self, s: torch.Tensor, k: int, final_rows: torch.Tensor) -> torch.Tensor:
         """Columns of the k highest float32 scores of each final row, ties broken by smaller vocabulary id. [c, k]
 
-        Vectorised (no per-row loop or device sync per row): :func:`lenskit.stats.stage_top_torch` on the final
-        rows, whose fast-mode candidates (scores >= k-th - 2 bound) are re-checked with :meth:`exact`."""
-        from .stats import stage_top_torch
+        Exact scores: :func:`lenskit.stats.rows_top` (one pass per row on CPU). Fast mode: vectorised (no per-row
+        loop or device sync per row) :func:`lenskit.stats.stage_top_torch` on the final rows, whose candidates
+        (scores >= k-th - 2 bound) are re-checked with :meth:`exact`."""
+        from .stats import rows_top, stage_top_torch
 
         rows = final_rows
+        if not self.fast:  # exact float32 scores: one pass per row (the numba kernel on CPU)
+            return rows_top(s, rows, k, self.col_ids)
 
         def exact(rr, cc, _s):  # rows of the final-row view -> rows of the chunk
             return self.exact(rows[rr], cc, s)
 
-        cols, _ = stage_top_torch(s[rows], k, self.col_ids, self.bound[rows] if self.fast else None, exact)
+        cols, _ = stage_top_torch(s[rows], k, self.col_ids, self.bound[rows], exact)
         return cols

@@ -148,6 +148,30 @@ def _check_top(n: int, V: int) -> int:
 
 
 @torch.inference_mode()
+def rows_top(s: torch.Tensor, rows: torch.Tensor, n: int, col_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Columns ``[len(rows), n]`` of the n highest scores of each row ``s[rows]``, in :func:`stage_top_torch`'s order
+    (higher score first, equal scores by smaller vocabulary id): the numba kernel ``kernels.rows_top`` for exact
+    float32 CPU scores (one pass per row, no gather or sorts: 2.4-2.8 -> 0.34 ms for the 16 final rows of a block
+    of the default model), else :func:`stage_top_torch`."""
+    V = s.shape[1]
+    _check_top(n, V)
+    if not (use_fused(s, None) and s.is_contiguous() and n > 0):
+        return stage_top_torch(s[rows], n, col_ids)[0]
+    import numba
+
+    ids = _col_ids(col_ids, V).cpu().to(torch.int64).contiguous()  # [V]
+    out = torch.empty(len(rows), n, dtype=torch.int64)
+    saved = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(len(rows), torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    try:
+        _kernels.rows_top(s.detach().numpy(), rows.cpu().to(torch.int64).contiguous().numpy(), n, ids.numpy(),
+                          out.numpy())
+    finally:
+        numba.set_num_threads(saved)
+    return out
+
+
+@torch.inference_mode()
 def stage_top_torch(s: torch.Tensor, n: int, col_ids: torch.Tensor | None = None, bound: torch.Tensor | None = None,
                     exact=None, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's own n highest scores: ``[R, n]`` columns and float32 scores, higher score first, equal scores by

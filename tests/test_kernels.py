@@ -397,3 +397,24 @@ def test_non_finite_rows_give_nan_not_an_error():
     s[1, 5], s[2, 7], s[3] = float("nan"), float("inf"), float("-inf")
     f = chunk_stats_fused(s, 6, torch.tensor([[0, 1, 2, 3]]), 3)
     assert torch.isnan(f.lse[1:4]).all() and torch.isfinite(f.lse[[0, 4, 5]]).all()
+
+
+@pytest.mark.parametrize("V", [997, 3 * 256, 5 * 256 + 3])
+def test_rows_top_equals_stage_top_torch(V):
+    """The final rows' top-k in one pass per row: the same columns in the same order as the torch reference, ties
+    at the top and at the k-th place by vocabulary id, -0.0 == 0.0, rows of -inf, k up to V."""
+    from lenskit.stats import rows_top, stage_top_torch
+
+    g = torch.Generator().manual_seed(V)
+    s = torch.randn(9, V, generator=g)
+    s[1, ::7] = 5.0  # a wide tie at the top
+    s[2] = 0.0
+    s[3] = -float("inf")
+    s[4] = torch.where(s[4] > 1.5, torch.tensor(0.0), s[4])
+    s[4, ::11] = -0.0
+    s[5, -1] = 9.0  # the maximum in the tail past the last whole step
+    ids = torch.randperm(V, generator=g)
+    rows = torch.arange(9)
+    for k in (1, 10, 23, V):
+        assert torch.equal(rows_top(s, rows, k, ids), stage_top_torch(s, k, ids)[0]), k
+    assert torch.equal(rows_top(s, torch.tensor([5, 1]), 3, None), stage_top_torch(s[[5, 1]], 3)[0])
