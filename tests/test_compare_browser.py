@@ -119,6 +119,24 @@ def test_compare_page_draws_the_document(page, tiny_compare):
         srv.server_close()
 
 
+def test_comparison_without_pairs_says_so(page, tiny_compare, tmp_path):
+    """A compare document with no aligned positions (not one `lenskit compare` writes) gets a clear message, not a
+    TypeError's."""
+    doc = json.loads((tiny_compare / COMPARE_FILE).read_text(encoding="utf-8"))
+    doc["pairs"] = []
+    folder = tmp_path / "no-pairs"
+    folder.mkdir()
+    (folder / COMPARE_FILE).write_text(json.dumps(doc), encoding="utf-8")
+    srv = serve([folder])
+    try:
+        page.goto(srv.url + "compare.html")
+        page.wait_for_selector("html[data-state=error]", state="attached", timeout=15000)
+        assert "no aligned positions" in page.text_content("#status")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_single_file_compare_report_from_file_url(page, tiny_compare, tmp_path):
     """`lenskit compare --html`: the page opens from file:// with no server and no network (the page fixture fails
     on any request leaving the file), draws the same figures, and keeps its state in the URL."""

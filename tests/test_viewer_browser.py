@@ -335,6 +335,42 @@ def test_panels_have_stage_ticks_and_striping(page, served, docs):
 # ---- single file
 
 
+def test_prompts_and_runs_without_positions(page, tmp_path):
+    """Schema-valid documents the viewer cannot fully draw: a prompt with no exported positions is skipped (its
+    picker entry disabled) instead of throwing, and a run with no prompts, reached by a link, leaves the shown run in
+    place with a message (its numbers are never drawn with another run's view state)."""
+    doc = make_export(prompts=2, positions=4, layers=2, seed=5)
+    doc["prompts"][1]["positions"] = []
+    empty = make_export(prompts=1, positions=4, layers=2, seed=6)
+    empty["prompts"] = []
+    dirs = []
+    for name, d in (("partial", doc), ("empty", empty)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "export.json").write_text(json.dumps(d), encoding="utf-8")
+        dirs.append(tmp_path / name)
+    srv = Server(Site(find_runs(dirs)), "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        open_view(page, srv.url + "#run=partial&prompt=1&pos=2")
+        assert state(page)["prompt"] == "0" and state(page)["pos"] == "3"  # prompt 0's default: its last position
+        check_figures(page, doc, 0, 3, 4)
+        assert page.eval_on_selector_all("#prompt-select option", "os => os.map(o => o.disabled)") == [False, True]
+        page.evaluate("location.hash = '#run=partial&prompt=1&pos=0'")  # a link edited in place
+        page.wait_for_timeout(300)
+        check_figures(page, doc, 0, 3, 4)
+        assert state(page)["prompt"] == "0" and state(page)["pos"] == "3"
+        page.evaluate("location.hash = '#run=empty'")
+        page.wait_for_selector("#status:not([hidden])")
+        assert "empty has no prompts" in page.text_content("#status")
+        assert page.input_value("#run-select") == "partial"
+        page.focus("body")
+        page.keyboard.press("ArrowLeft")  # the shown run still answers, with its own data
+        check_figures(page, doc, 0, 2, 4)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_single_file_report_works_from_file_url(page, docs, tmp_path):
     doc = docs["synth"]
     path = write_html(doc, tmp_path / "report.html")

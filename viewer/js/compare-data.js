@@ -30,6 +30,9 @@ export function wrapCompare(doc) {
   if (!doc || typeof doc.schema !== "string" || !doc.schema.startsWith(SCHEMA_PREFIX)) {
     throw new Error(`not a lenskit compare document (schema ${doc && doc.schema}); this viewer reads ${SCHEMA_PREFIX}`);
   }
+  if (!Array.isArray(doc.pairs) || doc.pairs.length === 0) {
+    throw new Error("this comparison has no aligned positions (its pairs list is empty)");
+  }
   const runs = doc.runs.map((r) => ({
     name: r.name,
     model: r.model,

@@ -65,24 +65,29 @@ async function boot() {
     onColour: (colour) => state.set({ grid: colour }),
   });
 
-  /** A complete, valid state for `run`, starting from `want` (URL values or the previous state). */
-  function resolve(want) {
-    const prompt = clampInt(want.prompt, 0, run.promptCount - 1, 0);
-    const exported = run.exportedPositions(prompt);
-    if (exported.length === 0) throw new Error(`prompt ${prompt} of run ${runName} has no exported positions`);
-    const pos = exported.includes(want.pos) ? want.pos : defaultPosition(run, prompt);
+  /** A complete, valid state for `run` (or `target`, a run not shown yet, named `name`), starting from `want` (URL
+   *  values or the previous state). A prompt with no exported positions is skipped for the first one that has some. */
+  function resolve(want, target = run, name = runName) {
+    const drawable = d3.range(target.promptCount).filter((p) => target.exportedPositions(p).length > 0);
+    if (drawable.length === 0) {
+      throw new Error(target.promptCount === 0 ? `run ${name} has no prompts` : `run ${name} has no exported positions`);
+    }
+    const wantPrompt = clampInt(want.prompt, 0, target.promptCount - 1, drawable[0]);
+    const prompt = drawable.includes(wantPrompt) ? wantPrompt : drawable[0];
+    const exported = target.exportedPositions(prompt);
+    const pos = prompt === wantPrompt && exported.includes(want.pos) ? want.pos : defaultPosition(target, prompt);
     return {
       run: want.run,
       prompt,
       pos,
-      stage: clampInt(want.stage, 0, run.stageCount - 1, run.stageCount - 1),
+      stage: clampInt(want.stage, 0, target.stageCount - 1, target.stageCount - 1),
       mode: MODES.includes(want.mode) ? want.mode : "raw",
       view: VIEWS.includes(want.view) ? want.view : "panels",
       yrange: Y_RANGES.includes(want.yrange) ? want.yrange : "layers",
       grid: GRID_COLOURS.includes(want.grid) ? want.grid : "prob",
       // Several lenses only: which one the figures show, and whether Figure 2 overlays another (else not in the URL).
-      lens: run.lenses.length > 1 ? clampInt(want.lens, 0, run.lenses.length - 1, 0) : undefined,
-      cmp: run.lenses.length > 1 && want.cmp === 1 ? 1 : undefined,
+      lens: target.lenses.length > 1 ? clampInt(want.lens, 0, target.lenses.length - 1, 0) : undefined,
+      cmp: target.lenses.length > 1 && want.cmp === 1 ? 1 : undefined,
     };
   }
 
@@ -101,16 +106,21 @@ async function boot() {
     if (entry && entry.name !== runName) {
       showStatus(`loading ${entry.name} …`);
       try {
-        run = await loadRun(entry);
+        // Load and check the run before showing it: one that cannot be drawn leaves the current one in place.
+        const next = await loadRun(entry);
+        const s = resolve({ ...want, run: entry.name }, next, entry.name);
+        run = next;
         runName = entry.name;
         showStatus("");
+        state.set(s);
       } catch (err) {
         showStatus(String(err.message || err), true);
         runSelect.property("value", runName);
-        return;
       }
+      return;
     }
     state.set(resolve({ ...want, run: runName }));
+    writeUrlState(state.get()); // a link that resolves to the view already shown still gets the URL of what is shown
   }
   runSelect.on("change", function () {
     apply({ ...state.get(), run: this.value, prompt: 0 });
@@ -119,7 +129,7 @@ async function boot() {
   window.addEventListener("hashchange", () => apply({ ...state.get(), ...readUrlState() }));
   const promptSelect = d3.select("#prompt-select");
   promptSelect.on("change", function () {
-    state.set({ prompt: Number(this.value), pos: defaultPosition(run, Number(this.value)) });
+    state.set(resolve({ ...state.get(), prompt: Number(this.value), pos: undefined }));
   });
   d3.selectAll("input[name=mode]").on("change", function () {
     state.set({ mode: this.value });
@@ -144,7 +154,9 @@ async function boot() {
       .data(d3.range(run.promptCount))
       .join("option")
       .attr("value", (p) => p)
-      .text((p) => `${p}: ${Array.from(run.promptText(p)).slice(0, 60).join("")}`);
+      .property("disabled", (p) => run.exportedPositions(p).length === 0)
+      .text((p) => `${p}: ${Array.from(run.promptText(p)).slice(0, 60).join("")}` +
+        (run.exportedPositions(p).length === 0 ? " (no positions exported)" : ""));
     d3.select("#prompt-picker").attr("hidden", run.promptCount > 1 ? null : true);
     d3.select("#model-info").text(run.modelSummary);
     const lenses = d3.range(run.lenses.length);
