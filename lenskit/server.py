@@ -115,15 +115,21 @@ def find_runs(run_dirs: list[Path] | None = None, cwd: Path | None = None) -> di
                 f"no runs found: no {EXPORT_FILE} in {base} or up to {SCAN_DEPTH} folders below it; "
                 "name a run folder (lenskit serve RUN_DIR) or create one with `lenskit trace`"
             )
-    runs: dict[str, Path] = {}
-    for f in found:
-        stem = url_name(f.parent.resolve().name) or "run"
+    return named_by_folder(found, "run")
+
+
+def named_by_folder(files: list[Path], fallback: str) -> dict[str, Path]:
+    """``{name: file}``, each named after its folder (URL-safe, :func:`url_name`); folders of the same name get
+    ``-2``, ``-3``, ... so that none is dropped."""
+    out: dict[str, Path] = {}
+    for f in files:
+        stem = url_name(Path(f).parent.resolve().name) or fallback
         name, n = stem, 1
-        while name in runs:
+        while name in out:
             n += 1
             name = f"{stem}-{n}"
-        runs[name] = f
-    return runs
+        out[name] = Path(f)
+    return out
 
 
 @dataclass

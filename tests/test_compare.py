@@ -314,3 +314,12 @@ def test_output_inside_a_compared_run_is_refused(runs):
     out = runs["base"] / "cmp"
     assert_clean_error(run("compare", runs["base"], runs["instruct"], "-o", out, "-q"), "inside one")
     assert not out.exists()
+
+
+def test_serve_keeps_comparisons_of_the_same_folder_name(runs):
+    """Two comparison folders both named `cmp` (under different parents): both are served, the second as cmp-2."""
+    compare(runs, "base", "instruct", "x/cmp")
+    compare(runs, "instruct", "base", "y/cmp")
+    res = run("serve", runs["root"] / "x" / "cmp", runs["root"] / "y" / "cmp", "--get", "/runs.json")
+    assert res.exit_code == 0, res.output
+    assert [c["name"] for c in json.loads(res.stdout)["compares"]] == ["cmp", "cmp-2"]

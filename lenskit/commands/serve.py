@@ -43,7 +43,7 @@ def serve(
     Example: lenskit serve runs/paris --port 0 --open
     """
     from ..compare import COMPARE_FILE, is_compare_dir
-    from ..server import Server, Site, find_runs, url_name
+    from ..server import Server, Site, find_runs, named_by_folder, url_name
 
     compares, tmp = {}, None
     scan_here = not compare and not run_dirs
@@ -63,13 +63,12 @@ def serve(
         (Path(tmp.name) / COMPARE_FILE).write_bytes(dumps(doc))
         compares[name] = Path(tmp.name) / COMPARE_FILE
     elif run_dirs:
-        for d in [d for d in run_dirs if is_compare_dir(d)]:
-            compares[url_name(Path(d).resolve().name)] = Path(d) / COMPARE_FILE
+        compares = named_by_folder([Path(d) / COMPARE_FILE for d in run_dirs if is_compare_dir(d)], "compare")
         run_dirs = [d for d in run_dirs if not is_compare_dir(d)]
     else:  # no folders named: the runs and the comparisons in the current folder and below
         from ..server import scan
 
-        compares = {url_name(p.parent.resolve().name): p for p in scan(Path.cwd(), COMPARE_FILE) if is_compare_dir(p.parent)}
+        compares = named_by_folder([p for p in scan(Path.cwd(), COMPARE_FILE) if is_compare_dir(p.parent)], "compare")
     if run_dirs or not compares or (scan_here and _has_runs()):
         runs = find_runs(run_dirs or None)
     else:
