@@ -467,14 +467,14 @@ EXPORT_SECTIONS = {"model": dict, "stages": dict, "lens": dict, "prompts": list,
 
 
 def _check_export_shape(side: Side) -> None:
-    """The top-level sections compare reads from an export.json, then that it is the export of the trace beside it."""
+    """The top-level sections compare reads from an export.json (:func:`compare_from_exports` then checks that it
+    is the export of the trace beside it)."""
     if side.export is None:
         return
     bad = [k for k, t in EXPORT_SECTIONS.items() if not isinstance(side.export.get(k), t)]
     if bad or len(side.export["token_ids"]) != len(side.export["tokens"]):
         raise TraceFileError(f"{side.run}/export.json does not follow the lenskit export schema "
                              f"({', '.join(bad) or 'token_ids/tokens'} missing or malformed); re-run `lenskit export`")
-    _check_export_of_trace(side)
 
 
 def _check_export_of_trace(side: Side) -> None:

@@ -5,9 +5,10 @@
 * A command overwrites only what it was asked to write, and only when that is lenskit's own output of the same
   kind (:func:`check_output_file`): an export, a report, a run folder. Anything else is refused with one line.
 * A run folder is replaced only when it is recognisably a lenskit run (a ``trace.safetensors`` with lenskit metadata
-  and nothing but lenskit's files beside it, each recognised by its content: :func:`_written_by_lenskit`) or empty, never the current folder, one of its parents or the home
-  folder; the replacement renames the old run aside, moves the new one in, then deletes the old
-  (:func:`replace_run_dir`): a failure or interrupt at any point leaves one complete run in place.
+  and nothing but lenskit's files beside it, each recognised by its content: :func:`_written_by_lenskit`) or
+  empty, never the current folder, one of its parents or the home folder; the replacement renames the old run
+  aside, moves the new one in, then deletes the old (:func:`replace_run_dir`): a failure or interrupt at any point
+  leaves one complete run in place.
 """
 
 from __future__ import annotations
@@ -125,14 +126,9 @@ def _written_by_lenskit(path: Path) -> bool:
     if path.suffix == ".html":
         return any(sig in head for sig in SIGNATURES["report"])
     if path.suffix == ".safetensors":
-        from .errors import LenskitError
-        from .store import META_KEY, _header
+        from .store import META_KEY, safetensors_metadata
 
-        try:
-            meta = _header(path)[0].get("__metadata__")
-        except LenskitError:
-            return False
-        return isinstance(meta, dict) and META_KEY in meta
+        return META_KEY in safetensors_metadata(path)
     return False
 
 

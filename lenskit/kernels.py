@@ -66,13 +66,11 @@ _HI = HIST_BINS - 1 - BIN_OFFSET  # highest
 _LOG2E = np.float32(1.4426950408889634)
 _LN2_HI = np.float32(0.693359375)  # ln 2 = _LN2_HI + _LN2_LO (Cody-Waite: k * _LN2_HI is exact for |k| < 2^11)
 _LN2_LO = np.float32(-2.12194440e-4)
-_MAG = np.int32(0x7FFFFFFF)
 _REDUCE = {"reassoc"}  # fast-math flags of the float64 sums only (see the module docstring)
 _POLY = {"contract"}  # and of the exp polynomial: fused multiply-adds
 SKIP = 64  # scores per step of the histogram's counts and of the scan's skip test (one 64-bit mask: count_ge)
 RANK_STEP = 4 * SKIP  # scores per step of a rank pass's skip test (a step wholly below its tokens' bins)
 LINE = 16  # float32 scores per 64-byte cache line
-PREFETCH_STEP = 64  # scores per step of a pass that prefetches a share of the next row
 
 
 @intrinsic
@@ -539,7 +537,7 @@ def row_stats(r, row, cols, pf, mean, std, mx, lse, entropy, kl, tscore, rank, t
     negligible anywhere: real final rows lie within 30 nats of their max).
 
     ``nxt``: the next row this thread will read (empty for none), prefetched into L2 (:func:`prefetch_l2`) during
-    the bins pass, a few cache lines per PREFETCH_STEP scores: the first pass over a row otherwise waits for it
+    the bins pass, a few cache lines per step of SKIP scores: the first pass over a row otherwise waits for it
     from L3 or memory (~8 GB/s per core here, ~20% of the statistics' time)."""
     wide_vectors()
     m, mu, sd = row_moments(row)
@@ -640,7 +638,7 @@ def flat_samples(counts, samp, n):
 
 
 @njit(cache=True, fastmath=_REDUCE)
-def _count_ge(row, lo, hi, t):
+def _scores_at_least(row, lo, hi, t):
     """``#{v in [lo, hi) : row[v] >= t}`` as a float32 sum of ones (vectorised; exact below 2^24)."""
     one, zero = np.float32(1.0), np.float32(0.0)
     c = zero
@@ -667,7 +665,7 @@ def rows_top(s, rows, k, ids, out):
         tc = np.full(k, -1, np.int64)
         ti = np.full(k, np.iinfo(np.int64).max, np.int64)  # any real id beats an empty slot on a tie at -inf
         for c in range(0, n, RANK_STEP):
-            if _count_ge(row, c, c + RANK_STEP, ts[k - 1]) == 0:
+            if _scores_at_least(row, c, c + RANK_STEP, ts[k - 1]) == 0:
                 continue
             for v in range(c, c + RANK_STEP):
                 _insert(row[v], v, ids[v], ts, tc, ti)

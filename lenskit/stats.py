@@ -28,6 +28,7 @@ same formula), so the two agree bit for bit given the same mean and std. The tor
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -157,17 +158,11 @@ def rows_top(s: torch.Tensor, rows: torch.Tensor, n: int, col_ids: torch.Tensor 
     _check_top(n, V)
     if not (use_fused(s, None) and s.is_contiguous() and n > 0):
         return stage_top_torch(s[rows], n, col_ids)[0]
-    import numba
-
     ids = _col_ids(col_ids, V).cpu().to(torch.int64).contiguous()  # [V]
     out = torch.empty(len(rows), n, dtype=torch.int64)
-    saved = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(len(rows), torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    try:
+    with _numba_threads_for(len(rows) * V):
         _kernels.rows_top(s.detach().numpy(), rows.cpu().to(torch.int64).contiguous().numpy(), n, ids.numpy(),
                           out.numpy())
-    finally:
-        numba.set_num_threads(saved)
     return out
 
 
@@ -282,13 +277,24 @@ def _numba_threads(work: int) -> int:
     return 1 if work < (1 << 18) else max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
+@contextmanager
+def _numba_threads_for(work: int):
+    """Run a kernel call with :func:`_numba_threads` threads, restoring numba's setting after; yields the count."""
+    import numba
+
+    n, saved = _numba_threads(work), numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        numba.set_num_threads(saved)
+
+
 @torch.inference_mode()
 def chunk_stats_fused(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor,
                       samples: int = HIST_SAMPLES, stage_top: int = 0,
                       col_ids: torch.Tensor | None = None) -> ChunkStats:
     """:func:`chunk_stats` of exact float32 CPU scores with the numba kernels (:mod:`lenskit.kernels`)."""
-    import numba
-
     fused_available()
     k = _kernels
     R, V = s.shape
@@ -309,15 +315,10 @@ def chunk_stats_fused(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor
     ids = _col_ids(col_ids, V).cpu().to(torch.int64).contiguous()  # [V] vocabulary id of each column
     top_cols = torch.empty(R, _check_top(stage_top, V), dtype=torch.int64)  # [R, N]
     top_score = torch.empty(R, stage_top)  # [R, N]
-    n_threads = _numba_threads(R * V)
-    saved = numba.get_num_threads()
-    numba.set_num_threads(n_threads)
-    try:
+    with _numba_threads_for(R * V) as n_threads:
         k.block_stats(sn, n_stages, trk, n_threads, mean.numpy(), std.numpy(), mx.numpy(), lse.numpy(),
                       entropy.numpy(), kl.numpy(), tscore.numpy(), rank.numpy(), tbin.numpy(), counts.numpy(),
                       samp.numpy(), ids.numpy(), top_cols.numpy(), top_score.numpy())
-    finally:
-        numba.set_num_threads(saved)
     rows, bins, cols = (torch.from_numpy(a) for a in k.flat_samples(counts.numpy(), samp.numpy(), samples))
     return ChunkStats(mean=mean, std=std, lse=lse.float(), entropy=entropy.float(), kl=kl.float(), tracked_score=tscore,
                       rank=rank, tracked_bin=tbin, counts=counts, sample_rows=rows, sample_bins=bins, sample_cols=cols,

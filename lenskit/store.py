@@ -299,17 +299,22 @@ def read_trace(run: Path) -> Trace:
     return Trace(path=path, meta=meta, hidden_size=hidden)
 
 
+def safetensors_metadata(path: Path) -> dict:
+    """The ``__metadata__`` of a regular safetensors file (not a symlink); ``{}`` for anything else or unreadable --
+    how lenskit recognises its own trace, lens and checkpoint files."""
+    path = Path(path)
+    if not path.is_file() or path.is_symlink():
+        return {}
+    try:
+        meta = _header(path)[0].get("__metadata__")
+    except TraceFileError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def is_run_folder(folder: Path) -> bool:
     """True for a folder that ``lenskit trace`` wrote: it holds a trace file with lenskit metadata."""
-    path = Path(folder) / TRACE_FILE
-    if not path.is_file() or path.is_symlink():
-        return False
-    try:
-        header, _ = _header(path)
-    except TraceFileError:
-        return False
-    meta = header.get("__metadata__")
-    return isinstance(meta, dict) and META_KEY in meta
+    return META_KEY in safetensors_metadata(Path(folder) / TRACE_FILE)
 
 
 def build_metadata(model_info: dict, stages: list[dict], prompts: list[dict]) -> dict:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError, LenskitError
+from ..errors import InputError
 from .protocol import Translator
 from .tuned import save_lens
 
@@ -266,8 +266,8 @@ def check_lens_dir(out: Path) -> None:
     """Refuse, before any work, a lens folder ``fit-lens`` must not write into: a dangling link, or a folder whose
     ``lens.json``, ``lens.safetensors`` or ``checkpoint.safetensors`` lenskit did not write (they would be replaced)."""
     from ..errors import OutputError
-    from ..store import _header
-    from .tuned import CONFIG_FILE, FORMAT, WEIGHTS_FILE
+    from ..store import safetensors_metadata
+    from .tuned import CONFIG_FILE, FORMAT, WEIGHTS_FILE, read_config
 
     out = Path(out)
     if out.is_symlink() and not out.exists():
@@ -275,23 +275,16 @@ def check_lens_dir(out: Path) -> None:
     if not out.is_dir():
         return
 
-    def safetensors_meta(path: Path) -> dict:
-        try:
-            meta = _header(path)[0].get("__metadata__")
-        except LenskitError:
-            return {}
-        return meta if isinstance(meta, dict) else {}
-
     def ours(path: Path) -> bool:
         if path.is_symlink() or not path.is_file():
             return False
         if path.name == CONFIG_FILE:
             try:
-                doc = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+                read_config(out)  # a lenskit lens config, or InputError
+            except InputError:
                 return False
-            return isinstance(doc, dict) and doc.get("format") == FORMAT
-        meta = safetensors_meta(path)
+            return True
+        meta = safetensors_metadata(path)
         return meta.get("format") == FORMAT if path.name == WEIGHTS_FILE else "lenskit_fit" in meta
 
     for name in (CONFIG_FILE, WEIGHTS_FILE, CHECKPOINT_FILE):
