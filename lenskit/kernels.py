@@ -7,7 +7,8 @@ while it sits in the core's L2 cache (49,152 float32 scores = 192 KB). Columns a
 (``lenskit.scoring.column_order``), which puts tokens that score low in most contexts side by side, so several
 passes skip whole steps of columns by their bins:
 
-1. **moments** -- row max and the float64 sums of ``s - s[0]`` and its square: mean and std (ddof=1).
+1. **moments** -- row max and the float64 sums of ``d = s - s[0]`` and its square: mean and std (ddof=1); in the
+   same loop KL's float64 sums ``sum pf d`` and ``sum pf`` (see 5).
 2. **z-bins** -- the histogram bin of every score by :func:`z_bin` (the one definition: ``floor((s - mean) * a)``
    with ``a = BIN_SCALE / std``, both float32 operations, clamped, plus ``BIN_OFFSET``; ``lenskit.stats.z_bins``
    is the same formula in torch), one byte per score; each step's lowest and highest bin; histogram counts from
@@ -28,9 +29,10 @@ passes skip whole steps of columns by their bins:
    over the **window**: the steps of SKIP scores holding a score within EXP_WINDOW (30) of the max
    (:func:`window_runs`; a step whose highest bin lies below the bin of max - 30 holds none). On the default model
    that is 2-9% of a row's steps from the middle stages on, 30-50% in the first blocks, all of them in final rows.
-5. **KL(final || stage)** = lse - E_pf[s] - H(final) = log E - sum pf (s - max) / sum pf - H(final), with pf the
-   final row's softmax (final rows are done first, per position, and pf kept as ``[c, V]`` float32): a float64 dot
-   product over every score (:func:`row_kl_dot`; a final distribution is rarely negligible anywhere).
+5. **KL(final || stage)** = lse - E_pf[s] - H(final) = log E - (sum pf d / sum pf + s[0] - max) - H(final), with
+   pf the final row's softmax (final rows are done first, per position, and pf kept as ``[c, V]`` float32): a
+   float64 dot product over every score, in the moments' loop (:func:`row_moments`; a final distribution is rarely
+   negligible anywhere).
 
 The window leaves out terms e^d with d < -30: E (>= 1, the max's own term) changes by < V e^-30 (5e-9 at V =
 49,152) and F by < 30 V e^-30 (1.4e-7), below the float32 exp's own relative error and far below the export's 2
@@ -164,18 +166,23 @@ def z_bin(x, mean, a):
 
 
 @njit(cache=True, fastmath=_REDUCE)
-def row_moments(row):
-    """``row [V]`` float32 -> (max float32, mean float64, std float64 with ddof=1).
+def row_moments(row, pf):
+    """``row [V]`` float32 -> (max float32, mean float64, std float64 with ddof=1, A, P), with KL's sums
+    (A, P) = (sum pf (row - row[0]), sum pf) in float64 from the same loop when ``pf [V]`` (a final distribution,
+    float32) has V entries, else (0, 1).
 
     The max from the float bits as int32 (integer max and min vectorise; exact): a row with a non-negative score
     has its max at the highest int (non-negative floats order as their bits), an all-negative row at the lowest
     (negative floats' bits, sign bit set, grow with the magnitude). NaN-free rows; a NaN's bits order beyond inf.
+    Mean, std and KL's sums share ``d = s - s[0]`` and one read of the row (a separate KL pass cost ~2 us more per
+    row on the README's Xeon).
     """
     wide_vectors()
     V = row.shape[0]
+    kl = pf.shape[0] == V
     iv = row.view(np.int32)  # [V] the same bytes as int32
     s0 = np.float64(row[0])
-    t1, t2 = 0.0, 0.0
+    t1, t2, acc, tot = 0.0, 0.0, 0.0, 0.0
     hi, lo = np.int32(-2147483648), np.int32(2147483647)
     for v in range(V):
         d = np.float64(row[v]) - s0
@@ -183,11 +190,15 @@ def row_moments(row):
         t2 += d * d
         hi = max(hi, iv[v])
         lo = min(lo, iv[v])
+        if kl:  # loop-invariant: LLVM compiles the loop twice
+            p = np.float64(pf[v])
+            acc += p * d
+            tot += p
     mx = np.empty(1, np.int32)
     mx[0] = hi if hi >= 0 else lo
     mean = s0 + t1 / V
     var = max((t2 - t1 * t1 / V) / max(V - 1, 1), 0.0)
-    return mx.view(np.float32)[0], mean, math.sqrt(var)
+    return mx.view(np.float32)[0], mean, math.sqrt(var), acc, (tot if kl else 1.0)
 
 
 @njit(cache=True)
@@ -512,7 +523,8 @@ def row_softmax_sums_at(row, m, q, scale, runs, n_runs):
 
 @njit(cache=True, fastmath=_REDUCE)
 def row_kl_dot(row, m, pf):
-    """(A, P) = (sum pf (row - m), sum pf) in float64 for the final distribution ``pf [V]`` float32."""
+    """(A, P) = (sum pf (row - m), sum pf) in float64 for the final distribution ``pf [V]`` float32: a final row's own
+    KL (after its pf exists); other rows get these sums from :func:`row_moments`."""
     wide_vectors()
     m64 = np.float64(m)
     acc, tot = 0.0, 0.0
@@ -533,14 +545,14 @@ def row_stats(r, row, cols, pf, mean, std, mx, lse, entropy, kl, tscore, rank, t
     top_score [R, N]``).
 
     The exps and softmax sums visit only the steps of SKIP scores holding a score within EXP_WINDOW of the row's
-    max (:func:`window_runs`); KL's dot product with ``pf`` visits every score (a final distribution is rarely
-    negligible anywhere: real final rows lie within 30 nats of their max).
+    max (:func:`window_runs`); KL's dot product with ``pf`` visits every score, in the moments' loop (a final
+    distribution is rarely negligible anywhere: real final rows lie within 30 nats of their max).
 
     ``nxt``: the next row this thread will read (empty for none), prefetched into L2 (:func:`prefetch_l2`) during
     the bins pass, a few cache lines per step of SKIP scores: the first pass over a row otherwise waits for it
     from L3 or memory (~8 GB/s per core here, ~20% of the statistics' time)."""
     wide_vectors()
-    m, mu, sd = row_moments(row)
+    m, mu, sd, acc, tot = row_moments(row, pf)  # acc: sum pf (s - s[0]) (KL's; 0 for final rows)
     mean32 = np.float32(mu)
     std32 = max(np.float32(sd), np.float32(1e-12))
     a = np.float32(BIN_SCALE / np.float64(std32))  # = lenskit.stats.bin_scale(std)
@@ -558,13 +570,12 @@ def row_stats(r, row, cols, pf, mean, std, mx, lse, entropy, kl, tscore, rank, t
         runs[0], runs[1], n_runs = 0, row.shape[0], 1
     row_exp_parts_at(row, m, q, bits, runs, n_runs)
     e_sum, f_sum = row_softmax_sums_at(row, m, q, bits.view(np.float32), runs, n_runs)
-    acc, tot = row_kl_dot(row, m, pf) if pf.shape[0] == row.shape[0] else (0.0, 1.0)
     log_e = math.log(e_sum)
     lse[r] = np.float64(m) + log_e
     entropy[r] = log_e - f_sum / e_sum
-    # KL = lse - E_pf[s] - H(final), E_pf[s] = m + acc / tot (pf renormalised: its float32 rounding cancels);
+    # KL = lse - E_pf[s] - H(final), E_pf[s] = s[0] + acc / tot (pf renormalised: its float32 rounding cancels);
     # needs H(final): the caller finishes it (kl holds lse - E_pf[s] until then)
-    kl[r] = log_e - acc / tot
+    kl[r] = log_e - (acc / tot + (np.float64(row[0]) - np.float64(m)))
 
 
 @njit(parallel=True, cache=True)

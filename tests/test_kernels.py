@@ -290,7 +290,7 @@ def test_rank_passes_skip_steps_exactly():
     row[top] = np.float32(9.0)  # a 12-way tie in a top bin
     row[top[:3]] = np.float32(11.0)
     row[-1] = np.float32(10.0)  # in the tail past the last whole step
-    m, mu, sd = row_moments(row)
+    m, mu, sd, _, _ = row_moments(row, np.empty(0, np.float32))
     bins, _, cmin, cmax = _row_bins(row, mu, sd)
     cols = np.concatenate([top[[0, 5, 5, 11]], [V - 1, int(np.argmin(row)), int(np.argsort(row)[V // 2])]]).astype(np.int64)
     rank = np.zeros(len(cols), np.int64)
@@ -308,7 +308,7 @@ def test_rank_passes_count_steps_above_their_tokens_whole():
     row = g.normal(0, 1, V).astype(np.float32)
     row[: 2 * RANK_STEP] = g.normal(6, 0.5, 2 * RANK_STEP).astype(np.float32)  # two steps wholly above the bulk
     row[3 * RANK_STEP: 3 * RANK_STEP + 9] = np.float32(0.25)  # a 9-way tie in the bulk
-    _, mu, sd = row_moments(row)
+    _, mu, sd, _, _ = row_moments(row, np.empty(0, np.float32))
     bins, _, cmin, cmax = _row_bins(row, mu, sd)
     cols = np.array([3 * RANK_STEP, 3 * RANK_STEP + 4, int(np.argmin(row)), V - 1, 5 * RANK_STEP + 7], np.int64)
     assert bins[: 2 * RANK_STEP].min() > bins[cols].max()  # the skip applies
@@ -336,7 +336,7 @@ def test_softmax_window_skips_steps_and_keeps_the_sums():
     for key in ("lse", "entropy", "kl"):
         torch.testing.assert_close(getattr(f, key).double(), b[key], atol=1e-6, rtol=0, msg=key)
     row = s[0].numpy()
-    m, mu, sd = row_moments(row)
+    m, mu, sd, _, _ = row_moments(row, np.empty(0, np.float32))
     a = np.float32(BIN_SCALE / np.float64(np.float32(sd)))
     _, _, _, cmax = _row_bins(row, mu, sd)
     runs = np.empty(2 * (V // SKIP + 1), np.int64)
