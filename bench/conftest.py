@@ -22,6 +22,10 @@ def pytest_terminal_summary(terminalreporter, config):
     terminalreporter.section("lenskit ratios (median time / baseline median, same run)")
     for group, benches in sorted(groups.items(), key=lambda kv: str(kv[0])):
         base = [b for b in benches if b.extra_info.get("role") == "baseline"]
+        for b in benches:
+            if b.extra_info.get("role") == "paired":  # its own baseline, round by round (see its docstring)
+                terminalreporter.write_line(f"{group:>16} | {b.name:<44} median ratio {b.extra_info['median_ratio']:5.2f}x  "
+                                            f"rounds {b.extra_info['ratios']}  bare {b.extra_info['bare_s']}")
         if not base:
             continue
         b0 = base[0].stats.median
