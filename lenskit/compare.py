@@ -63,7 +63,8 @@ class Side:
     trace: object | None  # lenskit.store.Trace
     export: dict | None  # the export document (plain JSON), loaded on demand
     tokenizer: object | None = None
-    lens: object | None = None
+    lens: object | None = None  # the model's head (lenskit.lens.Lens)
+    stage_lens: object | None = None  # the --lens of this side (lenskit.lenses.StageLens), bound to ``lens`` once loaded
 
     @property
     def n_stages(self) -> int:
@@ -337,9 +338,28 @@ def _rounded(x) -> list:
 # ---- from traces: both lenses, exact --------------------------------------------------------------------------------
 
 
+def open_side_lenses(sides: list[Side], specs: list[str] | None) -> None:
+    """Each side's ``--lens`` (none: the logit lens for both; one: for both; two: A's, then B's), opened against its
+    trace's model and stages -- fingerprints and stage counts checked before any weights load."""
+    from .lenses import DEFAULT_LENS, open_lenses
+
+    specs = list(specs or [DEFAULT_LENS])
+    if len(specs) > 2:
+        raise InputError(f"--lens is given {len(specs)} times: give it once (both runs) or twice (RUN_A's, then RUN_B's)")
+    for side, spec in zip(sides, specs * 2 if len(specs) == 1 else specs):
+        if side.trace is None:
+            raise InputError(f"--lens {spec.strip()} needs {side.run}'s trace.safetensors (it has none)")
+        side.stage_lens = open_lenses([spec], side.trace.meta["model"], side.trace.meta["stages"])[0]
+
+
+def lens_kinds(sides: list[Side]) -> set[str]:
+    """The kinds of lens the sides were asked for (``{"logit"}`` by default)."""
+    return {side.stage_lens.kind if side.stage_lens is not None else "logit" for side in sides}
+
+
 def load_lenses(sides: list[Side], allow_download: bool = False) -> None:
     """The lens weights and tokenizer of each side's model (fingerprints checked); ModelError when not on this
-    machine."""
+    machine. Each side's ``--lens`` gets its head here."""
     from .weights import lens_for_trace
 
     for side in sides:
@@ -348,6 +368,8 @@ def load_lenses(sides: list[Side], allow_download: bool = False) -> None:
         lens, tok = lens_for_trace(side.trace.meta, allow_download)
         side.trace.check_lens(lens.hidden_size, lens.vocab_size)
         side.lens, side.tokenizer = lens, tok
+        if side.stage_lens is not None:
+            side.stage_lens = side.stage_lens.bind(lens)
 
 
 def load_tokenizers(sides: list[Side], allow_download: bool = False) -> None:
@@ -378,7 +400,7 @@ def compare_from_traces(a: Side, b: Side, plan: Plan, top_k: int = DEFAULT_TOP_K
     sides = (a, b)
     scorers, per_block = [], 1
     for side in sides:
-        sc = Scorer(side.lens, dev, True, "float32")
+        sc = Scorer(side.stage_lens or side.lens, dev, True, "float32")  # a translator's rows: whole positions
         per_block = max(per_block, sc.set_block(side.n_stages))  # positions per GEMM block (rows are padded to it)
         scorers.append(sc)
     V = [side.lens.vocab_size for side in sides]
@@ -573,6 +595,7 @@ def build_compare(a: Side, b: Side, plan: Plan, source: str, top_k: int, kl: dic
             "tokens": side.tokens,
             "token_ids": side.token_ids,
             "stages": side.stages,
+            "lens": lens_entry(side),
         }
 
     return {
@@ -587,6 +610,22 @@ def build_compare(a: Side, b: Side, plan: Plan, source: str, top_k: int, kl: dic
         "kl": kl,
         "pairs": pairs,
     }
+
+
+def lens_entry(side: Side) -> dict:
+    """The lens a side's numbers come from: its ``--lens`` (kind, source, fingerprint, ...) when computed from the
+    trace; from export-only data, the export's first lens (the one its ranks follow)."""
+    if side.stage_lens is not None:
+        return side.stage_lens.info()
+    if side.export is not None:
+        from .schema import lenses
+
+        try:
+            first = lenses(side.export)[0]
+            return {k: first[k] for k in ("kind", "source", "fingerprint") if k in first} or {"kind": "logit"}
+        except (KeyError, TypeError, IndexError, AttributeError):
+            pass
+    return {"kind": "logit"}
 
 
 def _nullable(schema: dict) -> dict:
@@ -610,6 +649,8 @@ def json_schema() -> dict:
             "tokens": {"type": "array", "items": {"type": "string"}, "description": "display text of each token"},
             "token_ids": ints,
             "stages": {"type": "object", "required": ["name", "kind", "layer"]},
+            "lens": {"type": "object", "required": ["kind"], "description": "the lens this run's numbers come from "
+                     "(`--lens`; logit by default): kind, source, fingerprint, ..."},
         },
     }
     token = {
@@ -669,14 +710,25 @@ def is_compare_dir(folder: Path) -> bool:
 def run_compare(run_a: Path, run_b: Path, prompt_a: int = 0, prompt_b: int = 0, align: str = "auto",
                 positions: str | None = None, top_k: int = DEFAULT_TOP_K, device: str = "auto",
                 max_memory: int | None = None, exports_only: bool = False, allow_download: bool = False, log=None,
-                warn=None) -> dict:
+                warn=None, lenses: list[str] | None = None) -> dict:
     """Open both runs, align them (refusing pairs that cannot be), and compute the document: from the traces with
-    both lenses, or -- with ``exports_only`` or when the weights are not on this machine -- from the exports."""
+    both lenses, or -- with ``exports_only`` or when the weights are not on this machine -- from the exports.
+
+    ``lenses``: the ``--lens`` specs (none: the logit lens; one: for both runs; two: RUN_A's, then RUN_B's). A lens
+    other than the logit lens needs both traces and their weights: export-only data follows the lens each export
+    was made with, so it is never used in its place."""
     from .errors import ModelError
+    from .lenses import DEFAULT_LENS, parse_lens_spec
 
     a, b = open_side(run_a, prompt_a, "A"), open_side(run_b, prompt_b, "B")
     if top_k < 1:
         raise InputError("--top-k must be at least 1")
+    custom = [spec for spec in lenses or [] if parse_lens_spec(spec)[0].name != DEFAULT_LENS]
+    if custom and exports_only:
+        raise InputError(f"--lens {custom[0].strip()} needs the traces: --exports-only reads the export.json files, "
+                         "whose ranks follow the lens each was exported with")
+    if not exports_only and (lenses or (a.trace is not None and b.trace is not None)):
+        open_side_lenses([a, b], lenses)
     why = None
     if exports_only:
         why = "--exports-only"
@@ -686,6 +738,8 @@ def run_compare(run_a: Path, run_b: Path, prompt_a: int = 0, prompt_b: int = 0, 
         try:
             load_lenses([a, b], allow_download)
         except ModelError as e:
+            if custom:
+                raise
             why = f"lens weights unavailable: {e}"
     if why is not None:
         if not exports_only:

@@ -323,3 +323,59 @@ def test_serve_keeps_comparisons_of_the_same_folder_name(runs):
     res = run("serve", runs["root"] / "x" / "cmp", runs["root"] / "y" / "cmp", "--get", "/runs.json")
     assert res.exit_code == 0, res.output
     assert [c["name"] for c in json.loads(res.stdout)["compares"]] == ["cmp", "cmp-2"]
+
+
+@pytest.fixture(scope="module")
+def base_lens(runs):
+    """A tuned lens (random translators, last stage identity) for the base model."""
+    from lenskit.lenses import Translator
+    from lenskit.lenses.tuned import save_lens
+    from lenskit.store import read_trace
+
+    trace = read_trace(runs["base"])
+    S, _, D = trace.stages(0).shape
+    g = torch.Generator().manual_seed(0)
+    tr = Translator(torch.randn(S, D, D, generator=g) * 0.2 / D**0.5, torch.randn(S, D, generator=g) * 0.2,
+                    [True] * (S - 1) + [False])
+    tr.weight[-1] = 0
+    tr.bias[-1] = 0
+    out = runs["root"] / "base-lens"
+    model = {k: trace.meta["model"][k] for k in ("id", "fingerprint", "architecture", "n_layers", "vocab_size")}
+    save_lens(out, tr, model, trace.meta["stages"], {"fit": None})
+    return out
+
+
+def test_compare_through_a_tuned_lens(runs, base_lens, tmp_path):
+    """--lens once: both runs through it; ranks equal each run's own export through that lens, the lens is recorded,
+    and the last stage (identity in a tuned lens) gives the logit lens's KL."""
+    spec = f"tuned:{base_lens}"
+    doc = compare(runs, "base", "other", "tuned-prompts", "--lens", spec, "--top-k", "3")
+    assert [r["lens"]["kind"] for r in doc["runs"]] == ["tuned", "tuned"]
+    assert doc["runs"][0]["lens"]["source"] == doc["runs"][1]["lens"]["source"]
+    for k, name in enumerate(("base", "other")):
+        res = run("export", runs[name], "--lens", spec, "-o", tmp_path / f"{name}.json", "-q", "--top-k", "3")
+        assert res.exit_code == 0, res.output
+        exported = json.loads((tmp_path / f"{name}.json").read_text(encoding="utf-8"))
+        check_ranks_match_export(doc, k, exported)
+    logit = compare(runs, "base", "other", "logit-prompts", "--top-k", "3")
+    assert [r["lens"]["kind"] for r in logit["runs"]] == ["logit", "logit"]
+    assert doc["pairs"][0]["tokens"] != logit["pairs"][0]["tokens"]  # the translators move the rank curves
+    for p, q in zip(doc["pairs"], logit["pairs"]):
+        assert [v[-1] for v in p["kl"]] == [v[-1] for v in q["kl"]]
+
+
+def test_compare_with_a_lens_per_run_and_refusals(runs, base_lens):
+    spec = f"tuned:{base_lens}"
+    doc = compare(runs, "base", "instruct", "tuned-vs-logit", "--lens", spec, "--lens", "logit")
+    assert [r["lens"]["kind"] for r in doc["runs"]] == ["tuned", "logit"]
+    out = runs["root"] / "refused"
+    for args, words in [
+        (["--lens", spec], "fingerprint"),  # once: for both, but it belongs to the base model only
+        (["--lens", spec, "--lens", "logit", "--lens", "logit"], "given 3 times"),
+        (["--lens", spec, "--exports-only"], "needs the traces"),
+        (["--lens", "tuned"], "needs an argument"),
+        (["--lens", "nosuch"], "unknown lens"),
+    ]:
+        res = run("compare", runs["base"], runs["instruct"], "-o", out, "-q", *args)
+        assert_clean_error(res, words)
+        assert not out.exists()

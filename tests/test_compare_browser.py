@@ -6,6 +6,7 @@ Every request must stay on the machine; any console error, page error or dialog 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -66,6 +67,21 @@ def serve(folders):
     return srv
 
 
+@contextlib.contextmanager
+def compare_page(page, doc, folder, state="ready"):
+    """``doc`` written as ``folder/compare.json``, served alone, and the compare page opened until it is ``state``."""
+    folder.mkdir()
+    (folder / COMPARE_FILE).write_text(json.dumps(doc), encoding="utf-8")
+    srv = serve([folder])
+    try:
+        page.goto(srv.url + "compare.html")
+        page.wait_for_selector(f"html[data-state={state}]", state="attached", timeout=15000)
+        yield
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def url_state(page) -> dict:
     from urllib.parse import parse_qsl, urlsplit
 
@@ -124,17 +140,29 @@ def test_comparison_without_pairs_says_so(page, tiny_compare, tmp_path):
     TypeError's."""
     doc = json.loads((tiny_compare / COMPARE_FILE).read_text(encoding="utf-8"))
     doc["pairs"] = []
-    folder = tmp_path / "no-pairs"
-    folder.mkdir()
-    (folder / COMPARE_FILE).write_text(json.dumps(doc), encoding="utf-8")
-    srv = serve([folder])
-    try:
-        page.goto(srv.url + "compare.html")
-        page.wait_for_selector("html[data-state=error]", state="attached", timeout=15000)
+    with compare_page(page, doc, tmp_path / "no-pairs", "error"):
         assert "no aligned positions" in page.text_content("#status")
-    finally:
-        srv.shutdown()
-        srv.server_close()
+
+
+def test_the_page_names_the_lenses(page, tiny_compare, tmp_path):
+    """The note under the title says which lens each side was compared through (`compare --lens`): nothing for the
+    logit lens on both, one phrase for one lens on both, A's and B's otherwise; a document from before the field
+    reads as the logit lens."""
+    doc = json.loads((tiny_compare / COMPARE_FILE).read_text(encoding="utf-8"))
+    assert [r["lens"]["kind"] for r in doc["runs"]] == ["logit", "logit"]
+    cases = [(("tuned", "tuned"), "Both through the tuned lens."),
+             (("tuned", "logit"), "A through the tuned lens, B through the logit lens."),
+             ((None, None), None)]
+    for kinds, words in cases:
+        variant = json.loads(json.dumps(doc))
+        for run, kind in zip(variant["runs"], kinds):
+            if kind is None:
+                del run["lens"]
+            else:
+                run["lens"]["kind"] = kind
+        with compare_page(page, variant, tmp_path / f"lens-{kinds[0]}-{kinds[1]}"):
+            note = page.text_content("#align-note")
+            assert (words in note) if words else ("lens" not in note), note
 
 
 def test_single_file_compare_report_from_file_url(page, tiny_compare, tmp_path):

@@ -33,6 +33,11 @@ def compare(
     ),
     positions: Optional[str] = typer.Option(None, "--positions", "-p", help="Only these positions of RUN_A's prompt, e.g. '3,10-20' or -1 (the last: the next-token prediction); without it, every aligned position."),
     top_k: int = typer.Option(5, "--top-k", "-k", min=1, help="Final top-k tokens of each side; their union (plus each side's actual next token) is followed in both."),
+    lens: Optional[list[str]] = typer.Option(
+        None, "--lens",
+        help="Lens to compare through: logit (default) or tuned:LENS_DIR (a lens from `lenskit fit-lens`). Once: for "
+        "both runs (one model, two prompts); twice: RUN_A's, then RUN_B's (two models, each its own tuned lens).",
+    ),
     exports_only: bool = typer.Option(False, "--exports-only", help="Use only the two export.json files (no lens weights: ranks only where each export tracked the token, no KL)."),
     max_memory: Optional[str] = typer.Option(
         None, "--max-memory", callback=options.size,
@@ -52,16 +57,23 @@ def compare(
     come from either.
 
     Computed from the two traces with both lenses (the weights must be on this machine; ranks are exact, as in
-    `lenskit export`); without them, from the two export.json files with the gaps marked. Example:
+    `lenskit export`), through the logit lens or a tuned lens (--lens); without the weights, from the two
+    export.json files with the gaps marked. Example:
     lenskit compare runs/france runs/italy -o runs/france-vs-italy && lenskit serve runs/france-vs-italy
     (or --html france-vs-italy.html: one file that opens anywhere, no server).
     """
     from ..compare import COMPARE_FILE, is_compare_dir, run_compare
     from ..export import dumps
     from ..files import atomic_write, check_output_file, check_run_dir, new_run_dir, replace_run_dir
+    from ..lenses import parse_lens_spec
     from ..models import progress_logger
 
     log = progress_logger(quiet)
+    for spec in lens or []:  # the spelling, before anything is read
+        parse_lens_spec(spec)
+    if lens and len(lens) > 2:
+        raise typer.BadParameter(f"given {len(lens)} times: once (both runs) or twice (RUN_A's, then RUN_B's)",
+                                 param_hint="'--lens'")
     if output is None and html is None:
         raise typer.BadParameter("name the output: -o OUT (a folder for `lenskit serve`) and/or --html FILE",
                                  param_hint="'-o' / '--html'")
@@ -80,7 +92,7 @@ def compare(
         typer.echo(f"lenskit: warning: {msg}", err=True)
 
     doc = run_compare(run_a, run_b, prompt_a, prompt_b, align, positions, top_k, device, max_memory, exports_only,
-                      allow_download, log=log, warn=warn)
+                      allow_download, log=log, warn=warn, lenses=lens)
     if target is not None:
         data = dumps(doc)
         tmp = new_run_dir(target)

@@ -42,6 +42,7 @@ export function wrapCompare(doc) {
     stageCount: r.stages.name.length,
     stageName: (s) => r.stages.name[s],
     stageKind: (s) => r.stages.kind[s],
+    lens: (r.lens && r.lens.kind) || "logit", // the lens its numbers come from (compare --lens; absent before it)
   }));
   const pairIndex = [new Map(), new Map()];
   doc.pairs.forEach((p, i) => {

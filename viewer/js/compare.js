@@ -33,9 +33,11 @@ const ALIGN_NOTES = {
 
 function relationNote(cmp) {
   const [a, b] = cmp.runs;
-  if (cmp.relation === "models") return `One prompt on two models: A = ${a.model.id}, B = ${b.model.id}.`;
-  if (cmp.relation === "prompts") return `One model (${a.model.id}) on two prompts.`;
-  return `One model (${a.model.id}) on one prompt, twice.`;
+  const lens = a.lens === b.lens ? (a.lens === "logit" ? "" : ` Both through the ${a.lens} lens.`)
+    : ` A through the ${a.lens} lens, B through the ${b.lens} lens.`;
+  if (cmp.relation === "models") return `One prompt on two models: A = ${a.model.id}, B = ${b.model.id}.${lens}`;
+  if (cmp.relation === "prompts") return `One model (${a.model.id}) on two prompts.${lens}`;
+  return `One model (${a.model.id}) on one prompt, twice.${lens}`;
 }
 
 function drawStrip(el, cmp, k, pair, onPair) {
