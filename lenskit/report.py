@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 from . import __version__
-from .errors import LenskitError
+from .errors import InputError, LenskitError
 from .server import viewer_root
 
 DATA_ID = "lenskit-data"
@@ -39,7 +39,10 @@ def json_for_script(doc: dict) -> str:
     """``doc`` as JSON that is safe inside a ``<script>`` element (and still the same JSON to JSON.parse)."""
     import orjson  # as lenskit.export.dumps does, without importing lenskit.export (and torch: seconds in a notebook)
 
-    text = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY).decode("utf-8")
+    try:
+        text = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY).decode("utf-8")
+    except orjson.JSONEncodeError as e:  # a hand-made dict (lenskit.show, build_html): a lone surrogate, a non-str key
+        raise InputError(f"this document cannot be written as JSON: {e}") from None
     return re.sub("[<>&\u2028\u2029]", lambda m: JSON_ESCAPES[m.group(0)], text)
 
 

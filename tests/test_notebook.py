@@ -144,6 +144,10 @@ def test_iframe_is_sandboxed_and_holds_the_report_exactly(doc):
     assert isinstance(shown, InlineViewer) and shown._repr_html_().startswith("<iframe")
     assert Export(doc)._repr_html_().startswith("<iframe")
     assert all(h not in out for h in ("<img src=x", "</script><script>alert"))
+    # a hand-made document JSON cannot hold (a lone surrogate, a non-string key): one InputError, not orjson's TypeError
+    for bad in ({**doc, "tokens": ["\ud800"]}, {**doc, 1: "x"}):
+        with pytest.raises(InputError, match="cannot be written as JSON"):
+            lenskit.show(bad)
 
 
 # ---- a real notebook, executed by nbclient, its output loaded in Chromium

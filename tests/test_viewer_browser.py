@@ -129,6 +129,13 @@ def test_url_state_restores_the_view(page, served, docs):
     assert state(page)["run"] == "synth" and state(page)["mode"] == "raw" and state(page)["view"] == "panels"
     assert state(page)["yrange"] == "layers"
     assert state(page)["stage"] == str(len(docs["synth"]["stages"]["name"]) - 1)
+    # numbers that are not indices are not read as the integer they start with ("3.7" is not position 3)
+    for junk in ("3.7", "1e1", "3abc", "0x3", " "):
+        page.goto("about:blank")
+        open_view(page, served.url + f"#run=synth&prompt=0&pos={junk}&stage=1.5")
+        last = len(docs["synth"]["prompts"][0]["positions"]) - 1
+        assert state(page)["pos"] == str(docs["synth"]["prompts"][0]["positions"][last]["pos"]), junk
+        assert state(page)["stage"] == str(len(docs["synth"]["stages"]["name"]) - 1), junk
 
 
 def test_run_picker_switches_runs(page, served, docs):

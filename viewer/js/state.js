@@ -28,7 +28,7 @@ export function createState(initial) {
   };
 }
 
-/** State values found in the page's URL (query string, then fragment); numbers parsed, unknown keys dropped. Another
+/** State values found in the page's URL (query string, then fragment); indices parsed (digits only), unknown keys dropped. Another
  * page (compare.js) passes its own ``keys``/``numeric``. */
 export function readUrlState(location = window.location, keys = STATE_KEYS, numeric = NUMERIC_KEYS) {
   const out = {};
@@ -38,8 +38,8 @@ export function readUrlState(location = window.location, keys = STATE_KEYS, nume
       const raw = params.get(key);
       if (raw === null) continue;
       if (numeric.has(key)) {
-        const n = Number.parseInt(raw, 10);
-        if (Number.isFinite(n)) out[key] = n;
+        // indices only: "3.7", "-1", "1e3", "3abc" are not positions (the default is used and the URL rewritten)
+        if (/^\d{1,9}$/.test(raw.trim())) out[key] = Number(raw.trim());
       } else {
         out[key] = raw;
       }
