@@ -373,6 +373,12 @@ def test_prompts_and_runs_without_positions(page, tmp_path):
         page.focus("body")
         page.keyboard.press("ArrowLeft")  # the shown run still answers, with its own data
         check_figures(page, doc, 0, 2, 4)
+        # a link to the broken run on a fresh page: the next run that can be drawn is shown, with the reason
+        page.goto("about:blank")
+        open_view(page, srv.url + "#run=empty&prompt=0&pos=1")
+        assert page.input_value("#run-select") == "partial" and state(page)["run"] == "partial"
+        assert "empty has no prompts — showing partial" in page.text_content("#status")
+        check_figures(page, doc, 0, 3, 4)
     finally:
         srv.shutdown()
         srv.server_close()

@@ -50,9 +50,26 @@ async function boot() {
   const runs = await loadRunList();
   if (runs.length === 0) throw new Error("no runs to show");
   const wanted = readUrlState();
-  const runEntry = runs.find((r) => r.name === wanted.run) || runs[0];
-  let run = await loadRun(runEntry);
-  let runName = runEntry.name;
+  const first = runs.find((r) => r.name === wanted.run) || runs[0];
+  // The wanted run, else the next one that loads and has something to draw: one broken run does not stop the page.
+  let run = null;
+  let runName = null;
+  let firstError = null;
+  for (const entry of [first, ...runs.filter((r) => r !== first)]) {
+    try {
+      const candidate = await loadRun(entry);
+      if (!d3.range(candidate.promptCount).some((p) => candidate.exportedPositions(p).length > 0)) {
+        throw new Error(`run ${entry.name} has no ${candidate.promptCount === 0 ? "prompts" : "exported positions"}`);
+      }
+      run = candidate;
+      runName = entry.name;
+      break;
+    } catch (err) {
+      firstError = firstError || err;
+    }
+  }
+  if (run === null) throw firstError;
+  const skipped = runName !== first.name ? `${String(firstError.message || firstError)} — showing ${runName}` : "";
 
   const state = createState({});
   const strip = createStrip(d3.select("#strip-section"), { onPosition: (pos) => state.set({ pos }) });
@@ -225,7 +242,8 @@ async function boot() {
     hideTooltip();
     drawAll(s, changed);
   });
-  state.set(resolve({ ...wanted, run: runEntry.name }));
+  state.set(resolve(runName === first.name ? { ...wanted, run: runName } : { run: runName }));
+  if (skipped) showStatus(skipped, true); // the wanted run is broken: say so above the one shown instead
 
   // Keys: ←/→ position, Shift+←/→ stage (not while typing in a control).
   document.addEventListener("keydown", (event) => {
