@@ -346,9 +346,11 @@ def open_side_lenses(sides: list[Side], specs: list[str] | None) -> None:
     specs = list(specs or [DEFAULT_LENS])
     if len(specs) > 2:
         raise InputError(f"--lens is given {len(specs)} times: give it once (both runs) or twice (RUN_A's, then RUN_B's)")
-    for side, spec in zip(sides, specs * 2 if len(specs) == 1 else specs):
+    for side in sides:
         if side.trace is None:
-            raise InputError(f"--lens {spec.strip()} needs {side.run}'s trace.safetensors (it has none)")
+            raise InputError(f"--lens {' --lens '.join(s.strip() for s in specs)} needs both runs' traces: {side.run} "
+                             "has no trace.safetensors (export data follows the lens it was exported with)")
+    for side, spec in zip(sides, specs * 2 if len(specs) == 1 else specs):
         side.stage_lens = open_lenses([spec], side.trace.meta["model"], side.trace.meta["stages"])[0]
 
 
@@ -727,8 +729,8 @@ def run_compare(run_a: Path, run_b: Path, prompt_a: int = 0, prompt_b: int = 0, 
     if custom and exports_only:
         raise InputError(f"--lens {custom[0].strip()} needs the traces: --exports-only reads the export.json files, "
                          "whose ranks follow the lens each was exported with")
-    if not exports_only and (lenses or (a.trace is not None and b.trace is not None)):
-        open_side_lenses([a, b], lenses)
+    if not exports_only and (custom or (a.trace is not None and b.trace is not None)):
+        open_side_lenses([a, b], lenses)  # a missing trace: refused for a tuned lens, export data for the logit lens
     why = None
     if exports_only:
         why = "--exports-only"

@@ -379,3 +379,16 @@ def test_compare_with_a_lens_per_run_and_refusals(runs, base_lens):
         res = run("compare", runs["base"], runs["instruct"], "-o", out, "-q", *args)
         assert_clean_error(res, words)
         assert not out.exists()
+    # a run with only its export.json: the logit lens falls back to export data (as without --lens), a tuned lens not
+    import shutil
+
+    only = runs["root"] / "instruct-export-only"
+    only.mkdir()
+    shutil.copy(runs["instruct"] / "export.json", only / "export.json")
+    res = run("compare", runs["base"], only, "-o", runs["root"] / "logit-vs-export", "-q", "--lens", "logit")
+    assert res.exit_code == 0, res.output
+    doc = json.loads((runs["root"] / "logit-vs-export" / COMPARE_FILE).read_text(encoding="utf-8"))
+    assert doc["source"] == "exports" and [r["lens"]["kind"] for r in doc["runs"]] == ["logit", "logit"]
+    res = run("compare", runs["base"], only, "-o", out, "-q", "--lens", spec, "--lens", "logit")
+    assert_clean_error(res, "needs")
+    assert not out.exists()
