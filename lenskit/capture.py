@@ -153,11 +153,16 @@ def fingerprint_info(loaded) -> dict:
     }
 
 
-def trace_prompts(loaded, texts: list[str], log=None) -> tuple[list[torch.Tensor], dict]:
-    """Capture every prompt; return the ``[S, T, D]`` stage tensors and the trace metadata document."""
+def trace_prompts(loaded, texts: list[str], log=None, chat: bool = False,
+                  system: str | None = None) -> tuple[list[torch.Tensor], dict]:
+    """Capture every prompt; return the ``[S, T, D]`` stage tensors and the trace metadata document.
+
+    ``chat``: each text is the user's message in the model's chat template, the assistant's turn opened
+    (:func:`lenskit.tokens.chat_prompt`; ``system``: a system message first); the trace keeps the templated text as
+    the prompt's ``text`` and the message as ``chat.user``."""
     from .progress import Progress
     from .store import build_metadata
-    from .tokens import context_length, token_texts, tokenize
+    from .tokens import chat_prompt, context_length, token_texts, tokenize
 
     if isinstance(texts, str) or not isinstance(texts, (list, tuple)):  # a str would be traced letter by letter
         raise InputError(f"texts must be a list of prompt strings (e.g. [\"The capital of France is\"]), "
@@ -165,8 +170,19 @@ def trace_prompts(loaded, texts: list[str], log=None) -> tuple[list[torch.Tensor
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise InputError(f"prompt {i} must be a string, not {type(t).__name__}")
+    if system is not None and not chat:
+        raise InputError("--system needs --chat (a system message belongs to the chat template)")
+    if system is not None and not isinstance(system, str):
+        raise InputError(f"system must be a string, not {type(system).__name__}")
+    users = list(texts)
+    if chat:
+        for i, t in enumerate(users):
+            if not t.strip():
+                raise InputError(f"prompt {i + 1} is empty: give some text, or --file with text in it")
+        texts = [chat_prompt(loaded.tokenizer, t, system) for t in users]
     max_len = context_length(loaded.model.config)
-    encoded = [tokenize(loaded.tokenizer, t, max_len) for t in texts]  # validate every prompt before running any
+    # validate every prompt before running any
+    encoded = [tokenize(loaded.tokenizer, t, max_len, special=not chat) for t in texts]
     states, prompts = [], []
     # a bar over the tokens on a terminal (prompt i/n beside it), else today's line per prompt; nothing if log is None
     with Progress(sum(len(ids) for ids in encoded), "trace", "tokens", log, every=None) as progress:
@@ -179,6 +195,8 @@ def trace_prompts(loaded, texts: list[str], log=None) -> tuple[list[torch.Tensor
             else:
                 states.append(capture_stages(loaded.model, loaded.adapter, torch.tensor(ids)))
             prompts.append({"text": text, "token_ids": ids, "tokens": token_texts(loaded.tokenizer, ids)})
+            if chat:
+                prompts[-1]["chat"] = {"user": users[i], "system": system}
             progress.update(len(ids))
     n_layers = len(get_module(loaded.model, loaded.adapter.layers))
     return states, build_metadata(fingerprint_info(loaded), stage_names(n_layers), prompts)

@@ -59,11 +59,31 @@ def context_length(config) -> int | None:
     return None
 
 
-def tokenize(tokenizer, text: str, max_len: int | None) -> list[int]:
-    """Token ids for ``text`` with the special tokens the tokenizer adds by default (BOS where the model uses one)."""
+def chat_prompt(tokenizer, text: str, system: str | None = None) -> str:
+    """``text`` as the user's message in the tokenizer's chat template, the assistant's turn opened
+    (``add_generation_prompt``): the prompt whose last position predicts the first token of the model's answer.
+    ``system``: a system message first (None: whatever the template does without one). The result already holds the
+    template's special tokens: tokenize it with ``special=False``."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError("--chat: this model's tokenizer has no chat template (a base model?); trace the plain text")
+    messages = ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": text}]
+    try:
+        out = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as e:  # noqa: BLE001 -- the template is the model's own Jinja code: any error is the template's
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise InputError(f"--chat: the model's chat template refused the prompt{' (with --system)' if system else ''}: "
+                         f"{first}") from None
+    if not isinstance(out, str) or not out.strip():
+        raise InputError("--chat: the model's chat template gave no text")
+    return out
+
+
+def tokenize(tokenizer, text: str, max_len: int | None, special: bool = True) -> list[int]:
+    """Token ids for ``text`` with the special tokens the tokenizer adds by default (BOS where the model uses one);
+    ``special=False`` for a text that already holds them (:func:`chat_prompt`'s)."""
     if not text.strip():
         raise InputError("the prompt is empty: give some text, or --file with text in it")
-    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=special)["input_ids"]
     if max_len is not None and len(ids) > max_len:
         raise InputError(f"the prompt is {len(ids)} tokens long; the model's context is {max_len} tokens")
     return list(ids)

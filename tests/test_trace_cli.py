@@ -157,3 +157,63 @@ def test_missing_weights_are_reported(tmp_path):
     assert res.exit_code == 0
     assert "lenskit: warning: 1 weight(s) missing from the checkpoint are random: lm_head.weight" in res.stderr
     assert read_trace(tmp_path / "r").meta["model"]["source"]["missing_weights"] == ["lm_head.weight"]
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<s> {{ 'the' if m.role == 'system' else 'a' }} {{ m.content }} </s> {% endfor %}"
+                 "{% if add_generation_prompt %}<s> cat{% endif %}")  # word-level: roles and turns as known words
+NO_SYSTEM = ("{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}"
+             "{% endif %}<s> a {{ m.content }} </s> {% endfor %}{% if add_generation_prompt %}<s> cat{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def chat_dirs(tiny_dir, tmp_path_factory):
+    """The tiny model with a chat template, and with one that refuses system messages."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    out = {}
+    for name, template in (("chat", CHAT_TEMPLATE), ("no-system", NO_SYSTEM)):
+        d = tmp_path_factory.mktemp(name) / "model"
+        shutil.copytree(tiny_dir, d)
+        tok = AutoTokenizer.from_pretrained(d)
+        tok.chat_template = template
+        tok.save_pretrained(d)
+        out[name] = d
+    return out
+
+
+def test_chat_traces_the_templated_prompt(chat_dirs, tmp_path):
+    """--chat: the prompt is the user's message in the model's template with the assistant's turn opened, tokenized
+    as apply_chat_template(tokenize=True) does (no second BOS); the trace keeps the templated text and the message."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "run"
+    res = invoke("trace", "the cat sat", "-m", chat_dirs["chat"], "-o", out, "-q", "--chat", "--system", "Paris")
+    assert res.exit_code == 0, res.output
+    meta = read_trace(out).meta
+    p = meta["prompts"][0]
+    tok = AutoTokenizer.from_pretrained(chat_dirs["chat"])
+    messages = [{"role": "system", "content": "Paris"}, {"role": "user", "content": "the cat sat"}]
+    want = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    want = want if isinstance(want, list) else want["input_ids"]  # a BatchEncoding in newer transformers
+    assert p["token_ids"] == list(want)
+    assert p["text"] == tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert p["tokens"][:3] == ["<s>", "the", "Paris"] and p["tokens"][-2:] == ["<s>", "cat"]  # one BOS per turn
+    assert p["chat"] == {"user": "the cat sat", "system": "Paris"}
+    doc = json.loads((out / "export.json").read_text(encoding="utf-8"))
+    assert doc["prompts"][0]["text"] == p["text"] and doc["prompts"][0]["positions"][-1]["pos"] == len(want) - 1
+
+
+def test_chat_refusals(tiny_dir, chat_dirs, tmp_path):
+    out = tmp_path / "run"
+    for model, args, words in [
+        (tiny_dir, ["--chat"], "no chat template"),
+        (chat_dirs["no-system"], ["--chat", "--system", "be brief"], "System role not supported"),
+        (chat_dirs["chat"], ["--system", "be brief"], "needs --chat"),
+        (chat_dirs["chat"], ["--chat", "--system", "   "], "empty"),
+    ]:
+        res = invoke("trace", "the cat", "-m", model, "-o", out, "-q", *args)
+        assert_clean_error(res, words, out)
+    res = invoke("trace", "the cat", "-m", chat_dirs["no-system"], "-o", out, "-q", "--chat", "--no-export")
+    assert res.exit_code == 0, res.output  # the same template without a system message

@@ -81,6 +81,8 @@ def trace(
     track: Optional[List[str]] = typer.Option(None, "--track", help="Extra token to follow in export.json (string or id). Repeatable."),
     stage_top: int = typer.Option(5, "--stage-top", min=0, max=100, help="Each stage's own top-N tokens per position in export.json (the viewer's overview grid); 0 for none."),
     lens: Optional[List[str]] = typer.Option(None, "--lens", help="Lens to compute: logit (the model's own final norm + unembedding, default) or tuned:LENS_DIR (a lens from `lenskit fit-lens`). Repeatable: the export holds each (the first lens's final top-k are followed by all)."),
+    chat: bool = typer.Option(False, "--chat", help="Wrap each prompt as the user's message in the model's chat template, with the assistant's turn opened: the last position predicts the first token of the answer. The trace keeps the templated text (special tokens included)."),
+    system: Optional[str] = typer.Option(None, "--system", help="With --chat: a system message before the user's. Without it, lenskit adds none (the template may add its own)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Trace the residual stream at all 2L+1 stages (embedding, after every attention and every FFN block).
@@ -98,6 +100,10 @@ def trace(
     out = output.expanduser() if output else default_run_dir(model)
     target = check_run_dir(out, force, is_run_folder)
     texts = read_prompts(prompts or [], file or [])
+    if system is not None and not chat:
+        raise typer.BadParameter("needs --chat (a system message belongs to the chat template)", param_hint="'--system'")
+    if system is not None:
+        read_prompts([system], [])  # the same checks as a prompt's (valid UTF-8, not blank)
     tmp = new_run_dir(target)
     try:
         loaded = load_model(model, revision, device, dtype, trust_remote_code, adapter, device_map, log=log)
@@ -113,7 +119,7 @@ def trace(
             n_layers = len(get_module(loaded.model, loaded.adapter.layers))
             open_lenses(lens, {"id": loaded.source["id"], "fingerprint": head.fingerprint()}, stage_names(n_layers))
         started = time.perf_counter()
-        states, meta = trace_prompts(loaded, texts, log=log)
+        states, meta = trace_prompts(loaded, texts, log=log, chat=chat, system=system)
         write_trace(tmp / TRACE_FILE, states, meta)
         if log:
             log(f"traced {len(texts)} prompt(s) in {time.perf_counter() - started:.2f}s")
