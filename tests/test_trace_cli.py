@@ -211,7 +211,7 @@ def test_chat_refusals(tiny_dir, chat_dirs, tmp_path):
         (tiny_dir, ["--chat"], "no chat template"),
         (chat_dirs["no-system"], ["--chat", "--system", "be brief"], "System role not supported"),
         (chat_dirs["chat"], ["--system", "be brief"], "needs --chat"),
-        (chat_dirs["chat"], ["--chat", "--system", "   "], "empty"),
+        (chat_dirs["chat"], ["--chat", "--system", "   "], "--system is empty"),
     ]:
         res = invoke("trace", "the cat", "-m", model, "-o", out, "-q", *args)
         assert_clean_error(res, words, out)

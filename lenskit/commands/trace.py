@@ -25,6 +25,15 @@ def example_text() -> str:
     return resources.files("lenskit").joinpath("data", EXAMPLE).read_text(encoding="utf-8").strip()
 
 
+def _is_utf8(text: str) -> bool:
+    """Bytes that are not UTF-8 reach argv and stdin as lone surrogates, which no UTF-8 encoder takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_prompts(prompts: list[str], files: list[Path]) -> list[str]:
     """Prompts from arguments and files (``-`` is stdin); the example paragraph if none are given."""
     texts = list(prompts)
@@ -39,10 +48,8 @@ def read_prompts(prompts: list[str], files: list[Path]) -> list[str]:
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"cannot read prompt file {f}: {e}") from None
     for i, t in enumerate(texts):
-        try:
-            t.encode("utf-8")
-        except UnicodeEncodeError:  # bytes that are not UTF-8 reach argv and stdin as lone surrogates
-            raise InputError(f"prompt {i + 1} is not valid UTF-8 text: re-encode it (or the terminal) as UTF-8") from None
+        if not _is_utf8(t):
+            raise InputError(f"prompt {i + 1} is not valid UTF-8 text: re-encode it (or the terminal) as UTF-8")
         if not t.strip():
             raise InputError(f"prompt {i + 1} is empty: give some text, or --file with text in it")
     return texts or [example_text()]
@@ -102,8 +109,10 @@ def trace(
     texts = read_prompts(prompts or [], file or [])
     if system is not None and not chat:
         raise typer.BadParameter("needs --chat (a system message belongs to the chat template)", param_hint="'--system'")
-    if system is not None:
-        read_prompts([system], [])  # the same checks as a prompt's (valid UTF-8, not blank)
+    if system is not None and not system.strip():
+        raise InputError("--system is empty: give a message, or leave the option out")
+    if system is not None and not _is_utf8(system):
+        raise InputError("--system is not valid UTF-8 text: re-encode it (or the terminal) as UTF-8")
     tmp = new_run_dir(target)
     try:
         loaded = load_model(model, revision, device, dtype, trust_remote_code, adapter, device_map, log=log)
