@@ -3,12 +3,16 @@
 Nothing is resolved from the request path on disk: at start-up :class:`Site` builds a table of every URL it will
 answer (each viewer file, ``/runs.json``, ``/runs/<name>/export.json``) and a request is an exact lookup in that table
 after percent-decoding, so ``/../``, ``%2e%2e/`` and friends simply find nothing (404). Each registered file is
-resolved again, symlinks and all (``Path.resolve(strict=True)``), when it is served: one that leaves its run folder
-(or the viewer's folder) is refused (403). Requests whose ``Host`` is not the bound address or ``localhost`` are
-refused, as are requests with no or several ``Host`` headers (a DNS-rebinding guard: a web page cannot make the
-browser read exports through a name it controls), and only GET and HEAD are answered. A connection idle for
-``Handler.timeout`` seconds mid-request is closed, so a client that never finishes its request holds no thread. JSON is gzip-compressed when the client accepts it. :meth:`Site.get` answers one
-path without sockets (``lenskit serve --get PATH``).
+resolved again, symlinks and all (``Path.resolve(strict=True)``), when it is served, and must lie in its run folder
+(or the viewer's folder) as that folder resolved at start-up; the file is opened once, without blocking, and what
+was opened is checked (:func:`read_inside`), so a file or folder swapped for a symlink or a FIFO while serving is
+refused (403), never followed nor waited on. Requests whose ``Host`` (and, for an absolute-form target such as
+``GET http://name/``, its authority) is not the bound address or ``localhost`` are refused, as are requests with no
+or several ``Host`` headers (a DNS-rebinding guard: a web page cannot make the browser read exports through a name it
+controls), and only GET and HEAD are answered. A connection idle for ``Handler.timeout`` seconds mid-request is
+closed, so a client that never finishes its request holds no thread; a client that goes away mid-answer is no error.
+JSON is gzip-compressed when the client accepts it (``gzip;q=0`` does not). :meth:`Site.get` answers one path
+without sockets (``lenskit serve --get PATH``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,10 @@ import errno
 import gzip
 import ipaddress
 import json
+import os
+import socket
+import stat
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,6 +43,7 @@ VIEWER_DIRS = ("", "js", "vendor")  # folders of the viewer that are served (the
 SCAN_DEPTH = 2  # `lenskit serve` with no RUN_DIR: folders up to this many levels below the current one
 GZIP_MIN_BYTES = 1024
 GZIP_LEVEL = 1  # loopback first: level 1 compresses the ~12 MB default export 3x in 0.15 s (level 6: 0.8 s, 15% smaller)
+GZIP_CACHE_BYTES = 256 << 20  # compressed files kept, least recently used dropped first; warm() stops when it is full
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".css": "text/css; charset=utf-8",
@@ -104,6 +113,10 @@ def find_runs(run_dirs: list[Path] | None = None, cwd: Path | None = None) -> di
             f = d if d.is_file() and d.name.endswith(".json") else d / EXPORT_FILE
             if not d.exists():
                 raise InputError(f"run folder not found: {d}")
+            if d.is_dir() and not os.access(d, os.X_OK):  # its export.json cannot even be looked at
+                raise InputError(f"cannot open run folder {d}: permission denied")
+            if f.is_file() and not os.access(f, os.R_OK):
+                raise InputError(f"cannot read {f}: permission denied")
             if not f.is_file():
                 raise InputError(f"no {EXPORT_FILE} in {d} (run `lenskit export {d}` first)")
             found.append(f)
@@ -148,6 +161,7 @@ class Site:
         self.compares = dict(compares or {})  # `lenskit compare` folders: name -> compare.json (compare.html shows them)
         self.viewer = viewer if viewer is not None else viewer_root()
         self.routes: dict[str, tuple[str, object, object]] = {}  # url path -> (kind, file, folder it must stay in)
+        viewer_root_at_start = _start_root(self.viewer)
         for sub in VIEWER_DIRS:
             folder = self.viewer.joinpath(sub) if sub else self.viewer
             if not folder.is_dir():
@@ -155,26 +169,30 @@ class Site:
             for item in folder.iterdir():
                 suffix = "." + item.name.rsplit(".", 1)[-1] if "." in item.name else ""
                 if item.is_file() and suffix in VIEWER_SUFFIXES and not item.name.startswith("."):
-                    self.routes["/" + (f"{sub}/" if sub else "") + item.name] = ("file", item, self.viewer)
+                    self.routes["/" + (f"{sub}/" if sub else "") + item.name] = ("file", item, viewer_root_at_start)
         self.routes["/"] = self.routes.get("/index.html", ("missing", None, None))
         self.routes["/runs.json"] = ("runs", None, None)
         self.surveys: dict[str, Path] = {}  # survey runs (`lenskit survey`): their survey.json beside export.json
         for name, path in self.runs.items():
-            self.routes[f"/runs/{name}/{EXPORT_FILE}"] = ("file", path, Path(path).parent)
+            self.routes[f"/runs/{name}/{EXPORT_FILE}"] = ("file", path, _start_root(Path(path).parent))
             survey = Path(path).parent / SURVEY_FILE
             if survey.is_file():
                 self.surveys[name] = survey
-                self.routes[f"/runs/{name}/{SURVEY_FILE}"] = ("file", survey, survey.parent)
+                self.routes[f"/runs/{name}/{SURVEY_FILE}"] = ("file", survey, _start_root(survey.parent))
         for name, path in self.compares.items():
-            self.routes[f"/compares/{name}/compare.json"] = ("file", path, Path(path).parent)
+            self.routes[f"/compares/{name}/compare.json"] = ("file", path, _start_root(Path(path).parent))
         if not self.runs and self.compares and "/compare.html" in self.routes:
             self.routes["/"] = self.routes["/compare.html"]
-        self._gz_cache: dict[tuple, bytes] = {}
+        self._gz_cache: dict[tuple, bytes] = {}  # (path, stat key) -> gzip, least recently used first
+        self._gz_bytes = 0
         self._lock = threading.Lock()
 
     def warm(self) -> None:
-        """Compress every run's export.json now (a server calls it in a thread at start, so first loads are quick)."""
+        """Compress the runs' export.json now, until :data:`GZIP_CACHE_BYTES` is filled (a server calls it in a thread
+        at start, so first loads are quick; thousands of runs must not fill the memory)."""
         for name in self.runs:
+            if self._gz_bytes >= GZIP_CACHE_BYTES:
+                break
             self.get(f"/runs/{quote(name)}/{EXPORT_FILE}", accept_gzip=True)
 
     def run_list(self) -> dict:
@@ -198,14 +216,13 @@ class Site:
             body, ctype = json.dumps(self.run_list(), ensure_ascii=False).encode("utf-8"), CONTENT_TYPES[".json"]
             mtime = None
         elif kind == "file":
-            if not contained(item, root):
-                return Response(403, b"forbidden: the file leaves its folder\n")
             try:
-                body = item.read_bytes()
-            except OSError:
+                body, mtime = read_inside(item, root)
+            except Outside:
+                return Response(403, b"forbidden: the file leaves its folder or is not a regular file\n")
+            except (OSError, RuntimeError):  # gone, unreadable, a symlink loop
                 return Response(404, b"not found\n")
             ctype = CONTENT_TYPES.get("." + item.name.rsplit(".", 1)[-1], "application/octet-stream")
-            mtime = _stat_key(item)
         else:
             return Response(404, b"not found\n")
         headers = {"Cache-Control": "no-cache"}
@@ -220,26 +237,50 @@ class Site:
             return gzip.compress(body, GZIP_LEVEL, mtime=0)
         key = (path, mtime)
         with self._lock:
-            cached = self._gz_cache.get(key)
+            cached = self._gz_cache.pop(key, None)
+            if cached is not None:
+                self._gz_cache[key] = cached  # now the most recently used
         if cached is None:
             cached = gzip.compress(body, GZIP_LEVEL, mtime=0)
             with self._lock:
-                self._gz_cache = {k: v for k, v in self._gz_cache.items() if k[0] != path}
+                for k in [k for k in self._gz_cache if k[0] == path]:  # the file's older versions
+                    self._gz_bytes -= len(self._gz_cache.pop(k))
                 self._gz_cache[key] = cached
+                self._gz_bytes += len(cached)
+                while self._gz_bytes > GZIP_CACHE_BYTES and len(self._gz_cache) > 1:
+                    self._gz_bytes -= len(self._gz_cache.pop(next(iter(self._gz_cache))))
         return cached
 
 
-def contained(item, root) -> bool:
-    """Is ``item``, symlinks resolved, a regular file inside ``root`` (also resolved)? Files of an installed package
-    that are not on a filesystem (a zip) have no symlinks to follow and count as contained."""
+class Outside(Exception):
+    """A served file that resolves outside its folder, or is not a regular file (:func:`read_inside`)."""
+
+
+def _start_root(folder):
+    """The folder a served file must stay in, resolved once at start-up: swapping the folder itself for a symlink
+    later moves nothing into it. Folders of a package not on a filesystem (a zip) are kept as they are."""
+    return Path(folder).resolve() if isinstance(folder, Path) else folder
+
+
+def read_inside(item, root) -> tuple[bytes, object]:
+    """``(bytes, stat key)`` of ``item`` if it is, symlinks resolved, a regular file inside ``root`` (resolved at
+    start-up), else :class:`Outside`; ``OSError`` if it is gone or unreadable. The file is opened once, not following
+    a last symlink and without blocking (a FIFO does not hang the thread), and the opened file itself is checked (a
+    regular file, still the one its path resolves to inside ``root``), so a swap between the check and the read is
+    refused. Files of a package not on a filesystem (a zip) have no symlinks to follow: read as they are."""
     if not isinstance(item, Path):
-        return True
-    try:
-        real = item.resolve(strict=True)
-        base = Path(root).resolve(strict=True)
-    except (OSError, RuntimeError):
-        return False
-    return real.is_file() and base in real.parents
+        return item.read_bytes(), None
+    real = item.resolve(strict=True)
+    if Path(root) not in real.parents:
+        raise Outside(item)
+    fd = os.open(real, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+                 | getattr(os, "O_BINARY", 0))
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        again = item.resolve(strict=True)  # a folder on the way swapped for a symlink after the first check
+        if not stat.S_ISREG(st.st_mode) or Path(root) not in again.parents or not os.path.samestat(st, again.stat()):
+            raise Outside(item)
+        return f.read(), (st.st_mtime_ns, st.st_size)
 
 
 def allowed_hosts(host: str, port: int) -> set[str]:
@@ -248,6 +289,25 @@ def allowed_hosts(host: str, port: int) -> set[str]:
     :func:`host_allowed`), but never another DNS name."""
     names = {"localhost", "127.0.0.1", "[::1]", host if ":" not in host else f"[{host}]"}
     return {n.lower() for n in names} | {f"{n}:{port}".lower() for n in names}
+
+
+def accepts_gzip(header: str) -> bool:
+    """Does an ``Accept-Encoding`` value accept gzip: ``gzip`` (any case) with no ``q`` or ``q`` above 0? ``gzip;q=0``
+    (or a ``q`` that is not a number) refuses it; ``*`` is not taken up (the plain body is always acceptable)."""
+    for part in header.split(","):
+        coding, *params = part.split(";")
+        if coding.strip().lower() != "gzip":
+            continue
+        q = "1"
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                q = value.strip()
+        try:
+            return float(q) > 0
+        except ValueError:
+            return False
+    return False
 
 
 def host_allowed(header: str | None, allowed: set[str], wildcard: bool) -> bool:
@@ -265,14 +325,6 @@ def host_allowed(header: str | None, allowed: set[str], wildcard: bool) -> bool:
         return True
     except ValueError:
         return False
-
-
-def _stat_key(item):
-    try:
-        st = item.stat()
-        return (st.st_mtime_ns, st.st_size)
-    except (AttributeError, OSError):
-        return None  # a Traversable without stat(): compress every time
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -296,12 +348,20 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self, send_body: bool) -> None:
         srv = self.server
+        if self.headers.get_all("Transfer-Encoding") or any(
+                v.strip() != "0" for v in self.headers.get_all("Content-Length") or []):
+            self.close_connection = True  # a body is not read: closing keeps it from being taken for a next request
         hosts = self.headers.get_all("Host") or []
-        if len(hosts) != 1 or not host_allowed(hosts[0], srv.allowed_hosts, srv.wildcard):  # two: which one counts?
+        try:
+            target = urlsplit(self.path)
+        except ValueError:  # e.g. an unclosed "[" in an absolute-form target
+            target = urlsplit("//invalid")
+        if (len(hosts) != 1 or not host_allowed(hosts[0], srv.allowed_hosts, srv.wildcard)  # two: which one counts?
+                or ((target.scheme or target.netloc)  # absolute form: its authority is the host that counts
+                    and not host_allowed(target.netloc, srv.allowed_hosts, srv.wildcard))):
             self._send(Response(403, b"forbidden: this server answers only for its own address (Host)\n"), send_body)
             return
-        accept = self.headers.get("Accept-Encoding", "")
-        gz = any(part.split(";")[0].strip() == "gzip" for part in accept.split(","))
+        gz = accepts_gzip(self.headers.get("Accept-Encoding", ""))
         self._send(srv.site.get(self.path, accept_gzip=gz), send_body)
 
     def _send(self, res: Response, send_body: bool) -> None:
@@ -328,11 +388,14 @@ class Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # socketserver's 5 drops a burst of connections (SYN retried after a second)
 
     def __init__(self, site: Site, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False):
         self.site = site
         self.verbose = verbose
         self.wildcard = host in ("0.0.0.0", "::", "")
+        if ":" in host:  # an IPv6 address (::1, ::): the socket must be AF_INET6 to bind it
+            self.address_family = socket.AF_INET6
         try:
             super().__init__((host, port), Handler)
         except OSError as e:
@@ -342,6 +405,13 @@ class Server(ThreadingHTTPServer):
         except (OverflowError, UnicodeError, ValueError) as e:
             raise InputError(f"cannot listen on {host}:{port}: {e}") from None
         self.allowed_hosts = allowed_hosts(host, self.server_address[1])
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that closed or reset its connection (mid-answer, or between keep-alive requests) is not an error:
+        no traceback. Anything else is reported as socketserver does."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:

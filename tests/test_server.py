@@ -128,6 +128,19 @@ def test_find_runs_errors(tmp_path):
         find_runs([tmp_path / "empty"])
 
 
+def test_find_runs_unreadable(tmp_path, doc, monkeypatch):
+    """A folder that cannot be entered, or an export.json that cannot be read, is said so (not "no export.json"):
+    os.access is patched, as root reads everything."""
+    run = write_run(tmp_path / "run", doc)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != run and real_access(p, mode, **kw))
+    with pytest.raises(InputError, match=r"cannot open run folder .*run: permission denied"):
+        find_runs([run])
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p).name != "export.json" and real_access(p, mode, **kw))
+    with pytest.raises(InputError, match=r"cannot read .*export.json: permission denied"):
+        find_runs([run])
+
+
 # ---- what is served
 
 
@@ -263,3 +276,180 @@ def test_write_html_inlines_everything_safely(tmp_path, doc):
     assert m and "<" not in m.group(1) and "\u2028" not in m.group(1)
     assert json.loads(m.group(1)) == json.loads(json.dumps(doc))
     assert "</script>" in doc["tokens"]  # the fixture really is hostile
+
+
+# ---- hostile clients and folders changing while serving (lenskit/server.py's Handler, Server, read_inside)
+
+
+def _reset(sock) -> None:
+    """Close with a TCP reset (SO_LINGER 0), as a browser tab closed mid-load may."""
+    import struct
+
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_a_client_that_goes_away_prints_no_traceback(server, capfd):
+    """A reset before the answer's headers are written, or while waiting for a keep-alive request, is no error."""
+    import time
+
+    addr = server.server_address[:2]
+    for _ in range(10):
+        sock = socket.create_connection(addr, timeout=10)
+        sock.sendall(b"GET /runs/synth/export.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        _reset(sock)
+    sock = socket.create_connection(addr, timeout=10)
+    sock.sendall(b"GET /runs.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    sock.recv(65536)
+    time.sleep(0.2)  # the server now waits for the next request on this connection
+    _reset(sock)
+    time.sleep(0.5)
+    assert raw_get(server, "/runs.json")[0].status == 200
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception occurred" not in err, err[-2000:]
+
+
+@pytest.mark.parametrize("value, gz", [("gzip", True), ("GZIP", True), ("br, gzip;q=0.5", True), ("gzip;q=0", False),
+                                       ("deflate, gzip; q=0.0", False), ("gzip;q=junk", False), ("*", False),
+                                       ("identity", False), ("", False)])
+def test_accept_encoding_q_values(value, gz):
+    from lenskit.server import accepts_gzip
+
+    assert accepts_gzip(value) is gz
+
+
+def test_gzip_q0_is_not_sent_gzip(server, runs_dir):
+    plain = (runs_dir / "runs" / "synth" / "export.json").read_bytes()
+    res, body = raw_get(server, "/runs/synth/export.json", {"Accept-Encoding": "gzip;q=0"})
+    assert res.getheader("Content-Encoding") is None and body == plain
+
+
+def test_absolute_form_target_names_the_host(server):
+    """``GET http://evil.example/...`` names its host in the target (RFC 9112 3.2.2): it is checked like Host."""
+    port = server.server_address[1]
+    for target in ("http://evil.example/runs.json", f"http://evil.example:{port}/runs.json", "http:/runs.json",
+                   f"http://user@127.0.0.1:{port}/runs.json"):
+        res, body = raw_get(server, target)
+        assert res.status == 403 and b"lenskit_version" not in body, target
+    with socket.create_connection(server.server_address[:2], timeout=10) as sock:  # http.client cannot send this one
+        sock.sendall(b"GET http://[::1/runs.json HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 403")
+    res, body = raw_get(server, f"http://127.0.0.1:{port}/runs.json")
+    assert res.status == 200 and b"lenskit_version" in body
+
+
+def test_a_body_on_get_is_not_taken_for_a_next_request(server):
+    """A GET's body is not read: the connection is closed after the answer, so the body is never parsed as a
+    request of its own (here one for another Host)."""
+    inner = b"GET /runs.json HTTP/1.1\r\nHost: evil.example\r\n\r\n"
+    for framing in (b"Content-Length: %d\r\n" % len(inner), b"Transfer-Encoding: chunked\r\n"):
+        with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+            sock.sendall(b"GET /runs.json HTTP/1.1\r\nHost: 127.0.0.1\r\n" + framing + b"\r\n" + inner)
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        assert data.count(b"HTTP/1.1 ") == 1 and data.startswith(b"HTTP/1.1 200"), data[:200]
+
+
+def test_files_changed_while_serving(tmp_path, doc):
+    """Deleted: 404. A FIFO: refused at once (never waited on). The run folder swapped for a symlink to another
+    folder with an export.json: refused, as the folder given was resolved at start-up."""
+    run = write_run(tmp_path / "run", doc)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "export.json").write_text('{"secret": 1}')
+    site = Site(find_runs([run]))
+    url = "/runs/run/export.json"
+    assert site.get(url).status == 200
+    (run / "export.json").rename(tmp_path / "saved.json")
+    assert site.get(url).status == 404
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(run / "export.json")
+        answer = []
+        reader = threading.Thread(target=lambda: answer.append(site.get(url)), daemon=True)
+        reader.start()
+        reader.join(5)
+        assert answer and answer[0].status == 403
+        (run / "export.json").unlink()
+    (tmp_path / "saved.json").rename(run / "export.json")
+    run.rename(tmp_path / "run.real")
+    run.symlink_to(tmp_path / "other", target_is_directory=True)
+    res = site.get(url)
+    assert res.status == 403 and b"secret" not in res.body
+
+
+@pytest.mark.parametrize("swap", ["symlink", "fifo", "folder"])
+def test_a_swap_between_check_and_open_is_refused(tmp_path, doc, monkeypatch, swap):
+    """The file is swapped just before it is opened (after its path was checked): a symlink out of the folder, a FIFO,
+    or the run folder itself for a symlink to another folder. Nothing outside is served and nothing hangs."""
+    import lenskit.server as server_mod
+
+    run = write_run(tmp_path / "run", doc)
+    secret = tmp_path / "other" / "export.json"
+    secret.parent.mkdir()
+    secret.write_text('{"secret": 1}')
+    site = Site(find_runs([run]))
+    real_open = os.open
+
+    def swapping_open(path, flags, *args):
+        if swap == "symlink":
+            (run / "export.json").unlink()
+            (run / "export.json").symlink_to(secret)
+        elif swap == "fifo":
+            (run / "export.json").unlink()
+            os.mkfifo(run / "export.json")
+        else:
+            run.rename(tmp_path / "run.real")
+            run.symlink_to(secret.parent, target_is_directory=True)
+        monkeypatch.setattr(server_mod.os, "open", real_open)
+        return real_open(path, flags, *args)
+
+    if swap == "fifo" and not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    monkeypatch.setattr(server_mod.os, "open", swapping_open)
+    answer = []
+    reader = threading.Thread(target=lambda: answer.append(site.get("/runs/run/export.json")), daemon=True)
+    reader.start()
+    reader.join(5)
+    assert answer, "the read hung"
+    assert answer[0].status in (403, 404) and b"secret" not in answer[0].body
+
+
+def test_gzip_cache_is_bounded(tmp_path, doc, monkeypatch):
+    """Thousands of runs: warm() stops when the cache is full and the cache drops its least recently used."""
+    import lenskit.server as server_mod
+
+    runs = [write_run(tmp_path / f"r{i}", doc) for i in range(4)]
+    site = Site(find_runs(runs))
+    one = len(site.get("/runs/r0/export.json", accept_gzip=True).body)
+    site = Site(find_runs(runs))
+    monkeypatch.setattr(server_mod, "GZIP_CACHE_BYTES", 2 * one)
+    site.warm()
+    assert len(site._gz_cache) == 2 and site._gz_bytes == 2 * one
+    for i in range(4):
+        res = site.get(f"/runs/r{i}/export.json", accept_gzip=True)
+        assert gzip.decompress(res.body) == (runs[i] / "export.json").read_bytes()
+    assert len(site._gz_cache) == 2 and site._gz_bytes <= 2 * one
+
+
+def test_ipv6_host_binds(site):
+    """``--host ::1`` needs an AF_INET6 socket (socketserver's default is AF_INET)."""
+    probe = socket.socket(socket.AF_INET6) if socket.has_ipv6 else None
+    try:
+        probe.bind(("::1", 0))
+    except (OSError, AttributeError):
+        pytest.skip("no IPv6 loopback here")
+    finally:
+        if probe is not None:
+            probe.close()
+    srv = Server(site, "::1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert srv.url.startswith("http://[::1]:")
+        conn = http.client.HTTPConnection("::1", srv.server_address[1], timeout=10)
+        conn.request("GET", "/runs.json")
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
