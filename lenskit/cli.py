@@ -7,6 +7,7 @@ on stderr and exiting with status 1.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import typer
@@ -24,7 +25,8 @@ class _Group(TyperGroup):
     """Renders every failure as one ``lenskit: error: ...`` line on stderr, never a traceback.
 
     LenskitError (a problem with the user's input or files), an error of the file system (OSError: a name too long,
-    a full disk) or a path Python cannot use (a NUL byte, ``~nosuchuser``), and a bad option or argument exit 1;
+    a full disk), a path Python cannot use (a NUL byte, ``~nosuchuser``), memory the machine does not have (torch's
+    out-of-memory errors) and a bad option or argument exit 1;
     anything else is a bug in lenskit, reported on one line too (exit 1; ``LENSKIT_DEBUG=1`` shows the traceback);
     Ctrl-C exits 130; a closed stdout pipe (``| head``) exits 141 quietly, as Unix tools do.
     """
@@ -47,7 +49,7 @@ class _Group(TyperGroup):
         except Exception as e:
             if isinstance(e, typer.Exit) or type(e).__name__ in ("Exit", "Abort"):  # click's are RuntimeErrors
                 raise
-            why = _path_problem(e)
+            why = _path_problem(e) or _memory_problem(e)
             if why is None:
                 _unexpected(e)
             _fail(why, 1)
@@ -69,6 +71,18 @@ def _path_problem(e: Exception) -> str | None:
     if isinstance(e, RuntimeError) and msg.startswith("Could not determine home directory"):
         return "a path starts with ~ of a user that does not exist here; give the folder itself"
     return None
+
+
+def _memory_problem(e: Exception) -> str | None:
+    """The user-facing line for memory this machine does not have: Python's MemoryError, torch's CUDA out-of-memory
+    error, its CPU allocator's RuntimeError (None for other errors)."""
+    msg = " ".join(str(e).split())
+    if not (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+            or (isinstance(e, RuntimeError) and "can't allocate memory" in msg)):
+        return None
+    size = re.search(r"(?:you tried to allocate|Tried to allocate) ([0-9.]+ ?[A-Za-z]*)", msg)
+    asked = f" (an allocation of {size.group(1)})" if size else ""
+    return (f"out of memory{asked}: lower --max-memory or --batch-size, or use shorter prompts or a smaller model")
 
 
 def _quiet_exit(code: int):

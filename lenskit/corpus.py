@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import InputError
+from .tokens import is_utf8
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
@@ -66,7 +67,7 @@ def expand_sources(sources: list[str]) -> list[str]:
 
 
 def _checked(index: int, source: str, text, max_chars: int) -> Doc:
-    if not isinstance(text, str):
+    if not isinstance(text, str) or not is_utf8(text):
         return Doc(index, source, None, "unreadable")
     if not text.strip():
         return Doc(index, source, None, "empty")

@@ -22,7 +22,7 @@ import torch
 from . import __version__
 from .engine import prompt_stats
 from .errors import InputError
-from .planning import auto_max_memory
+from .planning import auto_max_memory, useful_budget
 from .progress import Progress
 from .schema import (
     HIST_BINS,
@@ -64,6 +64,17 @@ class ExportOptions:
 
 POSITION_PART = re.compile(r"(-?[0-9]+)(?:-(-?[0-9]+))?", re.ASCII)
 TOKEN_ID = re.compile(r"[0-9]+", re.ASCII)
+MAX_DIGITS = 18  # more (leading zeros aside) is beyond any vocabulary or prompt; Python's int() refuses > 4300
+
+
+def _number(text: str) -> int | None:
+    """``int(text)`` of ASCII digits (optionally ``-``), or None past MAX_DIGITS significant digits."""
+    digits = text.lstrip("-").lstrip("0") or "0"  # int() counts leading zeros towards its limit too
+    return (-1 if text.startswith("-") else 1) * int(digits) if len(digits) <= MAX_DIGITS else None
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= 24 else f"{text[:20]}...({len(text)} characters)"
 
 
 def parse_positions(spec: str | None, n: int, option: str = "--positions", item: str = "position",
@@ -77,11 +88,11 @@ def parse_positions(spec: str | None, n: int, option: str = "--positions", item:
         m = POSITION_PART.fullmatch(part.strip())
         if not m:
             raise InputError(f"bad {option} '{spec}': use e.g. 3,10-20 or -1 (ASCII digits)")
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
-        for v in (lo, hi):
-            if not -n <= v < n:
-                raise InputError(f"{item} {v} is out of range: {has.format(n=n)} (0-{n - 1}, or -{n} to -1)")
+        lo = _number(m.group(1))
+        hi = _number(m.group(2)) if m.group(2) is not None else lo
+        for v, text in ((lo, m.group(1)), (hi, m.group(2) or m.group(1))):
+            if v is None or not -n <= v < n:
+                raise InputError(f"{item} {_shown(text)} is out of range: {has.format(n=n)} (0-{n - 1}, or -{n} to -1)")
         lo, hi = lo % n, hi % n
         if lo > hi:
             raise InputError(f"bad {option} '{spec}': range {m.group(0)} is empty")
@@ -97,7 +108,9 @@ def resolve_track(tokenizer, items: list, vocab_size: int) -> list[int]:
     for item in items:
         text = str(item)
         if isinstance(item, int) or TOKEN_ID.fullmatch(text):
-            tid = int(text)
+            tid = item if isinstance(item, int) else _number(text)
+            if tid is None:
+                raise InputError(f"--track {_shown(text)}: token id out of range (vocabulary has {vocab_size} entries)")
         else:
             enc = tokenizer(text, add_special_tokens=False)["input_ids"] if tokenizer is not None and text else []
             if len(enc) != 1:
@@ -483,8 +496,9 @@ def export_document(meta: dict, lens, tokenizer, stages_for_prompt, options: Exp
 
     plans, track_ids = plan or plan_export(dict(meta, model=dict(meta["model"], vocab_size=V)), tokenizer, options)
     scorers = [Scorer(x, device, options.norm, options.precision) for x in lenses]
-    budget = options.max_memory or auto_max_memory(device)
     n_stages = len(meta["stages"])
+    budget = useful_budget(options.max_memory or auto_max_memory(device), max((len(p) for _, p in plans), default=1),
+                           n_stages, V, scorers[0].set_block(n_stages))
     results = []
     started = time.perf_counter()
     with Progress(len(lenses) * sum(len(p) for _, p in plans), "export", "positions", log) as progress:

@@ -51,9 +51,25 @@ def atomic_write(path: Path, write) -> None:
         os.replace(tmp, path)
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    except Exception as e:
+        why = _io_failure(e)
+        if why is None:
+            raise
+        raise OutputError(f"cannot write {path}: {why}") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _io_failure(e: Exception) -> str | None:
+    """The file system's complaint inside a writer's own error (safetensors reports a full disk as
+    ``SafetensorError: Error while serializing: I/O error: No space left on device (os error 28)``); None for others."""
+    from safetensors import SafetensorError
+
+    text = str(e)
+    if not isinstance(e, SafetensorError) or "I/O error: " not in text:
+        return None
+    return text.split("I/O error: ", 1)[1].split(" (os error", 1)[0].strip()[:200] or "I/O error"
 
 
 def file_head(path: Path, n: int = SIGNATURE_BYTES) -> bytes | None:

@@ -93,6 +93,11 @@ def resolve_device(device: str) -> torch.device:
         raise InputError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device '{device}' asked for, but CUDA is not available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"device '{device}' asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s) (cuda:0-cuda:{torch.cuda.device_count() - 1})")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InputError(f"device '{device}' asked for, but MPS (Apple GPU) is not available here")
     return dev
 
 

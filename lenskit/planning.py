@@ -52,6 +52,15 @@ def plan_chunks(n_stages: int, vocab: int, block_positions: int, budget: int, gp
     return Plan(block=block_positions, stats=chunk if gpu else min(small, chunk), chunk=chunk)
 
 
+def useful_budget(budget: int, n_positions: int, n_stages: int, vocab: int, block_positions: int) -> int:
+    """``budget`` capped at what one chunk of all ``n_positions`` needs: :func:`plan_chunks` sizes the chunk, and
+    its buffers, from the budget alone, so ``--max-memory 1T`` for a 20-token prompt would allocate a terabyte of
+    rows it never fills. The cap leaves the chunk holding every position, so no result changes."""
+    work = max(STATS_ROWS, n_stages) * vocab * WORK_BYTES  # at least the torch statistics' workspace
+    blocks = -(-max(1, n_positions) // block_positions)  # whole matmul blocks covering every position
+    return min(budget, work + blocks * block_positions * n_stages * vocab * 4)
+
+
 def contiguous_groups(positions: list[int], size: int) -> list[list[int]]:
     """Split sorted ``positions`` into chunks of at most ``size``, each spanning fewer than ``4 * size`` positions
     (a chunk's stage slice is read from the trace in one piece)."""

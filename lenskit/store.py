@@ -93,7 +93,7 @@ def _check_meta(meta) -> list[str]:
     """Problems of the ``lenskit`` metadata document (empty when it keeps the contract)."""
     if not isinstance(meta, dict):
         return ["its lenskit metadata is not a JSON object"]
-    if meta.get("format") != TRACE_FORMAT:
+    if not _is_int(meta.get("format")) or meta["format"] != TRACE_FORMAT:  # JSON's true and 1.0 are not format 1
         return [f"it is trace format {meta.get('format')!r}; this lenskit reads format {TRACE_FORMAT}: re-run `lenskit trace`"]
     out = []
     model = meta.get("model")

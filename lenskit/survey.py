@@ -22,7 +22,7 @@ import orjson
 import torch
 
 from .errors import OutputError
-from .survey_aggregates import Aggregates, SurveyError, Window, add_group
+from .survey_aggregates import Aggregates, SurveyError, Window, _per_stage, add_group
 from .survey_document import layer_count
 from .survey_schema import (
     CHECKPOINT_FORMAT,
@@ -105,19 +105,43 @@ def _recipe_key(recipe: dict) -> str:
     return hashlib.sha256(orjson.dumps(recipe, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
 
-def load_checkpoint(path: Path, recipe: dict) -> tuple[set, Aggregates | None]:
+MAX_STAGES = 1 << 16  # far past any model's 2L+1 stages: a checkpoint claiming more is damaged
+
+
+def load_checkpoint(path: Path, recipe: dict, n_stages: int | None = None) -> tuple[set, Aggregates | None]:
+    """The completed blocks and aggregates saved in ``path`` for ``recipe``; SurveyError for a checkpoint of another
+    survey or a damaged one (each part is checked: a resumed survey never starts from a half-read state)."""
     if not path.is_file():
         return set(), None
     try:
         ck = orjson.loads(path.read_bytes())
-        if ck.get("format") != CHECKPOINT_FORMAT:
+        if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
             raise ValueError("unknown format")
     except (OSError, ValueError) as e:
         raise SurveyError(f"cannot read the checkpoint {path}: {e}; remove its folder to start over") from None
-    if ck["recipe_key"] != _recipe_key(recipe):
+    if ck.get("recipe_key") != _recipe_key(recipe):
         raise SurveyError(f"the checkpoint {path} was made with another model, corpus or options; rerun with those, "
                           f"or remove {path.parent} to start over")
-    return set(ck["completed_blocks"]), Aggregates.from_state(ck["aggregates"])
+    damaged = f"the checkpoint {path} is damaged ({{}}); remove {path.parent} to start over"
+    done = ck.get("completed_blocks")
+    if not (isinstance(done, list) and all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in done)):
+        raise SurveyError(damaged.format("completed_blocks is not a list of block numbers"))
+    st = ck.get("aggregates")
+    S = st.get("n_stages") if isinstance(st, dict) else None
+    ok = isinstance(S, int) and not isinstance(S, bool) and 0 < S <= MAX_STAGES and S == (n_stages or S)
+    try:
+        agg = Aggregates.from_state(st) if ok else None
+        shapes = {k: tuple(v) for k, v in _per_stage(S).items()} if ok else {}
+        ok = (ok and set(st["arrays"]) == set(shapes)
+              and {k: v.shape for k, v in agg.arrays.items()} == shapes
+              and isinstance(agg.k_examples, int) and not isinstance(agg.k_examples, bool) and agg.k_examples >= 0
+              and all(isinstance(v, int) and not isinstance(v, bool) for v in agg.counters.values())
+              and all(isinstance(r, dict) and "key" in r for v in agg.examples.values() for r in v))
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+        ok = False
+    if not ok:
+        raise SurveyError(damaged.format("its aggregates do not fit this survey"))
+    return set(done), agg
 
 
 def save_checkpoint(path: Path, recipe: dict, done: set, agg: Aggregates) -> None:
@@ -236,7 +260,7 @@ def survey_shard(loaded, opts: SurveyOptions, target: Path, resume: bool = False
     from .corpus import count_documents, iter_documents
     from .lens import lens_from_model
     from .models import resolve_device
-    from .planning import auto_max_memory
+    from .planning import auto_max_memory, useful_budget
     from .scoring import Scorer, resolve_precision
 
     d = dist_info or Dist()
@@ -254,7 +278,7 @@ def survey_shard(loaded, opts: SurveyOptions, target: Path, resume: bool = False
     if resume and existing and not ck_path.is_file():
         raise SurveyError(f"--resume: {folder} holds checkpoints of a run with another number of processes "
                           f"({existing[0].name}); resume with the same number, or remove the folder")
-    done, agg = load_checkpoint(ck_path, recipe) if resume else (set(), None)
+    done, agg = load_checkpoint(ck_path, recipe, S) if resume else (set(), None)
     agg = agg or Aggregates(S, opts.examples)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -263,7 +287,8 @@ def survey_shard(loaded, opts: SurveyOptions, target: Path, resume: bool = False
     device = resolve_device(opts.device)
     lens = lens_from_model(loaded.model, loaded.adapter)
     scorer = Scorer(lens, device, opts.norm, resolve_precision(opts.precision, device))
-    budget = opts.max_memory or auto_max_memory(device)
+    budget = useful_budget(opts.max_memory or auto_max_memory(device), opts.max_tokens, S,
+                           lens.vocab_size, scorer.set_block(S))
     if getattr(loaded, "inferred", ()):  # no registered adapter: verify a layout on a short probe first
         from .testing import capture_inferred
 

@@ -50,6 +50,16 @@ def token_texts(tokenizer, ids) -> list[str]:
     return out
 
 
+def is_utf8(text: str) -> bool:
+    """False for text holding lone surrogates -- bytes that were not UTF-8 reach argv and stdin as those, and so does a
+    JSON ``"\\ud800"`` escape: no UTF-8 encoder (and no tokenizer) takes them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def context_length(config) -> int | None:
     """The model's maximum sequence length, if its config says."""
     for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "max_sequence_length"):

@@ -20,6 +20,9 @@ def _checkpoint_files(folder: Path) -> list[Path]:
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ModelError(f"no safetensors weights in {folder}; the lens needs them (re-save the model with safetensors)")
+    odd = next((f for f in files + [folder / "config.json"] if f.exists() and not f.is_file()), None)
+    if odd is not None:  # a FIFO or a device would block the read (or never end): refuse it
+        raise ModelError(f"{odd} is not a regular file; the model folder {folder} is damaged")
     return files
 
 
@@ -105,7 +108,7 @@ def _no_init_weights():
 def load_lens(folder: Path, adapter: Adapter, dtype: torch.dtype = torch.float32, device="cpu") -> Lens:
     """Build only the lens of the model in ``folder`` (see :func:`model_folder`): final norm, projection, unembedding."""
     from accelerate import init_empty_weights
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
@@ -126,11 +129,15 @@ def load_lens(folder: Path, adapter: Adapter, dtype: torch.dtype = torch.float32
     targets = set(want_keys) | ({tied_key} if tied_key else set())
     rename = _checkpoint_renamer(skeleton)
     for file in _checkpoint_files(folder):
-        with safe_open(str(file), framework="pt") as f:
-            for file_key in f.keys():
-                key = file_key if file_key in targets else rename(file_key)
-                if key in targets and key not in found:
-                    found[key] = f.get_tensor(file_key)
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for file_key in f.keys():
+                    key = file_key if file_key in targets else rename(file_key)
+                    if key in targets and key not in found:
+                        found[key] = f.get_tensor(file_key)
+        except (OSError, SafetensorError) as e:
+            raise ModelError(f"cannot read the model weights {file} (damaged or incomplete?): "
+                             f"{str(e).splitlines()[0] if str(e) else e}") from None
     unembed_key = f"{adapter.unembed}.weight"
     if unembed_key not in found and tied_key in found:
         found[unembed_key] = found[tied_key]

@@ -208,3 +208,65 @@ def test_stage_spec_errors_speak_of_stages():
                            ("5-2", "bad --stages '5-2'")):
         with pytest.raises(InputError, match=fragment):
             parse_stages(spec, 13)
+    with pytest.raises(InputError, match=r"stage 99999999999999999999\.\.\.\(5000 characters\) is out of range"):
+        parse_stages("9" * 5000, 13)  # past Python's 4300-digit int() limit
+
+
+def _damage_meta(change):
+    def damage(path):
+        from safetensors import safe_open
+        from safetensors.torch import load_file, save_file
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["lenskit_fit"])
+        change(meta)
+        save_file(load_file(path), path, metadata={"lenskit_fit": json.dumps(meta)})
+
+    return damage
+
+
+def _damage_tensor(path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    t = load_file(path)
+    t["A"] = t["A"][:, :4, :4].contiguous()
+    save_file(t, path, metadata=metadata)
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda p: p.write_bytes(p.read_bytes()[:-100]), "damaged or incomplete"),
+    (_damage_meta(lambda m: m.update(step=-10**30)), "damaged or incomplete (step"),  # would loop ~forever
+    (_damage_meta(lambda m: m.update(step="5")), "damaged or incomplete (step"),
+    (_damage_meta(lambda m: m.pop("logit_kl")), "no held-out KL"),
+    (_damage_tensor, "tensor A"),
+    ("other model", "from a fit with other options, model or corpus"),
+])
+def test_interrupted_checkpoint_that_cannot_resume(tiny_dir, corpus, tmp_path, monkeypatch, damage, fragment):
+    """A checkpoint left by an interrupted fit, then damaged or resumed with another model: one line, kept as is."""
+    import lenskit.lenses.fit as fit_module
+
+    args = ["--steps", "2", "--seq-len", "8", "--batch", "2", "--init-tokens", "16", "--heldout-tokens", "8",
+            "--checkpoint-every", "1", "--device", "cpu", "-q", "-o", tmp_path / "lens"]
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "save_lens", interrupt)
+    assert invoke("fit-lens", corpus, "-m", tiny_dir, *args).exit_code == 130
+    monkeypatch.undo()
+    ckpt = tmp_path / "lens" / CHECKPOINT_FILE
+    model = tiny_dir
+    if damage == "other model":  # same options and corpus, another hidden size: refused before any tensor is copied
+        model = save_model(tmp_path / "wide", llama_config(hidden_size=48))
+    else:
+        damage(ckpt)
+    before = ckpt.read_bytes()
+    assert_clean_error(invoke("fit-lens", corpus, "-m", model, *args), fragment)
+    assert ckpt.read_bytes() == before and sorted(p.name for p in (tmp_path / "lens").iterdir()) == [CHECKPOINT_FILE]
+
+
+def test_seed_beyond_64_bits_refused(corpus, tmp_path):
+    assert_clean_error(invoke("fit-lens", corpus, "-o", tmp_path / "l", "--seed", str(2**70)), "--seed")

@@ -278,6 +278,20 @@ def test_stdout_closed_early_is_quiet(run):
     assert err == b"", err
 
 
+def test_full_disk_while_writing_the_trace(tiny_dir, tmp_path, monkeypatch):
+    """safetensors reports a full disk as its own SafetensorError, not OSError: still one line, nothing left."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*a, **k):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    res = invoke("trace", "the cat", "-m", tiny_dir, "-o", tmp_path / "r", "-q")
+    assert_clean_error(res, "No space left on device", tmp_path / "r")
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---- 3. malformed trace files --------------------------------------------------------------------------------------
 
 
@@ -339,6 +353,7 @@ META_CASES = [
     (_set(["prompts", 0, "text"], "caf\udce9"), "no 'text'"),  # a lone surrogate: no UTF-8 writer takes it
     (_set(["prompts", 0, "tokens", 0], "\ud800"), "'tokens' must be"),
     (_set(["stages", 1, "layer"], 10**20), "stage 1"),
+    (_set(["format"], True), "format True"),  # JSON true == 1 in Python
 ]
 
 
@@ -457,6 +472,25 @@ def test_trace_source_elsewhere(run, source, fragment):
     assert_clean_error(invoke("export", run), fragment)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "zeros", "fifo"])
+def test_trace_model_folder_with_damaged_weights(run, tiny_dir, tmp_path, damage):
+    """The folder a trace names holds a broken (or blocking) weights file: one line naming it, never a hang."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_dir, folder)
+    weights = next(folder.glob("*.safetensors"))
+    data = weights.read_bytes()
+    weights.unlink()
+    if damage == "fifo":
+        os.mkfifo(weights)
+    else:
+        weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\0" * 100)
+    _rewrite(run, _set(["model", "source"], {"path": str(folder)}))
+    assert_clean_error(invoke("export", run, "-o", tmp_path / "o.json"), str(weights))
+    assert not (tmp_path / "o.json").exists()
+
+
 # ---- 5. option values, checked before the lens loads ---------------------------------------------------------------
 
 
@@ -497,6 +531,12 @@ def no_lens(monkeypatch):
     (["--precision", "half"], "unknown precision"),
     (["--device", "meta"], "unknown device"),
     (["--device", "cuda:٣"], "unknown device"),
+    (["--device", "mps"], "not available"),
+    (["--track", "9" * 5000], "out of range"),  # past Python's 4300-digit int() limit
+    (["--positions", "9" * 5000], "out of range"),
+    (["--positions", "0-" + "9" * 5000], "out of range"),
+    (["--positions", "-" + "9" * 5000], "out of range"),
+    (["--positions", "0" * 5000 + "99"], "position 000"),  # leading zeros count towards int()'s limit too
 ])
 def test_bad_options_refused_before_the_lens_loads(run, tmp_path, no_lens, args, fragment):
     before = snapshot(tmp_path)
@@ -518,6 +558,76 @@ def test_prompt_that_is_not_utf8(tiny_dir, tmp_path):
     """Bytes that are not UTF-8 (a mis-encoded argument or stdin) reach Python as lone surrogates."""
     res = invoke("trace", "the \udcff cat", "-m", tiny_dir, "-o", tmp_path / "r")
     assert_clean_error(res, "not valid UTF-8", tmp_path / "r")
+
+
+def test_max_memory_past_the_prompts_needs(run, tmp_path):
+    """--max-memory 1T for an 11-token prompt: buffers sized for the prompt, not a terabyte, and the same export."""
+    assert invoke("export", run, "-o", tmp_path / "a.json", "-q").exit_code == 0
+    res = invoke("export", run, "-o", tmp_path / "b.json", "-q", "--max-memory", "1T")
+    assert res.exit_code == 0, res.output
+    a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
+    assert a["prompts"] == b["prompts"]
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. "
+                                   "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1099511357952 "
+                                   "bytes. Error code 12 (Cannot allocate memory)")])
+def test_out_of_memory_is_one_line(run, tmp_path, monkeypatch, error):
+    import lenskit.export
+
+    def oom(*a, **k):
+        raise error
+
+    monkeypatch.setattr(lenskit.export, "export_document", oom)
+    assert_clean_error(invoke("export", run, "-o", tmp_path / "o.json"), "out of memory")
+    assert not (tmp_path / "o.json").exists()
+
+
+def _prompt_file(tmp_path, content: bytes):
+    f = tmp_path / "p.txt"
+    f.write_bytes(content)
+    return f
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda t: t, "is a folder"),
+    (lambda t: _prompt_file(t, b"\xff\xfe t\x00h\x00e\x00"), "not valid UTF-8"),  # UTF-16
+    (lambda t: _prompt_file(t, b"\xef\xbb\xbf \r\n\t"), "is empty"),  # a BOM and whitespace
+    (lambda t: (os.mkfifo(t / "fifo"), t / "fifo")[1], "is empty"),  # a named pipe nobody writes to: no hang
+])
+def test_bad_prompt_files(tiny_dir, tmp_path, make, fragment):
+    f = make(tmp_path)
+    assert_clean_error(invoke("trace", "-f", f, "-m", tiny_dir, "-o", tmp_path / "r"), fragment, tmp_path / "r")
+
+
+def test_prompt_stdin_that_is_not_utf8(tiny_dir, tmp_path):
+    res = invoke("trace", "-f", "-", "-m", tiny_dir, "-o", tmp_path / "r", input=b"\xff\xfe\x00 the cat")
+    assert_clean_error(res, "stdin is not valid UTF-8", tmp_path / "r")
+
+
+def test_prompt_larger_than_any_context(tiny_dir, tmp_path, monkeypatch):
+    """`-f /dev/zero` or `yes | lenskit trace -f -` stop at a bound, never read forever."""
+    import lenskit.commands.trace as trace_cmd
+
+    monkeypatch.setattr(trace_cmd, "MAX_PROMPT_BYTES", 1000)
+    res = invoke("trace", "-f", "/dev/zero", "-m", tiny_dir, "-o", tmp_path / "r")
+    assert_clean_error(res, "larger than", tmp_path / "r")
+    res = invoke("trace", "-f", "-", "-m", tiny_dir, "-o", tmp_path / "r", input=b"the " * 1000)
+    assert_clean_error(res, "stdin is larger than", tmp_path / "r")
+
+
+def test_prompt_file_with_a_bom_and_a_pipe(tiny_dir, tmp_path):
+    """A Windows editor's byte-order mark is not part of the prompt; `-f <(cmd)` (a pipe) is read like a file."""
+    f = _prompt_file(tmp_path, b"\xef\xbb\xbfthe cat sat")
+    assert invoke("trace", "-f", f, "-m", tiny_dir, "-o", tmp_path / "a", "-q", "--no-export").exit_code == 0
+    assert read_trace(tmp_path / "a").meta["prompts"][0]["text"] == "the cat sat"
+    r, w = os.pipe()
+    os.write(w, b"the cat")
+    os.close(w)
+    res = invoke("trace", "-f", f"/dev/fd/{r}", "-m", tiny_dir, "-o", tmp_path / "b", "-q", "--no-export")
+    os.close(r)
+    assert res.exit_code == 0, res.output
+    assert read_trace(tmp_path / "b").meta["prompts"][0]["text"] == "the cat"
 
 
 # ---- 6. the server -------------------------------------------------------------------------------------------------

@@ -204,6 +204,55 @@ def test_corpus_formats(tmp_path, monkeypatch):
     assert [d.text for d in iter_documents(["-"])] == ["a", "b"]
 
 
+def test_a_lone_surrogate_in_a_jsonl_text_is_unreadable(tmp_path):
+    """JSON's "\\ud800" decodes to a str no tokenizer takes (a TypeError deep in it): counted as unreadable."""
+    from lenskit.corpus import iter_documents
+
+    (tmp_path / "d.jsonl").write_text('{"text": "caf\\ud800 au lait"}\n{"text": "ok"}\n')
+    assert [(d.text, d.problem) for d in iter_documents([str(tmp_path / "d.jsonl")])] == [
+        (None, "unreadable"), ("ok", None)]
+
+
+def _good_checkpoint(path: Path, recipe: dict, S: int = 7) -> dict:
+    from lenskit.survey import Aggregates, save_checkpoint
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, recipe, {0, 1}, Aggregates(S, 4))
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda ck: [1, 2], "unknown format"),
+    (lambda ck: {"format": ck["format"]}, "another model, corpus or options"),
+    (lambda ck: dict(ck, completed_blocks="abc"), "completed_blocks"),
+    (lambda ck: dict(ck, completed_blocks=[-1]), "completed_blocks"),
+    (lambda ck: dict(ck, aggregates={"x": 1}), "aggregates"),
+    (lambda ck: dict(ck, aggregates=dict(ck["aggregates"], n_stages=10**12)), "aggregates"),  # no 8 TB of zeros
+    (lambda ck: dict(ck, aggregates=dict(ck["aggregates"], n_stages=9)), "aggregates"),  # another model's stages
+    (lambda ck: dict(ck, aggregates=dict(ck["aggregates"], arrays={})), "aggregates"),
+    (lambda ck: dict(ck, aggregates=dict(ck["aggregates"], counters={"positions": "many"})), "aggregates"),
+    (lambda ck: dict(ck, aggregates=dict(ck["aggregates"], k_examples="4")), "aggregates"),
+])
+def test_damaged_survey_checkpoint(tmp_path, change, fragment):
+    """--resume reads a checkpoint someone edited or damaged: SurveyError (one line), never a half-read state."""
+    from lenskit.survey import SurveyError, load_checkpoint
+
+    recipe = {"corpus": "x", "max_tokens": 16}
+    path = tmp_path / "shard-000-of-001.json"
+    path.write_text(json.dumps(change(_good_checkpoint(path, recipe))))
+    with pytest.raises(SurveyError, match=fragment):
+        load_checkpoint(path, recipe, 7)
+
+
+def test_good_survey_checkpoint_loads(tmp_path):
+    from lenskit.survey import load_checkpoint
+
+    recipe = {"corpus": "x"}
+    _good_checkpoint(tmp_path / "ck.json", recipe)
+    done, agg = load_checkpoint(tmp_path / "ck.json", recipe, 7)
+    assert done == {0, 1} and agg.n_stages == 7
+
+
 # -- the command ----------------------------------------------------------------------------------------------------
 
 

@@ -71,6 +71,9 @@ def export(
 
     for spec in lens or []:  # the spelling, before anything is read
         parse_lens_spec(spec)
+    from ..models import resolve_device
+
+    resolve_device(device)  # cuda:N or mps that this machine lacks: refused before the lens weights load
     log = progress_logger(quiet or output == "-")
     note = progress_logger(quiet)
     source = trace_path(run)

@@ -41,7 +41,7 @@ def fit_lens(
     eval_every: int = typer.Option(0, "--eval-every", min=0, help="Held-out evaluation every N steps (0: at the end)."),
     checkpoint_every: int = typer.Option(25, "--checkpoint-every", min=1, help="Steps between checkpoints."),
     device: str = typer.Option("auto", "--device", callback=options.device, help="auto | cpu | cuda[:N] | mps."),
-    seed: int = typer.Option(0, "--seed", help="Shuffling seed."),
+    seed: int = typer.Option(0, "--seed", min=-(1 << 63), max=(1 << 63) - 1, help="Shuffling seed (a 64-bit integer)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress on stderr."),
 ) -> None:
     """Fit per-stage affine translators (h + A_s h + b_s) minimising KL(final || lens) on held-out-checked text.

@@ -5,6 +5,7 @@ By default it also writes ``RUN_DIR/export.json`` (what ``lenskit serve`` shows)
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -15,6 +16,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import InputError
+from ..tokens import is_utf8
 from . import options
 
 EXAMPLE = "example.txt"
@@ -25,30 +27,49 @@ def example_text() -> str:
     return resources.files("lenskit").joinpath("data", EXAMPLE).read_text(encoding="utf-8").strip()
 
 
-def _is_utf8(text: str) -> bool:
-    """Bytes that are not UTF-8 reach argv and stdin as lone surrogates, which no UTF-8 encoder takes."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+MAX_PROMPT_BYTES = 64 << 20  # far past any model's context (~16M tokens); stops `-f /dev/zero` or `yes |` early
+
+
+def _read_prompt_bytes(f: Path) -> bytes:
+    """The bytes of prompt file ``f`` (``-`` is stdin): a regular file, a pipe (``-f <(cmd)``) or a device, at most
+    MAX_PROMPT_BYTES; InputError for a folder, a missing file or an unreadable one."""
+    if str(f) == "-":
+        stream = getattr(sys.stdin, "buffer", None)
+        if stream is None:  # a text stdin without bytes (embedding code): its text, re-encoded
+            return sys.stdin.read(MAX_PROMPT_BYTES + 1).encode("utf-8", "surrogateescape")
+        data = stream.read(MAX_PROMPT_BYTES + 1)
+    else:
+        if f.is_dir():
+            raise InputError(f"prompt file {f} is a folder; name a text file")
+        if not f.exists():
+            raise InputError(f"prompt file not found: {f}")
+        try:  # O_NONBLOCK: a named pipe nobody writes to opens at once and reads as empty, never a hang
+            fd = os.open(f, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            os.set_blocking(fd, True)  # a pipe with a writer (`-f <(cmd)`): wait for all it writes
+            with open(fd, "rb") as fh:
+                data = fh.read(MAX_PROMPT_BYTES + 1)
+        except OSError as e:
+            raise InputError(f"cannot read prompt file {f}: {e.strerror or e}") from None
+    if len(data) > MAX_PROMPT_BYTES:
+        raise InputError(f"{'stdin' if str(f) == '-' else f'prompt file {f}'} is larger than {MAX_PROMPT_BYTES >> 20} MiB, "
+                         "far longer than any model's context")
+    return data
 
 
 def read_prompts(prompts: list[str], files: list[Path]) -> list[str]:
-    """Prompts from arguments and files (``-`` is stdin); the example paragraph if none are given."""
+    """Prompts from arguments and files (``-`` is stdin, read as bytes); the example paragraph if none are given.
+
+    File and stdin text is UTF-8; a leading byte-order mark (Windows editors write one) is not part of the prompt."""
     texts = list(prompts)
     for f in files:
-        if str(f) == "-":
-            texts.append(sys.stdin.read())
-            continue
-        if not f.is_file():
-            raise InputError(f"prompt file not found: {f}")
+        data = _read_prompt_bytes(f)
         try:
-            texts.append(f.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"cannot read prompt file {f}: {e}") from None
+            texts.append(data.decode("utf-8-sig"))
+        except UnicodeDecodeError as e:
+            where = "stdin" if str(f) == "-" else f"prompt file {f}"
+            raise InputError(f"{where} is not valid UTF-8 text (byte {e.start}): re-encode it as UTF-8") from None
     for i, t in enumerate(texts):
-        if not _is_utf8(t):
+        if not is_utf8(t):
             raise InputError(f"prompt {i + 1} is not valid UTF-8 text: re-encode it (or the terminal) as UTF-8")
         if not t.strip():
             raise InputError(f"prompt {i + 1} is empty: give some text, or --file with text in it")
@@ -111,7 +132,7 @@ def trace(
         raise typer.BadParameter("needs --chat (a system message belongs to the chat template)", param_hint="'--system'")
     if system is not None and not system.strip():
         raise InputError("--system is empty: give a message, or leave the option out")
-    if system is not None and not _is_utf8(system):
+    if system is not None and not is_utf8(system):
         raise InputError("--system is not valid UTF-8 text: re-encode it (or the terminal) as UTF-8")
     tmp = new_run_dir(target)
     try:

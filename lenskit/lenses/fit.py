@@ -233,12 +233,40 @@ class Fitter:
                     tensors[f"opt.{i}.{k}"] = v.detach().cpu().reshape(v.shape).contiguous()
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"lenskit_fit": json.dumps(meta)}))
 
-    def load_checkpoint(self, path: Path, lr: float) -> dict:
-        from safetensors import safe_open
+    def load_checkpoint(self, path: Path, lr: float, key: dict) -> dict:
+        """The state saved by :meth:`save_checkpoint` for a fit of ``key`` (options, model, corpus), its translators
+        and Adam state loaded; InputError for a checkpoint of another fit or a damaged one (never half-loaded)."""
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads(f.metadata()["lenskit_fit"])
-            t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        damaged = f"{path} is damaged or incomplete ({{}}); delete it to start over"
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get("lenskit_fit", "null"))
+                if not isinstance(meta, dict):
+                    raise InputError(damaged.format("no fit state in its metadata"))
+                if meta.get("key") != key:
+                    raise InputError(f"{path} is from a fit with other options, model or corpus; delete it to start over")
+                t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        except (OSError, SafetensorError, ValueError, RecursionError) as e:  # ValueError: its metadata is not JSON
+            raise InputError(damaged.format(str(e).splitlines()[0][:200] if str(e) else type(e).__name__)) from None
+        S, D = self.S, self.D
+        step, kl = meta.get("step"), meta.get("logit_kl")
+        if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
+            raise InputError(damaged.format(f"step {step!r}"))
+        if not (isinstance(kl, list) and len(kl) == S and all(isinstance(x, (int, float)) for x in kl)):
+            raise InputError(damaged.format("no held-out KL of the logit lens"))
+        if not isinstance(meta.get("history", []), list):
+            raise InputError(damaged.format("its loss history is not a list"))
+        shapes = {"A": (S, D, D), "b": (S, D)}
+        for i, name in enumerate(("A", "b")):  # Adam's moments have the shape of their parameter
+            for k in ("exp_avg", "exp_avg_sq"):
+                shapes[f"opt.{i}.{k}"] = shapes[name]
+        for k, v in t.items():
+            want = shapes.get(k, () if k.startswith("opt.") and k.endswith(".step") else None)
+            if want is None or tuple(v.shape) != want or not v.is_floating_point() or not torch.isfinite(v).all():
+                raise InputError(damaged.format(f"tensor {k} is not what this model's fit saves"))
+        if "A" not in t or "b" not in t:
+            raise InputError(damaged.format("no translators"))
         with torch.no_grad():
             self.A.copy_(t["A"])
             self.b.copy_(t["b"])
@@ -329,9 +357,7 @@ def fit_lens(loaded, texts, out_dir: Path, opts: FitOptions, log=None, quiet: bo
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {"step": 0, "key": key}
     if ckpt.is_file():
-        state = fitter.load_checkpoint(ckpt, opts.lr)
-        if state.get("key") != key:
-            raise InputError(f"{ckpt} is from a fit with other options, model or corpus; delete it to start over")
+        state = fitter.load_checkpoint(ckpt, opts.lr, key)
         if log:
             log(f"resuming from {ckpt} at step {state['step']}")
     else:
