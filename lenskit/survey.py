@@ -22,7 +22,7 @@ import orjson
 import torch
 
 from .errors import OutputError
-from .survey_aggregates import Aggregates, SurveyError, Window, _per_stage, add_group
+from .survey_aggregates import Aggregates, SurveyError, Window, array_shapes, add_group
 from .survey_document import layer_count
 from .survey_schema import (
     CHECKPOINT_FORMAT,
@@ -131,7 +131,7 @@ def load_checkpoint(path: Path, recipe: dict, n_stages: int | None = None) -> tu
     ok = isinstance(S, int) and not isinstance(S, bool) and 0 < S <= MAX_STAGES and S == (n_stages or S)
     try:
         agg = Aggregates.from_state(st) if ok else None
-        shapes = {k: tuple(v) for k, v in _per_stage(S).items()} if ok else {}
+        shapes = {k: tuple(v) for k, v in array_shapes(S).items()} if ok else {}
         ok = (ok and set(st["arrays"]) == set(shapes)
               and {k: v.shape for k, v in agg.arrays.items()} == shapes
               and isinstance(agg.k_examples, int) and not isinstance(agg.k_examples, bool) and agg.k_examples >= 0

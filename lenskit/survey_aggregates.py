@@ -35,7 +35,7 @@ class SurveyError(LenskitError):
 # Aggregates
 
 
-def _per_stage(S: int) -> dict[str, tuple]:
+def array_shapes(S: int) -> dict[str, tuple]:
     """Name -> shape of every integer array of the aggregates of an S-stage model."""
     return {
         "ce_sum": (S,), "ce_hist": (S, BITS_BINS),
@@ -64,7 +64,7 @@ class Aggregates:
     examples: dict = field(default_factory=dict)  # class -> [record] sorted by key, at most k_examples
 
     def __post_init__(self):
-        for name, shape in _per_stage(self.n_stages).items():
+        for name, shape in array_shapes(self.n_stages).items():
             self.arrays.setdefault(name, np.zeros(shape, dtype=np.int64))
         for name in COUNTERS:
             self.counters.setdefault(name, 0)
