@@ -162,27 +162,52 @@ def trace_prompts(loaded, texts: list[str], log=None, chat: bool = False,
     the prompt's ``text`` and the message as ``chat.user``."""
     from .progress import Progress
     from .store import build_metadata
-    from .tokens import chat_prompt, context_length, token_texts, tokenize
+    from .tokens import chat_prompt, context_length, is_utf8, token_texts, tokenize
 
     if isinstance(texts, str) or not isinstance(texts, (list, tuple)):  # a str would be traced letter by letter
         raise InputError(f"texts must be a list of prompt strings (e.g. [\"The capital of France is\"]), "
                          f"not {type(texts).__name__}")
+    if not texts:
+        raise InputError("no prompts to trace: give at least one prompt string")
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise InputError(f"prompt {i} must be a string, not {type(t).__name__}")
+        if not is_utf8(t):  # lone surrogates: no tokenizer takes them
+            raise InputError(f"prompt {i + 1} is not valid UTF-8 text (it holds lone surrogates)")
     if system is not None and not chat:
         raise InputError("--system needs --chat (a system message belongs to the chat template)")
     if system is not None and not isinstance(system, str):
         raise InputError(f"system must be a string, not {type(system).__name__}")
+    if system is not None and not system.strip():
+        raise InputError("--system is empty: give a message, or leave the option out")
+    if system is not None and not is_utf8(system):
+        raise InputError("--system is not valid UTF-8 text (it holds lone surrogates)")
     users = list(texts)
     if chat:
         for i, t in enumerate(users):
             if not t.strip():
                 raise InputError(f"prompt {i + 1} is empty: give some text, or --file with text in it")
-        texts = [chat_prompt(loaded.tokenizer, t, system) for t in users]
+        texts = []
+        for i, t in enumerate(users):
+            try:
+                texts.append(chat_prompt(loaded.tokenizer, t, system))
+            except InputError as e:
+                raise InputError(f"prompt {i + 1}: {e}" if len(users) > 1 else str(e)) from None
     max_len = context_length(loaded.model.config)
     # validate every prompt before running any
-    encoded = [tokenize(loaded.tokenizer, t, max_len, special=not chat) for t in texts]
+    encoded = []
+    for i, t in enumerate(texts):
+        ids = tokenize(loaded.tokenizer, t, None, special=not chat)
+        if max_len is not None and len(ids) > max_len:
+            which = f"prompt {i + 1}" if len(texts) > 1 else "the prompt"
+            if chat:  # the template's turns and --system may be what pushes it past the context
+                parts = f"the message alone is {len(tokenize(loaded.tokenizer, users[i], None, special=False))}"
+                if system is not None:
+                    parts += f", --system {len(tokenize(loaded.tokenizer, system, None, special=False))}"
+                raise InputError(f"{which} is {len(ids)} tokens long in the chat template ({parts}); the model's "
+                                 f"context is {max_len} tokens")
+            raise InputError(f"{which} is {len(ids)} tokens long; the model's context is {max_len} tokens")
+        encoded.append(ids)
     states, prompts = [], []
     # a bar over the tokens on a terminal (prompt i/n beside it), else today's line per prompt; nothing if log is None
     with Progress(sum(len(ids) for ids in encoded), "trace", "tokens", log, every=None) as progress:

@@ -65,6 +65,7 @@ class Side:
     tokenizer: object | None = None
     lens: object | None = None  # the model's head (lenskit.lens.Lens)
     stage_lens: object | None = None  # the --lens of this side (lenskit.lenses.StageLens), bound to ``lens`` once loaded
+    chat: dict | None = None  # `trace --chat`: {"user": the message, "system": --system or None}; text is the template's
 
     @property
     def n_stages(self) -> int:
@@ -114,12 +115,26 @@ def open_side(run: Path, prompt: int, label: str) -> Side:
         model = {k: v for k, v in meta["model"].items() if k != "source"}
         stages = {k: [s[k] for s in meta["stages"]] for k in ("name", "kind", "layer")}
         return Side(label, run, name, prompt, p["text"], list(p["token_ids"]), list(p["tokens"]), model, stages,
-                    trace, None)
+                    trace, None, chat=_chat_of(p))
     try:
         return _side_from_export(run, export, prompt, label, name)
     except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
         raise TraceFileError(f"{run}/export.json does not follow the lenskit export schema "
                              f"({type(e).__name__}: {e}); re-run `lenskit export`") from None
+
+
+def _chat_of(prompt: dict) -> dict | None:
+    """A traced prompt's ``chat`` entry (``trace --chat``) when it is well formed, else None: nothing else reads it,
+    so a hand-edited one (a string, a number, a user that is not text) is ignored rather than trusted."""
+    from .tokens import is_utf8
+
+    chat = prompt.get("chat")
+    if not isinstance(chat, dict):
+        return None
+    user, system = chat.get("user"), chat.get("system")
+    if not (isinstance(user, str) and is_utf8(user) and (system is None or isinstance(system, str) and is_utf8(system))):
+        return None
+    return {"user": user, "system": system}
 
 
 def _side_from_export(run: Path, export: dict, prompt: int, label: str, name: str) -> Side:
@@ -205,9 +220,14 @@ def plan_compare(a: Side, b: Side, align: str = "auto", positions: str | None = 
         raise InputError(f"unknown --align '{align}': use one of {', '.join(ALIGN_CHOICES)}")
     same_model, same_text = a.same_model(b), a.text == b.text
     if not same_model and not same_text:
+        chat = ""
+        if a.chat is not None or b.chat is not None:
+            same_message = a.chat is not None and b.chat is not None and a.chat == b.chat
+            chat = ((" (the message is the same, but `trace --chat` wrapped it in each model's own chat template)")
+                    if same_message else " (one or both were traced with --chat: the text is the chat template's)")
         raise InputError(
             f"cannot align: RUN_A and RUN_B differ in both model ({a.model.get('id')} vs {b.model.get('id')}) and "
-            "prompt text; compare one prompt on two models, or two prompts on one model")
+            f"prompt text{chat}; compare one prompt on two models, or two prompts on one model")
     relation = "same" if same_model and same_text else "models" if same_text else "prompts"
     shared = shared_vocabulary(a, b)
     Ta, Tb = len(a.token_ids), len(b.token_ids)
@@ -338,20 +358,52 @@ def _rounded(x) -> list:
 # ---- from traces: both lenses, exact --------------------------------------------------------------------------------
 
 
+def lens_specs(specs) -> list[str]:
+    """The ``--lens`` specs as a list of strings (one string: one spec, never its letters), at most two, each
+    spelled right (:func:`lenskit.lenses.parse_lens_spec`); errors as one line (a spec may hold a newline)."""
+    from .lenses import parse_lens_spec
+
+    if specs is None:
+        return []
+    if isinstance(specs, str):
+        specs = [specs]
+    if not isinstance(specs, (list, tuple)) or not all(isinstance(s, str) for s in specs):
+        raise InputError("lenses must be a list of --lens specs (strings such as 'logit' or 'tuned:LENS_DIR')")
+    if len(specs) > 2:
+        raise InputError(f"--lens is given {len(specs)} times: give it once (both runs) or twice (RUN_A's, then "
+                         "RUN_B's)")
+    for spec in specs:
+        try:
+            parse_lens_spec(spec)
+        except LenskitError as e:
+            raise _one_line_error(e) from None
+    return list(specs)
+
+
+def _one_line_error(e: LenskitError, prefix: str = "") -> LenskitError:
+    """``e`` (same class) as one line: a lens path or spec may hold newlines or other control characters."""
+    from .tokens import one_line
+
+    return type(e)(one_line(f"{prefix}{e}", 600))
+
+
 def open_side_lenses(sides: list[Side], specs: list[str] | None) -> None:
     """Each side's ``--lens`` (none: the logit lens for both; one: for both; two: A's, then B's), opened against its
     trace's model and stages -- fingerprints and stage counts checked before any weights load."""
     from .lenses import DEFAULT_LENS, open_lenses
+    from .tokens import one_line
 
-    specs = list(specs or [DEFAULT_LENS])
-    if len(specs) > 2:
-        raise InputError(f"--lens is given {len(specs)} times: give it once (both runs) or twice (RUN_A's, then RUN_B's)")
+    specs = lens_specs(specs) or [DEFAULT_LENS]
     for side in sides:
         if side.trace is None:
-            raise InputError(f"--lens {' --lens '.join(s.strip() for s in specs)} needs both runs' traces: {side.run} "
-                             "has no trace.safetensors (export data follows the lens it was exported with)")
+            raise InputError(one_line(f"--lens {' --lens '.join(s.strip() for s in specs)} needs both runs' traces: "
+                                      f"{side.run} has no trace.safetensors (export data follows the lens it was "
+                                      "exported with)", 600))
     for side, spec in zip(sides, specs * 2 if len(specs) == 1 else specs):
-        side.stage_lens = open_lenses([spec], side.trace.meta["model"], side.trace.meta["stages"])[0]
+        try:
+            side.stage_lens = open_lenses([spec], side.trace.meta["model"], side.trace.meta["stages"])[0]
+        except LenskitError as e:  # which run's lens it is: "the lens ... was fitted for another model" says not
+            raise _one_line_error(e, f"--lens for RUN_{side.label} ({side.run}): ") from None
 
 
 def lens_kinds(sides: list[Side]) -> set[str]:
@@ -371,7 +423,10 @@ def load_lenses(sides: list[Side], allow_download: bool = False) -> None:
         side.trace.check_lens(lens.hidden_size, lens.vocab_size)
         side.lens, side.tokenizer = lens, tok
         if side.stage_lens is not None:
-            side.stage_lens = side.stage_lens.bind(lens)
+            try:
+                side.stage_lens = side.stage_lens.bind(lens)
+            except LenskitError as e:  # the lens's fault, not missing weights: never read as "weights unavailable"
+                raise _one_line_error(InputError(str(e)), f"--lens for RUN_{side.label} ({side.run}): ") from None
 
 
 def load_tokenizers(sides: list[Side], allow_download: bool = False) -> None:
@@ -598,6 +653,7 @@ def build_compare(a: Side, b: Side, plan: Plan, source: str, top_k: int, kl: dic
             "token_ids": side.token_ids,
             "stages": side.stages,
             "lens": lens_entry(side),
+            **({"chat": side.chat} if side.chat is not None else {}),
         }
 
     return {
@@ -653,6 +709,9 @@ def json_schema() -> dict:
             "stages": {"type": "object", "required": ["name", "kind", "layer"]},
             "lens": {"type": "object", "required": ["kind"], "description": "the lens this run's numbers come from "
                      "(`--lens`; logit by default): kind, source, fingerprint, ..."},
+            "chat": {"type": "object", "required": ["user", "system"], "description": "a prompt traced with "
+                     "`trace --chat`: the user's message and the system message (text is the chat template's)",
+                     "properties": {"user": {"type": "string"}, "system": {"type": ["string", "null"]}}},
         },
     }
     token = {
@@ -721,14 +780,16 @@ def run_compare(run_a: Path, run_b: Path, prompt_a: int = 0, prompt_b: int = 0, 
     was made with, so it is never used in its place."""
     from .errors import ModelError
     from .lenses import DEFAULT_LENS, parse_lens_spec
+    from .tokens import one_line
 
     a, b = open_side(run_a, prompt_a, "A"), open_side(run_b, prompt_b, "B")
     if top_k < 1:
         raise InputError("--top-k must be at least 1")
-    custom = [spec for spec in lenses or [] if parse_lens_spec(spec)[0].name != DEFAULT_LENS]
+    lenses = lens_specs(lenses)
+    custom = [spec for spec in lenses if parse_lens_spec(spec)[0].name != DEFAULT_LENS]
     if custom and exports_only:
-        raise InputError(f"--lens {custom[0].strip()} needs the traces: --exports-only reads the export.json files, "
-                         "whose ranks follow the lens each was exported with")
+        raise InputError(one_line(f"--lens {custom[0].strip()} needs the traces: --exports-only reads the export.json "
+                                  "files, whose ranks follow the lens each was exported with", 600))
     if not exports_only and (custom or (a.trace is not None and b.trace is not None)):
         open_side_lenses([a, b], lenses)  # a missing trace: refused for a tuned lens, export data for the logit lens
     why = None
@@ -741,7 +802,8 @@ def run_compare(run_a: Path, run_b: Path, prompt_a: int = 0, prompt_b: int = 0, 
             load_lenses([a, b], allow_download)
         except ModelError as e:
             if custom:
-                raise
+                raise _one_line_error(e, f"--lens {custom[0].strip()} needs the weights of both runs' models: ") \
+                    from None
             why = f"lens weights unavailable: {e}"
     if why is not None:
         if not exports_only:

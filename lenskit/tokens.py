@@ -73,19 +73,39 @@ def chat_prompt(tokenizer, text: str, system: str | None = None) -> str:
     """``text`` as the user's message in the tokenizer's chat template, the assistant's turn opened
     (``add_generation_prompt``): the prompt whose last position predicts the first token of the model's answer.
     ``system``: a system message first (None: whatever the template does without one). The result already holds the
-    template's special tokens: tokenize it with ``special=False``."""
-    if not getattr(tokenizer, "chat_template", None):
+    template's special tokens: tokenize it with ``special=False``.
+
+    InputError (one line) when the template fails, gives no text, or leaves out the message or the system message
+    (a template that drops a role would otherwise trace a prompt without it)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
         raise InputError("--chat: this model's tokenizer has no chat template (a base model?); trace the plain text")
+    if isinstance(template, dict) and "default" not in template:  # named templates only (tool_use, rag, ...)
+        names = ", ".join(sorted(str(k) for k in template))[:200]
+        raise InputError(f"--chat: this model's tokenizer has several chat templates ({names}) and none named "
+                         "'default'; lenskit uses only the default one: trace the templated text without --chat")
     messages = ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": text}]
     try:
         out = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except Exception as e:  # noqa: BLE001 -- the template is the model's own Jinja code: any error is the template's
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
         raise InputError(f"--chat: the model's chat template refused the prompt{' (with --system)' if system else ''}: "
-                         f"{first}") from None
+                         f"{one_line(first)}") from None
     if not isinstance(out, str) or not out.strip():
         raise InputError("--chat: the model's chat template gave no text")
+    if not is_utf8(out):
+        raise InputError("--chat: the model's chat template gave text that is not valid UTF-8")
+    for what, part in (("the prompt", text), ("the --system message", system)):
+        if part is not None and part.strip() not in out:  # jinja's trim is str.strip: a trimmed message still counts
+            raise InputError(f"--chat: the model's chat template left out {what} (its text is not in the template's "
+                             "output); trace the templated text yourself, without --chat")
     return out
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` as one short line: control characters (NUL, escapes, newlines) as spaces, at most ``limit`` chars."""
+    line = "".join(" " if ord(c) < 32 or 127 <= ord(c) < 160 else c for c in text).strip()
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def tokenize(tokenizer, text: str, max_len: int | None, special: bool = True) -> list[int]:

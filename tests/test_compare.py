@@ -392,3 +392,84 @@ def test_compare_with_a_lens_per_run_and_refusals(runs, base_lens):
     res = run("compare", runs["base"], only, "-o", out, "-q", "--lens", spec, "--lens", "logit")
     assert_clean_error(res, "needs")
     assert not out.exists()
+
+
+def test_lens_errors_are_one_line_and_name_the_run(runs, base_lens, tmp_path):
+    """--lens refusals name the run whose lens it is, and stay on one line whatever the spec holds (a newline in a
+    path could forge a second `lenskit: error:` line); a lens that does not fit the model's hidden size is the lens's
+    fault, never reported as weights that are missing."""
+    from lenskit.lenses import Translator
+    from lenskit.lenses.tuned import save_lens
+    from lenskit.store import read_trace
+
+    out = tmp_path / "refused"
+    trace = read_trace(runs["base"])
+    S = len(trace.meta["stages"])
+    narrow = tmp_path / "narrow-lens"  # the base model's fingerprint, hidden size 16 (the model's is 32)
+    model = {k: trace.meta["model"][k] for k in ("id", "fingerprint", "architecture", "n_layers", "vocab_size")}
+    save_lens(narrow, Translator.identity(S, 16), model, trace.meta["stages"], {"fit": None})
+    for args, words in [
+        (["--lens", f"tuned:{tmp_path}/no\nlenskit: warning: forged"], "--lens for RUN_A"),
+        (["--lens", "no\nsuch"], "unknown lens 'no such'"),
+        (["--lens", "logit", "--lens", f"tuned:{base_lens}"], "--lens for RUN_B"),  # base's lens on instruct
+        (["--lens", f"tuned:{narrow}", "--lens", "logit"], "--lens for RUN_A"),
+    ]:
+        res = run("compare", runs["base"], runs["instruct"], "-o", out, "-q", *args)
+        assert_clean_error(res, words, out)
+        assert res.stderr.count("\n") == 1 and "weights" not in res.stderr
+    res = run("compare", runs["base"], runs["instruct"], "-o", out, "-q", "--lens", f"tuned:{narrow}", "--lens", "logit")
+    assert "hidden size 16" in res.stderr
+
+
+def test_run_compare_lens_argument(runs, base_lens):
+    """The library's ``lenses``: one string is one spec (never its letters); anything else that is not a list of
+    strings is refused in one line."""
+    from lenskit.compare import run_compare
+    from lenskit.errors import InputError
+
+    doc = run_compare(runs["base"], runs["other"], lenses=f"tuned:{base_lens}", top_k=2)
+    assert [r["lens"]["kind"] for r in doc["runs"]] == ["tuned", "tuned"]
+    for bad in (5, [None], ["logit", 3]):
+        with pytest.raises(InputError, match="list of --lens specs"):
+            run_compare(runs["base"], runs["other"], lenses=bad)
+
+
+def test_compare_chat_traces(runs, tmp_path):
+    """Two `trace --chat` prompts on one model: compare.json keeps each side's message (the viewer labels a side by
+    it, not by the template's shared start); a hand-edited `chat` of the wrong shape is ignored, never trusted; two
+    models whose chat templates differ are refused with the reason."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    model = tmp_path / "chat-model"
+    shutil.copytree(runs["root"] / "model-base", model)
+    tok = AutoTokenizer.from_pretrained(model)
+    tok.chat_template = ("{% for m in messages %}<s> a {{ m.content }} </s> {% endfor %}"
+                         "{% if add_generation_prompt %}<s> cat{% endif %}")
+    tok.save_pretrained(model)
+    for name, text in (("cat", "the cat sat"), ("dog", "the dog sat")):
+        res = run("trace", text, "-m", model, "-o", tmp_path / name, "-q", "--chat")
+        assert res.exit_code == 0, res.output
+    doc = compare({**runs, "cat": tmp_path / "cat", "dog": tmp_path / "dog"}, "cat", "dog", "chat-pair")
+    assert [r["chat"] for r in doc["runs"]] == [{"user": "the cat sat", "system": None},
+                                               {"user": "the dog sat", "system": None}]
+    # a hand-edited chat entry: a string, a user that is not text, markup in a system that is an object
+    path = tmp_path / "dog" / "trace.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["lenskit"])
+    tensors = load_file(path)
+    for bad in ("the dog", {"user": 5, "system": None}, {"user": "x", "system": {"<b>": 1}}, ["x"]):
+        meta["prompts"][0]["chat"] = bad
+        save_file(tensors, path, metadata={"lenskit": json.dumps(meta)})
+        assert run("validate", tmp_path / "dog").exit_code == 0
+        res = run("compare", tmp_path / "cat", tmp_path / "dog", "-o", tmp_path / "bad-chat", "-q", "--force")
+        assert res.exit_code == 0, res.output
+        doc = json.loads((tmp_path / "bad-chat" / COMPARE_FILE).read_text(encoding="utf-8"))
+        assert "chat" not in doc["runs"][1] and doc["runs"][0]["chat"]["user"] == "the cat sat"
+    # another model on the same message, through its own template: refused, saying why the texts differ
+    res = run("compare", tmp_path / "cat", runs["instruct"], "-o", tmp_path / "refused", "-q")
+    assert_clean_error(res, "traced with --chat", tmp_path / "refused")

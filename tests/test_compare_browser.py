@@ -165,6 +165,48 @@ def test_the_page_names_the_lenses(page, tiny_compare, tmp_path):
             assert (words in note) if words else ("lens" not in note), note
 
 
+HOSTILE_LENSES = [  # runs[k].lens as a hand-edited compare.json may hold it: (A's, B's, words in the note or None)
+    ({"kind": HOSTILE_IMG}, {"kind": HOSTILE_IMG}, f"Both through the {HOSTILE_IMG} lens."),  # text, never markup
+    ({"kind": {"toString": 1}}, {"kind": "tuned"}, "A through an unnamed lens, B through the tuned lens."),
+    ({"kind": 7}, {"kind": ["tuned"]}, "Both through an unnamed lens."),
+    ({"kind": "tuned\n\u202e" + "x" * 10000}, {"kind": ""}, "A through the tuned"),
+    ("tuned", None, "A through an unnamed lens, B through the logit lens."),
+    ([], {"kind": None}, "Both through an unnamed lens."),
+    ({"toString": 1}, {"kind": "logit", "source": {"valueOf": 2}}, "A through an unnamed lens, B through the logit"),
+]
+
+
+def test_hostile_lens_entries(page, tiny_compare, tmp_path):
+    """A hand-edited runs[k].lens (kind an object, a number, markup, 10k characters, a lens that is not an object):
+    the page still draws, the note shows a string kind as text (shortened, one line) and any other as "unnamed"."""
+    doc = json.loads((tiny_compare / COMPARE_FILE).read_text(encoding="utf-8"))
+    for n, (la, lb, words) in enumerate(HOSTILE_LENSES):
+        variant = json.loads(json.dumps(doc))
+        for run, lens in zip(variant["runs"], (la, lb)):
+            if lens is None:
+                del run["lens"]
+            else:
+                run["lens"] = lens
+        with compare_page(page, variant, tmp_path / f"hostile-lens-{n}"):
+            note = page.text_content("#align-note")
+            assert words in note, note
+            assert len(note) < 1000 and "\n" not in note and "\u202e" not in note
+            assert page.locator("#align-note img, #align-note *").count() == 0
+            check_figures(page, variant, len(doc["pairs"]) - 1, len(doc["runs"][0]["stages"]["name"]) - 1)
+    variant = json.loads(json.dumps(doc))  # the model id and run name beside it, as objects that cannot be text
+    variant["runs"][0]["model"]["id"], variant["runs"][1]["name"] = {"toString": 1}, [{"valueOf": 1}]
+    with compare_page(page, variant, tmp_path / "hostile-ids"):
+        assert "A = ?, B = " in page.text_content("#align-note") and "B: ?:" in page.text_content("#model-info")
+    variant = json.loads(json.dumps(doc))  # `trace --chat` prompts: labelled by the message, as text; a bad one ignored
+    variant["relation"] = "prompts"
+    variant["runs"][0]["chat"], variant["runs"][1]["chat"] = {"user": HOSTILE_IMG, "system": None}, {"user": 5}
+    with compare_page(page, variant, tmp_path / "chat-labels"):
+        info = page.text_content("#model-info")
+        assert f"A: {variant['runs'][0]['name']}: “{HOSTILE_IMG}” (chat)" in info, info
+        assert f"B: {variant['runs'][1]['name']}: “{PROMPT}” ·" in info, info  # the text: no valid message
+        assert page.locator("#model-info *").count() == 0
+
+
 def test_single_file_compare_report_from_file_url(page, tiny_compare, tmp_path):
     """`lenskit compare --html`: the page opens from file:// with no server and no network (the page fixture fails
     on any request leaving the file), draws the same figures, and keeps its state in the URL."""

@@ -209,3 +209,30 @@ def test_trace_with_two_lenses(tiny_dir, tiny_run, tiny_lens_dir, tmp_path):
     bad = tmp_path / "bad"
     assert_clean_error(invoke("trace", "the cat", "-m", tiny_dir, "-o", bad, "-q", "--lens", "tuned:/nope"),
                        "lens folder not found", bad)
+
+
+def test_a_damaged_lens_json_is_one_line(tiny_run, tiny_lens_dir, tmp_path):
+    """lens.json values of the wrong type (a number for `covered`, a string or `true` for a count) are refused by
+    name, not met later as a TypeError or a confusing comparison."""
+    import shutil
+
+    meta = read_trace(tiny_run).meta
+    good = json.loads((tiny_lens_dir / CONFIG_FILE).read_text())
+    S = len(meta["stages"])
+    for field, value, words in [
+        ("covered", 5, "covered is not a list"),
+        ("covered", [True] * (S - 1), "covered is not a list"),
+        ("covered", ["yes"] * S, "covered is not a list"),
+        ("n_stages", "7", "model.n_stages is not a positive integer"),
+        ("n_stages", True, "model.n_stages is not a positive integer"),
+        ("hidden_size", "32", "model.hidden_size is not a positive integer"),
+        ("fingerprint", 5, "model.fingerprint is not a string"),
+    ]:
+        lens = tmp_path / f"{field}-{value!r}"[:60]
+        shutil.copytree(tiny_lens_dir, lens)
+        cfg = json.loads(json.dumps(good))
+        (cfg if field == "covered" else cfg["model"])[field] = value
+        (lens / CONFIG_FILE).write_text(json.dumps(cfg))
+        res = invoke("export", tiny_run, "-o", tmp_path / "x.json", "--lens", f"tuned:{lens}")
+        assert_clean_error(res, words)
+        assert not (tmp_path / "x.json").exists()

@@ -217,3 +217,71 @@ def test_chat_refusals(tiny_dir, chat_dirs, tmp_path):
         assert_clean_error(res, words, out)
     res = invoke("trace", "the cat", "-m", chat_dirs["no-system"], "-o", out, "-q", "--chat", "--no-export")
     assert res.exit_code == 0, res.output  # the same template without a system message
+
+
+def _chat_model(tiny_dir, folder, template):
+    """``tiny_dir`` copied to ``folder`` with ``template`` as its chat template (a str, or a dict of named ones)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(tiny_dir, folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = template
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_chat_templates_that_misbehave(tiny_dir, chat_dirs, tmp_path):
+    """Templates that drop the message or the system message, name only non-default templates, raise a message
+    that starts with a newline or holds control characters, or loop past Jinja's sandbox: one line, nothing left."""
+    out = tmp_path / "run"
+    for n, (template, args, words) in enumerate([
+        ("{{ bos_token }}", [], "left out the prompt"),
+        ("{% for m in messages %}{% if m.role != 'system' %}<s> a {{ m.content }} </s>{% endif %}{% endfor %}<s> cat",
+         ["--system", "Paris"], "left out the --system message"),
+        ({"tool_use": CHAT_TEMPLATE, "rag": CHAT_TEMPLATE}, [], "several chat templates (rag, tool_use)"),
+        ("{{ raise_exception('\\n\\x1b[31mforged\\x00\\nmore') }}", [], "refused the prompt: [31mforged"),
+        ("{% for i in range(10**12) %}x{% endfor %}", [], "Range too big"),
+        ("{{ '' }}", [], "gave no text"),
+    ]):
+        model = _chat_model(tiny_dir, tmp_path / f"model-{n}", template)
+        res = invoke("trace", "the cat", "-m", model, "-o", out, "-q", "--chat", *args)
+        assert_clean_error(res, words, out)
+        assert res.stderr.count("\n") == 1 and "\x00" not in res.stderr and "\x1b" not in res.stderr
+    # a dict holding a default template uses it
+    model = _chat_model(tiny_dir, tmp_path / "model-dict", {"default": CHAT_TEMPLATE, "tool_use": "{{ x }}"})
+    res = invoke("trace", "the cat", "-m", model, "-o", out, "-q", "--chat", "--no-export")
+    assert res.exit_code == 0, res.output
+    assert read_trace(out).meta["prompts"][0]["tokens"] == ["<s>", "a", "the", "cat", "</s>", "<s>", "cat"]
+
+
+def test_chat_prompt_longer_than_the_context_only_in_the_template(chat_dirs, tmp_path):
+    """A message that fits the context but not once in the template (with --system): which prompt, and why."""
+    out = tmp_path / "run"
+    res = invoke("trace", "the cat", " ".join(["cat"] * 60), "-m", chat_dirs["chat"], "-o", out, "-q", "--chat")
+    assert_clean_error(res, "prompt 2 is 65 tokens long in the chat template (the message alone is 60)", out)
+    res = invoke("trace", "the cat", "-m", chat_dirs["chat"], "-o", out, "-q", "--chat", "--system", "cat " * 70)
+    assert_clean_error(res, "(the message alone is 2, --system 70); the model's context is 64 tokens", out)
+
+
+def test_chat_through_the_python_api(chat_dirs):
+    """trace_prompts refuses what the CLI refuses (lone surrogates in a prompt or the system message, an empty
+    system message, no prompts) with a LenskitError, never a tokenizer's TypeError."""
+    from lenskit.capture import trace_prompts
+    from lenskit.errors import InputError
+    from lenskit.models import load_model
+
+    loaded = load_model(str(chat_dirs["chat"]), None, "cpu", "float32", False, None, None)
+    for texts, kw, words in [
+        (["\ud800"], {"chat": True}, "not valid UTF-8"),
+        (["\ud800"], {}, "not valid UTF-8"),
+        (["the cat"], {"chat": True, "system": "\udcff"}, "--system is not valid UTF-8"),
+        (["the cat"], {"chat": True, "system": " \n"}, "--system is empty"),
+        ([], {"chat": True}, "no prompts"),
+    ]:
+        with pytest.raises(InputError, match=words):
+            trace_prompts(loaded, texts, **kw)
+    _, meta = trace_prompts(loaded, ["the cat", "a dog"], chat=True, system="Paris")
+    assert [p["chat"] for p in meta["prompts"]] == [{"user": "the cat", "system": "Paris"},
+                                                  {"user": "a dog", "system": "Paris"}]

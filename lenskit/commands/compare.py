@@ -62,18 +62,16 @@ def compare(
     lenskit compare runs/france runs/italy -o runs/france-vs-italy && lenskit serve runs/france-vs-italy
     (or --html france-vs-italy.html: one file that opens anywhere, no server).
     """
-    from ..compare import COMPARE_FILE, is_compare_dir, run_compare
+    from ..compare import COMPARE_FILE, is_compare_dir, lens_specs, run_compare
     from ..export import dumps
     from ..files import atomic_write, check_output_file, check_run_dir, new_run_dir, replace_run_dir
-    from ..lenses import parse_lens_spec
     from ..models import progress_logger
 
     log = progress_logger(quiet)
-    for spec in lens or []:  # the spelling, before anything is read
-        parse_lens_spec(spec)
     if lens and len(lens) > 2:
         raise typer.BadParameter(f"given {len(lens)} times: once (both runs) or twice (RUN_A's, then RUN_B's)",
                                  param_hint="'--lens'")
+    lens = lens_specs(lens)  # the spelling, before anything is read (errors on one line: a spec may hold a newline)
     if output is None and html is None:
         raise typer.BadParameter("name the output: -o OUT (a folder for `lenskit serve`) and/or --html FILE",
                                  param_hint="'-o' / '--html'")

@@ -19,6 +19,7 @@ from ..hookspecs import hookimpl
 from .protocol import LensKind, StageLens, Translator
 
 FORMAT = "lenskit.lens/1"
+MAX_DIM = 1 << 20  # far past any model's stage count or hidden size: a lens.json saying more is damaged
 WEIGHTS_FILE = "lens.safetensors"
 CONFIG_FILE = "lens.json"
 DESCRIPTION = "tuned lens: a fitted affine translator per stage (h + A_s h + b_s), then the model's final norm and unembedding"
@@ -42,6 +43,16 @@ def read_config(folder: Path) -> dict:
     for key in ("fingerprint", "n_stages", "hidden_size"):
         if key not in cfg["model"]:
             raise InputError(f"{path}: model.{key} is missing")
+    m = cfg["model"]
+    if not isinstance(m["fingerprint"], str):
+        raise InputError(f"{path}: model.fingerprint is not a string")
+    for key in ("n_stages", "hidden_size"):  # JSON true is no count, nor is "7"
+        if not (isinstance(m[key], int) and not isinstance(m[key], bool) and 0 < m[key] <= MAX_DIM):
+            raise InputError(f"{path}: model.{key} is not a positive integer")
+    covered = cfg.get("covered")
+    if covered is not None and not (isinstance(covered, list) and len(covered) == m["n_stages"]
+                                    and all(isinstance(c, bool) for c in covered)):
+        raise InputError(f"{path}: covered is not a list of {m['n_stages']} true/false values (one per stage)")
     return cfg
 
 

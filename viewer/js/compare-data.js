@@ -6,6 +6,24 @@ import { EMBEDDED_ID } from "./data.js";
 
 const SCHEMA_PREFIX = "lenskit.compare/1";
 const LABEL_CHARS = 40; // prompt text shown in a side's label
+const LENS_CHARS = 40; // a lens kind shown in the note (a hand-edited compare.json may hold any text there)
+
+/** The kind of lens side r's numbers come from, as one short line of text: "logit" when the document predates the
+ *  field (no lens entry), null when the entry is not {kind: non-empty string} (a hand-edited document). */
+function lensKind(r) {
+  if (!("lens" in r) || r.lens === undefined) return "logit";
+  const kind = r.lens !== null && typeof r.lens === "object" && !Array.isArray(r.lens) ? r.lens.kind : undefined;
+  if (typeof kind !== "string") return null;
+  const line = kind.replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]+/gu, " ").trim(); // one line, no bidi overrides
+  if (!line) return null;
+  const chars = Array.from(line);
+  return chars.length > LENS_CHARS ? chars.slice(0, LENS_CHARS - 1).join("") + "…" : line;
+}
+
+/** A name or id from the document as text: a hand-edited object or array (whose toString may not be callable) as "?". */
+function shown(x) {
+  return typeof x === "string" ? x : typeof x === "number" ? String(x) : "?";
+}
 
 /** The comparisons the server offers (runs.json's "compares"): [{name, url}]; the report's one embedded comparison. */
 export async function loadCompareList() {
@@ -34,15 +52,18 @@ export function wrapCompare(doc) {
     throw new Error("this comparison has no aligned positions (its pairs list is empty)");
   }
   const runs = doc.runs.map((r) => ({
-    name: r.name,
+    name: shown(r.name),
     model: r.model,
+    modelId: shown(r.model && r.model.id),
     prompt: r.prompt,
     text: r.text,
     tokens: r.tokens,
     stageCount: r.stages.name.length,
     stageName: (s) => r.stages.name[s],
     stageKind: (s) => r.stages.kind[s],
-    lens: (r.lens && r.lens.kind) || "logit", // the lens its numbers come from (compare --lens; absent before it)
+    // `trace --chat`: the user's message (the text is the chat template's, the same start on both sides)
+    message: r.chat && typeof r.chat === "object" && typeof r.chat.user === "string" ? r.chat.user : null,
+    lens: lensKind(r), // the lens its numbers come from (compare --lens; absent before it: logit; malformed: null)
   }));
   const pairIndex = [new Map(), new Map()];
   doc.pairs.forEach((p, i) => {
@@ -72,9 +93,11 @@ export function wrapCompare(doc) {
     /** A short description of side k: its model, and its prompt where the prompts differ. */
     label(k) {
       const r = runs[k];
-      if (doc.relation !== "prompts") return `${r.name}: ${r.model.id}`;
-      const chars = Array.from(r.text);
-      return `${r.name}: “${chars.length > LABEL_CHARS ? chars.slice(0, LABEL_CHARS - 1).join("") + "…" : r.text}”`;
+      if (doc.relation !== "prompts") return `${r.name}: ${r.modelId}`;
+      const text = r.message !== null ? r.message : shown(r.text);
+      const chars = Array.from(text);
+      return `${r.name}: “${chars.length > LABEL_CHARS ? chars.slice(0, LABEL_CHARS - 1).join("") + "…" : text}”` +
+        (r.message !== null ? " (chat)" : "");
     },
     pair(i) {
       const p = doc.pairs[i];

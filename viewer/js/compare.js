@@ -33,11 +33,12 @@ const ALIGN_NOTES = {
 
 function relationNote(cmp) {
   const [a, b] = cmp.runs;
-  const lens = a.lens === b.lens ? (a.lens === "logit" ? "" : ` Both through the ${a.lens} lens.`)
-    : ` A through the ${a.lens} lens, B through the ${b.lens} lens.`;
-  if (cmp.relation === "models") return `One prompt on two models: A = ${a.model.id}, B = ${b.model.id}.${lens}`;
-  if (cmp.relation === "prompts") return `One model (${a.model.id}) on two prompts.${lens}`;
-  return `One model (${a.model.id}) on one prompt, twice.${lens}`;
+  const through = (kind) => (kind === null ? "an unnamed lens" : `the ${kind} lens`); // null: a malformed lens entry
+  const lens = a.lens === b.lens ? (a.lens === "logit" ? "" : ` Both through ${through(a.lens)}.`)
+    : ` A through ${through(a.lens)}, B through ${through(b.lens)}.`;
+  if (cmp.relation === "models") return `One prompt on two models: A = ${a.modelId}, B = ${b.modelId}.${lens}`;
+  if (cmp.relation === "prompts") return `One model (${a.modelId}) on two prompts.${lens}`;
+  return `One model (${a.modelId}) on one prompt, twice.${lens}`;
 }
 
 function drawStrip(el, cmp, k, pair, onPair) {
