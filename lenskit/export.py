@@ -376,6 +376,8 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
     for pi, positions in prompts_out:
         p_meta = meta["prompts"][pi]
         entry = {"index": pi, "text": p_meta["text"], "tokens": refs(p_meta["token_ids"]).tolist(), "positions": []}
+        if "chat" in p_meta:  # `trace --chat`: text is the templated prompt (checked with the trace's metadata)
+            entry["chat"] = {"user": p_meta["chat"]["user"], "system": p_meta["chat"].get("system")}
         for row in positions:
             record = {"pos": row["pos"], "tracked": refs(row["tracked_ids"]).tolist(), "next": row["next"],
                       **lens_fields(row)}

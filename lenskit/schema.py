@@ -246,6 +246,14 @@ JSON_SCHEMA = {
                 "properties": {
                     "index": {"type": "integer", "description": "Prompt number in the trace."},
                     "text": {"type": "string", "description": "The prompt text."},
+                    "chat": {
+                        "type": "object",
+                        "required": ["user", "system"],
+                        "additionalProperties": False,
+                        "properties": {"user": {"type": "string"}, "system": {"type": ["string", "null"]}},
+                        "description": "Traced with `--chat`: `text` is the chat template's prompt; `user` the message "
+                        "in it, `system` the `--system` message (null: none given).",
+                    },
                     "tokens": _arr(_IDX, "The prompt's tokens as string-table indices."),
                     "positions": _arr(_POSITION, "Exported positions (all, or those chosen with `--positions`)."),
                 },

@@ -147,6 +147,10 @@ def _check_meta(meta) -> list[str]:
         toks = p.get("tokens")
         if not isinstance(toks, list) or len(toks) != len(ids) or not all(_is_text(t) for t in toks):
             out.append(f"prompt {i}: 'tokens' must be {len(ids)} strings (valid Unicode), one per token id")
+        chat = p.get("chat")  # `trace --chat`: the message and the system message inside the templated text
+        if "chat" in p and not (isinstance(chat, dict) and _is_text(chat.get("user"))
+                                and (chat.get("system") is None or _is_text(chat.get("system")))):
+            out.append(f"prompt {i}: 'chat' must be {{\"user\": a string, \"system\": a string or null}}")
     return out
 
 

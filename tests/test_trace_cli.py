@@ -203,6 +203,11 @@ def test_chat_traces_the_templated_prompt(chat_dirs, tmp_path):
     assert p["chat"] == {"user": "the cat sat", "system": "Paris"}
     doc = json.loads((out / "export.json").read_text(encoding="utf-8"))
     assert doc["prompts"][0]["text"] == p["text"] and doc["prompts"][0]["positions"][-1]["pos"] == len(want) - 1
+    assert doc["prompts"][0]["chat"] == {"user": "the cat sat", "system": "Paris"}  # the export says so too
+    jsonschema = pytest.importorskip("jsonschema")
+    from lenskit.schema import JSON_SCHEMA
+
+    jsonschema.validate(doc, JSON_SCHEMA)
 
 
 def test_chat_refusals(tiny_dir, chat_dirs, tmp_path):

@@ -526,3 +526,22 @@ def test_real_paris_opens_at_the_prediction(page, paris_run):
     assert page.locator("#fig-evolution g.panel").first.locator("text.panel-label").text_content() == "␣Paris"
     assert page.locator("#strip-section .prediction .tok.top1").text_content() == "␣Paris"
     shot(page, "viewer-real-paris.png")
+
+
+def test_chat_prompts_are_named_by_their_message(page, tmp_path):
+    """A prompt traced with --chat opens with the same template text as every other: the picker names it by the
+    user's message (as text, never markup)."""
+    doc = make_export(prompts=2, positions=4, layers=2, seed=7)
+    doc["prompts"][1]["chat"] = {"user": "<b>what is</b> the capital?", "system": None}
+    (tmp_path / "chat").mkdir()
+    (tmp_path / "chat" / "export.json").write_text(json.dumps(doc), encoding="utf-8")
+    srv = Server(Site(find_runs([tmp_path / "chat"])), "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        open_view(page, srv.url + "#run=chat&prompt=1")
+        labels = page.eval_on_selector_all("#prompt-select option", "os => os.map(o => o.textContent)")
+        assert labels[1] == "1: <b>what is</b> the capital? (chat)" and not labels[0].endswith("(chat)")
+        assert page.locator("#prompt-select b").count() == 0
+    finally:
+        srv.shutdown()
+        srv.server_close()

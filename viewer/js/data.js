@@ -236,6 +236,12 @@ export class Run {
   // Prompts and positions
   get promptCount() { return this._doc.prompts.length; }
   promptText(p) { return this._doc.prompts[p].text; }
+  /** What names prompt p in a picker: the user's message of a chat prompt (its text opens with the same template
+   *  for every prompt), else its text. */
+  promptLabel(p) {
+    const chat = this._doc.prompts[p].chat;
+    return chat && typeof chat.user === "string" ? `${chat.user} (chat)` : this.promptText(p);
+  }
   promptTokenTexts(p) { return this._doc.prompts[p].tokens.map((i) => this._doc.tokens[i]); }
   promptTokenIds(p) { return this._doc.prompts[p].tokens.map((i) => this._doc.token_ids[i]); }
   /** Token positions (numbers in the prompt) that were exported, in order. */

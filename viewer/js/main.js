@@ -172,7 +172,7 @@ async function boot() {
       .join("option")
       .attr("value", (p) => p)
       .property("disabled", (p) => run.exportedPositions(p).length === 0)
-      .text((p) => `${p}: ${Array.from(run.promptText(p)).slice(0, 60).join("")}` +
+      .text((p) => `${p}: ${Array.from(run.promptLabel(p)).slice(0, 60).join("")}` +
         (run.exportedPositions(p).length === 0 ? " (no positions exported)" : ""));
     d3.select("#prompt-picker").attr("hidden", run.promptCount > 1 ? null : true);
     d3.select("#model-info").text(run.modelSummary);
