@@ -93,6 +93,9 @@ def test_unknown_or_malformed_lens_specs(tiny_run):
     assert_clean_error(invoke("export", tiny_run, "-o", "-", "--lens", "tuned"), "needs an argument")
     assert_clean_error(invoke("export", tiny_run, "-o", "-", "--lens", "logit:x"), "takes no argument")
     assert_clean_error(invoke("export", tiny_run, "-o", "-", "--lens", "tuned:/nonexistent"), "lens folder not found")
+    assert_clean_error(invoke("export", tiny_run, "-o", "-", "--lens", "tuned: "), "needs an argument")
+    assert_clean_error(invoke("export", tiny_run, "-o", "-", "--lens", "logit:"), "takes no argument")
+    assert_clean_error(invoke("export", tiny_run, "-o", "-", "--lens", "no\npe"), "unknown lens 'no pe'")  # one line
 
 
 def test_reference_call_matches_the_scorer_and_the_last_stage_is_exact():

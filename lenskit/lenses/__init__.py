@@ -15,7 +15,7 @@ __all__ = ["LensKind", "StageLens", "Translator", "DEFAULT_LENS", "registry", "p
            "logit_lens"]
 
 DEFAULT_LENS = "logit"
-SPEC = re.compile(r"([A-Za-z][A-Za-z0-9_.-]*)(?::(.+))?", re.ASCII | re.DOTALL)
+SPEC = re.compile(r"([A-Za-z][A-Za-z0-9_.-]*)(?::(.*))?", re.ASCII | re.DOTALL)
 
 
 def registry() -> dict[str, tuple[LensKind, str]]:
@@ -27,15 +27,18 @@ def registry() -> dict[str, tuple[LensKind, str]]:
 
 def parse_lens_spec(spec: str) -> tuple[LensKind, str | None]:
     """``"logit"`` / ``"tuned:PATH"`` -> (kind, argument); unknown kinds and missing or extra arguments refused."""
+    from ..tokens import one_line
+
     m = SPEC.fullmatch(spec.strip())
     kinds = registry()
     if not m or m.group(1) not in kinds:
-        raise InputError(f"unknown lens '{spec}': use one of {', '.join(sorted(kinds))} (e.g. logit, tuned:LENS_DIR)")
+        raise InputError(f"unknown lens '{one_line(spec, 200)}': use one of {', '.join(sorted(kinds))} (e.g. logit, "
+                         "tuned:LENS_DIR)")
     kind, arg = kinds[m.group(1)][0], m.group(2)
-    if kind.takes_arg and not arg:
+    if kind.takes_arg and not (arg or "").strip():
         raise InputError(f"--lens {kind.name} needs an argument: {kind.name}:PATH")
-    if not kind.takes_arg and arg:
-        raise InputError(f"--lens {kind.name} takes no argument (got '{arg}')")
+    if not kind.takes_arg and arg is not None:
+        raise InputError(f"--lens {kind.name} takes no argument (got '{one_line(arg, 200)}')")
     return kind, arg
 
 
