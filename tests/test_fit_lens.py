@@ -194,6 +194,14 @@ def test_fit_output_and_lr_refused(corpus, tmp_path):
         assert_clean_error(invoke("fit-lens", corpus, "-o", tmp_path / "l", "--lr", lr), "--lr")
 
 
+def test_fit_output_that_is_a_run_folder_is_refused(corpus, tiny_run, tmp_path):
+    """A lens written into a run folder would leave a run that `trace --force` no longer recognises: refused before
+    the model loads, the run untouched."""
+    before = sorted(p.name for p in tiny_run.iterdir())
+    assert_clean_error(invoke("fit-lens", corpus, "-m", tmp_path / "no-model", "-o", tiny_run), "a folder of its own")
+    assert sorted(p.name for p in tiny_run.iterdir()) == before
+
+
 def test_corrupt_lens_config_is_one_line(tiny_run, tmp_path):
     (tmp_path / CONFIG_FILE).write_text("[" * 100_000 + "]" * 100_000)
     assert_clean_error(invoke("export", tiny_run, "-o", "-", "--lens", f"tuned:{tmp_path}"), "cannot read")

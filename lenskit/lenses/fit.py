@@ -302,6 +302,10 @@ def check_lens_dir(out: Path) -> None:
         raise OutputError(f"-o {out} is a symbolic link to nothing; name a real folder")
     if not out.is_dir():
         return
+    from ..store import TRACE_FILE
+
+    if (out / TRACE_FILE).exists() or (out / "compare.json").exists():  # `trace --force` would then refuse the run
+        raise OutputError(f"-o {out} is a lenskit run or comparison folder; a lens needs a folder of its own")
 
     def ours(path: Path) -> bool:
         if path.is_symlink() or not path.is_file():
