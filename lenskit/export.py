@@ -9,6 +9,7 @@ their work.
 
 from __future__ import annotations
 
+import operator
 import re
 import sys
 import time
@@ -73,6 +74,11 @@ def _number(text: str) -> int | None:
     return (-1 if text.startswith("-") else 1) * int(digits) if len(digits) <= MAX_DIGITS else None
 
 
+def _int_text(v: int) -> str:
+    """``str(v)`` for a message; Python refuses ints past 4300 digits."""
+    return str(v) if v.bit_length() <= 10_000 else ("-" if v < 0 else "") + "(a number of thousands of digits)"
+
+
 def _shown(text: str) -> str:
     return text if len(text) <= 24 else f"{text[:20]}...({len(text)} characters)"
 
@@ -81,6 +87,14 @@ def parse_positions(spec: str | None, n: int, option: str = "--positions", item:
                     has: str = "the prompt has {n} tokens") -> list[int]:
     """``"3,10-20"`` -> sorted positions; negative numbers count from the end. All positions if ``spec`` is None.
     ``option``, ``item`` and ``has`` word the errors (``fit-lens --stages`` parses stages with it)."""
+    if spec is not None and not isinstance(spec, str):
+        raise InputError(f"{option} must be a string such as '3,10-20' or '-1', not {type(spec).__name__}")
+    try:
+        n = None if isinstance(n, bool) else operator.index(n)  # an int or a numpy integer
+    except TypeError:
+        n = None
+    if n is None or n < 0:
+        raise InputError(f"{option}: the number of {item}s must be a whole number >= 0")
     if spec is None:
         return list(range(n))
     out: set[int] = set()
@@ -104,8 +118,19 @@ def resolve_track(tokenizer, items: list, vocab_size: int) -> list[int]:
     """``--track`` values (token strings or ids) -> vocabulary ids; a string must be exactly one token.
 
     Only ASCII digits make an id (``"٣"`` is text, not token 3)."""
+    if not isinstance(items, (list, tuple)):  # a string would be followed letter by letter
+        raise InputError(f"--track wants a list of token texts or ids (e.g. [' Paris', 42]), not {type(items).__name__}")
     ids = []
     for item in items:
+        if not isinstance(item, str):  # an id: an int or a numpy integer (not a bool, float or None)
+            try:
+                item = None if isinstance(item, bool) else operator.index(item)
+            except TypeError:
+                item = None
+            if item is None:
+                raise InputError(f"--track wants token texts (strings) or ids (ints), not {type(items[len(ids)]).__name__}")
+            if item.bit_length() > 10_000:  # str() refuses past 4300 digits
+                raise InputError(f"--track: token id out of range (vocabulary has {vocab_size} entries)")
         text = str(item)
         if isinstance(item, int) or TOKEN_ID.fullmatch(text):
             tid = item if isinstance(item, int) else _number(text)
@@ -131,9 +156,9 @@ def resolve_track(tokenizer, items: list, vocab_size: int) -> list[int]:
 def check_export_options(tokenizer, vocab_size: int, top_k: int, track: list, stage_top: int = 0) -> list[int]:
     """Validate ``--top-k``, ``--stage-top`` and ``--track`` against a vocabulary; return the tracked ids."""
     if top_k < 1 or top_k > vocab_size:
-        raise InputError(f"--top-k {top_k} must be between 1 and the vocabulary size ({vocab_size})")
+        raise InputError(f"--top-k {_int_text(top_k)} must be between 1 and the vocabulary size ({vocab_size})")
     if stage_top < 0 or stage_top > vocab_size:
-        raise InputError(f"--stage-top {stage_top} must be between 0 and the vocabulary size ({vocab_size})")
+        raise InputError(f"--stage-top {_int_text(stage_top)} must be between 0 and the vocabulary size ({vocab_size})")
     return resolve_track(tokenizer, track, vocab_size)
 
 
@@ -428,7 +453,11 @@ def check_option_types(options: ExportOptions) -> None:
     if options.max_memory is not None and not (_is_int(options.max_memory) and options.max_memory > 0):
         raise InputError(f"ExportOptions.max_memory must be a positive number of bytes or None, "
                          f"not {options.max_memory!r}")
-    if not isinstance(options.lenses, (list, tuple)) or not options.lenses:
+    for name in ("precision", "device"):
+        if not isinstance(getattr(options, name), str):
+            raise InputError(f"ExportOptions.{name} must be a string, not {getattr(options, name)!r}")
+    if not isinstance(options.lenses, (list, tuple)) or not options.lenses or not all(
+            isinstance(x, str) for x in options.lenses):
         raise InputError(f"ExportOptions.lenses must be a non-empty list of lens specs (e.g. ['logit']), "
                          f"not {options.lenses!r}")
 
@@ -439,12 +468,12 @@ def plan_export(meta: dict, tokenizer, options: ExportOptions) -> tuple[list[tup
     Returns ``[(prompt, positions)]`` to export and the ``--track`` token ids."""
     check_option_types(options)
     if not 0 <= options.samples <= 100:
-        raise InputError(f"--samples {options.samples} must be between 0 and 100")
+        raise InputError(f"--samples {_int_text(options.samples)} must be between 0 and 100")
     if options.precision not in PRECISIONS:
         raise InputError(f"unknown precision '{options.precision}'; use {', '.join(PRECISIONS)}")
     n_prompts = len(meta["prompts"])
     if options.prompt is not None and not 0 <= options.prompt < n_prompts:
-        raise InputError(f"--prompt {options.prompt} is out of range: the trace has {n_prompts} prompt(s) (0-{n_prompts - 1})")
+        raise InputError(f"--prompt {_int_text(options.prompt)} is out of range: the trace has {n_prompts} prompt(s) (0-{n_prompts - 1})")
     track_ids = check_export_options(tokenizer, meta["model"]["vocab_size"], options.top_k, options.track,
                                      options.stage_top)
     chosen = [options.prompt] if options.prompt is not None else list(range(n_prompts))

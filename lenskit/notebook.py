@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import operator
 import uuid
 from pathlib import Path
@@ -45,6 +46,121 @@ def _index(x):
         return operator.index(x)
     except TypeError:
         return None
+
+def _shown(x) -> str:
+    """``repr(x)`` for a message, shortened (a 10**5000 has no repr at all: Python refuses > 4300 digits)."""
+    try:
+        r = repr(x)
+    except ValueError:
+        return "an int of more than 4300 digits"
+    return r if len(r) <= 40 else f"{r[:32]}...({len(r)} characters)"
+
+
+MAX_BINS = 100_000  # far above HIST_BINS: a hand-edited ``histogram.bins`` past this is refused, not allocated
+MAX_HEIGHT = 1_000_000  # px
+
+
+def _is_num(x) -> bool:
+    """A finite JSON number (int or float; not bool): what the documents' numeric fields hold."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_idx(x, n: int) -> bool:
+    """An int (not bool) in ``0 <= x < n``."""
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < n
+
+
+def _text(t: str) -> str:
+    """A token text DataFrames can hold: lone surrogates (a dict built in Python, not read from JSON) as U+FFFD."""
+    try:
+        t.encode("utf-8")
+        return t
+    except UnicodeEncodeError:
+        return t.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def _broken(where: str, what: str):
+    return TraceFileError(f"not a usable lenskit export document: {where} {what}")
+
+
+def _check_doc(doc: dict) -> None:
+    """The document-wide fields the readers below index with, checked once (one TraceFileError naming the field,
+    not a KeyError, TypeError or IndexError from deep inside a DataFrame method)."""
+    if not isinstance(doc["model"], dict):
+        raise _broken("'model'", "is not an object")
+    names = doc["stages"]["name"]
+    if not names or not all(isinstance(x, str) for x in names):
+        raise _broken("'stages.name'", "is not a non-empty list of stage names (strings)")
+    tokens = doc["tokens"]
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise _broken("'tokens'", "is not a list of token texts (strings)")
+    ids = doc.get("token_ids")
+    if ids is not None and (not isinstance(ids, list) or len(ids) != len(tokens)
+                            or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids)):
+        raise _broken("'token_ids'", f"is not a list of {len(tokens)} ints (one per entry of 'tokens')")
+    lens = doc["lens"]
+    if not isinstance(lens, dict) or not (isinstance(lens.get("top_k"), int) and not isinstance(lens["top_k"], bool)
+                                          and lens["top_k"] >= 0):
+        raise _broken("'lens.top_k'", "is missing or not a whole number >= 0")
+    hg = doc["histogram"]
+    if not isinstance(hg, dict):
+        raise _broken("'histogram'", "is not an object")
+    if not _is_idx(hg.get("bins"), MAX_BINS + 1) or hg["bins"] < 1:
+        raise _broken("'histogram.bins'", f"is {_shown(hg.get('bins'))}, not a whole number from 1 to {MAX_BINS}")
+    if not (_is_num(hg.get("z_min")) and _is_num(hg.get("z_max")) and hg["z_min"] < hg["z_max"]):
+        raise _broken("'histogram.z_min'/'z_max'", "are not two finite numbers, z_min < z_max")
+    for key, top in (("samples", 100), ("sample_order", 62)):  # samples: `--samples` 0..100; order: a shift count
+        if (key in hg or key == "samples") and not _is_idx(hg.get(key), top + 1):
+            raise _broken(f"'histogram.{key}'", f"is {_shown(hg.get(key))}, not a whole number from 0 to {top}")
+    for i, p in enumerate(doc["prompts"]):
+        if not isinstance(p, dict) or not isinstance(p.get("tokens"), list) or not isinstance(p.get("positions"), list):
+            raise _broken(f"'prompts[{i}]'", "is not an object with 'tokens' and 'positions' lists")
+        if not all(_is_idx(t, len(tokens)) for t in p["tokens"]):
+            raise _broken(f"'prompts[{i}].tokens'", f"holds a value that is not an index into 'tokens' (0..{len(tokens) - 1})")
+        for j, x in enumerate(p["positions"]):
+            if not isinstance(x, dict) or not _is_idx(x.get("pos"), len(p["tokens"])):
+                raise _broken(f"'prompts[{i}].positions[{j}]'",
+                              f"is not an object whose 'pos' is a token position of the prompt (0..{len(p['tokens']) - 1})")
+
+
+def _check_position(doc: dict, P: dict, where: str) -> None:
+    """One position's fields, as the DataFrame methods read them: lengths (tracked x stages), types, index ranges."""
+    S, n_tokens = len(doc["stages"]["name"]), len(doc["tokens"])
+    for key in ("tracked", "score", "rank", "mean", "std", "lse", "entropy", "kl", "hist"):
+        if key not in P:
+            raise _broken(where, f"has no {key!r}")
+    tracked = P["tracked"]
+    if not isinstance(tracked, list) or not tracked or not all(_is_idx(t, n_tokens) for t in tracked):
+        raise _broken(f"{where}: 'tracked'", f"is not a non-empty list of indices into 'tokens' (0..{n_tokens - 1})")
+    T = len(tracked)
+    if P.get("next") is not None and not _is_idx(P["next"], T):
+        raise _broken(f"{where}: 'next'", f"is {_shown(P['next'])}, not null or an index into 'tracked' (0..{T - 1})")
+    for key, ok, kind in (("score", _is_num, "finite numbers"),
+                          ("rank", lambda x: _is_idx(x, 2**63) and x >= 1, "whole numbers >= 1")):
+        rows = P[key]
+        if not isinstance(rows, list) or len(rows) != T or not all(
+                isinstance(r, list) and len(r) == S and all(ok(x) for x in r) for r in rows):
+            raise _broken(f"{where}: '{key}'", f"is not {T} rows (one per tracked token) of {S} {kind} (one per stage)")
+    for key in STAT_COLUMNS:
+        v = P[key]
+        if not isinstance(v, list) or len(v) != S or not all(_is_num(x) for x in v):
+            raise _broken(f"{where}: '{key}'", f"is not a list of {S} finite numbers (one per stage)")
+    if "bin" in P:
+        if not isinstance(P["bin"], list) or len(P["bin"]) != T or not all(
+                isinstance(r, list) and len(r) == S and all(_is_idx(x, doc["histogram"]["bins"]) for x in r)
+                for r in P["bin"]):
+            raise _broken(f"{where}: 'bin'", f"is not {T} rows of {S} histogram bins")
+    else:
+        edges = P.get("bin_edge")
+        if not isinstance(edges, list) or not all(
+                isinstance(e, list) and len(e) == 3 and _is_idx(e[0], T) and _is_idx(e[1], S)
+                and _is_idx(e[2], doc["histogram"]["bins"]) for e in edges):
+            raise _broken(f"{where}: 'bin_edge'", "is not a list of [tracked, stage, bin] index triples")
+    h = P["hist"]
+    if not isinstance(h, dict) or not all(isinstance(h.get(k), list) and len(h[k]) == S for k in ("lo", "counts", "samples")) \
+            or not all(_is_idx(x, doc["histogram"]["bins"]) for x in h["lo"]):
+        raise _broken(f"{where}: 'hist'", f"is not an object with 'lo' (bins), 'counts' and 'samples' lists of {S} (one per stage)")
+
 
 _RESIZE_JS = (
     "(function(){var f=document.getElementById(%s);if(!f)return;"
@@ -74,28 +190,39 @@ class Export:
     """
 
     def __init__(self, doc: dict, name: str | None = None):
-        if not isinstance(doc, dict) or not str(doc.get("schema", "")).startswith("lenskit.export/"):
+        if not isinstance(doc, dict) or not isinstance(doc.get("schema"), str) or not doc["schema"].startswith("lenskit.export/"):
             raise TraceFileError("not a lenskit export document (no 'schema': 'lenskit.export/N' field)")
         from .schema import SCHEMA_VERSIONS_READ
 
         if doc["schema"] not in SCHEMA_VERSIONS_READ:
-            raise TraceFileError(f"export format {doc['schema']!r} is not one this lenskit reads ({', '.join(SCHEMA_VERSIONS_READ)})")
+            raise TraceFileError(f"export format {_shown(doc['schema'])} is not one this lenskit reads ({', '.join(SCHEMA_VERSIONS_READ)})")
         missing = [k for k in DOC_KEYS if k not in doc]
         if missing or not isinstance(doc["prompts"], list) or not isinstance(doc.get("stages"), dict) \
                 or not isinstance(doc["stages"].get("name"), list):
             raise TraceFileError(f"not a complete lenskit export document: "
                                  f"{'no ' + ', '.join(repr(k) for k in missing) if missing else 'malformed prompts or stages'}")
+        _check_doc(doc)
+        if name is not None and not isinstance(name, str):
+            raise InputError(f"name {_shown(name)}: a string or None")
         self.doc = doc
-        self.name = name or str(doc.get("model", {}).get("id", "report"))
+        self.name = name or str(doc["model"].get("id", "report"))
 
     @classmethod
     def load(cls, path) -> "Export":
         """Read a run folder's ``export.json`` (or an export file itself)."""
         from .schema import EXPORT_FILE
 
+        if not isinstance(path, (str, Path)):
+            raise InputError(f"Export.load wants a run folder or an export.json path (str or Path), "
+                             f"not {type(path).__name__}")
         path = Path(path).expanduser()
-        file = path / EXPORT_FILE if path.is_dir() else path
-        if not file.is_file():
+        try:
+            file = path / EXPORT_FILE if path.is_dir() else path
+            found = file.is_file()
+        except (OSError, ValueError) as e:
+            raise TraceFileError(f"{path}: cannot read it ({e.strerror or e})" if isinstance(e, OSError)
+                                 else f"{path}: cannot read it ({e})") from e
+        if not found:
             raise TraceFileError(f"{path}: no {EXPORT_FILE} there (run `lenskit export {path}` first)" if path.is_dir()
                                  else f"{path}: no such file")
         import orjson
@@ -146,7 +273,7 @@ class Export:
             traced = [p.get("index", j) for j, p in enumerate(prompts)]
             note = "" if traced == list(range(len(prompts))) else (
                 f"; they are the trace's prompt(s) {', '.join(map(str, traced))}, in that order")
-            raise InputError(f"prompt {prompt!r}: this export has prompts 0..{len(prompts) - 1}{note}")
+            raise InputError(f"prompt {_shown(prompt)}: this export has prompts 0..{len(prompts) - 1}{note}")
         return prompts[i]
 
     def _position(self, prompt: int, pos: int | None) -> dict:
@@ -154,37 +281,41 @@ class Export:
         if not p["positions"]:
             raise InputError(f"prompt {prompt} has no exported positions")
         if pos is None:
-            return p["positions"][-1]
+            return self._checked(prompt, p["positions"][-1])
         want = _index(pos)
         if want is None:
-            raise InputError(f"position {pos!r}: give a token position (an int; negative counts from the end) or None")
+            raise InputError(f"position {_shown(pos)}: give a token position (an int; negative counts from the end) or None")
         if want < 0:
             want += len(p["tokens"])
         for x in p["positions"]:
             if x["pos"] == want:
-                return x
+                return self._checked(prompt, x)
         have = [x["pos"] for x in p["positions"]]
         shown = ", ".join(map(str, have[:12])) + (" …" if len(have) > 12 else "")
-        raise InputError(f"position {pos!r} of prompt {prompt} was not exported (exported: {shown}; the prompt has "
+        raise InputError(f"position {_shown(pos)} of prompt {prompt} was not exported (exported: {shown}; the prompt has "
                          f"{len(p['tokens'])} tokens)")
+
+    def _checked(self, prompt, P: dict) -> dict:
+        _check_position(self.doc, P, f"prompts[{_index(prompt) % len(self.doc['prompts'])}] position {P['pos']}")
+        return P
 
     def _stage(self, stage) -> int:
         names = self.stage_names
         if isinstance(stage, str):
             if stage not in names:
-                raise InputError(f"no stage named {stage!r} (stages: {names[0]}, {names[1]} … {names[-1]})")
+                raise InputError(f"no stage named {_shown(stage)} (stages: {', '.join(names[:2])}{' … ' + names[-1] if len(names) > 2 else ''})")
             return names.index(stage)
         i = _index(stage)
         if i is None or not -len(names) <= i < len(names):
-            raise InputError(f"stage {stage!r}: this export has stages 0..{len(names) - 1} (or their names)")
+            raise InputError(f"stage {_shown(stage)}: this export has stages 0..{len(names) - 1} (or their names)")
         return i % len(names)
 
     def _tracked_index(self, P: dict):
         """Index (token texts) and the tokens' ids and roles ("#1".., "next", "tracked") for a position."""
         pd = _pandas()
         top = min(self.doc["lens"]["top_k"], len(P["tracked"]))
-        texts = [self.doc["tokens"][t] for t in P["tracked"]]
-        ids = [self.doc["token_ids"][t] for t in P["tracked"]]
+        texts = [_text(self.doc["tokens"][t]) for t in P["tracked"]]
+        ids = [self.doc["token_ids"][t] if "token_ids" in self.doc else None for t in P["tracked"]]
         roles = [f"#{j + 1}" if j < top else "next" if j == P.get("next") else "tracked" for j in range(len(texts))]
         return pd.Index(texts, name="token"), ids, roles
 
@@ -203,7 +334,7 @@ class Export:
         ``centred`` (score − mean), ``z`` ((score − mean) / std) or ``logprob`` (score − logsumexp).
         ``df.attrs`` has the tokens' ``token_ids`` and ``roles``."""
         if mode not in MODES:
-            raise InputError(f"mode {mode!r}: one of {', '.join(MODES)}")
+            raise InputError(f"mode {_shown(mode)}: one of {', '.join(MODES)}")
         P = self._position(prompt, pos)
         mean, std, lse = P["mean"], P["std"], P["lse"]
         rows = []
@@ -234,18 +365,24 @@ class Export:
         pd = _pandas()
         P = self._position(prompt, pos)
         s = self._stage(stage)
-        counts, samples = histogram(self.doc, P)
-        hg = self.doc["histogram"]
+        hg, tokens = self.doc["histogram"], self.doc["tokens"]
+        where = f"prompts[{_index(prompt) % len(self.doc['prompts'])}] position {P['pos']}: 'hist'"
+        try:  # the Base64 strings (schema.histogram decodes them) are checked only by decoding them
+            counts, samples = histogram(self.doc, P)
+            tb = tracked_bins(self.doc, P)[:, s]
+        except (ValueError, TypeError, IndexError, KeyError, OverflowError, MemoryError) as e:
+            raise _broken(where, f"cannot be decoded ({e})") from e
+        if counts.shape != (len(self.stage_names), hg["bins"]) or not all(
+                _is_idx(t, len(tokens)) for got in samples for ids in got.values() for t in ids):
+            raise _broken(where, "decodes to counts or sample tokens out of range")
         width = (hg["z_max"] - hg["z_min"]) / hg["bins"]
-        tb = tracked_bins(self.doc, P)[:, s]
-        tokens = self.doc["tokens"]
         df = pd.DataFrame(
             {
                 "z_lo": [hg["z_min"] + b * width for b in range(hg["bins"])],
                 "z_hi": [hg["z_min"] + (b + 1) * width for b in range(hg["bins"])],
                 "count": counts[s].tolist(),
-                "samples": [[tokens[t] for t in samples[s].get(b, [])] for b in range(hg["bins"])],
-                "tracked": [[tokens[P["tracked"][j]] for j in range(len(tb)) if tb[j] == b] for b in range(hg["bins"])],
+                "samples": [[_text(tokens[t]) for t in samples[s].get(b, [])] for b in range(hg["bins"])],
+                "tracked": [[_text(tokens[P["tracked"][j]]) for j in range(len(tb)) if tb[j] == b] for b in range(hg["bins"])],
             },
             index=pd.RangeIndex(hg["bins"], name="bin"),
         )
@@ -280,8 +417,15 @@ def viewer_iframe(doc: dict, height: int | None = None, name: str | None = None)
     in px, or ``None`` to follow the viewer's height (with a small script beside the frame)."""
     from .report import build_html
 
-    if height is not None and (not isinstance(height, int) or isinstance(height, bool) or height < MIN_HEIGHT):
-        raise InputError(f"height {height!r}: a whole number of pixels, at least {MIN_HEIGHT}")
+    if height is not None:
+        px = _index(height)
+        if px is None or not MIN_HEIGHT <= px <= MAX_HEIGHT:
+            raise InputError(f"height {_shown(height)}: a whole number of pixels from {MIN_HEIGHT} to {MAX_HEIGHT}")
+        height = px
+    if not isinstance(doc, dict):
+        raise InputError(f"viewer_iframe wants an export document (dict), not {type(doc).__name__}")
+    if name is not None and not isinstance(name, str):
+        raise InputError(f"name {_shown(name)}: a string or None")
     page = build_html(doc, run_name=name)
     # In a single-quoted attribute only & and ' need escaping (the page's JSON is full of double quotes, few of these).
     srcdoc = page.replace("&", "&amp;").replace("'", "&#39;")

@@ -1,6 +1,7 @@
 """`lenskit export` end to end on a tiny model: schema validity, stdout, options, and bad input."""
 
 import json
+import re
 import shutil
 
 import jsonschema
@@ -208,3 +209,42 @@ def test_export_document_checks_its_arguments(tiny_dir):
 def test_schema_markdown_with_survey_is_refused():
     """`lenskit schema --survey --markdown` used to print the survey's JSON Schema, ignoring --markdown."""
     assert_clean_error(invoke("schema", "--survey", "--markdown"), "--markdown is the export format's")
+
+
+@pytest.mark.parametrize("change,fragment", [
+    ({"precision": ["fast"]}, "ExportOptions.precision must be a string"),
+    ({"device": 0}, "ExportOptions.device must be a string"),
+    ({"lenses": [3]}, "ExportOptions.lenses must be a non-empty list"),
+    ({"top_k": 10**5000}, "--top-k (a number of thousands of digits)"),  # str() of it would raise ValueError
+    ({"prompt": 10**5000}, "--prompt (a number of thousands of digits)"),
+])
+def test_python_api_option_values_are_input_errors(tiny_run, change, fragment):
+    from lenskit.errors import InputError
+    from lenskit.export import ExportOptions, export_run_dir
+
+    with pytest.raises(InputError, match=re.escape(fragment)):
+        export_run_dir(tiny_run, ExportOptions(**change))
+
+
+def test_parse_positions_and_resolve_track_check_their_arguments():
+    """The public helpers called from Python: wrong types are one InputError; numpy integers work like ints; a bool
+    is not token id 1; a str of tracks is not followed letter by letter."""
+    import numpy as np
+
+    from lenskit.errors import InputError
+    from lenskit.export import parse_positions, resolve_track
+
+    assert parse_positions("0-1", np.int64(3)) == [0, 1]
+    for spec, n in ((3, 5), (["1"], 5), (b"1", 5), ("1", -3), ("1", True), ("1", 2.5), (None, None)):
+        with pytest.raises(InputError, match="--positions"):
+            parse_positions(spec, n)
+    assert resolve_track(None, [np.int64(3), 7], 100) == [3, 7]
+    for items in ([True], [3.0], [None], [b"1"], "5", None, [10**5000]):
+        with pytest.raises(InputError, match="--track"):
+            resolve_track(None, items, 100)
+
+
+def test_adapters_check_refuses_an_empty_model_name():
+    """`--check ''` used to load the current folder as a model."""
+    for name in ("", "  "):
+        assert_clean_error(invoke("adapters", "--check", name), "not an empty name")

@@ -145,7 +145,7 @@ def test_iframe_is_sandboxed_and_holds_the_report_exactly(doc):
     assert Export(doc)._repr_html_().startswith("<iframe")
     assert all(h not in out for h in ("<img src=x", "</script><script>alert"))
     # a hand-made document JSON cannot hold (a lone surrogate, a non-string key): one InputError, not orjson's TypeError
-    for bad in ({**doc, "tokens": ["\ud800"]}, {**doc, 1: "x"}):
+    for bad in ({**doc, "tokens": ["\ud800"] * len(doc["tokens"])}, {**doc, 1: "x"}):
         with pytest.raises(InputError, match="cannot be written as JSON"):
             lenskit.show(bad)
 
@@ -362,3 +362,99 @@ def test_dataframe_arguments_are_checked(doc):
     one = dict(doc, prompts=doc["prompts"][1:])  # as `lenskit export --prompt 1` writes it
     with pytest.raises(InputError, match="the trace's prompt"):
         Export(one).ranks(1)
+
+
+def _last(d):
+    return d["prompts"][0]["positions"][-1]
+
+
+def _per_stage(field, value):
+    return lambda d: _last(d).__setitem__(field, [value] * len(_last(d)[field]))
+
+
+# Hand-edited documents: wrong types, indices out of the string table, NaN/inf, missing keys, undecodable strings.
+HOSTILE_DOCS = {
+    "model not an object": lambda d: d.__setitem__("model", "x"),
+    "stage names not strings": lambda d: d["stages"].__setitem__("name", [1, 2]),
+    "tokens not strings": lambda d: d.__setitem__("tokens", [1] * len(d["tokens"])),
+    "token_ids short": lambda d: d.__setitem__("token_ids", []),
+    "top_k a string": lambda d: d["lens"].__setitem__("top_k", "10"),
+    "bins huge": lambda d: d["histogram"].__setitem__("bins", 10**9),
+    "bins a float": lambda d: d["histogram"].__setitem__("bins", 1.5),
+    "z_max NaN": lambda d: d["histogram"].__setitem__("z_max", float("nan")),
+    "sample_order negative": lambda d: d["histogram"].__setitem__("sample_order", -1),
+    "prompt not an object": lambda d: d.__setitem__("prompts", [None]),
+    "prompt token out of the string table": lambda d: d["prompts"][0].__setitem__("tokens", [10**9]),
+    "prompt token negative": lambda d: d["prompts"][0].__setitem__("tokens", [-1]),
+    "positions a string": lambda d: d["prompts"][0].__setitem__("positions", "x"),
+    "pos a string": lambda d: _last(d).__setitem__("pos", "3"),
+    "tracked out of the string table": _per_stage("tracked", 10**9),
+    "tracked negative": _per_stage("tracked", -5),
+    "tracked bools": _per_stage("tracked", True),
+    "tracked empty": lambda d: _last(d).__setitem__("tracked", []),
+    "next huge": lambda d: _last(d).__setitem__("next", 10**30),
+    "score NaN": lambda d: _last(d).__setitem__("score", [[float("nan")] * len(r) for r in _last(d)["score"]]),
+    "score inf": lambda d: _last(d).__setitem__("score", [[float("inf")] * len(r) for r in _last(d)["score"]]),
+    "score strings": lambda d: _last(d).__setitem__("score", [["1"] * len(r) for r in _last(d)["score"]]),
+    "score rows short": lambda d: _last(d).__setitem__("score", [r[:2] for r in _last(d)["score"]]),
+    "rank None": lambda d: _last(d).__setitem__("rank", None),
+    "mean strings": _per_stage("mean", "x"),
+    "kl short": lambda d: _last(d).__setitem__("kl", [1.0]),
+    "no lse": lambda d: _last(d).pop("lse"),
+    "bin_edge out of range": lambda d: _last(d).__setitem__("bin_edge", [[999, 999, 1]]),
+    "bin_edge pairs": lambda d: _last(d).__setitem__("bin_edge", [[1, 2]]),
+    "hist lo negative": lambda d: _last(d)["hist"].__setitem__("lo", [-5] * len(_last(d)["hist"]["lo"])),
+    "hist counts not Base64": lambda d: _last(d)["hist"].__setitem__("counts", ["!!"] * len(_last(d)["hist"]["counts"])),
+    "hist counts ints": lambda d: _last(d)["hist"].__setitem__("counts", [1] * len(_last(d)["hist"]["counts"])),
+    "hist samples truncated": lambda d: _last(d)["hist"].__setitem__("samples", ["//////"] * len(_last(d)["hist"]["samples"])),
+    "hist samples short": lambda d: _last(d)["hist"].__setitem__("samples", []),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_DOCS))
+def test_hostile_documents_are_trace_file_errors(doc, name):
+    """A hand-edited export.json that no reader can use: one TraceFileError naming the field (at Export() or at the
+    first method that reads the broken position), never a KeyError/TypeError/IndexError/ValueError from deep inside."""
+    import copy
+
+    pytest.importorskip("pandas")
+    bad = copy.deepcopy(doc)
+    HOSTILE_DOCS[name](bad)
+    try:
+        e = Export(bad)
+    except TraceFileError as err:
+        assert "\n" not in str(err)
+        return
+    refused = 0
+    for call in (e.ranks, e.scores, lambda: e.scores(mode="z"), e.histogram, e.stats, e.positions, e.prompt_tokens):
+        try:
+            call()
+        except TraceFileError as err:
+            assert "prompts[0]" in str(err) and "\n" not in str(err)
+            refused += 1
+    assert refused, "the broken position was read without complaint"
+
+
+def test_lone_surrogates_and_huge_arguments_are_handled(doc):
+    """A document built in Python may hold lone surrogates (JSON readers refuse them): DataFrames show U+FFFD.
+    Ints past Python's 4300-digit str() limit are refused with an InputError, not str()'s ValueError."""
+    import copy
+
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("pandas")
+    bad = copy.deepcopy(doc)
+    bad["tokens"] = ["\ud800" + t for t in bad["tokens"]]
+    r = Export(bad).ranks()
+    assert all(t.startswith("\ufffd") for t in r.index)
+    e = Export(doc)
+    for call in (lambda: e.ranks(10**5000), lambda: e.ranks(0, 10**5000), lambda: e.histogram(0, None, 10**5000),
+                 lambda: e.html(height=10**5000), lambda: e.histogram(0, None, "x" * 10**6)):
+        with pytest.raises(InputError) as err:
+            call()
+        assert len(str(err.value)) < 300
+    assert "height:700px" in e.html(height=np.int64(700))
+    for path in (None, 3, b"/tmp"):
+        with pytest.raises(InputError, match="run folder or an export.json path"):
+            Export.load(path)
+    with pytest.raises(InputError, match="name"):
+        Export(doc, name=3)

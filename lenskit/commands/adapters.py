@@ -50,6 +50,8 @@ def adapters(
     from ..errors import InputError
 
     listing = [name for name, on in (("--json", as_json), ("--markdown", markdown), ("--plugins", plugins)) if on]
+    if check is not None and not check.strip():  # "" would load the current folder as a model
+        raise InputError("--check MODEL: give a hub id, a local folder or a .gguf file, not an empty name")
     if check is not None and listing:
         raise InputError(f"--check prints its own table; leave out {', '.join(listing)}")
     checking = [name for name, on in (("--revision", revision is not None), ("--trust-remote-code", trust_remote_code)) if on]
