@@ -3,7 +3,7 @@ no traceback, nothing written that was not asked for, and every pre-existing fil
 
 Classes (the README's reliability table counts the cases of each): run folders and ``--force``; output files of
 ``export``; malformed trace files (hand-made safetensors: 8-byte header length + JSON header + data); what a trace can
-make ``export`` load; option values; the server (symlinks, Host, methods).
+make ``export`` load; option values; prompt input (files, stdin, pipes); the server (symlinks, Host, methods).
 """
 
 from __future__ import annotations
