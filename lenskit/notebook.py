@@ -39,7 +39,8 @@ DOC_KEYS = ("model", "lens", "stages", "histogram", "tokens", "prompts")  # what
 
 
 def _index(x):
-    """``x`` as a Python int when it is a whole number (int, numpy integer; not bool), else None."""
+    """``x`` as a Python int when it is a whole number (int, numpy integer; not bool), else None (a copy of
+    ``lenskit.export._whole``: this module must not import that one, which imports torch)."""
     if isinstance(x, bool):
         return None
     try:
@@ -72,11 +73,9 @@ def _is_idx(x, n: int) -> bool:
 
 def _text(t: str) -> str:
     """A token text DataFrames can hold: lone surrogates (a dict built in Python, not read from JSON) as U+FFFD."""
-    try:
-        t.encode("utf-8")
-        return t
-    except UnicodeEncodeError:
-        return t.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    from .tokens import is_utf8
+
+    return t if is_utf8(t) else t.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _broken(where: str, what: str):

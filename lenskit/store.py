@@ -80,13 +80,9 @@ def _is_int(x) -> bool:
 
 def _is_text(x) -> bool:
     """A str that is valid Unicode (no lone surrogates, which no UTF-8 writer accepts)."""
-    if not isinstance(x, str):
-        return False
-    try:
-        x.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    from .tokens import is_utf8
+
+    return isinstance(x, str) and is_utf8(x)
 
 
 def _check_meta(meta) -> list[str]:
