@@ -9,7 +9,6 @@ their work.
 
 from __future__ import annotations
 
-import operator
 import re
 import sys
 import time
@@ -44,6 +43,7 @@ from .schema import (
     z_bin,
 )
 from .scoring import Scorer, resolve_precision
+from .tokens import as_index
 
 
 @dataclass
@@ -74,17 +74,6 @@ def _number(text: str) -> int | None:
     return (-1 if text.startswith("-") else 1) * int(digits) if len(digits) <= MAX_DIGITS else None
 
 
-def _whole(x) -> int | None:
-    """``x`` as a Python int when it is a whole number (an int or a numpy integer; not a bool), else None
-    (:mod:`lenskit.notebook` has its own copy: it must not import this module, which imports torch)."""
-    if isinstance(x, bool):
-        return None
-    try:
-        return operator.index(x)
-    except TypeError:
-        return None
-
-
 def _int_text(v: int) -> str:
     """``str(v)`` for a message; Python refuses ints past 4300 digits."""
     return str(v) if v.bit_length() <= 10_000 else ("-" if v < 0 else "") + "(a number of thousands of digits)"
@@ -100,7 +89,7 @@ def parse_positions(spec: str | None, n: int, option: str = "--positions", item:
     ``option``, ``item`` and ``has`` word the errors (``fit-lens --stages`` parses stages with it)."""
     if spec is not None and not isinstance(spec, str):
         raise InputError(f"{option} must be a string such as '3,10-20' or '-1', not {type(spec).__name__}")
-    n = _whole(n)
+    n = as_index(n)
     if n is None or n < 0:
         raise InputError(f"{option}: the number of {item}s must be a whole number >= 0")
     if spec is None:
@@ -131,7 +120,7 @@ def resolve_track(tokenizer, items: list, vocab_size: int) -> list[int]:
     ids = []
     for item in items:
         if not isinstance(item, str):  # an id: an int or a numpy integer (not a bool, float or None)
-            item = _whole(item)
+            item = as_index(item)
             if item is None:
                 raise InputError(f"--track wants token texts (strings) or ids (ints), not {type(items[len(ids)]).__name__}")
             if item.bit_length() > 10_000:  # str() refuses past 4300 digits

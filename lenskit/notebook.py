@@ -22,7 +22,6 @@ from __future__ import annotations
 import html
 import json
 import math
-import operator
 import uuid
 from pathlib import Path
 
@@ -39,14 +38,10 @@ DOC_KEYS = ("model", "lens", "stages", "histogram", "tokens", "prompts")  # what
 
 
 def _index(x):
-    """``x`` as a Python int when it is a whole number (int, numpy integer; not bool), else None (a copy of
-    ``lenskit.export._whole``: this module must not import that one, which imports torch)."""
-    if isinstance(x, bool):
-        return None
-    try:
-        return operator.index(x)
-    except TypeError:
-        return None
+    """``x`` as a Python int when it is a whole number (int, numpy integer; not bool), else None."""
+    from .tokens import as_index
+
+    return as_index(x)
 
 def _shown(x) -> str:
     """``repr(x)`` for a message, shortened (a 10**5000 has no repr at all: Python refuses > 4300 digits)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from functools import lru_cache
 
 from .errors import InputError
@@ -48,6 +49,17 @@ def token_texts(tokenizer, ids) -> list[str]:
             text = " " + text  # SentencePiece drops the word-start space when a token is decoded alone
         out.append(text)
     return out
+
+
+def as_index(x) -> int | None:
+    """A token id or position as given to the API -- an int or a numpy integer, not a bool -- as a Python int;
+    None for anything else."""
+    if isinstance(x, bool):
+        return None
+    try:
+        return operator.index(x)
+    except TypeError:
+        return None
 
 
 def is_utf8(text: str) -> bool:
