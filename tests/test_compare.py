@@ -472,3 +472,22 @@ def test_compare_chat_traces(runs, tmp_path):
     # another model on the same message, through its own template: refused, saying why the texts differ
     res = run("compare", tmp_path / "cat", runs["instruct"], "-o", tmp_path / "refused", "-q")
     assert_clean_error(res, "traced with --chat", tmp_path / "refused")
+
+
+def test_serve_compare_through_a_tuned_lens(runs, base_lens):
+    """`serve --compare --lens`: the comparison served is `lenskit compare`'s through that lens; --lens without
+    --compare, or spelled wrong, is one line before anything is read."""
+    spec = f"tuned:{base_lens}"
+    res = run("serve", runs["base"], runs["other"], "--compare", "--lens", spec, "--get", "/runs.json")
+    assert res.exit_code == 0, res.output
+    url = json.loads(res.stdout)["compares"][0]["url"]
+    res = run("serve", runs["base"], runs["other"], "--compare", "--lens", spec, "--get", "/" + url)
+    served = json.loads(res.stdout)
+    assert [r["lens"]["kind"] for r in served["runs"]] == ["tuned", "tuned"]
+    saved = compare(runs, "base", "other", "served-tuned", "--lens", spec)
+    assert served["pairs"] == saved["pairs"]
+    assert_clean_error(run("serve", runs["base"], "--lens", spec, "--get", "/runs.json"), "needs --compare")
+    assert_clean_error(run("serve", runs["base"], runs["other"], "--compare", "--lens", "tuned", "--get", "/"),
+                       "needs an argument")
+    assert_clean_error(run("serve", runs["base"], runs["other"], "--compare", "--lens", "logit", "--lens", "logit",
+                           "--lens", "logit", "--get", "/"), "3 times")

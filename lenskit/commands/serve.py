@@ -37,6 +37,11 @@ def serve(
         help="With exactly two RUN_DIRs: compare them (as `lenskit compare RUN_A RUN_B`, default options, kept in a "
         "temporary folder) and open on the compare page. A RUN_DIR holding a compare.json is served as a comparison.",
     ),
+    lens: Optional[List[str]] = typer.Option(
+        None, "--lens",
+        help="With --compare: the lens to compare through, as in `lenskit compare`: logit (default) or tuned:LENS_DIR; "
+        "once for both runs, twice for RUN_A's, then RUN_B's.",
+    ),
 ) -> None:
     """Serve the viewer and the runs' export.json on http://127.0.0.1:8000/ until Ctrl-C.
 
@@ -45,19 +50,23 @@ def serve(
     from ..compare import COMPARE_FILE, is_compare_dir
     from ..server import Server, Site, find_runs, named_by_folder, url_name
 
+    if lens and not compare:
+        raise typer.BadParameter("needs --compare (a saved comparison already records its lenses)",
+                                 param_hint="'--lens'")
     compares, tmp = {}, None
     scan_here = not compare and not run_dirs
     if compare:
         import tempfile
 
-        from ..compare import run_compare
+        from ..compare import lens_specs, run_compare
         from ..export import dumps
         from ..models import progress_logger
 
         if len(run_dirs or []) != 2:
             raise LenskitError("--compare needs exactly two run folders: lenskit serve RUN_A RUN_B --compare")
+        lens = lens_specs(lens)  # spelled right before anything is read
         doc = run_compare(run_dirs[0], run_dirs[1], log=progress_logger(False),
-                          warn=lambda m: typer.echo(f"lenskit: warning: {m}", err=True))
+                          warn=lambda m: typer.echo(f"lenskit: warning: {m}", err=True), lenses=lens)
         tmp = tempfile.TemporaryDirectory(prefix="lenskit-compare-")
         name = url_name(f"{Path(run_dirs[0]).resolve().name}-vs-{Path(run_dirs[1]).resolve().name}")
         (Path(tmp.name) / COMPARE_FILE).write_bytes(dumps(doc))
