@@ -10,7 +10,11 @@ refused (403), never followed nor waited on. Requests whose ``Host`` (and, for a
 ``GET http://name/``, its authority) is not the bound address or ``localhost`` are refused, as are requests with no
 or several ``Host`` headers (a DNS-rebinding guard: a web page cannot make the browser read exports through a name it
 controls), and only GET and HEAD are answered. A connection idle for ``Handler.timeout`` seconds mid-request is
-closed, so a client that never finishes its request holds no thread; a client that goes away mid-answer is no error.
+closed, and a request's line and headers must all arrive within ``Server.request_deadline`` seconds however slowly
+they drip in (a slowloris client holds no thread for long); at most ``Server.max_connections`` connections are served
+at once, the next ones are answered 503 at once. A client that goes away mid-answer is no error. Every answer,
+Python's own error pages (400, 414, 431, 501) included, carries :data:`SECURITY_HEADERS`; an HTTP/0.9 request (no
+version: its answer would be a bare body with no status nor headers) is not answered.
 JSON is gzip-compressed when the client accepts it (``gzip;q=0`` does not). :meth:`Site.get` answers one path
 without sockets (``lenskit serve --get PATH``).
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import gzip
+import io
 import ipaddress
 import json
 import os
@@ -26,6 +31,7 @@ import socket
 import stat
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -44,6 +50,7 @@ SCAN_DEPTH = 2  # `lenskit serve` with no RUN_DIR: folders up to this many level
 GZIP_MIN_BYTES = 1024
 GZIP_LEVEL = 1  # loopback first: level 1 compresses the ~12 MB default export 3x in 0.15 s (level 6: 0.8 s, 15% smaller)
 GZIP_CACHE_BYTES = 256 << 20  # compressed files kept, least recently used dropped first; warm() stops when it is full
+MAX_HEAD_BYTES = 128 << 10  # a request's line (http.server: 64 KiB at most, else 414) and headers, in all
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".css": "text/css; charset=utf-8",
@@ -59,6 +66,22 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+# Sent on every answer, by Handler.end_headers (so Python's own error pages get them too) and on the 503 of a full server.
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Content-Security-Policy", CSP),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cross-Origin-Resource-Policy", "same-origin"),  # another site's page cannot embed these files (<script src>, <img>)
+)
+_BUSY_BODY = b"busy: too many connections, try again\n"
+BUSY_ANSWER = (  # the whole answer of a server at Server.max_connections, written without a handler
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    + b"Content-Length: %d\r\nConnection: close\r\nRetry-After: 1\r\n" % len(_BUSY_BODY)
+    + b"".join(f"{name}: {value}\r\n".encode("ascii") for name, value in SECURITY_HEADERS) + b"\r\n" + _BUSY_BODY
+)
+# Control characters of a request line are written escaped in the --verbose log (a client must not drive the terminal);
+# Python does so itself only from 3.10.9/3.11.1.
+LOG_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {ord("\\"): "\\\\"}
 
 
 def viewer_root():
@@ -327,12 +350,93 @@ def host_allowed(header: str | None, allowed: set[str], wildcard: bool) -> bool:
         return False
 
 
+class HeadTooLarge(Exception):
+    """A request's line and headers together are over :data:`MAX_HEAD_BYTES` (:class:`_DeadlineReader`)."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A connection's reads for :class:`Handler`: each ``recv`` waits at most ``idle`` seconds and never past
+    ``deadline`` (a :func:`time.monotonic` time, or None). A per-read timeout alone starts again at every byte, so a
+    client dripping its headers a byte at a time would hold the thread for ever; the deadline bounds the whole. While
+    a deadline is set at most ``budget`` bytes more are read (then :class:`HeadTooLarge`): http.server's own limits
+    (100 headers of 64 KiB) would let each connection fill 6 MB and more."""
+
+    def __init__(self, sock: socket.socket, idle: float | None):
+        self.sock, self.idle, self.deadline, self.budget = sock, idle, None, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        wait = self.idle
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request line and headers did not arrive in time")
+            if self.budget <= 0:
+                raise HeadTooLarge()
+            wait = left if wait is None else min(wait, left)
+            buf = memoryview(buf)[:self.budget]
+        self.sock.settimeout(wait)
+        n = self.sock.recv_into(buf)
+        if self.deadline is not None:
+            self.budget -= n
+        return n
+
+
 class Handler(BaseHTTPRequestHandler):
     """GET/HEAD over a :class:`Site` (set as ``server.site``); quiet unless ``server.verbose``."""
 
     server_version = f"lenskit/{__version__}"
     protocol_version = "HTTP/1.1"
+    default_request_version = "HTTP/1.0"  # a malformed request line gets a 400 with a status line and headers
     timeout = 30  # seconds a connection may sit idle mid-request (or between keep-alive requests) before it is closed
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # socketserver's reader: an open one would keep the socket from closing
+        self._reader = _DeadlineReader(self.connection, self.timeout)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        # The deadline counts from the wait for the request line: a keep-alive connection idles within it too.
+        self._reader.deadline = time.monotonic() + self.server.request_deadline
+        self._reader.budget = MAX_HEAD_BYTES
+        try:
+            super().handle_one_request()
+        except HeadTooLarge:
+            self._reader.deadline = None
+            self.connection.settimeout(self.timeout)
+            self.close_connection = True
+            self.send_error(431, "Request header fields too large")
+
+    def parse_request(self) -> bool:
+        words = str(self.raw_requestline, "iso-8859-1").split()  # split as http.server does (\x85, \xa0 too)
+        if len(words) == 2:  # HTTP/0.9 ("GET /"): the answer would be a bare body, no status line nor headers
+            self.close_connection = True
+            return False
+        ok = super().parse_request()
+        self._reader.deadline = None  # all is read (a body never is); writes get the plain per-send timeout back
+        self.connection.settimeout(self.timeout)
+        if ok and self.request_version == "HTTP/0.9":  # "GET / HTTP/0.9": the same bare answer
+            self.close_connection = True
+            return False
+        return ok
+
+    def handle_expect_100(self) -> bool:
+        return True  # a body is never read: no "100 Continue" invites one, the final answer comes at once
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        if self.request_version == "HTTP/0.9":  # an HTTP/0.9 answer has no status line nor headers: none is sent
+            self.close_connection = True
+            return
+        super().send_error(code, message, explain)
+
+    def end_headers(self) -> None:
+        """Every answer's headers end here, :meth:`send_error`'s too: the security headers go on all of them once."""
+        for name, value in SECURITY_HEADERS:
+            self.send_header(name, value)
+        super().end_headers()
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self._answer(send_body=True)
@@ -368,9 +472,6 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(res.status)
         self.send_header("Content-Type", res.content_type)
         self.send_header("Content-Length", str(len(res.body)))
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Content-Security-Policy", CSP)
-        self.send_header("Referrer-Policy", "no-referrer")
         for k, v in res.headers.items():
             self.send_header(k, v)
         self.end_headers()
@@ -382,17 +483,22 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002
         if getattr(self.server, "verbose", False):
-            super().log_message(format, *args)
+            sys.stderr.write(f"{self.address_string()} - - [{self.log_date_time_string()}] "
+                             f"{(format % args).translate(LOG_ESCAPES)}\n")
 
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128  # socketserver's 5 drops a burst of connections (SYN retried after a second)
+    max_connections = 64  # served at once (a thread each); the next are answered 503 (a browser opens about 6)
+    request_deadline = 30.0  # seconds for a request's line and headers to arrive in all, however slowly they drip
 
     def __init__(self, site: Site, host: str = "127.0.0.1", port: int = 8000, verbose: bool = False):
         self.site = site
         self.verbose = verbose
+        self.active = 0  # connections being served now (their threads)
+        self._active_lock = threading.Lock()
         self.wildcard = host in ("0.0.0.0", "::", "")
         if ":" in host:  # an IPv6 address (::1, ::): the socket must be AF_INET6 to bind it
             self.address_family = socket.AF_INET6
@@ -405,6 +511,44 @@ class Server(ThreadingHTTPServer):
         except (OverflowError, UnicodeError, ValueError) as e:
             raise InputError(f"cannot listen on {host}:{port}: {e}") from None
         self.allowed_hosts = allowed_hosts(host, self.server_address[1])
+
+    def process_request(self, request, client_address) -> None:
+        """A thread for the connection, unless :attr:`max_connections` are being served: then a 503 and close, from
+        this (the accepting) thread, without waiting on the client, so thousands of idle sockets hold no threads."""
+        with self._active_lock:
+            full = self.active >= self.max_connections
+            if not full:
+                self.active += 1
+        if full:
+            self._refuse_busy(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started (none left): the slot is free again
+            self._release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._active_lock:
+            self.active -= 1
+
+    def _refuse_busy(self, request) -> None:
+        request.setblocking(False)  # the few bytes fit the new socket's buffer; a client is never waited on
+        try:
+            request.recv(65536)  # what was sent already: unread, closing would reset the connection, losing the 503
+        except OSError:
+            pass
+        try:
+            request.send(BUSY_ANSWER)
+        except OSError:
+            pass
+        self.shutdown_request(request)
 
     def handle_error(self, request, client_address) -> None:
         """A client that closed or reset its connection (mid-answer, or between keep-alive requests) is not an error:

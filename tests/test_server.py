@@ -79,7 +79,7 @@ def site(runs_dir):
 @pytest.fixture()
 def server(site):
     srv = Server(site, "127.0.0.1", 0)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)  # quick shutdown
     thread.start()
     yield srv
     srv.shutdown()
@@ -453,3 +453,163 @@ def test_ipv6_host_binds(site):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+# ---- slow, many and malformed clients over raw sockets (Handler.parse_request, end_headers; Server.process_request)
+
+
+def exchange(srv, data: bytes, timeout: float = 5) -> bytes:
+    """Send ``data`` as it is, then read until the server closes the connection."""
+    with socket.create_connection(srv.server_address[:2], timeout=timeout) as sock:
+        sock.sendall(data)
+        out = b""
+        try:
+            while chunk := sock.recv(65536):
+                out += chunk
+        except ConnectionResetError:
+            pass
+    return out
+
+
+def header_lines(answer: bytes) -> list[str]:
+    return answer.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
+
+
+def _wait_for(predicate, seconds: float = 3) -> None:
+    import time
+
+    end = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < end, "timed out waiting"
+        time.sleep(0.01)
+
+
+def test_a_dripped_request_is_dropped_at_its_deadline(server, capfd):
+    """Slowloris: a header byte every 50 ms never lets a read time out (Handler.timeout is 30 s), but the request line
+    and headers must all arrive within Server.request_deadline: the connection is closed then, unanswered and quietly.
+    A connection that sends nothing at all is closed at the same deadline."""
+    import time
+
+    server.request_deadline = 0.5
+    with socket.create_connection(server.server_address[:2], timeout=5) as idle, \
+            socket.create_connection(server.server_address[:2], timeout=5) as sock:
+        sock.sendall(b"GET /runs.json HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Drip: ")
+        sock.settimeout(0.05)
+        t0, got, closed = time.monotonic(), b"", False
+        while time.monotonic() - t0 < 5:
+            try:
+                sock.send(b"a")
+                chunk = sock.recv(1024)
+            except TimeoutError:
+                continue
+            except OSError:  # reset, or a send after the close
+                closed = True
+                break
+            got += chunk
+            if not chunk:
+                closed = True
+                break
+        assert closed and got == b"" and time.monotonic() - t0 < 2
+        assert idle.recv(1024) == b""
+    _wait_for(lambda: server.active == 0)
+    assert raw_get(server, "/runs.json")[0].status == 200
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception occurred" not in err, err[-2000:]
+
+
+def test_connections_beyond_the_cap_are_answered_503(server):
+    """At Server.max_connections open connections (idle here) the next one is answered 503 at once, with the security
+    headers, and closed; a connection that ends frees its place."""
+    server.max_connections = 2
+    addr = server.server_address[:2]
+    idle = [socket.create_connection(addr, timeout=5) for _ in range(2)]
+    try:
+        _wait_for(lambda: server.active == 2)
+        answer = exchange(server, b"")
+        assert answer.startswith(b"HTTP/1.1 503 ") and answer.endswith(b"try again\n"), answer[:200]
+        assert sum(line.startswith("Content-Security-Policy: ") for line in header_lines(answer)) == 1
+        answer = exchange(server, b"GET /runs.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"lenskit_version" not in answer
+    finally:
+        for sock in idle:
+            sock.close()
+    _wait_for(lambda: server.active == 0)
+    assert raw_get(server, "/runs.json")[0].status == 200
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 414),
+    (b"GET / HTTP/x\r\nHost: 127.0.0.1\r\n\r\n", 400),
+    (b"GET / HTTP/1.1 extra\r\nHost: 127.0.0.1\r\n\r\n", 400),
+    (b"GET\r\n\r\n", 400),
+    (b"BREW / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 501),
+    (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(120)) + b"\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"y" * 3000) for i in range(60))
+     + b"\r\n", 431),  # under http.server's limits (100 lines of 64 KiB), over MAX_HEAD_BYTES in all
+    (b"GET / HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n", 505),
+    (b"TRACE / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 405),
+    (b"GET /runs.json HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", 200),
+])
+def test_every_answer_carries_the_security_headers_once(server, request_bytes, status):
+    """Python's own error pages (send_error) included: each header once, whichever path wrote the answer."""
+    answer = exchange(server, request_bytes)
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+    lines = header_lines(answer)
+    for name in ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy", "Cross-Origin-Resource-Policy"):
+        assert sum(line.lower().startswith(name.lower() + ":") for line in lines) == 1, (name, lines)
+    assert "X-Content-Type-Options: nosniff" in lines
+
+
+@pytest.mark.parametrize("request_bytes", [b"GET /\r\n", b"GET /runs.json\r\n\r\n", b"GET / HTTP/0.9\r\n\r\n",
+                                           b"GET /runs.json HTTP/0.9\r\nHost: 127.0.0.1\r\n\r\n",
+                                           b"GET\x85/index.html\r\n\r\n", b"POST /\r\n\r\n"])
+def test_http09_is_not_answered(server, request_bytes):
+    """An HTTP/0.9 answer is a bare body, no status line nor headers (no CSP, no nosniff): nothing is sent at all.
+    (``\\x85`` splits a request line for http.server as a space does.)"""
+    assert exchange(server, request_bytes) == b""
+
+
+@pytest.mark.parametrize("path", ["/runs/synth/export.json", "/", "/js/main.js", "/nope", "/%2e%2e/pyproject.toml"])
+@pytest.mark.parametrize("encoding", [b"", b"Accept-Encoding: gzip\r\n"])
+def test_head_answers_as_get_without_the_body(server, path, encoding):
+    """HEAD's status and headers (Content-Length and Content-Encoding included) are GET's; it has no body."""
+    def ask(method):
+        answer = exchange(server, b"%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%sConnection: close\r\n\r\n"
+                          % (method, path.encode(), encoding))
+        head, body = answer.split(b"\r\n\r\n", 1)
+        return re.sub(rb"\r\nDate: [^\r]*", b"", head), body
+
+    (get_head, get_body), (head_head, head_body) = ask(b"GET"), ask(b"HEAD")
+    assert head_head == get_head and head_body == b""
+    assert f"Content-Length: {len(get_body)}".encode() in get_head
+
+
+def test_expect_100_continue_gets_the_answer_at_once(server):
+    """A body is never read, so no "100 Continue" asks for one: the one answer is the final one."""
+    answer = exchange(server, b"GET /runs.json HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+                              b"Content-Length: 5\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1 ") == 1
+
+
+def test_pipelined_requests_are_each_answered(server):
+    """Many requests sent at once on one connection: each is answered in turn (each has its own deadline and size
+    budget for its head, however much of the following ones was read with it)."""
+    one = b"GET /runs.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    answer = exchange(server, one * 200 + b"GET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert answer.count(b"HTTP/1.1 200 OK\r\n") == 200 and answer.count(b"HTTP/1.1 404 ") == 1
+
+
+def test_verbose_log_escapes_control_characters(site, capfd):
+    """``--verbose`` writes each request line to the terminal: a client's escape sequences are written escaped
+    (Python itself does so only from 3.10.9/3.11.1)."""
+    srv = Server(site, "127.0.0.1", 0, verbose=True)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        exchange(srv, b"GET /\x1b]0;owned\x07\x1b[2J HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    err = capfd.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err
+    assert r"GET /\x1b]0;owned\x07\x1b[2J HTTP/1.1" in err
