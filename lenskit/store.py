@@ -32,6 +32,12 @@ STAGE_KINDS = ("embed", "attn", "ffn")
 STAGE_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
 FINITE_ROWS = 64  # positions checked for non-finite values per step of a full check
+MAX_VOCAB = 1 << 24  # 64x the largest vocabulary in use: anything larger is a damaged or hostile file
+MAX_LAYERS = 10_000
+MAX_DEPTH = 32  # nesting of the metadata document (lenskit's own is 4 deep); orjson refuses past 255
+MAX_NAME = 200  # model.architecture, model.adapter, model.fingerprint, lenskit_version ...
+MAX_PATH = 4096  # ... and model.id, model.revision and model.source's paths (PATH_MAX)
+SHOW = 80  # at most this many characters of a value quoted from a file in a message
 
 
 def write_trace(path: Path, stages: list[torch.Tensor], meta: dict) -> None:
@@ -60,18 +66,90 @@ def _header(path: Path) -> tuple[dict, int]:
             if len(head) < 8:
                 raise TraceFileError(f"{path} is not a readable safetensors file (only {size} bytes)")
             n = int.from_bytes(head, "little")
+            if n > MAX_HEADER and head.lstrip().startswith((b"{", b"[")):  # `lenskit validate run/export.json`
+                raise TraceFileError(f"{path} is a JSON file, not a safetensors trace: give the run folder "
+                                     f"or its {TRACE_FILE}")
             if n > MAX_HEADER or 8 + n > size:
                 raise TraceFileError(f"{path} is not a readable safetensors file (header length {n} does not fit the file)")
             raw = fh.read(n)
     except OSError as e:
         raise TraceFileError(f"cannot read {path}: {e.strerror or e}") from None
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = _loads(raw.decode("utf-8"))
+    except _Strict as e:  # valid for Python's json module, not for safetensors' own reader (nor unambiguous)
+        raise TraceFileError(f"{path} is not a readable safetensors file (its header {e})") from None
     except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise TraceFileError(f"{path} is not a readable safetensors file (its header is not JSON)") from None
     if not isinstance(header, dict):
         raise TraceFileError(f"{path} is not a readable safetensors file (its header is not a JSON object)")
+    why = _structure(header, 4)  # a safetensors header: {name: {dtype, shape, data_offsets}, __metadata__: {str: str}}
+    if why:
+        raise TraceFileError(f"{path} is not a readable safetensors file (its header {why})")
+    meta = header.get("__metadata__", {})
+    if not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise TraceFileError(f"{path} is not a readable safetensors file (its __metadata__ must map names to strings)")
     return header, 8 + n
+
+
+class _Strict(ValueError):
+    """JSON that Python's json module reads but that is not plain JSON: a key twice in one object, NaN, Infinity."""
+
+
+def _pairs(pairs: list) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _Strict(f"has the key {_show(dup)} twice in one object")
+    return out
+
+
+def _constant(name: str):
+    raise _Strict(f"holds {name}, which JSON does not allow")
+
+
+def _loads(text: str):
+    """``json.loads`` refusing duplicate keys and NaN/Infinity (:class:`_Strict`): safetensors' reader refuses
+    both, and which of two values a reader keeps is not for a file to leave open."""
+    return json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
+
+
+def _structure(doc, max_depth: int) -> str | None:
+    """Why ``doc`` (parsed JSON) is no document lenskit reads: nested deeper than ``max_depth``, or text holding
+    lone surrogates (a JSON ``"\\ud800"`` escape, which no UTF-8 writer takes); None when fine. Iterative: no
+    recursion limit to hit."""
+    stack = [(doc, 0)]
+    while stack:
+        x, depth = stack.pop()
+        if isinstance(x, str):
+            if not _is_text(x):
+                return "holds text that is not valid Unicode (a lone surrogate escape)"
+        elif isinstance(x, (dict, list)):
+            if depth >= max_depth:
+                return f"is nested more than {max_depth} levels deep"
+            if isinstance(x, dict):
+                stack.extend((k, depth) for k in x)
+                stack.extend((v, depth + 1) for v in x.values())
+            else:
+                stack.extend((v, depth + 1) for v in x)
+    return None
+
+
+def _show(value, limit: int = SHOW) -> str:
+    """A value read from a file, quoted for a message: its repr, cut short, on one line (a 10 MB string, a list of a
+    million numbers or a deeply nested one yield a few dozen characters)."""
+    import reprlib
+
+    from .tokens import one_line
+
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlong, r.maxlevel = limit, limit, limit, 3
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = 6
+    try:
+        text = r.repr(value)
+    except (RecursionError, ValueError):  # ValueError: an int past Python's str() digit limit
+        text = f"<{type(value).__name__}>"
+    return one_line(text, limit)
 
 
 def _is_int(x) -> bool:
@@ -85,31 +163,55 @@ def _is_text(x) -> bool:
     return isinstance(x, str) and is_utf8(x)
 
 
+def _is_name(x, limit: int = MAX_NAME) -> bool:
+    """A non-empty one-line string of valid Unicode, at most ``limit`` characters: a name or path a message may show."""
+    return (isinstance(x, str) and 0 < len(x) <= limit and _is_text(x)
+            and not any(ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029" for c in x))
+
+
 def _check_meta(meta) -> list[str]:
-    """Problems of the ``lenskit`` metadata document (empty when it keeps the contract)."""
+    """Problems of the ``lenskit`` metadata document (empty when it keeps the contract): its fields, then (all of
+    them fine) anything else in it that no plain JSON document holds."""
+    out = _check_fields(meta)
+    why = None if out else _structure(meta, MAX_DEPTH)  # what export copies into export.json (model's other keys)
+    return [f"its lenskit metadata {why}"] if why else out
+
+
+def _check_fields(meta) -> list[str]:
     if not isinstance(meta, dict):
         return ["its lenskit metadata is not a JSON object"]
     if not _is_int(meta.get("format")) or meta["format"] != TRACE_FORMAT:  # JSON's true and 1.0 are not format 1
-        return [f"it is trace format {meta.get('format')!r}; this lenskit reads format {TRACE_FORMAT}: re-run `lenskit trace`"]
+        return [(f"it is trace format {_show(meta.get('format'))}; this lenskit reads format {TRACE_FORMAT}: "
+                 "re-run `lenskit trace`")]
     out = []
+    if not _is_name(meta.get("lenskit_version")):
+        out.append(f"lenskit_version must be a version string (found {_show(meta.get('lenskit_version'))})")
     model = meta.get("model")
     if not isinstance(model, dict):
         return out + ["metadata has no 'model' section"]
+    name = f"a non-empty string on one line (at most {MAX_NAME} characters)"
+    path = f"a non-empty string on one line (at most {MAX_PATH} characters)"
     for key, ok, what in (
-        ("architecture", lambda v: isinstance(v, str) and v, "a non-empty string"),
-        ("fingerprint", lambda v: isinstance(v, str) and v, "a non-empty string"),
-        ("vocab_size", lambda v: _is_int(v) and v > 0, "a positive integer"),
-        ("n_layers", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+        ("id", lambda v: _is_name(v, MAX_PATH), f"{path}: the model's hub id or folder"),
+        ("architecture", _is_name, name),
+        ("adapter", _is_name, name),
+        ("fingerprint", _is_name, name),
+        ("vocab_size", lambda v: _is_int(v) and 0 < v <= MAX_VOCAB, f"a positive integer (at most {MAX_VOCAB})"),
+        ("n_layers", lambda v: _is_int(v) and 0 <= v <= MAX_LAYERS, f"a non-negative integer (at most {MAX_LAYERS})"),
         ("dtype", lambda v: isinstance(v, str) and v.upper().replace("FLOAT", "F").replace("BFLOAT", "BF") in
          {"F32", "F16", "BF16", "F64"}, "float32, float16, bfloat16 or float64"),
     ):
         if not ok(model.get(key)):
-            out.append(f"model.{key} must be {what} (found {model.get(key)!r})")
-    for key in ("id", "adapter", "revision"):
-        if model.get(key) is not None and not isinstance(model.get(key), str):
-            out.append(f"model.{key} must be a string or null")
-    if "source" in model and not isinstance(model["source"], dict):
+            out.append(f"model.{key} must be {what} (found {_show(model.get(key))})")
+    if model.get("revision") is not None and not _is_name(model["revision"], MAX_PATH):
+        out.append(f"model.revision must be null or {path} (found {_show(model['revision'])})")
+    source = model.get("source")
+    if "source" in model and not isinstance(source, dict):
         out.append("model.source must be an object")
+    elif isinstance(source, dict):  # where export looks for the weights (and names in its messages)
+        for key in ("id", "revision", "commit", "path", "gguf"):
+            if source.get(key) is not None and not _is_name(source[key], MAX_PATH):
+                out.append(f"model.source.{key} must be null or {path} (found {_show(source[key])})")
     stages = meta.get("stages")
     if not isinstance(stages, list) or not stages:
         out.append("metadata has no 'stages' list")
@@ -119,9 +221,17 @@ def _check_meta(meta) -> list[str]:
                     and _is_int(s.get("layer")) and -1 <= s["layer"] < len(stages)):
                 out.append(f"stage {j} must be {{name: string, kind: {'|'.join(STAGE_KINDS)}, layer: integer}}")
                 break
+        else:  # stage j of every trace: embed, then L{i}.attn, L{i}.ffn per layer i (capture.stage_names)
+            from .capture import stage_names
+
+            for j, (s, w) in enumerate(zip(stages, stage_names(len(stages) // 2))):
+                if (s["name"], s["kind"], s["layer"]) != (w["name"], w["kind"], w["layer"]):
+                    out.append(f"stage {j} is {_show(s['name'])} (kind {s['kind']}, layer {s['layer']}); stage {j} of "
+                               f"a trace is {w['name']!r} (kind {w['kind']}, layer {w['layer']})")
+                    break
         L = model.get("n_layers")
         if _is_int(L) and len(stages) != 2 * L + 1:
-            out.append(f"{len(stages)} stages for {L} layers (expected 2L+1 = {2 * L + 1})")
+            out.append(f"{len(stages)} stages for {_show(L)} layers (expected 2L+1 = {_show(2 * L + 1)})")
     prompts = meta.get("prompts")
     if not isinstance(prompts, list) or not prompts:
         return out + ["metadata has no 'prompts' list"]
@@ -139,7 +249,7 @@ def _check_meta(meta) -> list[str]:
         if _is_int(V) and V > 0:
             bad = next((t for t in ids if not 0 <= t < V), None)
             if bad is not None:
-                out.append(f"prompt {i}: token id {bad} is outside the vocabulary (0-{V - 1})")
+                out.append(f"prompt {i}: token id {_show(bad)} is outside the vocabulary (0-{V - 1})")
         toks = p.get("tokens")
         if not isinstance(toks, list) or len(toks) != len(ids) or not all(_is_text(t) for t in toks):
             out.append(f"prompt {i}: 'tokens' must be {len(ids)} strings (valid Unicode), one per token id")
@@ -158,9 +268,10 @@ def _check_tensors(meta: dict, header: dict, data_start: int, size: int) -> list
     names = set(header) - {"__metadata__"}
     extra = sorted(names - want)
     if extra:
-        out.append(f"unexpected tensor(s) {', '.join(extra[:3])}: a trace holds only prompt.{{i}}.stages")
+        out.append(f"unexpected tensor(s) {', '.join(_show(n, 40) for n in extra[:3])}: a trace holds only "
+                   "prompt.{i}.stages")
     D = None
-    end = 0
+    spans = []  # (start, end, name) of each tensor's data
     for i, p in enumerate(prompts):
         key = f"prompt.{i}.stages"
         info = header.get(key)
@@ -168,43 +279,57 @@ def _check_tensors(meta: dict, header: dict, data_start: int, size: int) -> list
             out.append(f"tensor {key} is missing")
             continue
         shape, dtype, offs = info.get("shape"), info.get("dtype"), info.get("data_offsets")
-        if dtype not in STAGE_DTYPES:
-            out.append(f"tensor {key} has dtype {dtype!r}; stages are floating point ({', '.join(STAGE_DTYPES)})")
+        if not isinstance(dtype, str) or dtype not in STAGE_DTYPES:
+            out.append(f"tensor {key} has dtype {_show(dtype)}; stages are floating point ({', '.join(STAGE_DTYPES)})")
             continue
         T = len(p.get("token_ids") or [])
         if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(n) for n in shape)):
-            out.append(f"tensor {key} has shape {shape}; expected [S, T, D]")
+            out.append(f"tensor {key} has shape {_show(shape)}; expected [S, T, D]")
             continue
         if shape[0] != S or shape[1] != T or shape[2] < 1:
-            out.append(f"tensor {key} has shape {shape}; expected [{S}, {T}, D] ({S} stages, {T} tokens)")
+            out.append(f"tensor {key} has shape {_show(shape)}; expected [{S}, {T}, D] ({S} stages, {T} tokens)")
             continue
         if D is not None and shape[2] != D:
-            out.append(f"tensor {key} has hidden size {shape[2]}, another prompt {D}")
+            out.append(f"tensor {key} has hidden size {_show(shape[2])}, another prompt {_show(D)}")
         D = shape[2]
         nbytes = math.prod(shape) * torch.empty(0, dtype=STAGE_DTYPES[dtype]).element_size()
         if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) for o in offs) and offs[1] - offs[0] == nbytes):
-            out.append(f"tensor {key}: its data offsets {offs} do not match its shape")
+            out.append(f"tensor {key}: its data offsets {_show(offs)} do not match its shape")
             continue
-        end = max(end, offs[1])
-    if size < data_start + end:
-        out.append(f"the file is truncated ({size} bytes, the header needs {data_start + end})")
+        spans.append((offs[0], offs[1], key))
+    if out:
+        return out
+    # safetensors' own layout rule: the tensors' data back to back from byte 0, the file ending with the last one
+    at = 0
+    for start, stop, key in sorted(spans):
+        if start != at:
+            return [(f"tensor {key}: its data starts at byte {_show(start)} of the data, not {at}: tensors in a "
+                     "safetensors file lie back to back, without gaps or overlaps")]
+        at = stop
+    if size < data_start + at:
+        return [f"the file is truncated ({size} bytes, the header needs {data_start + at})"]
+    if size > data_start + at:
+        return [f"the file has {size - data_start - at} bytes after its last tensor's data (a damaged or appended file)"]
     return out
 
 
 def _problems(path: Path) -> tuple[list[str], dict | None, int]:
     """(violations, metadata, hidden size) of the trace at ``path``, from its header alone."""
     if not path.is_file():
-        return [f"no trace at {path}: run `lenskit trace ... -o {path.parent}` first"], None, 0
+        if path.name == TRACE_FILE and path.parent.is_dir():  # a folder without a trace
+            return [f"no trace at {path}: run `lenskit trace ... -o {path.parent}` first"], None, 0
+        if not path.exists():
+            return [f"no trace at {path}: it does not exist"], None, 0
+        return [f"no trace at {path}: it is not a regular file"], None, 0  # a pipe or device: never opened
     header, data_start = _header(path)
-    raw = header.get("__metadata__", {})
-    raw = raw.get(META_KEY) if isinstance(raw, dict) else None
+    raw = header.get("__metadata__", {}).get(META_KEY)  # _header: __metadata__ maps names to strings
     if raw is None:
         return ["it has no lenskit metadata: it was not written by `lenskit trace`"], None, 0
     try:
-        meta = json.loads(raw) if isinstance(raw, str) else None
+        meta = _loads(raw)
+    except _Strict as e:
+        return [f"its lenskit metadata {e}"], None, 0
     except (ValueError, RecursionError):
-        meta = None
-    if meta is None:
         return ["its lenskit metadata is not valid JSON"], None, 0
     problems = _check_meta(meta)
     if problems:
@@ -273,8 +398,10 @@ def check_finite(h: torch.Tensor, meta: dict, prompt: int, p0: int, path) -> Non
 
 
 def _first_line(e: BaseException) -> str:
+    from .tokens import one_line
+
     text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
+    return one_line(text[0], 200) if text else type(e).__name__
 
 
 def validate_trace(run: Path) -> list[str]:

@@ -114,10 +114,17 @@ def chat_prompt(tokenizer, text: str, system: str | None = None) -> str:
     return out
 
 
+_LINE_BREAKING = dict.fromkeys([*range(32), *range(127, 160), 0x2028, 0x2029], " ")
+
+
 def one_line(text: str, limit: int = 300) -> str:
-    """``text`` as one short line: control characters (NUL, escapes, newlines) as spaces, at most ``limit`` chars."""
-    line = "".join(" " if ord(c) < 32 or 127 <= ord(c) < 160 else c for c in text).strip()
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    """``text`` as one short line: control characters (NUL, escapes, newlines, and the line and paragraph separators
+    that ``str.splitlines`` breaks at) as spaces, at most ``limit`` chars. Only the start of a long text is looked
+    at: a 10 MB string costs no more than a short one."""
+    text = text.lstrip()
+    cut = len(text) > 4 * limit + 64
+    line = (text[: 4 * limit + 64] if cut else text).translate(_LINE_BREAKING).strip()
+    return line if len(line) <= limit and not cut else line[: limit - 1] + "…"
 
 
 def tokenize(tokenizer, text: str, max_len: int | None, special: bool = True) -> list[int]:

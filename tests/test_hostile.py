@@ -357,6 +357,26 @@ META_CASES = [
     (_set(["prompts", 0, "tokens", 0], "\ud800"), "'tokens' must be"),
     (_set(["stages", 1, "layer"], 10**20), "stage 1"),
     (_set(["format"], True), "format True"),  # JSON true == 1 in Python
+    (_set(["lenskit_version"], 5), "lenskit_version"),
+    (_set(["lenskit_version"], KeyError), "lenskit_version"),
+    (_set(["model", "id"], None), "model.id"),
+    (_set(["model", "id"], 7), "model.id"),
+    (_set(["model", "id"], "a\nb"), "model.id"),  # echoed by export's messages: one line only
+    (_set(["model", "adapter"], None), "model.adapter"),
+    (_set(["model", "adapter"], ["llama"]), "model.adapter"),
+    (_set(["model", "vocab_size"], 10**30), "model.vocab_size"),
+    (_set(["model", "vocab_size"], 1e30), "model.vocab_size"),
+    (_set(["model", "vocab_size"], 96.0), "model.vocab_size"),
+    (_set(["model", "vocab_size"], True), "model.vocab_size"),
+    (_set(["model", "n_layers"], 10**30), "model.n_layers"),
+    (_set(["model", "revision"], 3), "model.revision"),
+    (_set(["model", "source", "gguf"], "/x" * 5000), "model.source.gguf"),
+    (_set(["stages", 1, "name"], "L5.ffn"), "stage 1 is 'L5.ffn'"),  # names follow kind and layer
+    (_set(["stages", 2, "layer"], 1), "stage 2 is 'L0.ffn' (kind ffn, layer 1)"),
+    (lambda m: m["stages"].__setitem__(slice(1, 3), m["stages"][2:0:-1]), "stage 1 is 'L0.ffn'"),  # out of order
+    (_set(["model", "extra"], json.loads("[" * 40 + "]" * 40)), "nested more than 32 levels"),  # orjson stops at 255
+    (_set(["model", "extra"], float("nan")), "holds NaN"),  # json.dumps writes NaN: no JSON reader takes it
+    (_set(["model", "extra"], "\ud800"), "not valid Unicode"),
 ]
 
 
@@ -367,6 +387,26 @@ def test_metadata_breaking_the_contract(run, tmp_path, change, fragment):
     assert_clean_error(invoke("export", run, "-o", tmp_path / "o.json"), fragment)
     assert_invalid(invoke("validate", run), fragment)
     assert snapshot(tmp_path) == before
+
+
+HUGE = "x" * 10_000_000
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (_set(["format"], HUGE), "format 'xxx"),
+    (_set(["lenskit_version"], HUGE), "lenskit_version"),
+    (_set(["model", "id"], HUGE), "model.id"),
+    (_set(["model", "architecture"], "\n" + HUGE), "model.architecture"),
+    (_set(["model", "dtype"], HUGE), "model.dtype"),
+    (_set(["model", "vocab_size"], [HUGE] * 3), "model.vocab_size"),
+    (_set(["stages", 3, "name"], HUGE), "stage 3 is 'xxx"),
+])
+def test_huge_values_are_quoted_short(run, tmp_path, change, fragment):
+    """A 10 MB string in the metadata: named in a short line, never echoed whole."""
+    _rewrite(run, change)
+    for res in (invoke("validate", run), invoke("export", run, "-o", tmp_path / "o.json")):
+        assert_clean_error(res, fragment)
+        assert len(res.stderr) < 600, len(res.stderr)
 
 
 TENSOR_CASES = [
@@ -419,6 +459,44 @@ RAW_CASES = [
 
 
 @pytest.mark.parametrize("make, fragment", RAW_CASES)
+def _shift(h: dict, key: str, by: int) -> dict:
+    """The header with tensor ``key``'s data ``by`` bytes later (its size unchanged)."""
+    a, b = h[key]["data_offsets"]
+    return dict(h, **{key: dict(h[key], data_offsets=[a + by, b + by])})
+
+
+def _with_meta(h: dict, text) -> dict:
+    return dict(h, __metadata__=dict(h["__metadata__"], lenskit=text(h["__metadata__"]["lenskit"])))
+
+
+def _duplicate_tensor(h: dict, d: bytes) -> bytes:
+    """A header naming prompt.0.stages twice: Python's json keeps the last, a reader in another language may not."""
+    head = json.dumps(h).encode()
+    head = head[:-1] + b', "prompt.0.stages": ' + json.dumps(h["prompt.0.stages"]).encode() + b"}"
+    return struct.pack("<Q", len(head)) + head + d
+
+
+RAW_CASES += [
+    (lambda h, d: (_duplicate_tensor(h, d), None), "'prompt.0.stages' twice"),
+    (lambda h, d: (_with_meta(h, lambda t: t[:-1] + ', "format": 1}'), d), "'format' twice"),
+    (lambda h, d: (_with_meta(h, lambda t: t[:-1] + ', "x": Infinity}'), d), "holds Infinity"),
+    (lambda h, d: (_with_meta(h, lambda t: t[:-1] + ', "x": -NaN}'), d), "not valid JSON"),
+    (lambda h, d: (dict(h, __metadata__=dict(h["__metadata__"], other=5)), d), "map names to strings"),
+    (lambda h, d: (dict(h, __metadata__=dict(h["__metadata__"], other="\ud800")), d), "not valid Unicode"),
+    (lambda h, d: (dict(h, extra=json.loads("[" * 10 + "]" * 10)), d), "nested more than"),
+    (lambda h, d: (_shift(h, "prompt.1.stages", -4), d[:-4]), "back to back"),  # overlapping tensors
+    (lambda h, d: (_shift(h, "prompt.1.stages", 4), d[:-4] + b"\0" * 8), "back to back"),  # a gap
+    (lambda h, d: (_shift(h, "prompt.1.stages", 2**40), d), "back to back"),  # beyond the end of the file
+    (lambda h, d: (h, d + b"\0" * 16), "16 bytes after its last tensor"),
+    (lambda h, d: (dict(h, **{"prompt.0.stages": dict(h["prompt.0.stages"], dtype=["F32"])}), d), "dtype ['F32']"),
+    (lambda h, d: (dict(h, **{"prompt.0.stages": dict(h["prompt.0.stages"], shape=[7, 11, 10**4000])}), d),
+     "its data offsets"),  # an int of 4000 digits: no overflow, no huge line
+    (lambda h, d: (dict(h, **{"x" * 10_000_000: h["prompt.0.stages"]}), d), "unexpected tensor(s) 'xxx"),
+    (lambda h, d: (b'{"schema": "lenskit.export/3", "model": {}}', None), "is a JSON file, not a safetensors trace"),
+]
+
+
+@pytest.mark.parametrize("make, fragment", RAW_CASES)
 def test_hand_made_files(run, tmp_path, make, fragment):
     header, data = _valid_header(run)
     head, body = make(header, data)
@@ -430,6 +508,19 @@ def test_hand_made_files(run, tmp_path, make, fragment):
     assert_clean_error(invoke("export", run, "-o", tmp_path / "o.json"), fragment)
     assert_invalid(invoke("validate", run), fragment)
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda t: t / "nonexistent", "does not exist"),
+    (lambda t: t / "nonexistent" / TRACE_FILE, "does not exist"),
+    (lambda t: (t / "empty").mkdir() or t / "empty", "-o {tmp}/empty` first"),  # a folder without a trace
+    (lambda t: (os.mkfifo(t / "fifo"), t / "fifo")[1], "not a regular file"),  # never opened: no hang
+])
+def test_validate_a_path_that_is_no_trace(tmp_path, make, fragment):
+    path = make(tmp_path)
+    for res in (invoke("validate", path), invoke("export", path, "-o", tmp_path / "o.json")):
+        assert_clean_error(res, fragment.format(tmp=tmp_path))
+        assert "-o ." not in res.stderr
 
 
 def test_validate_passes_a_good_trace(run):
@@ -466,12 +557,12 @@ def test_trace_cannot_make_export_download(run, monkeypatch):
 
 @pytest.mark.parametrize("source, fragment", [
     ({"gguf": "/nonexistent/model.gguf"}, "does not exist"),
-    ({"path": 42, "id": None}, "names no model"),
+    ({"path": None, "id": None}, "cannot find the weights of '/nonexistent/model'"),
     ({"path": "/etc", "id": None}, "cannot load"),
 ])
 def test_trace_source_elsewhere(run, source, fragment):
     _rewrite(run, _set(["model", "source"], source))
-    _rewrite(run, _set(["model", "id"], None))
+    _rewrite(run, _set(["model", "id"], "/nonexistent/model"))  # a trace always names its model (the contract)
     assert_clean_error(invoke("export", run), fragment)
 
 

@@ -18,11 +18,12 @@ def validate(
     loads no model. Example: lenskit validate runs/paris && tar czf paris.tgz runs/paris
     """
     from ..store import trace_path, validate_trace
+    from ..tokens import one_line
 
     problems = validate_trace(run)
     for p in problems:
-        if not quiet:
-            typer.echo(f"lenskit: error: {p}", err=True)
+        if not quiet:  # one line each, however odd the path or the file (store quotes file content cut short)
+            typer.echo(f"lenskit: error: {one_line(p, 1000)}", err=True)
     if problems:
         raise typer.Exit(1)
     if not quiet:
