@@ -21,6 +21,9 @@ except ImportError:  # pragma: no cover
 from .errors import LenskitError
 
 
+MAX_ERROR = 2000  # characters of an error line at most
+
+
 class _Group(TyperGroup):
     """Renders every failure as one ``lenskit: error: ...`` line on stderr, never a traceback.
 
@@ -95,7 +98,10 @@ def _quiet_exit(code: int):
 
 
 def _fail(message: str, code: int):
-    typer.echo(f"lenskit: error: {message}", err=True)
+    from .tokens import one_line
+
+    # one line whatever the message quotes (a path holding a newline, a model id of megabytes): MAX_ERROR characters
+    typer.echo(f"lenskit: error: {one_line(message, MAX_ERROR)}", err=True)
     raise typer.Exit(code) from None
 
 

@@ -264,6 +264,22 @@ def test_paths_python_cannot_use(run, tmp_path, monkeypatch, target, fragment):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("args", [
+    ("export", "{tmp}/no\nlenskit: warning: forged"),  # a path holding a newline, quoted in the message
+    ("validate", "{tmp}/no\u2028such"),  # a line separator (str.splitlines breaks there)
+    ("export", "{run}", "--track", "x" * 1_000_000),  # a megabyte quoted
+])
+def test_error_messages_stay_one_short_line(run, tmp_path, args):
+    """Whatever an error quotes, the CLI prints it as one line of at most MAX_ERROR characters."""
+    from lenskit.cli import MAX_ERROR
+
+    res = invoke(*[a.format(tmp=tmp_path, run=run) for a in args])
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lenskit: error: "), res.stderr[:2000]
+    assert len(lines[0]) <= len("lenskit: error: ") + MAX_ERROR
+
+
 def test_stdout_closed_early_is_quiet(run):
     """``lenskit export RUN -o - | head -c 100``: the reader leaves before the document is written (a tiny run's
     would fit the pipe's buffer otherwise), lenskit exits 141 with nothing on stderr."""
