@@ -37,28 +37,45 @@ def default_mode(mode: int = 0o666) -> int:
 
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path``; remove the temp file on any failure."""
-    path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"cannot write {path}: it is a folder")
+    atomic_write_all([(Path(path), write)])
+
+
+def atomic_write_all(items: list[tuple[Path, object]], before_renames=None, what: str | None = None) -> None:
+    """:func:`atomic_write` of several files as one change: every ``write(tmp_path)`` of ``items`` ``[(path,
+    write)]`` runs to the end first (a full disk or an error leaves every target as it was), then ``before_renames()``
+    if given, then the renames in order. Errors as OutputError naming ``what`` (default: the first path)."""
+    items = [(Path(p), w) for p, w in items]
+    what = what or str(items[0][0])
+    for path, _ in items:
+        if path.is_dir():
+            raise OutputError(f"cannot write {path}: it is a folder")
+    temps: list[str] = []
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        for path, _ in items:
+            try:
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            except OSError as e:
+                raise OutputError(f"cannot write to {path.parent}: {e.strerror or e}") from None
+            os.close(fd)
+            temps.append(tmp)
+        for tmp, (_, write) in zip(temps, items):
+            write(tmp)
+            os.chmod(tmp, default_mode())
+        if before_renames is not None:
+            before_renames()
+        for tmp, (path, _) in zip(temps, items):
+            os.replace(tmp, path)
     except OSError as e:
-        raise OutputError(f"cannot write to {path.parent}: {e.strerror or e}") from None
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, default_mode())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+        raise OutputError(f"cannot write {what}: {e.strerror or e}") from None
     except Exception as e:
         why = _io_failure(e)
         if why is None:
             raise
-        raise OutputError(f"cannot write {path}: {why}") from None
+        raise OutputError(f"cannot write {what}: {why}") from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def _io_failure(e: Exception) -> str | None:

@@ -96,9 +96,14 @@ def chat_prompt(tokenizer, text: str, system: str | None = None) -> str:
         names = ", ".join(sorted(str(k) for k in template))[:200]
         raise InputError(f"--chat: this model's tokenizer has several chat templates ({names}) and none named "
                          "'default'; lenskit uses only the default one: trace the templated text without --chat")
+    from .chat_template import TemplateBudgetError, render_chat_template
+
     messages = ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user", "content": text}]
     try:
-        out = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        out = render_chat_template(tokenizer, messages)
+    except TemplateBudgetError as e:
+        raise InputError(f"--chat: the model's chat template {e}; lenskit stopped it (a hostile or broken template): "
+                         "trace the templated text yourself, without --chat") from None
     except Exception as e:  # noqa: BLE001 -- the template is the model's own Jinja code: any error is the template's
         first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
         raise InputError(f"--chat: the model's chat template refused the prompt{' (with --system)' if system else ''}: "

@@ -239,3 +239,57 @@ def test_a_damaged_lens_json_is_one_line(tiny_run, tiny_lens_dir, tmp_path):
         res = invoke("export", tiny_run, "-o", tmp_path / "x.json", "--lens", f"tuned:{lens}")
         assert_clean_error(res, words)
         assert not (tmp_path / "x.json").exists()
+
+
+def _lens_files(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_save_lens_is_one_change(tiny_run, tmp_path, monkeypatch):
+    """save_lens writes both files in full before it replaces anything: a failure while writing leaves the old lens
+    as it was; an interrupt between the renames leaves no lens.json (refused as not a lens), never new weights read
+    with the old config; no temporary file is left either way."""
+    import os
+
+    from lenskit.errors import InputError, OutputError
+    from lenskit.lenses import tuned
+
+    meta = read_trace(tiny_run).meta
+    S = len(meta["stages"])
+    model = {k: meta["model"][k] for k in ("id", "fingerprint", "architecture", "n_layers", "vocab_size")}
+    out = tmp_path / "lens"
+    save_lens(out, random_translator(S, 32, seed=1), model, meta["stages"], {"fit": None})
+    (out / "notes.txt").write_text("mine")  # a user's file beside the lens stays
+    before = _lens_files(out)
+    fp_before = tuned.read_config(out)["translator_fingerprint"]
+
+    def full_disk(self, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:  # the config cannot be written: nothing changes
+        m.setattr(type(out), "write_text", full_disk)
+        with pytest.raises(OutputError, match="cannot write the lens into .*No space left on device"):
+            save_lens(out, random_translator(S, 32, seed=2), model, meta["stages"], {"fit": None})
+    assert _lens_files(out) == before
+
+    real_replace, calls = os.replace, []
+
+    def interrupted(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    with monkeypatch.context() as m:  # killed between the two renames
+        m.setattr(os, "replace", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            save_lens(out, random_translator(S, 32, seed=3), model, meta["stages"], {"fit": None})
+    assert sorted(p.name for p in out.iterdir()) == ["lens.safetensors", "notes.txt"]
+    with pytest.raises(InputError, match="not a lenskit lens folder"):
+        tuned.read_config(out)
+    tr = random_translator(S, 32, seed=3)
+    save_lens(out, tr, model, meta["stages"], {"fit": None})  # saving again completes it
+    cfg = tuned.read_config(out)
+    assert cfg["translator_fingerprint"] == tr.fingerprint() != fp_before
+    assert tuned.load_translator(out, cfg).fingerprint() == tr.fingerprint()
+    assert sorted(p.name for p in out.iterdir()) == ["lens.json", "lens.safetensors", "notes.txt"]

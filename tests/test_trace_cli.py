@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -247,7 +248,15 @@ def test_chat_templates_that_misbehave(tiny_dir, chat_dirs, tmp_path):
          ["--system", "Paris"], "left out the --system message"),
         ({"tool_use": CHAT_TEMPLATE, "rag": CHAT_TEMPLATE}, [], "several chat templates (rag, tool_use)"),
         ("{{ raise_exception('\\n\\x1b[31mforged\\x00\\nmore') }}", [], "refused the prompt: [31mforged"),
-        ("{% for i in range(10**12) %}x{% endfor %}", [], "Range too big"),
+        ("{% for i in range(10**12) %}x{% endfor %}", [], "the number 1000000000000 given to range"),
+        # past budgets lenskit sets (steps, output size, any one value's size), checked before the big value is made
+        ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{{ messages[0].content }}",
+         [], "chat template runs longer than"),
+        ("{{ 'x' * 10**9 }}{{ messages[0].content }}", [], "chat template makes a value (*) larger than"),
+        ("{% for i in range(100000) %}{% for j in range(100000) %}{{ 'x' * 1000 }}{% endfor %}{% endfor %}", [],
+         "chat template makes more than"),
+        ("{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", [],
+         "chat template makes a value (~)"),
         ("{{ '' }}", [], "gave no text"),
     ]):
         model = _chat_model(tiny_dir, tmp_path / f"model-{n}", template)
@@ -290,3 +299,164 @@ def test_chat_through_the_python_api(chat_dirs):
     _, meta = trace_prompts(loaded, ["the cat", "a dog"], chat=True, system="Paris")
     assert [p["chat"] for p in meta["prompts"]] == [{"user": "the cat", "system": "Paris"},
                                                   {"user": "a dog", "system": "Paris"}]
+
+
+def _no_loading(monkeypatch):
+    """Make any model load fail the test: what must be refused before the weights load."""
+    import lenskit.models
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(lenskit.models, "load_model", refuse)
+
+
+def test_top_k_past_the_vocabulary_fails_before_loading(tiny_dir, tmp_path, monkeypatch):
+    """--top-k / --stage-top beyond the vocabulary of a local folder's config.json: refused before any weights load;
+    the check after loading stays (a hub id not downloaded, a .gguf)."""
+    _no_loading(monkeypatch)
+    out = tmp_path / "r"
+    assert_clean_error(invoke("trace", "the cat", "-m", tiny_dir, "-o", out, "--top-k", 97),
+                       "--top-k 97 must be between 1 and the vocabulary size (96)", out)
+    assert_clean_error(invoke("trace", "the cat", "-m", tiny_dir, "-o", out, "--stage-top", 100),
+                       "--stage-top 100 must be between 0 and the vocabulary size (96)", out)
+    monkeypatch.undo()
+    res = invoke("trace", "the cat", "-m", tiny_dir, "-o", out, "-q", "--top-k", 96, "--stage-top", 0)
+    assert res.exit_code == 0, res.output  # the whole vocabulary is a valid top-k
+
+
+def _model_copy(tiny_dir, folder):
+    import shutil
+
+    shutil.copytree(tiny_dir, folder)
+    return folder
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
+                                  "model.safetensors", "chat_template.jinja"])
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device", "broken link"])
+def test_model_folder_with_non_regular_files(tiny_dir, tmp_path, monkeypatch, name, kind):
+    """A FIFO, folder, device or dangling link under a name transformers opens: refused in one line before
+    transformers sees the folder (it would hang on a FIFO, or skip the file and load something else)."""
+    if kind == "fifo" and not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    model = _model_copy(tiny_dir, tmp_path / "m")
+    path = model / name
+    if path.exists():
+        path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "device":
+        if not os.path.exists(os.devnull):
+            pytest.skip("no null device")
+        path.symlink_to(os.devnull)
+    else:
+        path.symlink_to(tmp_path / "gone")
+    _no_loading(monkeypatch)
+    words = {"fifo": "is a named pipe (FIFO), not a regular file", "folder": "is a folder, not a regular file",
+             "device": "is a device, not a regular file", "broken link": "is a broken symbolic link"}[kind]
+    res = invoke("trace", "the cat", "-m", model, "-o", tmp_path / "r")
+    assert_clean_error(res, f"{name} {words}", tmp_path / "r")
+    from lenskit.errors import ModelError
+    from lenskit.models import check_model_folder
+
+    with pytest.raises(ModelError, match="not a regular file|broken symbolic link"):
+        check_model_folder(model, str(model))
+
+
+def test_model_folder_of_links_is_fine(tiny_dir, tmp_path):
+    """Hub cache snapshots are symbolic links to regular files: they load."""
+    model = tmp_path / "links"
+    model.mkdir()
+    for f in os.listdir(tiny_dir):
+        (model / f).symlink_to(os.path.join(tiny_dir, f))
+    res = invoke("trace", "the cat", "-m", model, "-o", tmp_path / "r", "-q", "--no-export")
+    assert res.exit_code == 0, res.output
+
+
+def _edit_config(tiny_dir, folder, edit):
+    model = _model_copy(tiny_dir, folder)
+    path = model / "config.json"
+    cfg = json.loads(path.read_text())
+    path.write_text(edit(cfg) if callable(edit) else edit)
+    return model
+
+
+@pytest.mark.parametrize("edit, words", [
+    ("[1, 2]", "config.json is not a JSON object (it is a list)"),
+    ("null", "config.json is not a JSON object"),
+    ("{not json", "config.json is not valid JSON"),
+    ("[" * 100000 + "]" * 100000, "config.json is not valid JSON"),  # nested past Python's recursion limit
+    ("\xff{}", "config.json is not valid JSON"),
+    (lambda c: json.dumps(dict(c, model_type="no-such-model-type")), "does not recognize this architecture"),
+    (lambda c: json.dumps(dict(c, hidden_size=10 ** 12)), "past any real model"),
+    (lambda c: json.dumps(dict(c, num_hidden_layers=10 ** 6)), "far more than its weight files hold"),
+])
+def test_model_folder_with_a_bad_config(tiny_dir, tmp_path, monkeypatch, edit, words):
+    """config.json that is not a JSON object, names an unknown model type, or gives sizes that would allocate
+    terabytes (the weights lack them, so they would be made at random): one line, before any weights load."""
+    model = _edit_config(tiny_dir, tmp_path / "m", edit)
+    _no_loading(monkeypatch)
+    assert_clean_error(invoke("trace", "the cat", "-m", model, "-o", tmp_path / "r"), words, tmp_path / "r")
+    monkeypatch.undo()
+    from lenskit.errors import ModelError
+    from lenskit.models import load_model
+
+    with pytest.raises(ModelError, match=re.escape(words)):  # the Python API refuses it too
+        load_model(str(model), None, "cpu", "float32")
+
+
+@pytest.mark.parametrize("layers", [0, -3])
+def test_model_config_without_layers(tiny_dir, tmp_path, monkeypatch, layers):
+    """num_hidden_layers 0 or negative: named in one line before loading (it was 'adapter hooks did not fire')."""
+    model = _edit_config(tiny_dir, tmp_path / "m", lambda c: json.dumps(dict(c, num_hidden_layers=layers)))
+    _no_loading(monkeypatch)
+    assert_clean_error(invoke("trace", "the cat", "-m", model, "-o", tmp_path / "r"),
+                       f"num_hidden_layers = {layers}; a model needs at least one", tmp_path / "r")
+
+
+def test_hostile_model_arguments(tmp_path):
+    """-m "" (it was the current folder, with a tokenizer error) and a .gguf name that is a FIFO or a folder (it was
+    'not found')."""
+    assert_clean_error(invoke("trace", "the cat", "-m", "", "-o", tmp_path / "r"), "--model is empty", tmp_path / "r")
+    (tmp_path / "dir.gguf").mkdir()
+    assert_clean_error(invoke("trace", "the cat", "-m", tmp_path / "dir.gguf", "-o", tmp_path / "r"),
+                       "dir.gguf is not a regular file", tmp_path / "r")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.gguf")
+        assert_clean_error(invoke("trace", "the cat", "-m", tmp_path / "pipe.gguf", "-o", tmp_path / "r"),
+                           "pipe.gguf is not a regular file", tmp_path / "r")
+
+
+def test_lens_folder_with_a_fifo_fails_before_loading(tiny_dir, tmp_path, monkeypatch):
+    """--lens tuned:DIR whose lens.json is a FIFO used to wait forever; an unknown lens kind is refused before the
+    model loads too."""
+    _no_loading(monkeypatch)
+    out = tmp_path / "r"
+    lens = tmp_path / "lens"
+    lens.mkdir()
+    (lens / "lens.json").mkdir()
+    assert_clean_error(invoke("trace", "the cat", "-m", tiny_dir, "-o", out, "--lens", f"tuned:{lens}"),
+                       "lens.json is not a regular file", out)
+    if hasattr(os, "mkfifo"):
+        (lens / "lens.json").rmdir()
+        os.mkfifo(lens / "lens.json")
+        assert_clean_error(invoke("trace", "the cat", "-m", tiny_dir, "-o", out, "--lens", f"tuned:{lens}"),
+                           "lens.json is not a regular file", out)
+    assert_clean_error(invoke("trace", "the cat", "-m", tiny_dir, "-o", out, "--lens", "nope"), "unknown lens 'nope'",
+                       out)
+
+
+def test_prompt_files_with_nul_bytes_and_crlf(tiny_dir, tmp_path):
+    """NUL bytes and CRLF line ends are text like any other: traced as given (the trace keeps them), one prompt per
+    file; invalid UTF-8 is refused in one line."""
+    f = tmp_path / "p.txt"
+    f.write_bytes(b"the cat\x00sat\r\nthe dog\r\n")
+    res = invoke("trace", "-f", f, "-m", tiny_dir, "-o", tmp_path / "r", "-q")
+    assert res.exit_code == 0, res.output
+    assert read_trace(tmp_path / "r").meta["prompts"][0]["text"] == "the cat\x00sat\r\nthe dog\r\n"
+    f.write_bytes(b"the cat \xff\xfe")
+    assert_clean_error(invoke("trace", "-f", f, "-m", tiny_dir, "-o", tmp_path / "r2"), "not valid UTF-8 text (byte 8)",
+                       tmp_path / "r2")

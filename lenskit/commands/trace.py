@@ -16,7 +16,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import InputError
-from ..tokens import is_utf8
+from ..tokens import is_utf8, one_line
 from . import options
 
 EXAMPLE = "example.txt"
@@ -76,6 +76,30 @@ def read_prompts(prompts: list[str], files: list[Path]) -> list[str]:
     return texts or [example_text()]
 
 
+def _check_lens_files(specs: list[str]) -> None:
+    """Before the model loads: a ``tuned:DIR`` lens whose lens.json or lens.safetensors is a FIFO, device or folder
+    (reading a FIFO would wait forever). The rest of the lens is checked once the model is known."""
+    import stat
+
+    from ..lenses import parse_lens_spec
+    from ..lenses.tuned import CONFIG_FILE, WEIGHTS_FILE
+
+    for spec in specs:
+        kind, arg = parse_lens_spec(spec)  # an unknown kind is refused here too, before the model loads
+        if kind.name != "tuned" or not arg:
+            continue
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            path = Path(arg).expanduser() / name
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:
+                continue  # missing or unreadable: the lens's own check says so
+            if not stat.S_ISREG(mode):
+                raise InputError(f"--lens {one_line(spec.strip(), 200)}: {one_line(str(path), 200)} is not a regular "
+                                 "file (a FIFO, device or folder); "
+                                 "name a lens folder made by `lenskit fit-lens`")
+
+
 def default_run_dir(model: str | None) -> Path:
     name = Path(model).stem if model else "SmolLM2-135M-Instruct"
     return Path("runs") / f"{name.replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -121,7 +145,7 @@ def trace(
     from ..adapters import get_module
     from ..capture import trace_prompts
     from ..files import check_run_dir, new_run_dir, replace_run_dir
-    from ..models import load_model, progress_logger
+    from ..models import load_model, model_config, progress_logger, vocab_size
     from ..store import TRACE_FILE, is_run_folder, write_trace
 
     log = progress_logger(quiet)
@@ -134,6 +158,15 @@ def trace(
         raise InputError("--system is empty: give a message, or leave the option out")
     if system is not None and not is_utf8(system):
         raise InputError("--system is not valid UTF-8 text: re-encode it (or the terminal) as UTF-8")
+    _check_lens_files(lens or [])
+    # the model folder's files, config.json and sizes, and the export options against its vocabulary: all without
+    # loading weights (the check after loading stays, for a hub id not downloaded yet, a .gguf or the default model)
+    vocab = vocab_size(model_config(model, revision, trust_remote_code))
+    if export and vocab is not None:
+        if top_k > vocab:
+            raise InputError(f"--top-k {top_k} must be between 1 and the vocabulary size ({vocab})")
+        if stage_top > vocab:
+            raise InputError(f"--stage-top {stage_top} must be between 0 and the vocabulary size ({vocab})")
     tmp = new_run_dir(target)
     try:
         loaded = load_model(model, revision, device, dtype, trust_remote_code, adapter, device_map, log=log)

@@ -87,16 +87,25 @@ def load_translator(folder: Path, cfg: dict) -> Translator:
 
 
 def save_lens(folder: Path, translator: Translator, model: dict, stages: list, info: dict) -> None:
-    """Write ``lens.safetensors`` and ``lens.json`` into ``folder`` (created if missing), each atomically."""
+    """Write ``lens.safetensors`` and ``lens.json`` into ``folder`` (created if missing), as one change.
+
+    Both are written in full to temporary files beside their targets first (a full disk or an error leaves the old
+    lens as it was); then the old ``lens.json`` goes, the weights are renamed into place, and the new ``lens.json``
+    last. An interrupt in between leaves a folder without ``lens.json`` -- refused as "not a lenskit lens folder" --
+    never new weights under the old config or the other way round. (Renaming a whole temporary folder into place
+    would be one step, but a lens folder may hold other files: ``fit-lens``'s checkpoint, the user's own.)"""
     from safetensors.torch import save_file
 
-    from ..files import atomic_write
+    from ..errors import OutputError
+    from ..files import atomic_write_all
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot write to {folder}: {e.strerror or e}") from None
     tensors = {"translator.weight": translator.weight.detach().float().cpu().contiguous(),
                "translator.bias": translator.bias.detach().float().cpu().contiguous()}
-    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
     cfg = {
         "format": FORMAT,
         "kind": "tuned",
@@ -106,7 +115,11 @@ def save_lens(folder: Path, translator: Translator, model: dict, stages: list, i
         "translator_fingerprint": translator.fingerprint(),
         **info,
     }
-    atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=1) + "\n"))
+    text = json.dumps(cfg, indent=1) + "\n"
+    atomic_write_all([(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT})),
+                      (folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))],
+                     before_renames=lambda: (folder / CONFIG_FILE).unlink(missing_ok=True),  # no lens until the last
+                     what=f"the lens into {folder}")
 
 
 def open_tuned(arg: str | None, model: dict, stages: list) -> StageLens:
