@@ -5,6 +5,7 @@ in one export, and refusing a lens made for another model."""
 from __future__ import annotations
 
 import json
+import os
 
 import jsonschema
 import orjson
@@ -239,6 +240,22 @@ def test_a_damaged_lens_json_is_one_line(tiny_run, tiny_lens_dir, tmp_path):
         res = invoke("export", tiny_run, "-o", tmp_path / "x.json", "--lens", f"tuned:{lens}")
         assert_clean_error(res, words)
         assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.parametrize("name", [CONFIG_FILE, "lens.safetensors"])
+def test_a_lens_file_that_is_a_fifo_is_refused_by_every_command(tiny_run, tiny_lens_dir, tmp_path, name):
+    """A FIFO lens.json or lens.safetensors waited for ever in export, compare and fit-lens's readers: one line."""
+    import shutil
+
+    lens = tmp_path / "lens"
+    shutil.copytree(tiny_lens_dir, lens)
+    (lens / name).unlink()
+    os.mkfifo(lens / name)
+    for args in (("export", tiny_run, "-o", tmp_path / "x.json"),
+                 ("compare", tiny_run, tiny_run, "-o", tmp_path / "cmp", "-q")):
+        assert_clean_error(invoke(*args, "--lens", f"tuned:{lens}"), f"{name} is not a regular file")
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "cmp").exists()
 
 
 def _lens_files(folder):

@@ -77,27 +77,18 @@ def read_prompts(prompts: list[str], files: list[Path]) -> list[str]:
 
 
 def _check_lens_files(specs: list[str]) -> None:
-    """Before the model loads: a ``tuned:DIR`` lens whose lens.json or lens.safetensors is a FIFO, device or folder
-    (reading a FIFO would wait forever). The rest of the lens is checked once the model is known."""
-    import stat
-
+    """Before the model loads: each ``--lens`` spelled right, and a ``tuned:DIR`` lens's files not a FIFO, device or
+    folder (reading a FIFO would wait for ever). The rest of the lens is checked once the model is known."""
     from ..lenses import parse_lens_spec
-    from ..lenses.tuned import CONFIG_FILE, WEIGHTS_FILE
+    from ..lenses.tuned import check_lens_files
 
     for spec in specs:
         kind, arg = parse_lens_spec(spec)  # an unknown kind is refused here too, before the model loads
-        if kind.name != "tuned" or not arg:
-            continue
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            path = Path(arg).expanduser() / name
+        if kind.name == "tuned" and arg:
             try:
-                mode = os.stat(path).st_mode
-            except OSError:
-                continue  # missing or unreadable: the lens's own check says so
-            if not stat.S_ISREG(mode):
-                raise InputError(f"--lens {one_line(spec.strip(), 200)}: {one_line(str(path), 200)} is not a regular "
-                                 "file (a FIFO, device or folder); "
-                                 "name a lens folder made by `lenskit fit-lens`")
+                check_lens_files(arg)
+            except InputError as e:
+                raise InputError(f"--lens {one_line(spec.strip(), 200)}: {e}") from None
 
 
 def default_run_dir(model: str | None) -> Path:

@@ -25,12 +25,32 @@ CONFIG_FILE = "lens.json"
 DESCRIPTION = "tuned lens: a fitted affine translator per stage (h + A_s h + b_s), then the model's final norm and unembedding"
 
 
+def check_lens_files(folder: Path) -> None:
+    """InputError when ``lens.json`` or ``lens.safetensors`` of lens folder ``folder`` is there but is no regular file
+    (a FIFO would be waited on for ever, a device read without end); missing files are for the readers to name."""
+    import os
+    import stat
+
+    from ..tokens import one_line
+
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        path = Path(folder).expanduser() / name
+        try:
+            mode = os.stat(path).st_mode  # follows links: a link to a regular file is fine
+        except OSError:
+            continue
+        if not stat.S_ISREG(mode):
+            raise InputError(f"{one_line(str(path), 300)} is not a regular file (a FIFO, device or folder): name a lens "
+                             "folder made by `lenskit fit-lens`")
+
+
 def read_config(folder: Path) -> dict:
     """``LENS_DIR/lens.json``, checked for the keys lenskit needs."""
     folder = Path(folder).expanduser()
     path = folder / CONFIG_FILE
     if not folder.is_dir():
         raise InputError(f"lens folder not found: {folder}")
+    check_lens_files(folder)
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
