@@ -426,25 +426,25 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
 def check_option_types(options: ExportOptions) -> None:
     """The Python API's :class:`ExportOptions` hold the types the CLI gives them (else one clear InputError, not a
     TypeError deep inside; a string for ``track`` would be followed letter by letter)."""
-    from .store import _is_int
+    from .tokens import is_int
 
     if not isinstance(options, ExportOptions):
         raise InputError(f"options must be an ExportOptions, not {type(options).__name__}")
     for name in ("top_k", "samples", "stage_top"):
-        if not _is_int(getattr(options, name)):
+        if not is_int(getattr(options, name)):
             raise InputError(f"ExportOptions.{name} must be an int, not {getattr(options, name)!r}")
-    if options.prompt is not None and not _is_int(options.prompt):
+    if options.prompt is not None and not is_int(options.prompt):
         raise InputError(f"ExportOptions.prompt must be an int (0-based) or None, not {options.prompt!r}")
     if options.positions is not None and not isinstance(options.positions, str):
         raise InputError(f"ExportOptions.positions must be a string such as '3,10-20' or '-1', or None, "
                          f"not {options.positions!r}")
     if not isinstance(options.track, (list, tuple)) or not all(
-            isinstance(t, str) or _is_int(t) for t in options.track):
+            isinstance(t, str) or is_int(t) for t in options.track):
         raise InputError(f"ExportOptions.track must be a list of token texts or ids (e.g. [' Paris', 42]), "
                          f"not {options.track!r}")
     if not isinstance(options.norm, bool):
         raise InputError(f"ExportOptions.norm must be True or False, not {options.norm!r}")
-    if options.max_memory is not None and not (_is_int(options.max_memory) and options.max_memory > 0):
+    if options.max_memory is not None and not (is_int(options.max_memory) and options.max_memory > 0):
         raise InputError(f"ExportOptions.max_memory must be a positive number of bytes or None, "
                          f"not {options.max_memory!r}")
     for name in ("precision", "device"):

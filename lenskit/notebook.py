@@ -26,6 +26,7 @@ import uuid
 from pathlib import Path
 
 from .errors import InputError, LenskitError, TraceFileError
+from .tokens import is_int
 
 SANDBOX = "allow-scripts"  # scripts run; no same-origin, forms, popups, top navigation or downloads
 DEFAULT_HEIGHT = 1400  # px: the first height of an auto-sized frame (strip + three figures at a cell's width)
@@ -63,7 +64,7 @@ def _is_num(x) -> bool:
 
 def _is_idx(x, n: int) -> bool:
     """An int (not bool) in ``0 <= x < n``."""
-    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < n
+    return is_int(x) and 0 <= x < n
 
 
 def _text(t: str) -> str:
@@ -90,11 +91,10 @@ def _check_doc(doc: dict) -> None:
         raise _broken("'tokens'", "is not a list of token texts (strings)")
     ids = doc.get("token_ids")
     if ids is not None and (not isinstance(ids, list) or len(ids) != len(tokens)
-                            or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids)):
+                            or not all(is_int(t) for t in ids)):
         raise _broken("'token_ids'", f"is not a list of {len(tokens)} ints (one per entry of 'tokens')")
     lens = doc["lens"]
-    if not isinstance(lens, dict) or not (isinstance(lens.get("top_k"), int) and not isinstance(lens["top_k"], bool)
-                                          and lens["top_k"] >= 0):
+    if not isinstance(lens, dict) or not (is_int(lens.get("top_k")) and lens["top_k"] >= 0):
         raise _broken("'lens.top_k'", "is missing or not a whole number >= 0")
     hg = doc["histogram"]
     if not isinstance(hg, dict):

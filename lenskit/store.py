@@ -24,6 +24,7 @@ import torch
 from . import __version__
 from .errors import TraceFileError
 from .files import atomic_write
+from .tokens import is_int, is_utf8, one_line
 
 TRACE_FORMAT = 1
 TRACE_FILE = "trace.safetensors"
@@ -37,6 +38,8 @@ MAX_LAYERS = 10_000
 MAX_DEPTH = 32  # nesting of the metadata document (lenskit's own is 4 deep); orjson refuses past 255
 MAX_NAME = 200  # model.architecture, model.adapter, model.fingerprint, lenskit_version ...
 MAX_PATH = 4096  # ... and model.id, model.revision and model.source's paths (PATH_MAX)
+MAX_JSON_ITEMS = 8_000_000  # values in the header or the metadata: a 140,000-token trace of the default model (10 GB
+# of stages) has ~300,000; this many Python objects take ~0.5 GB
 SHOW = 80  # at most this many characters of a value quoted from a file in a message
 
 
@@ -110,7 +113,11 @@ def _constant(name: str):
 
 def _loads(text: str):
     """``json.loads`` refusing duplicate keys and NaN/Infinity (:class:`_Strict`): safetensors' reader refuses
-    both, and which of two values a reader keeps is not for a file to leave open."""
+    both, and which of two values a reader keeps is not for a file to leave open. Refuses before parsing a text that
+    could hold more than MAX_JSON_ITEMS values (its commas and brackets bound them): 100 MB of ``[{},{},...`` would
+    take gigabytes as Python objects."""
+    if text.count(",") + text.count("{") + text.count("[") > MAX_JSON_ITEMS:
+        raise _Strict(f"holds more than {MAX_JSON_ITEMS:,} values (commas and brackets), more than any trace's")
     return json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
 
 
@@ -140,8 +147,6 @@ def _show(value, limit: int = SHOW) -> str:
     million numbers or a deeply nested one yield a few dozen characters)."""
     import reprlib
 
-    from .tokens import one_line
-
     r = reprlib.Repr()
     r.maxstring, r.maxother, r.maxlong, r.maxlevel = limit, limit, limit, 3
     r.maxlist = r.maxtuple = r.maxdict = r.maxset = 6
@@ -152,14 +157,8 @@ def _show(value, limit: int = SHOW) -> str:
     return one_line(text, limit)
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _is_text(x) -> bool:
     """A str that is valid Unicode (no lone surrogates, which no UTF-8 writer accepts)."""
-    from .tokens import is_utf8
-
     return isinstance(x, str) and is_utf8(x)
 
 
@@ -180,7 +179,7 @@ def _check_meta(meta) -> list[str]:
 def _check_fields(meta) -> list[str]:
     if not isinstance(meta, dict):
         return ["its lenskit metadata is not a JSON object"]
-    if not _is_int(meta.get("format")) or meta["format"] != TRACE_FORMAT:  # JSON's true and 1.0 are not format 1
+    if not is_int(meta.get("format")) or meta["format"] != TRACE_FORMAT:  # JSON's true and 1.0 are not format 1
         return [(f"it is trace format {_show(meta.get('format'))}; this lenskit reads format {TRACE_FORMAT}: "
                  "re-run `lenskit trace`")]
     out = []
@@ -196,8 +195,8 @@ def _check_fields(meta) -> list[str]:
         ("architecture", _is_name, name),
         ("adapter", _is_name, name),
         ("fingerprint", _is_name, name),
-        ("vocab_size", lambda v: _is_int(v) and 0 < v <= MAX_VOCAB, f"a positive integer (at most {MAX_VOCAB})"),
-        ("n_layers", lambda v: _is_int(v) and 0 <= v <= MAX_LAYERS, f"a non-negative integer (at most {MAX_LAYERS})"),
+        ("vocab_size", lambda v: is_int(v) and 0 < v <= MAX_VOCAB, f"a positive integer (at most {MAX_VOCAB})"),
+        ("n_layers", lambda v: is_int(v) and 0 <= v <= MAX_LAYERS, f"a non-negative integer (at most {MAX_LAYERS})"),
         ("dtype", lambda v: isinstance(v, str) and v.upper().replace("FLOAT", "F").replace("BFLOAT", "BF") in
          {"F32", "F16", "BF16", "F64"}, "float32, float16, bfloat16 or float64"),
     ):
@@ -218,7 +217,7 @@ def _check_fields(meta) -> list[str]:
     else:
         for j, s in enumerate(stages):
             if not (isinstance(s, dict) and _is_text(s.get("name")) and s.get("kind") in STAGE_KINDS
-                    and _is_int(s.get("layer")) and -1 <= s["layer"] < len(stages)):
+                    and is_int(s.get("layer")) and -1 <= s["layer"] < len(stages)):
                 out.append(f"stage {j} must be {{name: string, kind: {'|'.join(STAGE_KINDS)}, layer: integer}}")
                 break
         else:  # stage j of every trace: embed, then L{i}.attn, L{i}.ffn per layer i (capture.stage_names)
@@ -230,7 +229,7 @@ def _check_fields(meta) -> list[str]:
                                f"a trace is {w['name']!r} (kind {w['kind']}, layer {w['layer']})")
                     break
         L = model.get("n_layers")
-        if _is_int(L) and len(stages) != 2 * L + 1:
+        if is_int(L) and len(stages) != 2 * L + 1:
             out.append(f"{len(stages)} stages for {_show(L)} layers (expected 2L+1 = {_show(2 * L + 1)})")
     prompts = meta.get("prompts")
     if not isinstance(prompts, list) or not prompts:
@@ -243,10 +242,10 @@ def _check_fields(meta) -> list[str]:
         ids = p.get("token_ids")
         if not _is_text(p.get("text")):
             out.append(f"prompt {i} has no 'text' string (of valid Unicode)")
-        if not isinstance(ids, list) or not ids or not all(_is_int(t) for t in ids):
+        if not isinstance(ids, list) or not ids or not all(is_int(t) for t in ids):
             out.append(f"prompt {i} has no 'token_ids' list of integers")
             continue
-        if _is_int(V) and V > 0:
+        if is_int(V) and V > 0:
             bad = next((t for t in ids if not 0 <= t < V), None)
             if bad is not None:
                 out.append(f"prompt {i}: token id {_show(bad)} is outside the vocabulary (0-{V - 1})")
@@ -283,7 +282,7 @@ def _check_tensors(meta: dict, header: dict, data_start: int, size: int) -> list
             out.append(f"tensor {key} has dtype {_show(dtype)}; stages are floating point ({', '.join(STAGE_DTYPES)})")
             continue
         T = len(p.get("token_ids") or [])
-        if not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(n) for n in shape)):
+        if not (isinstance(shape, list) and len(shape) == 3 and all(is_int(n) for n in shape)):
             out.append(f"tensor {key} has shape {_show(shape)}; expected [S, T, D]")
             continue
         if shape[0] != S or shape[1] != T or shape[2] < 1:
@@ -293,7 +292,7 @@ def _check_tensors(meta: dict, header: dict, data_start: int, size: int) -> list
             out.append(f"tensor {key} has hidden size {_show(shape[2])}, another prompt {_show(D)}")
         D = shape[2]
         nbytes = math.prod(shape) * torch.empty(0, dtype=STAGE_DTYPES[dtype]).element_size()
-        if not (isinstance(offs, list) and len(offs) == 2 and all(_is_int(o) for o in offs) and offs[1] - offs[0] == nbytes):
+        if not (isinstance(offs, list) and len(offs) == 2 and all(is_int(o) for o in offs) and offs[1] - offs[0] == nbytes):
             out.append(f"tensor {key}: its data offsets {_show(offs)} do not match its shape")
             continue
         spans.append((offs[0], offs[1], key))
@@ -398,8 +397,6 @@ def check_finite(h: torch.Tensor, meta: dict, prompt: int, p0: int, path) -> Non
 
 
 def _first_line(e: BaseException) -> str:
-    from .tokens import one_line
-
     text = str(e).strip().splitlines()
     return one_line(text[0], 200) if text else type(e).__name__
 

@@ -22,12 +22,13 @@ import orjson
 import torch
 
 from .errors import OutputError
-from .survey_aggregates import Aggregates, SurveyError, Window, array_shapes, add_group
+from .survey_aggregates import Aggregates, SurveyError, Window, add_group, array_shapes
 from .survey_document import layer_count
 from .survey_schema import (
     CHECKPOINT_FORMAT,
     SURVEY_VERSION,
 )
+from .tokens import is_int
 
 # --------------------------------------------------------------------------------------------------------------------
 # Running a survey
@@ -124,18 +125,18 @@ def load_checkpoint(path: Path, recipe: dict, n_stages: int | None = None) -> tu
                           f"or remove {path.parent} to start over")
     damaged = f"the checkpoint {path} is damaged ({{}}); remove {path.parent} to start over"
     done = ck.get("completed_blocks")
-    if not (isinstance(done, list) and all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in done)):
+    if not (isinstance(done, list) and all(is_int(b) and b >= 0 for b in done)):
         raise SurveyError(damaged.format("completed_blocks is not a list of block numbers"))
     st = ck.get("aggregates")
     S = st.get("n_stages") if isinstance(st, dict) else None
-    ok = isinstance(S, int) and not isinstance(S, bool) and 0 < S <= MAX_STAGES and S == (n_stages or S)
+    ok = is_int(S) and 0 < S <= MAX_STAGES and S == (n_stages or S)
     try:
         agg = Aggregates.from_state(st) if ok else None
         shapes = {k: tuple(v) for k, v in array_shapes(S).items()} if ok else {}
         ok = (ok and set(st["arrays"]) == set(shapes)
               and {k: v.shape for k, v in agg.arrays.items()} == shapes
-              and isinstance(agg.k_examples, int) and not isinstance(agg.k_examples, bool) and agg.k_examples >= 0
-              and all(isinstance(v, int) and not isinstance(v, bool) for v in agg.counters.values())
+              and is_int(agg.k_examples) and agg.k_examples >= 0
+              and all(is_int(v) for v in agg.counters.values())
               and all(isinstance(r, dict) and "key" in r for v in agg.examples.values() for r in v))
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
         ok = False

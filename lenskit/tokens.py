@@ -51,6 +51,11 @@ def token_texts(tokenizer, ids) -> list[str]:
     return out
 
 
+def is_int(x) -> bool:
+    """A JSON integer as Python reads it: an int, not a bool (``true`` is no count, no id, no format number)."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def as_index(x) -> int | None:
     """A token id or position as given to the API -- an int or a numpy integer, not a bool -- as a Python int;
     None for anything else."""

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
+from ..tokens import is_int
 from .protocol import Translator
 from .tuned import save_lens
 
@@ -251,7 +252,7 @@ class Fitter:
             raise InputError(damaged.format(str(e).splitlines()[0][:200] if str(e) else type(e).__name__)) from None
         S, D = self.S, self.D
         step, kl = meta.get("step"), meta.get("logit_kl")
-        if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
+        if not (is_int(step) and step >= 0):
             raise InputError(damaged.format(f"step {step!r}"))
         if not (isinstance(kl, list) and len(kl) == S and all(isinstance(x, (int, float)) for x in kl)):
             raise InputError(damaged.format("no held-out KL of the logit lens"))

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import InputError
 from ..hookspecs import hookimpl
+from ..tokens import is_int, one_line
 from .protocol import LensKind, StageLens, Translator
 
 FORMAT = "lenskit.lens/1"
@@ -31,7 +32,6 @@ def check_lens_files(folder: Path) -> None:
     import os
     import stat
 
-    from ..tokens import one_line
 
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         path = Path(folder).expanduser() / name
@@ -67,7 +67,7 @@ def read_config(folder: Path) -> dict:
     if not isinstance(m["fingerprint"], str):
         raise InputError(f"{path}: model.fingerprint is not a string")
     for key in ("n_stages", "hidden_size"):  # JSON true is no count, nor is "7"
-        if not (isinstance(m[key], int) and not isinstance(m[key], bool) and 0 < m[key] <= MAX_DIM):
+        if not (is_int(m[key]) and 0 < m[key] <= MAX_DIM):
             raise InputError(f"{path}: model.{key} is not a positive integer")
     covered = cfg.get("covered")
     if covered is not None and not (isinstance(covered, list) and len(covered) == m["n_stages"]
