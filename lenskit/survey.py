@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from .survey_aggregates import Aggregates, SurveyError, Window, add_group, array
 from .survey_document import layer_count
 from .survey_schema import (
     CHECKPOINT_FORMAT,
+    CLASSES,
     SURVEY_VERSION,
 )
 from .tokens import is_int
@@ -109,7 +109,27 @@ def _recipe_key(recipe: dict) -> str:
 MAX_STAGES = 1 << 16  # far past any model's 2L+1 stages: a checkpoint claiming more is damaged
 
 
-def load_checkpoint(path: Path, recipe: dict, n_stages: int | None = None) -> tuple[set, Aggregates | None]:
+def _example_ok(r, S: int, max_tokens: int | None, vocab_size: int | None) -> bool:
+    """Whether ``r`` is an example record as :func:`lenskit.survey_aggregates._example` makes it: the survey document
+    formats its key as hex and traces its ``prompt_ids`` again, so a string key or an id past the vocabulary would
+    fail there, after the whole corpus."""
+    if not isinstance(r, dict):
+        return False
+    ids = r.get("prompt_ids")
+    return (is_int(r.get("key")) and 0 <= r["key"] < 1 << 64
+            and all(is_int(r.get(k)) and r[k] >= 0 for k in ("doc", "pos", "prompt_pos", "decision"))
+            and all(isinstance(r.get(k), str) for k in ("source", "token", "next", "top1", "before", "after"))
+            and isinstance(r.get("right"), bool)
+            and (r.get("p_top1") is None  # a NaN probability is saved as null
+                 or isinstance(r.get("p_top1"), (int, float)) and not isinstance(r.get("p_top1"), bool))
+            and all(isinstance(r.get(k), list) and len(r[k]) == S and all(is_int(x) for x in r[k])
+                    for k in ("top1_rank", "next_rank"))
+            and isinstance(ids, list) and 0 < len(ids) <= (max_tokens or len(ids))
+            and all(is_int(t) and 0 <= t < (vocab_size or t + 1) for t in ids))
+
+
+def load_checkpoint(path: Path, recipe: dict, n_stages: int | None = None,
+                    vocab_size: int | None = None) -> tuple[set, Aggregates | None]:
     """The completed blocks and aggregates saved in ``path`` for ``recipe``; SurveyError for a checkpoint of another
     survey or a damaged one (each part is checked: a resumed survey never starts from a half-read state)."""
     if not path.is_file():
@@ -135,9 +155,12 @@ def load_checkpoint(path: Path, recipe: dict, n_stages: int | None = None) -> tu
         shapes = {k: tuple(v) for k, v in array_shapes(S).items()} if ok else {}
         ok = (ok and set(st["arrays"]) == set(shapes)
               and {k: v.shape for k, v in agg.arrays.items()} == shapes
-              and is_int(agg.k_examples) and agg.k_examples >= 0
-              and all(is_int(v) for v in agg.counters.values())
-              and all(isinstance(r, dict) and "key" in r for v in agg.examples.values() for r in v))
+              and is_int(agg.k_examples) and agg.k_examples == recipe.get("examples", agg.k_examples) >= 0
+              and all(is_int(v) and v >= 0 for v in agg.counters.values())
+              and set(agg.examples) == set(CLASSES)
+              and all(len(v) <= agg.k_examples for v in agg.examples.values())
+              and all(_example_ok(r, S, recipe.get("max_tokens"), vocab_size)
+                      for v in agg.examples.values() for r in v))
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
         ok = False
     if not ok:
@@ -166,22 +189,65 @@ class Dist:
         return self.world > 1
 
 
+MAX_WORLD = 1 << 16  # processes: far past any job; a WORLD_SIZE beyond it is a mistake, not a cluster
+
+
+def _env_int(name: str, default: str | None, lo: int, hi: int) -> int:
+    """Environment variable ``name`` as an integer in ``[lo, hi]`` (ASCII digits only); SurveyError, one line, for
+    a missing, non-numeric or out-of-range value (a torchrun variable set by hand, or left over in a shell)."""
+    raw = os.environ.get(name, default)
+    if raw is None:
+        raise SurveyError(f"{name} is not set, but WORLD_SIZE says this is a multi-process job; start it with "
+                          "torchrun (or unset WORLD_SIZE)")
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 12 and lo <= int(text) <= hi):
+        raise SurveyError(f"the environment variable {name}={raw[:40]!r} is not a whole number from {lo} to {hi}; "
+                          "start multi-process surveys with torchrun, or unset it")
+    return int(text)
+
+
+def read_dist_env() -> Dist:
+    """This process's place as the torchrun environment names it, checked: WORLD_SIZE 1..MAX_WORLD, RANK and
+    LOCAL_RANK below it, MASTER_ADDR / MASTER_PORT present and a port number (torch would raise a traceback, or wait
+    for ever for a rank that can never exist)."""
+    world = _env_int("WORLD_SIZE", "1", 1, MAX_WORLD)
+    if world == 1:
+        return Dist()
+    rank = _env_int("RANK", None, 0, world - 1)
+    local = _env_int("LOCAL_RANK", "0", 0, world - 1)
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if not os.environ.get("MASTER_ADDR", "").strip():
+            raise SurveyError("MASTER_ADDR is not set, but WORLD_SIZE says this is a multi-process job; start it "
+                              "with torchrun (or unset WORLD_SIZE)")
+        _env_int("MASTER_PORT", None, 1, 65535)
+    return Dist(rank, world, local)
+
+
 def init_distributed(device: str) -> Dist:
     """Join the ``torchrun`` / ``accelerate launch`` job named by the environment (gloo on CPU, NCCL on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
+    d = read_dist_env()
+    if not d.active:
+        return d
     import datetime
 
     import torch.distributed as dist
 
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if cuda:
-        torch.cuda.set_device(local)
+        if d.local_rank >= torch.cuda.device_count():
+            raise SurveyError(f"LOCAL_RANK {d.local_rank} names a GPU this machine does not have "
+                              f"({torch.cuda.device_count()} visible); use --nproc-per-node <= the GPU count")
+        torch.cuda.set_device(d.local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
-    return Dist(rank, world, local)
+        try:
+            dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
+        except (RuntimeError, ValueError) as e:  # DistNetworkError / DistStoreError: a bad address, a port in use
+            msg = " ".join(str(e).split())[:300]
+            raise SurveyError(f"cannot join the torchrun job (MASTER_ADDR {os.environ.get('MASTER_ADDR')!r}, "
+                              f"MASTER_PORT {os.environ.get('MASTER_PORT')!r}): {msg}") from None
+    return d
 
 
 def process_device(device: str, d: Dist) -> str:
@@ -279,14 +345,14 @@ def survey_shard(loaded, opts: SurveyOptions, target: Path, resume: bool = False
     if resume and existing and not ck_path.is_file():
         raise SurveyError(f"--resume: {folder} holds checkpoints of a run with another number of processes "
                           f"({existing[0].name}); resume with the same number, or remove the folder")
-    done, agg = load_checkpoint(ck_path, recipe, S) if resume else (set(), None)
+    lens = lens_from_model(loaded.model, loaded.adapter)
+    done, agg = load_checkpoint(ck_path, recipe, S, lens.vocab_size) if resume else (set(), None)
     agg = agg or Aggregates(S, opts.examples)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot write to {folder.parent}: {e.strerror or e}") from None
     device = resolve_device(opts.device)
-    lens = lens_from_model(loaded.model, loaded.adapter)
     scorer = Scorer(lens, device, opts.norm, resolve_precision(opts.precision, device))
     budget = useful_budget(opts.max_memory or auto_max_memory(device), opts.max_tokens, S,
                            lens.vocab_size, scorer.set_block(S))
@@ -294,7 +360,7 @@ def survey_shard(loaded, opts: SurveyOptions, target: Path, resume: bool = False
         from .testing import capture_inferred
 
         capture_inferred(loaded, torch.tensor(loaded.tokenizer("The cat sat on the mat.")["input_ids"]))
-    total = count_documents(opts.sources)
+    total = count_documents(opts.sources, opts.max_chars)  # the same line bounds as the reading
     if total is not None and opts.max_docs is not None:
         total = min(total, opts.max_docs)
     mine = None
@@ -348,5 +414,16 @@ def _model_key(loaded) -> dict:
 
 
 def remove_partial(target: Path) -> None:
-    """Delete a run's partial checkpoints (after the finished run is in place)."""
-    shutil.rmtree(partial_dir(target), ignore_errors=True)
+    """Delete a run's partial checkpoints (after the finished run is in place): the checkpoint files and their
+    temporary files only, then the folder if that left it empty -- a folder of that name holding anything else (a
+    user's files, a link elsewhere) keeps it."""
+    folder = partial_dir(target)
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    for f in [*folder.glob("shard-*-of-*.json"), *folder.glob(".shard-*-of-*.json.*.tmp")]:
+        if f.is_file() and not f.is_symlink():
+            f.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:  # not empty: not only ours
+        pass

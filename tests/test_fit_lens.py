@@ -4,6 +4,7 @@ importing a tuned-lens (Belrose et al.) folder, and a short fit on the default m
 from __future__ import annotations
 
 import json
+import os
 import random
 
 import orjson
@@ -153,6 +154,59 @@ def test_import_refuses_pickled_code_and_wrong_shapes(tiny_dir, tmp_path):
     assert_clean_error(invoke("fit-lens", "-o", tmp_path / "o4"), "give a CORPUS")
 
 
+def _set_config(src, **change):
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps(dict(cfg, **change)))
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda src: (src / "config.json").unlink() or os.mkfifo(src / "config.json"), "not a regular file"),
+    (lambda src: (src / "params.pt").unlink() or os.mkfifo(src / "params.pt"), "not a regular file"),
+    (lambda src: (src / "params.pt").unlink() or (src / "params.pt").symlink_to("/dev/zero"), "not a regular file"),
+    (lambda src: (src / "params.pt").unlink(), "has no params.pt"),
+    (lambda src: (src / "config.json").write_text("[" * 100_000 + "]" * 100_000), "cannot read"),
+    (lambda src: (src / "config.json").write_bytes(b" " * (2 << 20)), "not a tuned-lens config"),
+    (lambda src: _set_config(src, d_model="32"), "d_model"),
+    (lambda src: _set_config(src, num_hidden_layers=True), "num_hidden_layers"),
+    (lambda src: _set_config(src, num_hidden_layers=10**30), "num_hidden_layers"),
+    (lambda src: _set_config(src, lens_type=["x"] * 10_000), "not a linear tuned lens"),
+])
+def test_import_folder_checked_before_the_model_loads(tmp_path, damage, fragment):
+    """A tuned-lens folder with a FIFO or device (torch.load would wait for ever or read without end), a config that
+    is not one (nested, huge, sizes as strings or booleans): one line, before the model (here missing) loads, nothing
+    written."""
+    src = tmp_path / "tl"
+    write_tuned_lens_folder(src, L=3, D=32)
+    damage(src)
+    res = invoke("fit-lens", "--import", src, "-m", tmp_path / "no-model", "-o", tmp_path / "out")
+    assert_clean_error(res, fragment, tmp_path / "out")
+    assert len(res.stderr) < 1000
+
+
+def test_import_of_a_file_or_nothing_and_non_string_keys(tiny_dir, tmp_path):
+    (tmp_path / "f").write_text("x")
+    assert_clean_error(invoke("fit-lens", "--import", tmp_path / "f", "-m", tmp_path / "m", "-o", tmp_path / "o"),
+                       "not a folder")
+    assert_clean_error(invoke("fit-lens", "--import", tmp_path / "nope", "-m", tmp_path / "m", "-o", tmp_path / "o"),
+                       "folder not found")
+    src = tmp_path / "tl"
+    write_tuned_lens_folder(src, L=3, D=32)
+    torch.save({0: torch.zeros(32, 32)}, src / "params.pt")  # an int key: no state dict of names
+    assert_clean_error(invoke("fit-lens", "--import", src, "-m", tiny_dir, "-o", tmp_path / "o"), "state dict",
+                       tmp_path / "o")
+
+
+def test_fit_output_below_a_file_and_seq_len_past_the_context(tiny_dir, corpus, tmp_path):
+    """-o under a file fails before the model loads (not at the first checkpoint); --seq-len past the model's context
+    (64 here) is one line, not an IndexError of learned positions mid-fit."""
+    (tmp_path / "f").write_text("mine")
+    assert_clean_error(invoke("fit-lens", corpus, "-m", tmp_path / "no-model", "-o", tmp_path / "f" / "lens"),
+                       "is not a folder")
+    assert (tmp_path / "f").read_text() == "mine"
+    assert_clean_error(invoke("fit-lens", corpus, "-m", tiny_dir, "--device", "cpu", "-o", tmp_path / "lens",
+                              "--seq-len", "65", "-q"), "longer than the model's context", tmp_path / "lens")
+
+
 @pytest.mark.realmodel
 def test_short_fit_on_the_default_model_beats_the_logit_lens(default_model_available, tmp_path):
     """Least-squares start on ~2k tokens of pydoc_data.topics, then 2 KL steps, held out 128 tokens. To stay near
@@ -192,6 +246,8 @@ def test_fit_output_and_lr_refused(corpus, tmp_path):
     assert not (tmp_path / "nowhere").exists()
     for lr in ("inf", "1e300", "nan"):
         assert_clean_error(invoke("fit-lens", corpus, "-o", tmp_path / "l", "--lr", lr), "--lr")
+    # 10**30 least-squares tokens cycled through the corpus for ever
+    assert_clean_error(invoke("fit-lens", corpus, "-o", tmp_path / "l", "--init-tokens", str(10**30)), "--init-tokens")
 
 
 def test_fit_output_that_is_a_run_folder_is_refused(corpus, tiny_run, tmp_path):

@@ -188,6 +188,13 @@ def test_corpus_formats(tmp_path, monkeypatch):
     pq.write_table(pa.table({"text": ["alpha", "", None, "beta"]}), tmp_path / "e.parquet", row_group_size=2)
     got = [(d.text, d.problem) for d in iter_documents([str(tmp_path / "e.parquet")])]
     assert got == [("alpha", None), (None, "empty"), (None, "unreadable"), ("beta", None)]
+    pq.write_table(pa.table({"text": [f"row {i} " + "x" * (i % 50) for i in range(3000)]}), tmp_path / "g.parquet",
+                   row_group_size=500)
+    data = (tmp_path / "g.parquet").read_bytes()  # a row group damaged: found only when read, mid-survey
+    (tmp_path / "g.parquet").write_bytes(data[:20000] + bytes(random.Random(0).randrange(256) for _ in range(300))
+                                         + data[20300:])
+    with pytest.raises(InputError, match="cannot read Parquet file .* at row"):
+        list(iter_documents([str(tmp_path / "g.parquet")]))
     pq.write_table(pa.table({"body": ["x"]}), tmp_path / "f.parquet")
     with pytest.raises(InputError, match="no 'text' column"):
         list(iter_documents([str(tmp_path / "f.parquet")]))
@@ -221,6 +228,16 @@ def _good_checkpoint(path: Path, recipe: dict, S: int = 7) -> dict:
     return json.loads(path.read_text())
 
 
+_EXAMPLE = {"key": 7, "doc": 0, "source": "a.txt", "pos": 3, "prompt_pos": 3, "token": "a", "next": "b", "top1": "b",
+            "right": True, "p_top1": 0.5, "decision": 2, "top1_rank": [3, 2, 1, 1, 1, 1, 1],
+            "next_rank": [3, 2, 1, 1, 1, 1, 1], "before": "x", "after": "y", "prompt_ids": [1, 5, 6, 7]}
+
+
+def _with_example(ck: dict, **change) -> dict:
+    ex = dict(ck["aggregates"]["examples"], decided_late=[dict(_EXAMPLE, **change)])
+    return dict(ck, aggregates=dict(ck["aggregates"], examples=ex))
+
+
 @pytest.mark.parametrize("change, fragment", [
     (lambda ck: [1, 2], "unknown format"),
     (lambda ck: {"format": ck["format"]}, "another model, corpus or options"),
@@ -232,6 +249,13 @@ def _good_checkpoint(path: Path, recipe: dict, S: int = 7) -> dict:
     (lambda ck: dict(ck, aggregates=dict(ck["aggregates"], arrays={})), "aggregates"),
     (lambda ck: dict(ck, aggregates=dict(ck["aggregates"], counters={"positions": "many"})), "aggregates"),
     (lambda ck: dict(ck, aggregates=dict(ck["aggregates"], k_examples="4")), "aggregates"),
+    (lambda ck: dict(ck, aggregates=dict(ck["aggregates"], counters={"positions": -5})), "aggregates"),
+    (lambda ck: dict(ck, aggregates=dict(ck["aggregates"], examples={"other": []})), "aggregates"),
+    # a string key would fail hex formatting, an id past the vocabulary the examples' trace: after the whole corpus
+    (lambda ck: _with_example(ck, key="x"), "aggregates"),
+    (lambda ck: _with_example(ck, prompt_ids=[5, 10**6]), "aggregates"),
+    (lambda ck: _with_example(ck, prompt_ids=list(range(40))), "aggregates"),  # longer than --max-tokens
+    (lambda ck: _with_example(ck, top1_rank="1"), "aggregates"),
 ])
 def test_damaged_survey_checkpoint(tmp_path, change, fragment):
     """--resume reads a checkpoint someone edited or damaged: SurveyError (one line), never a half-read state."""
@@ -241,7 +265,7 @@ def test_damaged_survey_checkpoint(tmp_path, change, fragment):
     path = tmp_path / "shard-000-of-001.json"
     path.write_text(json.dumps(change(_good_checkpoint(path, recipe))))
     with pytest.raises(SurveyError, match=fragment):
-        load_checkpoint(path, recipe, 7)
+        load_checkpoint(path, recipe, 7, vocab_size=96)
 
 
 def test_good_survey_checkpoint_loads(tmp_path):
@@ -251,6 +275,111 @@ def test_good_survey_checkpoint_loads(tmp_path):
     _good_checkpoint(tmp_path / "ck.json", recipe)
     done, agg = load_checkpoint(tmp_path / "ck.json", recipe, 7)
     assert done == {0, 1} and agg.n_stages == 7
+    (tmp_path / "ck.json").write_text(json.dumps(_with_example(json.loads((tmp_path / "ck.json").read_text()))))
+    assert load_checkpoint(tmp_path / "ck.json", recipe, 7, vocab_size=96)[1].examples["decided_late"] == [_EXAMPLE]
+
+
+def test_sources_that_would_hang_or_never_end_are_refused(tmp_path, monkeypatch):
+    """A FIFO (no writer: read for ever; and a survey reads its sources twice), /dev/zero, a name too long for the
+    filesystem, stdin that is a terminal: one InputError each, when the corpus is expanded (before the model loads)."""
+    from lenskit.corpus import expand_sources
+    from lenskit.errors import InputError
+
+    os.mkfifo(tmp_path / "pipe.txt")
+    (tmp_path / "zero.jsonl").symlink_to("/dev/zero")
+    for name, fragment in (("pipe.txt", "not a regular file"), ("zero.jsonl", "not a regular file"),
+                           ("x" * 300, "cannot read the corpus"), ("pipe.txt/a", "corpus not found")):
+        with pytest.raises(InputError, match=fragment):
+            expand_sources([str(tmp_path / name)])
+    (tmp_path / "dir").mkdir()
+    os.mkfifo(tmp_path / "dir" / "pipe.txt")  # in a folder: left out, as dot files and dot folders are
+    (tmp_path / "dir" / ".git").mkdir()
+    (tmp_path / "dir" / ".git" / "HEAD").write_text("ref: refs/heads/main")
+    (tmp_path / "dir" / ".run.survey-partial").mkdir()
+    (tmp_path / "dir" / ".run.survey-partial" / "shard-000-of-001.json").write_text("{}")
+    (tmp_path / "dir" / "a.txt").write_text("the cat")
+    assert expand_sources([str(tmp_path / "dir")]) == [str(tmp_path / "dir" / "a.txt")]
+    monkeypatch.setattr(sys, "stdin", type("Tty", (), {"isatty": lambda self: True})())
+    with pytest.raises(InputError, match="stdin, which is a terminal"):
+        expand_sources(["-"])
+
+
+def test_remove_partial_deletes_only_checkpoints(tmp_path):
+    """A folder that happens to have the partial folder's name keeps what lenskit did not write there."""
+    from lenskit.survey import partial_dir, remove_partial
+
+    folder = partial_dir(tmp_path / "run")
+    folder.mkdir()
+    (folder / "shard-000-of-001.json").write_text("{}")
+    (folder / ".shard-000-of-001.json.abc.tmp").write_text("{")
+    (folder / "notes.txt").write_text("mine")
+    remove_partial(tmp_path / "run")
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    (folder / "notes.txt").unlink()
+    (folder / "shard-000-of-001.json").write_text("{}")
+    remove_partial(tmp_path / "run")
+    assert not folder.exists()
+
+
+def test_reading_is_bounded(tmp_path, monkeypatch):
+    """Long documents and lines are too_long once their bound is read (never held whole), JSON nested past Python's
+    recursion limit is unreadable, and an endless stdin ends as one too_long document."""
+    import io
+
+    from lenskit.corpus import TOO_LONG, bounded_lines, count_documents, iter_documents
+
+    assert list(bounded_lines(io.BytesIO(b"abc\n" + b"x" * 50 + b"\nde"), 10)) == [b"abc\n", TOO_LONG, b"de"]
+    assert list(bounded_lines(io.BytesIO(b"0123456789\n"), 10)) == [b"0123456789\n"]
+    (tmp_path / "a.txt").write_bytes(b"a" * 41)
+    assert [d.problem for d in iter_documents([str(tmp_path / "a.txt")], max_chars=10)] == ["too_long"]
+    (tmp_path / "d.jsonl").write_text('{"text": ' + "[" * 100_000 + "]" * 100_000 + '}\n{"text": "ok"}\n')
+    assert [(d.text, d.problem) for d in iter_documents([str(tmp_path / "d.jsonl")])] == [
+        (None, "unreadable"), ("ok", None)]
+    (tmp_path / "e.jsonl").write_bytes(b'{"text": "' + b"a" * (2 << 20) + b'"}\n{"text": "ok"}\n')
+    assert [(d.text, d.problem) for d in iter_documents([str(tmp_path / "e.jsonl")], max_chars=100)] == [
+        (None, "too_long"), ("ok", None)]
+    assert count_documents([str(tmp_path / "e.jsonl")], max_chars=100) == 2
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "a"}\n{"text": "b"}\n')  # as Notepad saves it
+    assert [d.text for d in iter_documents([str(tmp_path / "bom.jsonl")])] == ["a", "b"]
+    with open("/dev/zero", "rb") as zero:
+        monkeypatch.setattr(sys, "stdin", type("Stdin", (), {"buffer": zero})())
+        assert [d.problem for d in iter_documents(["-"], max_chars=1000)] == ["too_long"]
+    stream = b" \n" * 5 + b'{"text": "a"}\n' + b'{"text": "' + b"b" * 5000 + b'"}\n{"text": "c"}'
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stream)))
+    assert [(d.text, d.problem) for d in iter_documents(["-"], max_chars=100)] == [
+        ("a", None), (None, "too_long"), ("c", None)]
+
+
+@pytest.mark.parametrize("env, fragment", [
+    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc'"),
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0'"),
+    ({"WORLD_SIZE": str(10**30)}, "WORLD_SIZE="),
+    ({"WORLD_SIZE": "2"}, "RANK is not set"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK='2'"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "x"}, "LOCAL_RANK='x'"),
+    ({"WORLD_SIZE": "2", "RANK": "1"}, "MASTER_ADDR is not set"),
+    ({"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "localhost", "MASTER_PORT": "99999"}, "MASTER_PORT='99999'"),
+])
+def test_torchrun_environment_garbage_is_one_line(tmp_path, monkeypatch, env, fragment):
+    """torchrun variables set by hand or left in a shell: one line before the model loads (the model here does not
+    exist), not a ValueError or KeyError traceback, nor a wait for ranks that can never come."""
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    (tmp_path / "a.txt").write_text("the cat")
+    res = CliRunner().invoke(app, ["survey", str(tmp_path / "a.txt"), "-m", str(tmp_path / "no-model"), "-o",
+                                   str(tmp_path / "r"), "-q"])
+    assert_clean_error(res, fragment, tmp_path / "r")
+
+
+def test_cli_refuses_a_fifo_corpus_before_the_model_loads(tmp_path):
+    os.mkfifo(tmp_path / "pipe.jsonl")
+    res = CliRunner().invoke(app, ["survey", str(tmp_path / "pipe.jsonl"), "-m", str(tmp_path / "no-model"), "-o",
+                                   str(tmp_path / "r"), "-q"])
+    assert_clean_error(res, "not a regular file", tmp_path / "r")
+    res = CliRunner().invoke(app, ["survey", "--demo", "--max-chars", str(10**30), "-m", str(tmp_path / "no-model")])
+    assert_clean_error(res, "--max-chars")
 
 
 # -- the command ----------------------------------------------------------------------------------------------------
@@ -301,6 +430,29 @@ def test_cli_writes_a_valid_survey_run_that_serve_shows(tiny_dir, corpus, tmp_pa
     assert _doc_without_run(out / "survey.json") == before
 
 
+def test_ctrl_c_while_writing_keeps_the_old_run(tiny_dir, tmp_path, monkeypatch, one_thread):
+    """Ctrl-C while --force writes the new run: the old run stays whole, no temporary folder is left beside it, and
+    the checkpoints stay for --resume."""
+    import lenskit.survey_document as sd
+
+    (tmp_path / "c.txt").write_text("the cat sat on the mat and ran to Paris . " * 3)
+    out = tmp_path / "run"
+    args = ["survey", str(tmp_path / "c.txt"), "-m", tiny_dir, "-o", str(out), "-q", "--device", "cpu",
+            "--examples", "1"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(tmp, doc, export_doc):
+        (Path(tmp) / "survey.json").write_text("{half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sd, "write_survey_run", interrupted)
+    res = CliRunner().invoke(app, [*args, "--force"])
+    assert res.exit_code != 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.survey-partial", "c.txt", "run"]
+
+
 def test_cli_errors(tiny_dir, tmp_path):
     runner = CliRunner()
     assert_clean_error(runner.invoke(app, ["survey", "-m", tiny_dir, "-o", str(tmp_path / "r")]), "no corpus")
@@ -309,6 +461,9 @@ def test_cli_errors(tiny_dir, tmp_path):
     (tmp_path / "x.txt").write_text("the cat")
     assert_clean_error(runner.invoke(app, ["survey", str(tmp_path / "x.txt"), "-m", tiny_dir, "--max-tokens", "999",
                                            "-o", str(tmp_path / "r")]), "longer than the model's context")
+    assert_clean_error(runner.invoke(app, ["survey", str(tmp_path / "x.txt"), "-m", str(tmp_path / "no-model"), "-o",
+                                           str(tmp_path / "x.txt" / "a" / "r")]), "x.txt is not a folder")
+    assert (tmp_path / "x.txt").read_text() == "the cat"
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.md").write_text("mine")
     assert_clean_error(runner.invoke(app, ["survey", str(tmp_path / "x.txt"), "-m", tiny_dir, "-o",

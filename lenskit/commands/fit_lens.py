@@ -28,13 +28,13 @@ def fit_lens(
     ),
     steps: int = typer.Option(250, "--steps", min=0, help="KL optimizer steps."),
     seq_len: int = typer.Option(128, "--seq-len", min=8, help="Tokens per training sequence."),
-    batch: int = typer.Option(8, "--batch", min=1, help="Sequences per step."),
+    batch: int = typer.Option(8, "--batch", min=1, max=4096, help="Sequences per step."),
     lr: float = typer.Option(1e-4, "--lr", min=0.0, max=1.0, help="Adam learning rate (1e-4 suits the least-squares start)."),
     init: str = typer.Option(
         "lstsq", "--init", callback=options.choice("init", "lstsq", "identity"),
         help="lstsq: start from a least-squares fit of the final stage (fast on CPU); identity: the logit lens.",
     ),
-    init_tokens: int = typer.Option(16384, "--init-tokens", min=1, help="Tokens of the least-squares start."),
+    init_tokens: int = typer.Option(16384, "--init-tokens", min=1, max=1 << 24, help="Tokens of the least-squares start (at most 16,777,216)."),
     stages: Optional[str] = typer.Option(None, "--stages", help="Stages to fit, e.g. '0-20,40'. Default: all but the last."),
     heldout_tokens: int = typer.Option(2048, "--heldout-tokens", min=8, help="Held-out tokens (every 10th sequence)."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Read at most this many corpus tokens."),
@@ -67,8 +67,9 @@ def fit_lens(
     if import_dir is None and not corpus:
         raise InputError("give a CORPUS to fit on (files, '-' for stdin) or --import DIR")
     if import_dir is not None:
-        from ..lenses.fit import import_tuned_lens
+        from ..lenses.fit import check_tuned_lens_folder, import_tuned_lens
 
+        check_tuned_lens_folder(import_dir)  # a wrong folder is named before the model loads
         loaded = load_model(model, device=device, dtype="float32", log=log)
         verify_inferred(loaded)  # an architecture without an adapter: settle the inferred layout first
         import_tuned_lens(import_dir, loaded, out, log=log)
@@ -80,6 +81,11 @@ def fit_lens(
     sources = expand_sources(list(corpus))
     loaded = load_model(model, device=device, dtype="float32", log=log)
     verify_inferred(loaded)  # an architecture without an adapter: settle the inferred layout first
+    from ..tokens import context_length
+
+    ctx = context_length(loaded.model.config)
+    if ctx is not None and seq_len > ctx:  # learned positions would fail with an IndexError mid-fit
+        raise InputError(f"--seq-len {seq_len} is longer than the model's context ({ctx} tokens)")
     texts = (d.text for d in iter_documents(sources) if d.text and d.text.strip())
     opts = FitOptions(steps=steps, seq_len=seq_len, batch=batch, lr=lr, init=init, init_tokens=init_tokens,
                       stages=stages, heldout_tokens=heldout_tokens, max_tokens=max_tokens, eval_every=eval_every,

@@ -38,8 +38,8 @@ def survey(
                                    "checkpoints."),
     examples: int = typer.Option(8, "--examples", min=0, max=100, help="Example positions kept per class."),
     max_docs: int | None = typer.Option(None, "--max-docs", min=1, help="Survey only the first N documents."),
-    max_chars: int = typer.Option(10_000_000, "--max-chars", min=1, help="Longer documents are skipped (counted as "
-                                  "too_long)."),
+    max_chars: int = typer.Option(10_000_000, "--max-chars", min=1, max=1 << 40, help="Longer documents are "
+                                  "skipped (counted as too_long)."),
     norm: bool = typer.Option(True, "--norm/--no-norm", help="Apply the model's final norm before the unembedding."),
     precision: str = typer.Option("float32", "--precision", callback=options.choice("precision", *options.PRECISIONS),
                                   help="auto | float32 | fast | bf16 (as export's: fast = bfloat16 GEMM with exact "
@@ -80,6 +80,7 @@ def survey(
                          "by --resume") + "; save it to a file")
     out = output.expanduser() if output else _default_dir(model)
     target = check_run_dir(out, force, is_survey_run)
+    _check_ancestors(target)
     loaded = load_model(model, revision, process_device(device, dist_info), dtype, trust_remote_code, adapter,
                         device_map, log=log)
     from ..testing import verify_inferred
@@ -120,6 +121,17 @@ def survey(
         shutil.rmtree(tmp, ignore_errors=True)
     remove_partial(target)
     typer.echo(str(out))
+
+
+def _check_ancestors(target: Path) -> None:
+    """OutputError when a file stands where a folder above ``target`` must be created (``-o notes.txt/run``):
+    :func:`lenskit.files.check_run_dir` looks at the parent only, and the checkpoint folder would fail after the model
+    loaded."""
+    from ..errors import OutputError
+
+    above = next((p for p in target.parents if p.exists() or p.is_symlink()), None)
+    if above is not None and not above.is_dir():
+        raise OutputError(f"cannot write to {target}: {above} is not a folder")
 
 
 def _default_dir(model: str | None) -> Path:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import stat
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -301,7 +303,12 @@ def check_lens_dir(out: Path) -> None:
     out = Path(out)
     if out.is_symlink() and not out.exists():
         raise OutputError(f"-o {out} is a symbolic link to nothing; name a real folder")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"-o {out} exists and is not a folder; name a folder")
     if not out.is_dir():
+        above = next((p for p in Path(os.path.abspath(out)).parents if p.exists() or p.is_symlink()), None)
+        if above is not None and not above.is_dir():  # the fit would fail at its first checkpoint, after the model
+            raise OutputError(f"cannot write to {out}: {above} is not a folder")
         return
     from ..store import TRACE_FILE
 
@@ -359,7 +366,12 @@ def fit_lens(loaded, texts, out_dir: Path, opts: FitOptions, log=None, quiet: bo
     key = {k: v for k, v in asdict(opts).items() if k not in ("steps", "eval_every", "checkpoint_every")}
     key.update(model=model["fingerprint"], corpus=_digest(seqs))
     ckpt = out_dir / CHECKPOINT_FILE
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, no permission, a read-only disk
+        from ..errors import OutputError
+
+        raise OutputError(f"cannot write to {out_dir}: {e.strerror or e}") from None
     state = {"step": 0, "key": key}
     if ckpt.is_file():
         state = fitter.load_checkpoint(ckpt, opts.lr, key)
@@ -426,6 +438,54 @@ def fit_lens(loaded, texts, out_dir: Path, opts: FitOptions, log=None, quiet: bo
 # ---- tuned-lens (Belrose et al.) lenses
 
 
+TUNED_CONFIG_BYTES = 1 << 20  # a tuned-lens config.json is a few hundred bytes
+
+
+def _regular(path: Path, what: str) -> int | None:
+    """The size of ``path`` (links followed); None when it is missing; InputError when it is not a regular file (a
+    FIFO would be waited on for ever, a device read without end)."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path} is not a regular file (a FIFO, device or folder); {what}")
+    return st.st_size
+
+
+def check_tuned_lens_folder(src: Path) -> dict:
+    """The checked ``config.json`` of tuned-lens folder ``src`` (``d_model`` and ``num_hidden_layers`` positive
+    integers), and its ``params.pt`` a regular file: before the model loads, and before ``torch.load`` opens a FIFO
+    (waited on for ever) or a device (read without end)."""
+    from .tuned import MAX_DIM
+
+    src = Path(src).expanduser()
+    if not src.is_dir():
+        raise InputError(f"--import {src}: " + ("not a folder" if src.exists() else "folder not found"))
+    path = src / "config.json"
+    size = _regular(path, "name a tuned-lens folder (config.json + params.pt)")
+    if size is None:
+        raise InputError(f"{src} is not a tuned-lens folder (no config.json)")
+    if size > TUNED_CONFIG_BYTES:
+        raise InputError(f"{path} is {size} bytes: not a tuned-lens config (a few hundred bytes)")
+    try:
+        cfg = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise InputError(f"cannot read {path}: {' '.join(str(e).split())[:200] or type(e).__name__}") from None
+    if not isinstance(cfg, dict) or "d_model" not in cfg or "num_hidden_layers" not in cfg:
+        raise InputError(f"{path} is not a tuned-lens config (d_model, num_hidden_layers)")
+    for key in ("d_model", "num_hidden_layers"):  # JSON true, 2.5 or "32" is no size
+        if not (is_int(cfg[key]) and 0 < cfg[key] <= MAX_DIM):
+            raise InputError(f"{path}: {key} {str(cfg[key])[:40]} is not a positive integer")
+    if cfg.get("lens_type", "linear_tuned_lens") != "linear_tuned_lens":
+        raise InputError(f"{src}: lens type {str(cfg.get('lens_type'))[:60]!r} is not a linear tuned lens")
+    if _regular(src / "params.pt", "name a tuned-lens folder (config.json + params.pt)") is None:
+        raise InputError(f"{src} has no params.pt")
+    return cfg
+
+
 def import_tuned_lens(src: Path, loaded, out_dir: Path, log=None) -> dict:
     """Convert a tuned-lens folder (``config.json`` + ``params.pt``) for ``loaded``'s model to a lenskit lens folder.
 
@@ -438,27 +498,18 @@ def import_tuned_lens(src: Path, loaded, out_dir: Path, log=None) -> dict:
     from ..capture import stage_names
 
     src = Path(src).expanduser()
-    try:
-        cfg = json.loads((src / "config.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{src} is not a tuned-lens folder (no config.json)") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise InputError(f"cannot read {src / 'config.json'}: {e}") from None
-    if not isinstance(cfg, dict) or "d_model" not in cfg or "num_hidden_layers" not in cfg:
-        raise InputError(f"{src / 'config.json'} is not a tuned-lens config (d_model, num_hidden_layers)")
-    if cfg.get("lens_type", "linear_tuned_lens") != "linear_tuned_lens":
-        raise InputError(f"{src}: lens type {cfg.get('lens_type')!r} is not a linear tuned lens")
+    cfg = check_tuned_lens_folder(src)  # again: the command checked it before the model loaded, but files change
     try:
         state = torch.load(src / "params.pt", map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise InputError(f"{src} has no params.pt") from None
     except Exception as e:  # noqa: BLE001 (weights_only refuses anything but tensors and plain containers)
         raise InputError(f"cannot read {src / 'params.pt'} as plain tensors: {str(e).splitlines()[0]}") from None
-    if not isinstance(state, dict):
-        raise InputError(f"{src / 'params.pt'} does not hold a state dict")
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise InputError(f"{src / 'params.pt'} does not hold a state dict (names -> tensors)")
     state = {k.removeprefix("layer_translators."): v for k, v in state.items()}
     fitter_model = model_record(loaded)
-    L, D = int(cfg["num_hidden_layers"]), int(cfg["d_model"])
+    L, D = cfg["num_hidden_layers"], cfg["d_model"]
     from ..lens import lens_from_model
 
     head = lens_from_model(loaded.model, loaded.adapter)
