@@ -144,6 +144,57 @@ def test_comparison_without_pairs_says_so(page, tiny_compare, tmp_path):
         assert "no aligned positions" in page.text_content("#status")
 
 
+BROKEN_COMPARES = {  # hand-edited compare.json documents, and the words of their message
+    "one-run": (lambda d: d.__setitem__("runs", d["runs"][:1]), "runs: 1 entries, expected 2"),
+    "no-model": (lambda d: d["runs"][0].__setitem__("model", None), "runs[0].model: missing or not an object"),
+    "rank-text": (lambda d: d["pairs"][-1]["tokens"][0].__setitem__("rank", "x"), "tokens[0].rank: not an array"),
+    "logp-nan": (lambda d: d["pairs"][-1]["tokens"][0]["logp"][0].__setitem__(0, "NaN"), 'logp[0][0]: not a number or null: "NaN"'),
+    "decide": (lambda d: d["pairs"][-1].__setitem__("decide", [99, 0]), "decide[0]: not a stage of side A"),
+    "stage-map": (lambda d: d["kl"].__setitem__("stage_map", []), "kl.stage_map: 0 entries, expected 7"),
+    "next": (lambda d: d["pairs"][-1].__setitem__("next", [{"x": 1}, None]), 'next[0]: not a token text or null: {"x":1}'),
+    "no-tokens": (lambda d: d["pairs"][0].__setitem__("tokens", []), "pairs[0].tokens: empty"),
+}
+
+
+def test_broken_comparisons_say_why_and_others_stay_usable(page, tiny_compare, tmp_path):
+    """Hand-edited compare.json documents (one run, no model, ranks as text, "NaN", stages out of range, a next token
+    that is an object, a pair without tokens) are refused when they load with the field that is wrong: a link to one
+    shows the next comparison with the message, and the picker still lists them all; alone, the page says why. A pair
+    whose side has no top-1 among its tokens says so instead of throwing."""
+    doc = json.loads((tiny_compare / COMPARE_FILE).read_text(encoding="utf-8"))
+    folders = []
+    for name, (edit, _) in {"good": (lambda d: None, ""), **BROKEN_COMPARES}.items():
+        variant = json.loads(json.dumps(doc))
+        edit(variant)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / COMPARE_FILE).write_text(json.dumps(variant), encoding="utf-8")
+        folders.append(tmp_path / name)
+    srv = serve(folders)
+    try:
+        for name, (_, words) in BROKEN_COMPARES.items():
+            page.goto("about:blank")
+            open_view(page, srv.url + f"compare.html#cmp={name}")
+            assert page.text_content("#status").startswith(f"{name}: ") and words in page.text_content("#status"), name
+            assert page.text_content("#status").endswith(" — showing good") and url_state(page)["cmp"] == "good"
+            assert page.input_value("#cmp-select") == "good"
+            assert page.locator("#cmp-select option").count() == len(folders)
+        check_figures(page, doc, len(doc["pairs"]) - 1, len(doc["runs"][0]["stages"]["name"]) - 1)
+        shot(page, "compare-broken-refused.png")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    edit, words = BROKEN_COMPARES["logp-nan"]
+    variant = json.loads(json.dumps(doc))
+    edit(variant)
+    with compare_page(page, variant, tmp_path / "alone", "error"):  # nothing else to show: the reason alone
+        assert page.text_content("#status") == f"Cannot show the comparison: pairs[{len(doc['pairs']) - 1}].tokens[0].{words}"
+    variant = json.loads(json.dumps(doc))
+    for t in variant["pairs"][-1]["tokens"]:
+        t["top"][1] = None if t["top"][1] == 1 else t["top"][1]
+    with compare_page(page, variant, tmp_path / "no-top1"):
+        assert "top-1 not listed" in page.text_content("#summary")
+
+
 def test_the_page_names_the_lenses(page, tiny_compare, tmp_path):
     """The note under the title says which lens each side was compared through (`compare --lens`): nothing for the
     logit lens on both, one phrase for one lens on both, A's and B's otherwise; a document from before the field

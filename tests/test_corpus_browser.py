@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
-from browser_fixtures import require_chromium, shot  # noqa: E402
+from browser_fixtures import HOSTILE_IMG, require_chromium, shot  # noqa: E402
 
 require_chromium()
 
@@ -61,6 +62,50 @@ def test_corpus_page_draws_the_survey(survey_run, page):
         assert links.count() >= n_examples > 0
         assert "index.html#" in links.first.get_attribute("href")
         shot(page, "corpus-tiny.png")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_broken_surveys_say_why_and_others_stay_usable(survey_run, page, tmp_path):
+    """Hand-edited survey.json documents ("NaN" in a curve, a stage list that is not one, markup in the model id) get
+    one clear message naming the field and nothing half drawn; the picker still switches to a good survey and back,
+    with no uncaught error; texts stay text."""
+    doc = json.loads((survey_run / "survey.json").read_text())
+    variants = {"nan": json.loads(json.dumps(doc)), "nostages": json.loads(json.dumps(doc))}
+    variants["nan"]["per_stage"]["ce_bits"]["mean"][1] = "NaN"
+    variants["nostages"]["stages"] = "embed"
+    dirs = [survey_run]
+    for name, variant in variants.items():
+        shutil.copytree(survey_run, tmp_path / name)
+        (tmp_path / name / "survey.json").write_text(json.dumps(variant))
+        dirs.append(tmp_path / name)
+    hostile = json.loads(json.dumps(doc))
+    hostile["model"]["id"] = HOSTILE_IMG
+    shutil.copytree(survey_run, tmp_path / "hostile")
+    (tmp_path / "hostile" / "survey.json").write_text(json.dumps(hostile))
+    dirs.append(tmp_path / "hostile")
+    srv = Server(Site(find_runs(dirs)), "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        page.goto(srv.url + "corpus.html#run=nan")
+        page.wait_for_selector("#status.error:not([hidden])", timeout=15000)
+        assert page.text_content("#status") == 'Cannot show the survey nan: per_stage.ce_bits.mean[1]: not a number or null: "NaN"'
+        assert page.locator("#curves svg, #decision svg, #blocks svg, #examples .example").count() == 0
+        page.select_option("#survey-select", survey_run.name)
+        page.wait_for_selector("#curves svg path.curve", timeout=15000)
+        assert page.is_hidden("#status")
+        page.select_option("#survey-select", "nostages")
+        page.wait_for_selector("#status.error:not([hidden])", timeout=15000)
+        assert page.text_content("#status") == "Cannot show the survey nostages: stages: missing or not an object"
+        assert page.locator("#curves svg, #decision svg, #blocks svg, #examples .example").count() == 0
+        page.select_option("#survey-select", "hostile")
+        page.wait_for_selector("#curves svg path.curve", timeout=15000)
+        assert page.text_content("#model-info").startswith(HOSTILE_IMG) and page.locator("img").count() == 0
+        # drawn four times: one frame per figure, not one per survey shown
+        assert page.locator("#decision > .corpus-card").count() == 1 and page.locator("#blocks > .corpus-card").count() == 1
+        assert page.locator("#blocks .legend").count() == 1
+        shot(page, "corpus-hostile.png")
     finally:
         srv.shutdown()
         srv.server_close()

@@ -342,6 +342,18 @@ def test_panels_have_stage_ticks_and_striping(page, served, docs):
 # ---- single file
 
 
+def _serve_docs(tmp_path, docs: dict) -> Server:
+    """A running server over one run folder per ``{name: export document}`` (each written as its export.json)."""
+    dirs = []
+    for name, d in docs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "export.json").write_text(json.dumps(d), encoding="utf-8")
+        dirs.append(tmp_path / name)
+    srv = Server(Site(find_runs(dirs)), "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
 def test_prompts_and_runs_without_positions(page, tmp_path):
     """Schema-valid documents the viewer cannot fully draw: a prompt with no exported positions is skipped (its
     picker entry disabled) instead of throwing, and a run with no prompts, reached by a link, leaves the shown run in
@@ -350,13 +362,7 @@ def test_prompts_and_runs_without_positions(page, tmp_path):
     doc["prompts"][1]["positions"] = []
     empty = make_export(prompts=1, positions=4, layers=2, seed=6)
     empty["prompts"] = []
-    dirs = []
-    for name, d in (("partial", doc), ("empty", empty)):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "export.json").write_text(json.dumps(d), encoding="utf-8")
-        dirs.append(tmp_path / name)
-    srv = Server(Site(find_runs(dirs)), "127.0.0.1", 0)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = _serve_docs(tmp_path, {"partial": doc, "empty": empty})
     try:
         open_view(page, srv.url + "#run=partial&prompt=1&pos=2")
         assert state(page)["prompt"] == "0" and state(page)["pos"] == "3"  # prompt 0's default: its last position
@@ -367,7 +373,7 @@ def test_prompts_and_runs_without_positions(page, tmp_path):
         check_figures(page, doc, 0, 3, 4)
         assert state(page)["prompt"] == "0" and state(page)["pos"] == "3"
         page.evaluate("location.hash = '#run=empty'")
-        page.wait_for_selector("#status:not([hidden])")
+        page.wait_for_selector("#status.error:not([hidden])")  # not "loading …"
         assert "empty has no prompts" in page.text_content("#status")
         assert page.input_value("#run-select") == "partial"
         page.focus("body")
@@ -379,6 +385,82 @@ def test_prompts_and_runs_without_positions(page, tmp_path):
         assert page.input_value("#run-select") == "partial" and state(page)["run"] == "partial"
         assert "empty has no prompts — showing partial" in page.text_content("#status")
         check_figures(page, doc, 0, 3, 4)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _broken(doc, edit):
+    doc = json.loads(json.dumps(doc))
+    edit(doc, doc["prompts"][0]["positions"])
+    return doc
+
+
+PWN = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
+# Hand-edited documents of a known schema that the viewer cannot draw, and the words of their message.
+BROKEN = {
+    "nan": (lambda d, P: P[-1]["score"][0].__setitem__(0, "NaN"), 'positions[3].score[0][0]: not a number: "NaN"'),
+    "huge": (lambda d, P: P[-1]["score"][1].__setitem__(1, 1e308), "score[1][1]: not a number: 1e+308"),
+    "short": (lambda d, P: P[-1]["score"].__setitem__(0, [1.0]), "score[0]: 1 entries, expected 5"),
+    "tracked": (lambda d, P: P[-1]["tracked"].__setitem__(0, 10**6), "tracked[0]: not an integer in"),
+    "pos": (lambda d, P: P[-1].__setitem__("pos", -1), "pos: not a token position of the prompt: -1"),
+    "bins": (lambda d, P: d["histogram"].__setitem__("bins", 10**9), "histogram.bins: not an integer in [1, 10000]"),
+    "stages": (lambda d, P: d["stages"].__setitem__("kind", ["embed", "__proto__", "ffn", "attn", "ffn"]), 'stages.kind[1]: unknown kind "__proto__"'),
+    "nolens": (lambda d, P: d.pop("lens"), "lens: missing or not an object"),
+    "hist": (lambda d, P: P[-1].pop("hist"), "positions[3].hist: missing or not an object"),
+    "lo": (lambda d, P: P[-1]["hist"]["lo"].__setitem__(0, 10**9), "hist.lo[0]: not an integer in [0, 99]"),
+    "stagetop": (lambda d, P: P[-1]["stage_top"]["tokens"].__setitem__(0, [10**9]), "stage_top.tokens[0][0]: not an integer in [0, 143]"),
+    "html": (lambda d, P: d["stages"].__setitem__("name", PWN) or d["tokens"].__setitem__(0, PWN), "stages.name: not an array"),
+}
+
+
+def test_documents_that_cannot_be_drawn_say_why(page, tmp_path):
+    """Hand-edited documents (NaN strings, 1e308, short or mistyped arrays, indices outside the string table, absurd
+    histogram layouts, missing objects, "__proto__" stage kinds) are refused when they load, with the field that is
+    wrong, and never drawn halfway: a link to one shows the good run with the message, a switch to one leaves the shown
+    run in place. A histogram string that does not decode (found only when drawn) is named above the figures while the
+    rest of the page keeps working. Nothing a document holds runs as script."""
+    good = make_export(prompts=1, positions=4, layers=2, seed=3)
+    docs = {"good": good, **{name: _broken(good, edit) for name, (edit, _) in BROKEN.items()}}
+    docs["b64"] = _broken(good, lambda d, P: P[-1]["hist"]["counts"].__setitem__(4, "!!=="))
+    docs["oddid"] = _broken(good, lambda d, P: d["model"].update(id={"toString": 1}, architecture=[PWN]))
+    srv = _serve_docs(tmp_path, docs)
+    try:
+        for name, (_, words) in BROKEN.items():
+            page.goto("about:blank")
+            open_view(page, srv.url + f"#run={name}&pos=3")
+            assert f"run {name}: " in page.text_content("#status") and words in page.text_content("#status"), name
+            assert f"— showing {page.input_value('#run-select')}" in page.text_content("#status")
+            assert page.evaluate("window.__pwned") is None
+        shot(page, "broken-run-refused.png")
+        page.goto("about:blank")
+        open_view(page, srv.url + "#run=good&pos=3&stage=2")
+        check_figures(page, good, 0, 3, 2)
+        assert page.is_hidden("#status")
+        page.evaluate("location.hash = '#run=nan&pos=3'")  # a link edited in place: the good run stays
+        page.wait_for_selector("#status.error:not([hidden])")  # not "loading …"
+        assert 'run nan: prompts[0].positions[3].score[0][0]: not a number: "NaN"' in page.text_content("#status")
+        assert page.input_value("#run-select") == "good"
+        check_figures(page, good, 0, 3, 2)
+        # A count string that is not Base64: said above the figures, the other stages and positions still drawn.
+        page.select_option("#run-select", "b64")
+        page.wait_for_selector("#status.error:not([hidden])")  # not "loading …"
+        assert state(page)["run"] == "b64" and page.input_value("#stage-slider") == "2"
+        assert page.locator("#strip-section .strip .tok").count() == len(docs["b64"]["prompts"][0]["tokens"])
+        assert page.locator("#fig-histogram rect.bin").count() == 0  # not the good run's bars
+        assert page.text_content("#fig-histogram .stage-stats") == 'histogram not drawn: bad Base64 digit "!"'
+        assert page.text_content("#status") == 'run b64: cannot draw prompt 0, position 3: bad Base64 digit "!"'
+        shot(page, "broken-histogram-string.png")
+        page.focus("body")
+        page.keyboard.press("ArrowLeft")
+        check_figures(page, docs["b64"], 0, 2, 2)
+        assert page.is_hidden("#status")
+        assert page.evaluate("window.__pwned") is None and page.locator("img").count() == 0
+        # a model id that is an object (its toString not callable) and an architecture that is a list: "?", drawn
+        page.select_option("#run-select", "oddid")
+        page.wait_for_selector("#status[hidden]", state="attached")
+        assert page.text_content("#model-info").startswith("? · ? · float32")
+        check_figures(page, docs["oddid"], 0, 2, 2)
     finally:
         srv.shutdown()
         srv.server_close()
@@ -402,6 +484,30 @@ def test_single_file_report_works_from_file_url(page, docs, tmp_path):
     requests = page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
     assert all(u.startswith(("data:", "file:")) for u in requests), requests
     shot(page, "report-file-url.png")
+
+
+def test_report_with_script_breaking_texts_and_a_broken_histogram(page, tmp_path):
+    """The single-file report inlines the JSON in a script element: token texts, a stage name and the model id that
+    try to end it (``</script>``, ``<!--``, U+2028/U+2029) stay text and run nothing; a histogram string that does not
+    decode is named above the figures, the rest of the report still drawn and answering."""
+    doc = make_export(prompts=1, positions=4, layers=2, seed=3)
+    first, second = doc["prompts"][0]["tokens"][:2]  # string-table indices of the prompt's first two tokens
+    doc["tokens"][first] = "</script><script>window.__pwned=1</script>"
+    doc["tokens"][second] = "\u2028\u2029<!--<script>window.__pwned=2</script>"
+    doc["model"]["id"] = '</SCRIPT><img src=x onerror="window.__pwned=3">'
+    doc["stages"]["name"][1] = '<img src=x onerror="window.__pwned=4">'
+    doc["prompts"][0]["positions"][-1]["hist"]["counts"][3] = "!"
+    path = write_html(doc, tmp_path / "report.html")
+    open_view(page, path.as_uri() + "#pos=3&stage=1")
+    assert page.text_content("#status") == 'run report: cannot draw prompt 0, position 3: bad Base64 digit "!"'
+    assert page.text_content("#model-info").startswith('</SCRIPT><img src=x onerror="window.__pwned=3">')
+    assert page.locator("#strip-section .strip .tok").first.text_content() == "</script><script>window.__pwned=1</script>"
+    assert page.locator("#strip-section .strip .tok").nth(1).text_content() == "⟨U+2028⟩⟨U+2029⟩<!--<script>window.__pwned=2</script>"
+    page.focus("body")
+    page.keyboard.press("ArrowLeft")
+    check_figures(page, doc, 0, 2, 1)
+    assert page.is_hidden("#status")
+    assert page.evaluate("window.__pwned") is None and page.locator("img").count() == 0
 
 
 def test_reads_version_1_documents(page, tmp_path):

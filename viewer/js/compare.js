@@ -66,11 +66,15 @@ function drawSummary(el, cmp, pair, stage) {
     el.append("span").attr("class", "pred-label").text(`${"AB"[k]} (${k === 0 ? "solid" : "dashed"})`);
     const row = el.append("span");
     const j = pair.top1(k);
-    row.append("span").text("top-1 ");
-    appendTokenParts(row.append("span").attr("class", "tok"), pair.text(j));
-    const logp = pair.logp(j, k);
     const last = cmp.runs[k].stageCount - 1;
-    if (logp) row.append("span").text(` p = ${formatNumber(Math.exp(logp[last]), 3)}`);
+    if (j < 0) {
+      row.append("span").text("top-1 not listed"); // a hand-edited document: no token has top 1 on this side
+    } else {
+      row.append("span").text("top-1 ");
+      appendTokenParts(row.append("span").attr("class", "tok"), pair.text(j));
+      const logp = pair.logp(j, k);
+      if (logp && logp[last] !== null) row.append("span").text(` p = ${formatNumber(Math.exp(logp[last]), 3)}`);
+    }
     row.append("span").text(` · decides at ${cmp.runs[k].stageName(pair.decide[k])} (stage ${pair.decide[k]} of ${last})`);
     if (pair.next[k] !== null) {
       row.append("span").text(" · actual next ");
@@ -93,8 +97,22 @@ async function boot() {
   const list = await loadCompareList();
   if (list.length === 0) throw new Error("no comparisons to show: serve a folder written by `lenskit compare` (lenskit serve OUT)");
   const wanted = readUrlState(window.location, STATE_KEYS, NUMERIC_KEYS);
-  const entry = list.find((c) => c.name === wanted.cmp) || list[0];
-  const cmp = await loadCompare(entry);
+  const wantedEntry = list.find((c) => c.name === wanted.cmp) || list[0];
+  // The wanted comparison, else the next one that loads: one broken compare.json does not stop the page.
+  let entry = null;
+  let cmp = null;
+  let firstError = null;
+  for (const candidate of [wantedEntry, ...list.filter((c) => c !== wantedEntry)]) {
+    try {
+      cmp = await loadCompare(candidate);
+      entry = candidate;
+      break;
+    } catch (err) {
+      firstError = firstError || new Error(list.length > 1 ? `${candidate.name}: ${err.message || err}` : String(err.message || err));
+    }
+  }
+  if (cmp === null) throw firstError;
+  if (entry !== wantedEntry) showStatus(`${firstError.message} — showing ${entry.name}`, true);
   if (entry.embedded) d3.select("#single-runs").attr("hidden", true); // a single-file report has no other pages
 
   if (list.length > 1) {

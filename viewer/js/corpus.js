@@ -7,17 +7,64 @@ import { d3 } from "./d3.js";
 const SIZE = { width: 460, height: 220 };
 const MARGIN = { top: 12, right: 14, bottom: 34, left: 52 };
 const CURVES = [
-  { key: "ce", title: "Lens cross-entropy of the next token (bits)", get: (d) => d.per_stage.ce_bits, quantiles: true },
-  { key: "agreement", title: "Top-1 agreement with the model", get: (d) => ({ mean: d.per_stage.agreement }), domain: [0, 1] },
-  { key: "kl", title: "KL(final ‖ stage) (bits)", get: (d) => d.per_stage.kl_bits, quantiles: true },
-  { key: "entropy", title: "Entropy (bits)", get: (d) => d.per_stage.entropy_bits, quantiles: true },
-  { key: "next_at1", title: "Next token at rank 1 / ≤ 10", get: (d) => ({ mean: d.per_stage.next_rank.at1, p90: d.per_stage.next_rank.le10 }), domain: [0, 1] },
+  { key: "ce", title: "Lens cross-entropy of the next token (bits)", get: (d) => d.per_stage.ce_bits, quantiles: true, field: { mean: "ce_bits.mean", p10: "ce_bits.p10", p90: "ce_bits.p90" } },
+  { key: "agreement", title: "Top-1 agreement with the model", get: (d) => ({ mean: d.per_stage.agreement }), domain: [0, 1], field: { mean: "agreement" } },
+  { key: "kl", title: "KL(final ‖ stage) (bits)", get: (d) => d.per_stage.kl_bits, quantiles: true, field: { mean: "kl_bits.mean", p10: "kl_bits.p10", p90: "kl_bits.p90" } },
+  { key: "entropy", title: "Entropy (bits)", get: (d) => d.per_stage.entropy_bits, quantiles: true, field: { mean: "entropy_bits.mean", p10: "entropy_bits.p10", p90: "entropy_bits.p90" } },
+  { key: "next_at1", title: "Next token at rank 1 / ≤ 10", get: (d) => ({ mean: d.per_stage.next_rank.at1, p90: d.per_stage.next_rank.le10 }), domain: [0, 1], field: { mean: "next_rank.at1", p90: "next_rank.le10" } },
 ];
 const CLASS_TITLES = {
   decided_late: "Decided late (only in the last layer)",
   decided_then_lost: "Decided, then lost, then decided again",
   confident_wrong_early: "Confidently wrong, decided early",
 };
+
+// What render draws (removed before drawing another survey; the figures' frames too, else empty cards pile up).
+const DRAWN = "#curves > *, #decision > .corpus-card, #blocks > .corpus-card, #examples > :not(h2)";
+const MAX_STAGES = 4097; // as the single-run viewer (data.js)
+
+/** Why a survey document (lenskit.survey/1) cannot be drawn, as Error naming the field (a hand-edited document):
+ *  the fields the page reads, with the lengths and types it draws. */
+function checkSurvey(doc) {
+  const fail = (where, what) => { throw new Error(`${where}: ${what}`); };
+  const isObj = (x) => x !== null && typeof x === "object" && !Array.isArray(x);
+  const obj = (x, where) => { if (!isObj(x)) fail(where, "missing or not an object"); return x; };
+  const row = (x, where, n, ok, what) => {
+    if (!Array.isArray(x)) fail(where, "not an array");
+    if (n !== undefined && x.length !== n) fail(where, `${x.length} entries, expected ${n}`);
+    for (let i = 0; i < x.length; i++) if (!ok(x[i])) fail(`${where}[${i}]`, `${what}: ${JSON.stringify(x[i])}`);
+  };
+  const num = (v) => typeof v === "number" && Number.isFinite(v);
+  const numOrNull = (v) => v === null || num(v);
+  for (const k of ["model", "corpus", "options", "stages", "per_stage", "decision", "blocks", "examples"]) obj(doc[k], k);
+  const S = Array.isArray(doc.stages.name) ? doc.stages.name.length : 0;
+  if (S < 1 || S > MAX_STAGES) fail("stages.name", `not 1 to ${MAX_STAGES} stages`);
+  row(doc.stages.name, "stages.name", S, (v) => typeof v === "string", "not a string");
+  row(doc.stages.kind, "stages.kind", S, (v) => typeof v === "string", "not a string");
+  obj(doc.corpus.bad, "corpus.bad");
+  for (const spec of CURVES) {
+    let data;
+    try {
+      data = spec.get(doc);
+    } catch (err) {
+      fail(`per_stage.${spec.field.mean}`, "missing");
+    }
+    obj(data, `per_stage.${spec.field.mean}`);
+    for (const [q, field] of Object.entries(spec.field)) {
+      if (q === "mean" || data[q] !== undefined) row(data[q], `per_stage.${field}`, S, numOrNull, "not a number or null");
+    }
+  }
+  for (const k of ["right", "wrong"]) row(doc.decision[k], `decision.${k}`, S, (v) => Number.isInteger(v) && v >= 0, "not a count");
+  const b = doc.blocks;
+  row(b.stage, "blocks.stage", undefined, (v) => Number.isInteger(v) && v >= 0 && v < S, "not a stage");
+  for (const k of ["mean_delta_log2_rank", "p05", "p95"]) row(b[k], `blocks.${k}`, b.stage.length, numOrNull, "not a number or null");
+  for (const [cls, list] of Object.entries(doc.examples)) {
+    row(list, `examples.${cls}`, undefined, isObj, "not an object");
+    list.forEach((ex, i) => {
+      if (!(Number.isInteger(ex.decision) && ex.decision >= 0 && ex.decision < S)) fail(`examples.${cls}[${i}].decision`, "not a stage");
+    });
+  }
+}
 
 function status(text, isError) {
   const el = d3.select("#status");
@@ -147,7 +194,7 @@ function drawExamples(doc, runName) {
 }
 
 function render(doc, runName) {
-  d3.selectAll("#curves > *, #decision svg, #decision .legend, #blocks svg, #blocks .legend, #examples > :not(h2)").remove();
+  d3.selectAll(DRAWN).remove();
   d3.select("#model-info").text(`${doc.model.id} · ${doc.model.n_layers} layers · ${doc.model.vocab_size} tokens`);
   const c = doc.corpus;
   const bad = Object.entries(c.bad).map(([k, v]) => `${k} ${v}`).join(", ");
@@ -173,12 +220,22 @@ async function main() {
       select.property("value", run.name);
       status("loading …");
       const doc = await (await fetch(run.survey)).json();
-      if (doc.schema !== "lenskit.survey/1") throw new Error(`unknown survey format ${doc.schema}`);
-      status("");
-      render(doc, run.name);
       try { window.history.replaceState(null, "", `#run=${encodeURIComponent(run.name)}`); } catch (err) { /* embedded */ }
+      try {
+        if (!doc || typeof doc !== "object" || doc.schema !== "lenskit.survey/1") {
+          throw new Error(`unknown survey format ${JSON.stringify(doc && doc.schema)}`);
+        }
+        checkSurvey(doc);
+        render(doc, run.name);
+        status("");
+      } catch (err) {
+        // Nothing of a survey that cannot be drawn stays half drawn (nor of the one shown before); the picker still works.
+        d3.selectAll(DRAWN).remove();
+        d3.selectAll("#model-info, #summary").text("");
+        status(`Cannot show the survey ${run.name}: ${err.message || err}`, true);
+      }
     };
-    select.on("change", (ev) => load(ev.target.value));
+    select.on("change", (ev) => load(ev.target.value).catch((err) => status(`Cannot show the survey: ${err.message}`, true)));
     await load(want);
   } catch (err) {
     status(`Cannot show the survey: ${err.message}`, true);

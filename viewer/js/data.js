@@ -101,26 +101,147 @@ export async function loadRun(entry) {
     if (!res.ok) throw new Error(`cannot load run ${entry.name}: HTTP ${res.status}`);
     doc = await res.json();
   }
-  return new Run(doc);
+  try {
+    return new Run(doc);
+  } catch (err) {
+    throw new Error(`run ${entry.name}: ${err.message || err}`);
+  }
+}
+
+// Limits of a document the viewer draws (far above any real export: a model has 2L+1 stages; a histogram 100 bins).
+export const MAX_STAGES = 4097;
+export const MAX_BINS = 10000;
+export const MAX_POSITIONS = 100000; // per prompt: the strip and the grid draw every exported position
+const MAX_SCORE = 3.5e38; // scores and statistics are float32 values
+
+/** Why `doc` (a parsed export of a known schema) cannot be drawn, as Error; checked once when it loads, in one pass
+ *  over its arrays, so a hand-edited or truncated document gets one clear message instead of a figure that throws. */
+function checkDocument(doc, v1, vlq) {
+  const fail = (where, what) => { throw new Error(`${where}: ${what}`); };
+  const isObj = (x) => x !== null && typeof x === "object" && !Array.isArray(x);
+  const isInt = (x, lo, hi) => Number.isInteger(x) && x >= lo && x <= hi;
+  const isNum = (x) => typeof x === "number" && Number.isFinite(x) && Math.abs(x) <= MAX_SCORE;
+  const arr = (x, where, n) => {
+    if (!Array.isArray(x)) fail(where, "not an array");
+    if (n !== undefined && x.length !== n) fail(where, `${x.length} entries, expected ${n}`);
+    return x;
+  };
+  const nums = (x, where, n) => {
+    arr(x, where, n);
+    for (let i = 0; i < x.length; i++) if (!isNum(x[i])) fail(`${where}[${i}]`, `not a number: ${JSON.stringify(x[i])}`);
+  };
+  const ints = (x, where, n, lo, hi) => {
+    arr(x, where, n);
+    for (let i = 0; i < x.length; i++) if (!isInt(x[i], lo, hi)) fail(`${where}[${i}]`, `not an integer in [${lo}, ${hi}]: ${JSON.stringify(x[i])}`);
+  };
+  for (const k of ["model", "lens", "stages", "histogram"]) if (!isObj(doc[k])) fail(k, "missing or not an object");
+  const st = doc.stages;
+  arr(st.name, "stages.name");
+  const S = st.name.length;
+  if (S < 1 || S > MAX_STAGES) fail("stages.name", `${S} stages (the viewer draws 1 to ${MAX_STAGES})`);
+  arr(st.kind, "stages.kind", S);
+  st.kind.forEach((k, s) => { if (typeof k !== "string" || !Object.prototype.hasOwnProperty.call(KIND_LABELS, k)) fail(`stages.kind[${s}]`, `unknown kind ${JSON.stringify(k)}`); });
+  ints(st.layer, "stages.layer", S, -1, MAX_STAGES);
+  st.name.forEach((n, s) => { if (typeof n !== "string") fail(`stages.name[${s}]`, "not a string"); });
+  const h = doc.histogram;
+  if (!isInt(h.bins, 1, MAX_BINS)) fail("histogram.bins", `not an integer in [1, ${MAX_BINS}]: ${JSON.stringify(h.bins)}`);
+  if (!(isNum(h.z_min) && isNum(h.z_max) && h.z_min < h.z_max)) fail("histogram", "z_min and z_max are not numbers with z_min < z_max");
+  if (!isInt(h.samples, 0, 2 ** 31)) fail("histogram.samples", "not a count");
+  if (!v1 && !vlq && !isInt(h.sample_order, 0, 52)) fail("histogram.sample_order", "not an integer in [0, 52]");
+  if (!isInt(doc.lens.top_k, 0, 2 ** 31)) fail("lens.top_k", "not a count");
+  if (!isInt(doc.vocab_size, 1, 2 ** 53)) fail("vocab_size", `not a vocabulary size: ${JSON.stringify(doc.vocab_size)}`);
+  const lenses = doc.lens.lenses === undefined ? [{ kind: "logit" }] : arr(doc.lens.lenses, "lens.lenses");
+  if (lenses.length < 1) fail("lens.lenses", "empty");
+  lenses.forEach((l, k) => {
+    if (!isObj(l)) fail(`lens.lenses[${k}]`, "not an object");
+    if (typeof l.kind !== "string") fail(`lens.lenses[${k}].kind`, "not a string");
+    if (l.source !== undefined && l.source !== null && typeof l.source !== "string") fail(`lens.lenses[${k}].source`, "not a string or null");
+  });
+  const T = arr(doc.tokens, "tokens").length;
+  doc.tokens.forEach((t, i) => { if (typeof t !== "string") fail(`tokens[${i}]`, "not a string"); });
+  arr(doc.token_ids, "token_ids", T);
+  const perLens = (x, where, nTracked) => {
+    for (const k of ["score", "rank"]) {
+      arr(x[k], `${where}.${k}`, nTracked).forEach((row, j) => nums(row, `${where}.${k}[${j}]`, S));
+    }
+    for (const k of ["mean", "std", "lse", "entropy", "kl"]) nums(x[k], `${where}.${k}`, S);
+    if (v1) {
+      arr(x.bin, `${where}.bin`, nTracked).forEach((row, j) => ints(row, `${where}.bin[${j}]`, S, 0, h.bins - 1));
+    } else {
+      arr(x.bin_edge, `${where}.bin_edge`).forEach((e, i) => {
+        ints(e, `${where}.bin_edge[${i}]`, 3, 0, 2 ** 31);
+        if (e[0] >= nTracked || e[1] >= S || e[2] >= h.bins) fail(`${where}.bin_edge[${i}]`, "outside the tracked tokens, stages or bins");
+      });
+    }
+    if (!isObj(x.hist)) fail(`${where}.hist`, "missing or not an object");
+    ints(x.hist.lo, `${where}.hist.lo`, S, 0, h.bins - 1);
+    for (const k of ["counts", "samples"]) {
+      arr(x.hist[k], `${where}.hist.${k}`, S).forEach((c, s) => {
+        if (v1 ? !Array.isArray(c) : typeof c !== "string") fail(`${where}.hist.${k}[${s}]`, v1 ? "not an array" : "not a string");
+      });
+    }
+    if (x.stage_top !== undefined && x.stage_top !== null) {
+      const t = x.stage_top;
+      if (!isObj(t)) fail(`${where}.stage_top`, "not an object");
+      const rows = arr(t.tokens, `${where}.stage_top.tokens`, S);
+      const n = Array.isArray(rows[0]) ? rows[0].length : 0;
+      if (n < 1) fail(`${where}.stage_top.tokens[0]`, "not a non-empty array");
+      rows.forEach((row, s) => ints(row, `${where}.stage_top.tokens[${s}]`, n, 0, T - 1));
+      const key = t.surprisal !== undefined ? "surprisal" : "logp";
+      arr(t[key], `${where}.stage_top.${key}`, S).forEach((row, s) => nums(row, `${where}.stage_top.${key}[${s}]`, n));
+    }
+  };
+  arr(doc.prompts, "prompts").forEach((p, i) => {
+    const where = `prompts[${i}]`;
+    if (!isObj(p)) fail(where, "not an object");
+    if (typeof p.text !== "string") fail(`${where}.text`, "not a string");
+    ints(p.tokens, `${where}.tokens`, undefined, 0, T - 1);
+    const positions = arr(p.positions, `${where}.positions`);
+    if (positions.length > MAX_POSITIONS) fail(`${where}.positions`, `${positions.length} positions (the viewer draws at most ${MAX_POSITIONS})`);
+    const seen = new Set();
+    positions.forEach((x, q) => {
+      const at = `${where}.positions[${q}]`;
+      if (!isObj(x)) fail(at, "not an object");
+      if (!isInt(x.pos, 0, p.tokens.length - 1)) fail(`${at}.pos`, `not a token position of the prompt: ${JSON.stringify(x.pos)}`);
+      if (seen.has(x.pos)) fail(`${at}.pos`, `position ${x.pos} listed twice`);
+      seen.add(x.pos);
+      ints(x.tracked, `${at}.tracked`, undefined, 0, T - 1);
+      if (x.tracked.length < 1) fail(`${at}.tracked`, "empty");
+      if (x.next !== null && x.next !== undefined && !isInt(x.next, 0, x.tracked.length - 1)) fail(`${at}.next`, "not an index into tracked");
+      perLens(x, at, x.tracked.length);
+      if (lenses.length > 1) {
+        arr(x.lenses, `${at}.lenses`, lenses.length - 1).forEach((own, k) => {
+          if (!isObj(own)) fail(`${at}.lenses[${k}]`, "not an object");
+          perLens(own, `${at}.lenses[${k}]`, x.tracked.length);
+        });
+      }
+    });
+  });
+}
+
+/** A name from the document as text: a hand-edited object or array (whose toString may not be callable) as "?". */
+function shown(x) {
+  return typeof x === "string" ? x : typeof x === "number" ? String(x) : "?";
 }
 
 /** One export document. */
 export class Run {
   constructor(doc) {
-    if (!doc || ![SCHEMA_VERSION, SCHEMA_V3, SCHEMA_V2, SCHEMA_V1].includes(doc.schema)) {
+    if (!doc || typeof doc !== "object" || ![SCHEMA_VERSION, SCHEMA_V3, SCHEMA_V2, SCHEMA_V1].includes(doc.schema)) {
       throw new Error(`not a ${SCHEMA_VERSION} (or ${SCHEMA_V3}, ${SCHEMA_V2}, ${SCHEMA_V1}) document (schema: ${doc && doc.schema})`);
     }
     this._doc = doc;
     this._v1 = doc.schema === SCHEMA_V1;
     this._vlq = doc.schema === SCHEMA_V2 || doc.schema === SCHEMA_V3; // histogram strings: VLQ, else Exp-Golomb
+    checkDocument(doc, this._v1, this._vlq);
     this._positions = new Map();
   }
 
-  get modelId() { return String(this._doc.model.id); }
+  get modelId() { return shown(this._doc.model.id); }
   get modelSummary() {
     const m = this._doc.model;
     const lens = this._doc.lens;
-    return `${m.id} · ${m.architecture} · ${m.dtype} · ${lens.norm ? "final norm applied" : "raw projection"} · vocab ${this.vocabSize.toLocaleString("en-US")}`;
+    return `${shown(m.id)} · ${shown(m.architecture)} · ${shown(m.dtype)} · ${lens.norm ? "final norm applied" : "raw projection"} · vocab ${typeof this.vocabSize === "number" ? this.vocabSize.toLocaleString("en-US") : "?"}`;
   }
   get vocabSize() { return this._doc.vocab_size; }
   /** The export's lenses [{kind, source, fingerprint, description, covered?}]; the first is a position's own. */
@@ -329,6 +450,11 @@ export class Position {
     if (this._countRows === undefined) {
       const h = this._raw.hist;
       if (this._run._v1) {
+        h.counts.forEach((row, s) => {
+          if (h.lo[s] + row.length > this._run.binCount || !row.every((c) => Number.isInteger(c) && c >= 0)) {
+            throw new Error(`position ${this.pos}: hist.counts[${s}] holds counts outside the bins or not counts`);
+          }
+        });
         this._countRows = h.counts;
       } else {
         const prev = new Float64Array(this._run.binCount);
@@ -337,6 +463,9 @@ export class Position {
           const order = (i) => (lo + i < prev.length ? countOrder(prev[lo + i]) : -1);
           const deltas = this._run._vlq ? decodeVlq(text) : decodeExpGolomb(text, order).map(unzigzag);
           const row = deltas.map((d, i) => d + prev[lo + i]);
+          if (lo + row.length > prev.length || !row.every((c) => Number.isInteger(c) && c >= 0)) {
+            throw new Error(`position ${this.pos}: hist.counts[${s}] decodes to counts outside the ${prev.length} bins or below 0`);
+          }
           prev.fill(0);
           row.forEach((c, i) => { prev[lo + i] = c; });
           return row;
@@ -364,6 +493,10 @@ export class Position {
     const lo = h.lo[s];
     const counts = this._counts[s];
     const flat = this._run.decodeSamples(h.samples[s]);
+    const nTokens = this._run._doc.tokens.length;
+    if (!flat.every((t) => Number.isInteger(t) && t >= 0 && t < nTokens)) {
+      throw new Error(`position ${this.pos}: hist.samples[${s}] names tokens outside the string table`);
+    }
     const bins = [];
     let offset = 0;
     for (let i = 0; i < counts.length; i++) {

@@ -46,8 +46,20 @@ export function createHistogram(root, { onStage }) {
     );
 
     const x = d3.scaleLinear().domain([run.zMin, run.zMax]).range([0, w]);
-    const y = d3.scaleLog().domain([Y_MIN, position.maxBinCount * 1.3]).range([h, 0]);
-    const hist = position.histogram(stage);
+    let y, hist;
+    try {
+      y = d3.scaleLog().domain([Y_MIN, position.maxBinCount * 1.3]).range([h, 0]);
+      hist = position.histogram(stage); // decodes the position's histogram strings
+    } catch (err) {
+      // A string that does not decode (a hand-edited document): no bars rather than another position's.
+      shown = null;
+      barsLayer.selectAll("rect.bin").remove();
+      marksLayer.selectAll("circle.mark").remove();
+      stats.call(setTextChanged, `histogram not drawn: ${String(err.message || err)}`);
+      svg.attr("data-error", "");
+      throw err;
+    }
+    svg.attr("data-error", null);
 
     // Tracked tokens by bin.
     const trackedIn = new Map();

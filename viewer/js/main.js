@@ -233,14 +233,35 @@ async function boot() {
     } else if (changed.has("stage")) {
       ranks.setStage(s.stage);
     }
-    if (full || changed.has("stage")) histogram.draw(run, position, s.stage, width);
+    let failed = null;
+    if (full || changed.has("stage")) {
+      try {
+        histogram.draw(run, position, s.stage, width); // decodes the position's histogram strings: may throw
+      } catch (err) {
+        failed = err;
+      }
+    }
     if (full) strip.draw(run, s.prompt, position);
     root.attr("data-draw-ms", (performance.now() - t0).toFixed(2));
+    if (failed) throw failed;
   }
 
+  // A document that passed the load-time checks can still hold a part that does not decode (a histogram string):
+  // say so above the figures instead of stopping the page; the pickers, sliders and other runs keep working.
+  let drawError = false;
+  function redraw(s, changed) {
+    try {
+      drawAll(s, changed);
+      if (drawError) showStatus("");
+      drawError = false;
+    } catch (err) {
+      drawError = true;
+      showStatus(`run ${runName}: cannot draw prompt ${s.prompt}, position ${s.pos}: ${String(err.message || err)}`, true);
+    }
+  }
   state.subscribe((s, changed) => {
     hideTooltip();
-    drawAll(s, changed);
+    redraw(s, changed);
   });
   state.set(resolve(runName === first.name ? { ...wanted, run: runName } : { run: runName }));
   if (skipped) showStatus(skipped, true); // the wanted run is broken: say so above the one shown instead
@@ -263,7 +284,7 @@ async function boot() {
   let resizeTimer = null;
   window.addEventListener("resize", () => {
     clearTimeout(resizeTimer);
-    resizeTimer = setTimeout(() => drawAll(state.get(), new Set(["resize"])), RESIZE_DEBOUNCE_MS);
+    resizeTimer = setTimeout(() => redraw(state.get(), new Set(["resize"])), RESIZE_DEBOUNCE_MS);
   });
 
   // For tests and curious users: boot-to-drawn time, and time since navigation start when everything was drawn.
