@@ -16,6 +16,7 @@ How the three stage kinds are obtained for decoder layer ``i`` (the model's own 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
 from ..errors import AdapterError
@@ -111,6 +112,76 @@ HF_DECODER = dict(
     final_norm="model.norm",
     unembed="lm_head",
 )
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}", re.ASCII)  # an adapter's name (``--adapter NAME``)
+PATH = re.compile(r"[A-Za-z0-9_.]*", re.ASCII)  # a dotted module path
+_TEXTS = ("family",)
+_PATHS = ("layers", "unembed", "embed")
+_OPTIONAL_PATHS = ("final_norm", "mid", "attn", "ffn", "parallel_mid", "pre_unembed")
+_CONFIG_ATTRS = ("softcap", "logit_scale", "logit_divide")
+
+
+def declaration_problem(adapter: Adapter, _variant: bool = False) -> str | None:
+    """What is wrong with an adapter declaration (a plugin's, checked as it registers), or None.
+
+    Every field must have its declared type; the name must be usable as ``--adapter NAME``; texts shown in listings
+    (family, quirks) must be printable (no newlines, no terminal escapes); paths must be dotted module paths;
+    architectures Python class names; each variant must yield a declaration that passes too.
+    """
+    name = adapter.name
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        return f"an adapter's name must be letters, digits and _ . + - (at most 64), not {_shown(name)}"
+    where = f"adapter '{name}'"
+
+    def text(value, limit=200) -> bool:
+        return isinstance(value, str) and 0 < len(value) <= limit and value.isprintable()
+
+    if not text(adapter.family):
+        return f"{where}: family must be printable text of 1 to 200 characters, not {_shown(adapter.family)}"
+    archs = adapter.architectures
+    if not isinstance(archs, (tuple, list)) or len(archs) > 200 or not all(
+            isinstance(a, str) and a.isidentifier() and len(a) <= 200 for a in archs):
+        return f"{where}: architectures must be a tuple of Python class names, not {_shown(archs)}"
+    for f in _PATHS + _OPTIONAL_PATHS:
+        value = getattr(adapter, f)
+        if not (value is None and f in _OPTIONAL_PATHS) and not (isinstance(value, str) and len(value) <= 200
+                                                                 and PATH.fullmatch(value)):
+            return f"{where}: {f} must be a dotted module path{' or None' if f in _OPTIONAL_PATHS else ''}, " \
+                   f"not {_shown(value)}"
+    for f in _CONFIG_ATTRS:
+        value = getattr(adapter, f)
+        if value is not None and not (isinstance(value, str) and value.isidentifier()):
+            return f"{where}: {f} must be a config attribute name or None, not {_shown(value)}"
+    if not (isinstance(adapter.parallel, bool) or isinstance(adapter.parallel, str) and adapter.parallel.isidentifier()):
+        return f"{where}: parallel must be True, False or a config attribute name, not {_shown(adapter.parallel)}"
+    if not isinstance(adapter.post_norm, bool):
+        return f"{where}: post_norm must be True or False, not {_shown(adapter.post_norm)}"
+    quirks = adapter.quirks
+    if not isinstance(quirks, (tuple, list)) or len(quirks) > 50 or not all(text(q, 500) for q in quirks):
+        return f"{where}: quirks must be a tuple of printable texts (at most 500 characters), not {_shown(quirks)}"
+    variants = adapter.variants
+    if not isinstance(variants, (tuple, list)) or (_variant and variants):
+        return f"{where}: variants must be a tuple of (config attribute, value, overrides), not {_shown(variants)}"
+    fields = {f.name for f in dataclasses.fields(Adapter)} - {"name", "variants"}
+    for variant in variants:
+        try:
+            attr, _, overrides = variant
+            changes = dict(overrides)
+        except (TypeError, ValueError):
+            return f"{where}: a variant must be (config attribute, value, ((field, value), ...)), not {_shown(variant)}"
+        if not (isinstance(attr, str) and attr.isidentifier()) or not set(changes) <= fields:
+            return f"{where}: variant {_shown(variant)} names a config attribute or field that cannot be"
+        problem = declaration_problem(dataclasses.replace(adapter, variants=(), **changes), _variant=True)
+        if problem:
+            return f"{problem} (in variant {_shown(variant)})"
+    return None
+
+
+def _shown(value) -> str:
+    """A short, escaped ``repr`` of a plugin's value for a message (no newlines or escapes reach the terminal)."""
+    text = ascii(value)
+    return text if len(text) <= 80 else text[:79] + "…"
 
 
 def get_module(root, path: str, optional: bool = False):

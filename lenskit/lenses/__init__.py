@@ -16,6 +16,7 @@ __all__ = ["LensKind", "StageLens", "Translator", "DEFAULT_LENS", "registry", "p
 
 DEFAULT_LENS = "logit"
 SPEC = re.compile(r"([A-Za-z][A-Za-z0-9_.-]*)(?::(.*))?", re.ASCII | re.DOTALL)
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", re.ASCII)  # a lens kind's name: what ``--lens NAME`` can say
 
 
 def registry() -> dict[str, tuple[LensKind, str]]:
@@ -23,6 +24,18 @@ def registry() -> dict[str, tuple[LensKind, str]]:
     from ..plugins import collect_lenses
 
     return collect_lenses()
+
+
+def kind_problem(kind: LensKind) -> str | None:
+    """What is wrong with a lens kind a plugin registers (a name ``--lens`` cannot say, a description that is not
+    one printable line, an ``open`` that is not callable), or None."""
+    if not isinstance(kind.name, str) or not NAME.fullmatch(kind.name):
+        return f"a lens's name must be a letter, then letters, digits and _ . - (at most 64), not {ascii(kind.name)[:80]}"
+    if not (isinstance(kind.description, str) and len(kind.description) <= 500 and kind.description.isprintable()):
+        return f"lens '{kind.name}': its description must be printable text of at most 500 characters"
+    if not callable(kind.open) or not isinstance(kind.takes_arg, bool):
+        return f"lens '{kind.name}': open must be callable and takes_arg True or False"
+    return None
 
 
 def parse_lens_spec(spec: str) -> tuple[LensKind, str | None]:
@@ -51,7 +64,7 @@ def open_lenses(specs: list[str] | None, model: dict, stages: list) -> list[Stag
     out = []
     for spec in specs:
         kind, arg = parse_lens_spec(spec)
-        lens = kind.open(arg, model, stages)
+        lens = _open(kind, arg, model, stages)
         key = (lens.kind, os.path.realpath(lens.source) if lens.source else None)
         if key in seen:  # the same lens however it is spelled ("logit", " logit", "tuned:d", "tuned:d/")
             raise InputError(f"--lens {spec.strip()} is given twice" + (f" (as --lens {seen[key]})"
@@ -59,6 +72,24 @@ def open_lenses(specs: list[str] | None, model: dict, stages: list) -> list[Stag
         seen[key] = spec.strip()
         out.append(lens)
     return out
+
+
+def _open(kind: LensKind, arg: str | None, model: dict, stages: list) -> StageLens:
+    """``kind.open(...)``; a plugin's failure or wrong result is a one-line error naming the package that provides it."""
+    from ..errors import LenskitError
+
+    provider = registry().get(kind.name, (None, "?"))[1]
+    try:
+        lens = kind.open(arg, model, stages)
+    except LenskitError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- whatever a plugin's factory raises
+        raise LenskitError(f"lens '{kind.name}' ({provider}) failed to open: {type(e).__name__}: {e}") from None
+    if not isinstance(lens, StageLens) or not isinstance(lens.kind, str) or not (
+            lens.source is None or isinstance(lens.source, str)):
+        raise LenskitError(f"lens '{kind.name}' ({provider}) is broken: open() returned {type(lens).__name__}, "
+                           "not a StageLens")
+    return lens
 
 
 def logit_lens(head) -> StageLens:
