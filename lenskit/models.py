@@ -433,6 +433,11 @@ def model_config(model: str | None, revision: str | None = None, trust_remote_co
     check_model_folder(folder, model)
     _read_config_json(folder, model)
     if not (folder / "config.json").is_file():
+        if local.is_dir():  # transformers would fail on the tokenizer first, with a message that names no cause
+            ggufs = sorted(p.name for p in folder.glob("*.gguf"))
+            hint = f"; to load a GGUF file, name it: -m {one_line(str(local / ggufs[0]), 200)}" if ggufs else ""
+            raise ModelError(f"model folder {one_line(model, 200)} has no config.json: it is not a Hugging Face model "
+                             f"folder (one written by save_pretrained or downloaded from the hub){hint}")
         return None
     from transformers import AutoConfig
 

@@ -417,6 +417,21 @@ def test_model_config_without_layers(tiny_dir, tmp_path, monkeypatch, layers):
                        f"num_hidden_layers = {layers}; a model needs at least one", tmp_path / "r")
 
 
+def test_model_folder_without_a_config(tmp_path, monkeypatch):
+    """A folder with no config.json (empty, or holding only a GGUF file): named in one line, with the GGUF file to
+    pass instead when there is one (transformers said "Couldn't instantiate the backend tokenizer")."""
+    _no_loading(monkeypatch)
+    (tmp_path / "empty").mkdir()
+    assert_clean_error(invoke("trace", "the cat", "-m", tmp_path / "empty", "-o", tmp_path / "r"), "has no config.json",
+                       tmp_path / "r")
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "m.gguf").write_bytes(b"GGUF")
+    assert_clean_error(invoke("trace", "the cat", "-m", tmp_path / "g", "-o", tmp_path / "r"), "name it: -m ",
+                       tmp_path / "r")
+    monkeypatch.undo()
+    assert_clean_error(invoke("adapters", "--check", tmp_path / "empty"), "has no config.json")
+
+
 def test_hostile_model_arguments(tmp_path):
     """-m "" (it was the current folder, with a tokenizer error) and a .gguf name that is a FIFO or a folder (it was
     'not found')."""
