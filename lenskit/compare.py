@@ -33,6 +33,7 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError, LenskitError, TraceFileError
+from .tokens import is_int, is_number
 
 COMPARE_SCHEMA = "lenskit.compare/1"
 COMPARE_FILE = "compare.json"
@@ -40,6 +41,7 @@ ROUND_NATS = 4
 ALIGN_CHOICES = ("auto", "position", "chars", "start", "end")
 DEFAULT_TOP_K = 5
 PAIR_TEMPS = 6  # [S, V] float32 temporaries per side while one pair is worked on (log-softmax, KL terms, ...)
+CHAR_END_BATCH = 32  # prefixes decoded at once to find where each token ends in the text (char_ends)
 MISSING_VOCAB = "not a token of this model's vocabulary"
 MISSING_EXPORT = "not tracked by this run's export.json (no trace or weights to compute it)"
 
@@ -116,6 +118,7 @@ def open_side(run: Path, prompt: int, label: str) -> Side:
         stages = {k: [s[k] for s in meta["stages"]] for k in ("name", "kind", "layer")}
         return Side(label, run, name, prompt, p["text"], list(p["token_ids"]), list(p["tokens"]), model, stages,
                     trace, None, chat=_chat_of(p))
+    check_export_tables(run, export)
     try:
         return _side_from_export(run, export, prompt, label, name)
     except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
@@ -140,9 +143,11 @@ def _chat_of(prompt: dict) -> dict | None:
 def _side_from_export(run: Path, export: dict, prompt: int, label: str, name: str) -> Side:
     entries = [e for e in export["prompts"] if e.get("index", 0) == prompt]
     if not entries:
-        have = ", ".join(str(e.get("index")) for e in export["prompts"])
-        raise InputError(f"--prompt-{label.lower()} {prompt}: {run}/export.json holds prompt(s) {have} only")
+        have = ", ".join(str(e.get("index", 0)) for e in export["prompts"][:20])
+        raise InputError(f"--prompt-{label.lower()} {prompt}: {run}/export.json holds "
+                         + (f"prompt(s) {have} only" if have else "no prompts"))
     e = entries[0]
+    check_export_prompt(run, export, e)
     ids = [export["token_ids"][r] for r in e["tokens"]]
     texts = [export["tokens"][r] for r in e["tokens"]]
     return Side(label, run, name, prompt, e["text"], ids, texts, dict(export["model"]), dict(export["stages"]),
@@ -168,10 +173,14 @@ def char_ends(side: Side) -> list[int | None]:
     tokens' display texts walked along the text (special tokens read nothing)."""
     text, ids = side.text, side.token_ids
     if side.tokenizer is not None:
-        tok = side.tokenizer
-        decoded = tok.batch_decode([ids[: i + 1] for i in range(len(ids))], skip_special_tokens=True,
-                                   clean_up_tokenization_spaces=False)
-        return [len(d) if text.startswith(d) else None for d in decoded]
+        tok, out = side.tokenizer, []
+        # a few prefixes at a time, keeping only their lengths: all T prefixes at once would hold T^2/2 tokens' text
+        # (gigabytes for a prompt of 30k tokens)
+        for i0 in range(0, len(ids), CHAR_END_BATCH):
+            decoded = tok.batch_decode([ids[: i + 1] for i in range(i0, min(i0 + CHAR_END_BATCH, len(ids)))],
+                                       skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            out.extend(len(d) if text.startswith(d) else None for d in decoded)
+        return out
     special = {"<s>", "</s>", "<|endoftext|>", "<bos>", "<|begin_of_text|>", "<|im_start|>"}
     out, cur = [], 0
     for t in side.tokens:
@@ -212,9 +221,31 @@ def shared_vocabulary(a: Side, b: Side) -> bool:
     return False
 
 
+def text_difference(a: str, b: str) -> str:
+    """Why two texts that look the same are not (" (...)"), or "": texts that differ only in whitespace, line
+    endings, Unicode normalisation (NFC vs NFD), a byte-order mark or zero-width characters tokenize differently,
+    and each model then read another text, so the refusal says what to make identical."""
+    import unicodedata
+
+    invisible = dict.fromkeys(map(ord, "\ufeff\u200b\u200c\u200d\u2060"))
+    checks = [
+        ("a byte-order mark or zero-width characters", lambda t: t.translate(invisible)),
+        ("line endings (CRLF vs LF)", lambda t: t.replace("\r\n", "\n").replace("\r", "\n")),
+        ("Unicode normalisation (NFC vs NFD)", lambda t: unicodedata.normalize("NFC", t)),
+        ("whitespace", lambda t: " ".join(t.split())),
+    ]
+    if max(len(a), len(b)) > 1 << 20:  # a long text is compared as it is (no hint): the checks copy it
+        return ""
+    for what, norm in checks:
+        if norm(a) == norm(b):
+            return f" (the texts differ only in {what}: trace both with the very same text)"
+    return ""
+
+
 def plan_compare(a: Side, b: Side, align: str = "auto", positions: str | None = None) -> Plan:
     """Decide what the comparison is and which positions pair up; :class:`InputError` (one line) when they cannot."""
     from .export import parse_positions
+    from .tokens import one_line
 
     if align not in ALIGN_CHOICES:
         raise InputError(f"unknown --align '{align}': use one of {', '.join(ALIGN_CHOICES)}")
@@ -225,9 +256,10 @@ def plan_compare(a: Side, b: Side, align: str = "auto", positions: str | None = 
             same_message = a.chat is not None and b.chat is not None and a.chat == b.chat
             chat = ((" (the message is the same, but `trace --chat` wrapped it in each model's own chat template)")
                     if same_message else " (one or both were traced with --chat: the text is the chat template's)")
-        raise InputError(
+        raise InputError(one_line(
             f"cannot align: RUN_A and RUN_B differ in both model ({a.model.get('id')} vs {b.model.get('id')}) and "
-            f"prompt text{chat}; compare one prompt on two models, or two prompts on one model")
+            f"prompt text{chat or text_difference(a.text, b.text)}; compare one prompt on two models, or two prompts "
+            "on one model", 600))
     relation = "same" if same_model and same_text else "models" if same_text else "prompts"
     shared = shared_vocabulary(a, b)
     Ta, Tb = len(a.token_ids), len(b.token_ids)
@@ -548,12 +580,88 @@ EXPORT_SECTIONS = {"model": dict, "stages": dict, "lens": dict, "prompts": list,
 def _check_export_shape(side: Side) -> None:
     """The top-level sections compare reads from an export.json (:func:`compare_from_exports` then checks that it
     is the export of the trace beside it)."""
-    if side.export is None:
-        return
-    bad = [k for k, t in EXPORT_SECTIONS.items() if not isinstance(side.export.get(k), t)]
-    if bad or len(side.export["token_ids"]) != len(side.export["tokens"]):
-        raise TraceFileError(f"{side.run}/export.json does not follow the lenskit export schema "
-                             f"({', '.join(bad) or 'token_ids/tokens'} missing or malformed); re-run `lenskit export`")
+    if side.export is not None:
+        check_export_tables(side.run, side.export)
+
+
+def _export_error(run: Path, what: str) -> TraceFileError:
+    from .tokens import one_line
+
+    return TraceFileError(one_line(f"{run}/export.json does not follow the lenskit export schema ({what}); re-run "
+                                   "`lenskit export`", 600))
+
+
+def check_export_tables(run: Path, export: dict) -> None:
+    """Everything compare reads from an export.json outside its positions, with the right types -- a hand-edited one
+    (a token id that is text, a prompt text that is a number, a negative index that Python would read from the end)
+    is refused here, never copied into compare.json or used to index a table."""
+    from .schema import SCHEMA_VERSIONS_READ
+
+    if export.get("schema") not in SCHEMA_VERSIONS_READ:
+        raise _export_error(run, f"schema {str(export.get('schema'))[:40]!r} is not one of "
+                                 f"{', '.join(SCHEMA_VERSIONS_READ)}")
+    bad = [k for k, t in EXPORT_SECTIONS.items() if not isinstance(export.get(k), t)]
+    if bad:
+        raise _export_error(run, f"{', '.join(bad)} missing or malformed")
+    vocab = export["model"].get("vocab_size")
+    if not is_int(vocab) or vocab < 1:
+        raise _export_error(run, "model.vocab_size is not a positive whole number")
+    if export["model"].get("fingerprint") is not None and not isinstance(export["model"]["fingerprint"], str):
+        raise _export_error(run, "model.fingerprint is not text")
+    names = [export["stages"].get(k) for k in ("name", "kind", "layer")]
+    if not all(isinstance(v, list) for v in names) or len({len(v) for v in names}) != 1 or not names[0]:
+        raise _export_error(run, "stages.name, .kind and .layer are not lists of one length (at least one stage)")
+    top_k = export["lens"].get("top_k", 1)
+    if not is_int(top_k) or top_k < 1:
+        raise _export_error(run, "lens.top_k is not a positive whole number")
+    ids, texts = export["token_ids"], export["tokens"]
+    if len(ids) != len(texts):
+        raise _export_error(run, "token_ids and tokens differ in length")
+    if not all(is_int(t) and 0 <= t < vocab for t in ids):
+        raise _export_error(run, f"token_ids holds an entry that is not a token id of a {vocab}-token vocabulary")
+    if not all(isinstance(t, str) for t in texts):
+        raise _export_error(run, "tokens holds an entry that is not text")
+    for e in export["prompts"]:
+        if not isinstance(e, dict) or not is_int(e.get("index", 0)):
+            raise _export_error(run, "a prompt entry is not an object with a whole-number index")
+
+
+def _table_indices(x, n: int) -> bool:
+    """``x`` is a list of indices into a table of ``n`` entries (never negative: Python would count from the end)."""
+    return isinstance(x, list) and all(is_int(r) and 0 <= r < n for r in x)
+
+
+def check_export_prompt(run: Path, export: dict, entry: dict) -> None:
+    """A prompt entry's text and tokens (:func:`check_export_tables` first)."""
+    if not isinstance(entry.get("text"), str):
+        raise _export_error(run, f"prompt {entry.get('index', 0)}'s text is not text")
+    if not _table_indices(entry.get("tokens"), len(export["tokens"])) or not entry["tokens"]:
+        raise _export_error(run, f"prompt {entry.get('index', 0)}'s tokens are not indices into the token table")
+
+
+def check_export_positions(run: Path, export: dict, entry: dict, n_tokens: int, n_stages: int) -> None:
+    """A prompt entry's position records, as :func:`compare_from_exports` reads them: each position once and within
+    the prompt, tracked tokens in the table, and per tracked token one rank (a whole number >= 1) and one score per
+    stage; ``lse`` per stage."""
+    where = f"prompt {entry.get('index', 0)}"
+    rows = entry.get("positions")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise _export_error(run, f"{where}'s positions are not a list of objects")
+    seen: set[int] = set()
+    for r in rows:
+        pos = r.get("pos")
+        if not is_int(pos) or not 0 <= pos < n_tokens or pos in seen:
+            raise _export_error(run, f"{where} has a position {repr(pos)[:20]} that is not one of its {n_tokens} "
+                                     "tokens, or is listed twice")
+        seen.add(pos)
+        tracked, rank, score, lse = r.get("tracked"), r.get("rank"), r.get("score"), r.get("lse")
+        if not _table_indices(tracked, len(export["token_ids"])) or not tracked:
+            raise _export_error(run, f"{where}, position {pos}: tracked is not a list of indices into token_ids")
+        per_stage = (lambda v, ok: isinstance(v, list) and len(v) == n_stages and all(ok(x) for x in v))
+        grid = (lambda v, ok: isinstance(v, list) and len(v) == len(tracked) and all(per_stage(x, ok) for x in v))
+        if not grid(rank, lambda x: is_int(x) and x >= 1) or not grid(score, is_number) or not per_stage(lse, is_number):
+            raise _export_error(run, f"{where}, position {pos}: rank, score and lse are not one number per stage "
+                                     f"({n_stages}) for each tracked token")
 
 
 def _check_export_of_trace(side: Side) -> None:
@@ -591,8 +699,11 @@ def _compare_from_exports(a: Side, b: Side, plan: Plan, top_k: int = DEFAULT_TOP
         if side.export is None:
             raise InputError(f"{side.run} has no export.json and its lens weights are not available ({why}); "
                              "compare needs one or the other")
-        if side.export["prompts"] and not any(e.get("index", 0) == side.prompt for e in side.export["prompts"]):
+        _check_export_shape(side)
+        entry = next((e for e in side.export["prompts"] if e.get("index", 0) == side.prompt), None)
+        if entry is None:  # (an empty list too: there is nothing to read the values from)
             raise InputError(f"{side.run}/export.json does not hold prompt {side.prompt}")
+        check_export_prompt(side.run, side.export, entry)
         _check_export_of_trace(side)
         if side.export["lens"].get("top_k", top_k) < top_k:
             raise InputError(f"{side.run}/export.json holds only the top {side.export['lens']['top_k']} tokens; "
@@ -601,6 +712,7 @@ def _compare_from_exports(a: Side, b: Side, plan: Plan, top_k: int = DEFAULT_TOP
     recs = []
     for side in sides:
         e = next(e for e in side.export["prompts"] if e.get("index", 0) == side.prompt)
+        check_export_positions(side.run, side.export, e, len(side.token_ids), side.n_stages)
         recs.append({r["pos"]: r for r in e["positions"]})
     out, skipped = [], 0
     for pa, pb, end in plan.pairs:
@@ -783,8 +895,12 @@ def run_compare(run_a: Path, run_b: Path, prompt_a: int = 0, prompt_b: int = 0, 
     from .tokens import one_line
 
     a, b = open_side(run_a, prompt_a, "A"), open_side(run_b, prompt_b, "B")
-    if top_k < 1:
-        raise InputError("--top-k must be at least 1")
+    if not is_int(top_k) or top_k < 1:
+        raise InputError("--top-k must be a whole number, at least 1")
+    for side in (a, b):  # before any weights load (compare_from_traces checks the lens's own vocabulary again)
+        vocab = side.model.get("vocab_size")
+        if is_int(vocab) and top_k > vocab:
+            raise InputError(f"--top-k {top_k} is larger than the vocabulary of {side.run} ({vocab})")
     lenses = lens_specs(lenses)
     custom = [spec for spec in lenses if parse_lens_spec(spec)[0].name != DEFAULT_LENS]
     if custom and exports_only:

@@ -132,7 +132,7 @@ def check_output_file(path: Path, kind: str, others: tuple[Path, ...] = ()) -> P
     return path
 
 
-def _protected(folder: Path) -> str | None:
+def protected(folder: Path) -> str | None:
     """Why ``folder`` can never be a run folder to replace (None when it can)."""
     real = folder.resolve()
     cwd, home = Path.cwd().resolve(), Path.home().resolve()
@@ -183,7 +183,7 @@ def check_run_dir(out: Path, force: bool, is_run) -> Path:
         return out
     if not out.is_dir():
         raise OutputError(f"-o {out} exists and is not a folder")
-    why = _protected(out)
+    why = protected(out)
     if why:
         raise OutputError(f"-o {out} {why}; lenskit writes a run into a folder of its own: name a new one")
     try:

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import uuid
 from pathlib import Path
 
 from .errors import InputError, LenskitError, TraceFileError
-from .tokens import is_int
+from .tokens import is_int, is_number
 
 SANDBOX = "allow-scripts"  # scripts run; no same-origin, forms, popups, top navigation or downloads
 DEFAULT_HEIGHT = 1400  # px: the first height of an auto-sized frame (strip + three figures at a cell's width)
@@ -55,11 +54,6 @@ def _shown(x) -> str:
 
 MAX_BINS = 100_000  # far above HIST_BINS: a hand-edited ``histogram.bins`` past this is refused, not allocated
 MAX_HEIGHT = 1_000_000  # px
-
-
-def _is_num(x) -> bool:
-    """A finite JSON number (int or float; not bool): what the documents' numeric fields hold."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _is_idx(x, n: int) -> bool:
@@ -101,7 +95,7 @@ def _check_doc(doc: dict) -> None:
         raise _broken("'histogram'", "is not an object")
     if not _is_idx(hg.get("bins"), MAX_BINS + 1) or hg["bins"] < 1:
         raise _broken("'histogram.bins'", f"is {_shown(hg.get('bins'))}, not a whole number from 1 to {MAX_BINS}")
-    if not (_is_num(hg.get("z_min")) and _is_num(hg.get("z_max")) and hg["z_min"] < hg["z_max"]):
+    if not (is_number(hg.get("z_min")) and is_number(hg.get("z_max")) and hg["z_min"] < hg["z_max"]):
         raise _broken("'histogram.z_min'/'z_max'", "are not two finite numbers, z_min < z_max")
     for key, top in (("samples", 100), ("sample_order", 62)):  # samples: `--samples` 0..100; order: a shift count
         if (key in hg or key == "samples") and not _is_idx(hg.get(key), top + 1):
@@ -129,7 +123,7 @@ def _check_position(doc: dict, P: dict, where: str) -> None:
     T = len(tracked)
     if P.get("next") is not None and not _is_idx(P["next"], T):
         raise _broken(f"{where}: 'next'", f"is {_shown(P['next'])}, not null or an index into 'tracked' (0..{T - 1})")
-    for key, ok, kind in (("score", _is_num, "finite numbers"),
+    for key, ok, kind in (("score", is_number, "finite numbers"),
                           ("rank", lambda x: _is_idx(x, 2**63) and x >= 1, "whole numbers >= 1")):
         rows = P[key]
         if not isinstance(rows, list) or len(rows) != T or not all(
@@ -137,7 +131,7 @@ def _check_position(doc: dict, P: dict, where: str) -> None:
             raise _broken(f"{where}: '{key}'", f"is not {T} rows (one per tracked token) of {S} {kind} (one per stage)")
     for key in STAT_COLUMNS:
         v = P[key]
-        if not isinstance(v, list) or len(v) != S or not all(_is_num(x) for x in v):
+        if not isinstance(v, list) or len(v) != S or not all(is_number(x) for x in v):
             raise _broken(f"{where}: '{key}'", f"is not a list of {S} finite numbers (one per stage)")
     if "bin" in P:
         if not isinstance(P["bin"], list) or len(P["bin"]) != T or not all(

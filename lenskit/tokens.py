@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from functools import lru_cache
 
@@ -54,6 +55,11 @@ def token_texts(tokenizer, ids) -> list[str]:
 def is_int(x) -> bool:
     """A JSON integer as Python reads it: an int, not a bool (``true`` is no count, no id, no format number)."""
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+def is_number(x) -> bool:
+    """A finite JSON number as Python reads it: an int or float, not a bool, not NaN or infinite."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def as_index(x) -> int | None:

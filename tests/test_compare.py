@@ -183,7 +183,7 @@ def test_pairs_that_cannot_be_aligned(runs, tmp_path):
     (tmp_path / "keep").mkdir()
     (tmp_path / "keep" / "notes.txt").write_text("mine")
     res = run("compare", runs["base"], runs["instruct"], "-o", tmp_path / "keep", "-q", "--force")
-    assert_clean_error(res, "not a lenskit run folder")
+    assert_clean_error(res, "not a compare folder")
     assert (tmp_path / "keep" / "notes.txt").read_text() == "mine"
 
 
@@ -314,6 +314,97 @@ def test_output_inside_a_compared_run_is_refused(runs):
     out = runs["base"] / "cmp"
     assert_clean_error(run("compare", runs["base"], runs["instruct"], "-o", out, "-q"), "inside one")
     assert not out.exists()
+    # -o that is a compared run itself: said so (not "not a lenskit run folder"), with or without --force
+    for extra in ((), ("--force",)):
+        res = run("compare", runs["base"], runs["instruct"], "-o", runs["instruct"], "-q", *extra)
+        assert_clean_error(res, "one of the compared runs")
+    assert sorted(p.name for p in runs["instruct"].iterdir()) == ["export.json", "trace.safetensors"]
+
+
+def test_two_models_on_texts_that_differ_invisibly_say_how(runs, tmp_path):
+    """Two models, texts that differ only in whitespace, line endings, NFC vs NFD, a BOM or a zero-width joiner: still
+    refused (each model read another text), but the one line says what differs."""
+    from lenskit.compare import text_difference
+
+    assert text_difference(PROMPT, PROMPT.replace(" ", "  ", 1)).startswith(" (the texts differ only in whitespace")
+    assert "CRLF" in text_difference("a\r\nb", "a\nb")
+    assert "NFC" in text_difference("caf\u00e9", "cafe\u0301")
+    assert "byte-order" in text_difference("\ufeffthe cat", "the cat")
+    assert "zero-width" in text_difference("a\u200db", "ab")
+    assert text_difference("the cat", "the dog") == ""
+    res = run("trace", PROMPT.replace(" mat", "  mat"), "-m", runs["root"] / "model-instruct", "-o", tmp_path / "ws",
+              "-q")
+    assert res.exit_code == 0, res.output
+    res = run("compare", runs["base"], tmp_path / "ws", "-o", tmp_path / "cmp", "-q")
+    assert_clean_error(res, "differ only in whitespace", tmp_path / "cmp")
+
+
+def test_top_k_beyond_the_vocabulary_is_refused_before_the_weights_load(runs, tmp_path, monkeypatch):
+    import lenskit.compare as compare_mod
+
+    def boom(*a, **k):
+        raise AssertionError("weights loaded before --top-k was checked")
+
+    monkeypatch.setattr(compare_mod, "load_lenses", boom)
+    for k in ("97", "9" * 40):
+        res = run("compare", runs["base"], runs["instruct"], "-o", tmp_path / "cmp", "-q", "--top-k", k)
+        assert_clean_error(res, "larger than the vocabulary", tmp_path / "cmp")
+
+
+def hand_edit(doc, what):
+    """One hand edit of an export document (see test_exports_only_refuses_hand_edited_exports)."""
+    entry = doc["prompts"][0]
+    row = entry["positions"][0]
+    if what == "text":
+        entry["text"] = 5
+    elif what == "negative-token":
+        entry["tokens"][1] = -1  # Python would read the table's last entry
+    elif what == "id-as-text":
+        doc["token_ids"][0] = str(doc["token_ids"][0])
+    elif what == "id-too-big":
+        doc["token_ids"][0] = 10**30
+    elif what == "no-stages":
+        doc["stages"] = {"name": [], "kind": [], "layer": []}
+    elif what == "twice":
+        entry["positions"][1]["pos"] = row["pos"]
+    elif what == "tracked-negative":
+        row["tracked"][0] = -1
+    elif what == "short-rank":
+        row["rank"][0] = row["rank"][0][:2]
+    elif what == "rank-text":
+        row["rank"][0][0] = "1"
+    elif what == "index-bool":
+        entry["index"] = False
+    elif what == "future-schema":
+        doc["schema"] = "lenskit.export/99"
+    elif what == "no-prompts":
+        doc["prompts"] = []
+    return doc
+
+
+@pytest.mark.parametrize("what,words", [
+    ("text", "text is not text"), ("negative-token", "indices into the token table"),
+    ("id-as-text", "token_ids holds"), ("id-too-big", "token_ids holds"), ("no-stages", "stages.name"),
+    ("twice", "listed twice"), ("tracked-negative", "tracked is not"), ("short-rank", "one number per stage"),
+    ("rank-text", "one number per stage"), ("index-bool", "whole-number index"), ("future-schema", "export/99"),
+    ("no-prompts", "no prompts"),
+])
+@pytest.mark.parametrize("beside_trace", [False, True])
+def test_exports_only_refuses_hand_edited_exports(runs, tmp_path, what, words, beside_trace):
+    """A hand-edited export.json (wrong types, negative indices, positions twice, curves of the wrong length, another
+    schema) is refused in one line -- alone in a run folder or beside its trace -- never copied into compare.json."""
+    import shutil
+
+    side = tmp_path / "edited"
+    if beside_trace:
+        shutil.copytree(runs["instruct"], side)
+    else:
+        side.mkdir()
+    (side / "export.json").write_text(json.dumps(hand_edit(export_of(runs["instruct"]), what)), encoding="utf-8")
+    res = run("compare", runs["base"], side, "-o", tmp_path / "cmp", "--exports-only", "-q")
+    if beside_trace and what == "no-prompts":
+        words = "does not hold prompt 0"
+    assert_clean_error(res, words, tmp_path / "cmp")
 
 
 def test_serve_keeps_comparisons_of_the_same_folder_name(runs):

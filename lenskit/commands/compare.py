@@ -62,9 +62,9 @@ def compare(
     lenskit compare runs/france runs/italy -o runs/france-vs-italy && lenskit serve runs/france-vs-italy
     (or --html france-vs-italy.html: one file that opens anywhere, no server).
     """
-    from ..compare import COMPARE_FILE, is_compare_dir, lens_specs, run_compare
+    from ..compare import COMPARE_FILE, lens_specs, run_compare
     from ..export import dumps
-    from ..files import atomic_write, check_output_file, check_run_dir, new_run_dir, replace_run_dir
+    from ..files import atomic_write, check_output_file, new_run_dir, replace_run_dir
     from ..models import progress_logger
 
     log = progress_logger(quiet)
@@ -75,12 +75,7 @@ def compare(
     if output is None and html is None:
         raise typer.BadParameter("name the output: -o OUT (a folder for `lenskit serve`) and/or --html FILE",
                                  param_hint="'-o' / '--html'")
-    target = check_run_dir(output.expanduser(), force, is_compare_dir) if output is not None else None
-    for run in (run_a, run_b):
-        real = Path(run).resolve()
-        if target is not None and (real == target or real in target.resolve().parents):
-            raise typer.BadParameter("-o must not be one of the compared runs or a folder inside one (a run holds "
-                                     "only lenskit's files: --force would refuse it later)")
+    target = check_output_dir(output.expanduser(), force, (run_a, run_b)) if output is not None else None
     if html is not None:
         html = check_output_file(html.expanduser(), "report")
         if target is not None and Path(os.path.abspath(html)) == target:
@@ -109,6 +104,32 @@ def compare(
     for path in (output, html):
         if path is not None:
             typer.echo(str(path))
+
+
+def check_output_dir(output: Path, force: bool, runs: tuple[Path, Path]) -> Path:
+    """The -o folder, refused before anything is read: one of the compared runs or a folder inside one first (the
+    generic check would call the run "not a lenskit run folder"), then a folder that is not an earlier comparison
+    (worded for compare: --force replaces a compare folder, never a run or a user's folder), then the usual checks."""
+    from ..compare import COMPARE_FILE, is_compare_dir
+    from ..errors import OutputError
+    from ..files import check_run_dir, protected
+
+    target = Path(os.path.abspath(output))
+    real = target.resolve()
+    for run in runs:
+        run_real = Path(run).resolve()
+        if run_real == real or run_real in real.parents:
+            raise OutputError(f"-o {target} is one of the compared runs or a folder inside one; name a new folder")
+    if target.is_dir() and not target.is_symlink() and protected(target) is None and not is_compare_dir(target):
+        try:
+            empty = not any(target.iterdir())
+        except OSError:  # unreadable: check_run_dir says so
+            empty = True
+        if empty:
+            return check_run_dir(target, force, is_compare_dir)
+        raise OutputError(f"-o {target} exists and is not a compare folder (no {COMPARE_FILE} of lenskit's); --force "
+                          "replaces only an earlier comparison: name a new folder")
+    return check_run_dir(target, force, is_compare_dir)
 
 
 def register(app: typer.Typer) -> None:
