@@ -13,10 +13,13 @@ import importlib.metadata
 import io
 import json
 import os
+import re
 import shutil
 import stat
+import struct
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +27,8 @@ import torch
 
 from .adapters import Adapter, model_architecture
 from .adapters.infer import adapter_for
-from .errors import InputError, ModelError
+from .errors import InputError, ModelError, OutputError
+from .files import _io_failure
 from .progress import Progress, progress_logger  # noqa: F401  (progress_logger: the commands import it from here)
 from .tokens import is_int, one_line
 
@@ -132,8 +136,12 @@ def quiet_transformers(enabled: bool = True):
 
 
 def _gguf_key(path: Path) -> str:
+    """The cache key of GGUF file ``path``: its name, size and modification time, and its first and last MiB (hashing
+    the whole file would cost seconds per trace for a large model). The time tells apart two same-named files of one
+    size that differ only in the middle -- the default model's tensor table ends 1.77 MB in, beyond the first MiB --
+    which would otherwise share an entry: ``trace`` would use the other's weights (``export`` checks fingerprints)."""
     st = path.stat()
-    h = hashlib.sha256(f"{path.name}:{st.st_size}".encode())
+    h = hashlib.sha256(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode())
     with open(path, "rb") as f:
         h.update(f.read(1 << 20))
         f.seek(max(0, st.st_size - (1 << 20)))
@@ -142,8 +150,110 @@ def _gguf_key(path: Path) -> str:
 
 
 def gguf_cache_folder(path: Path) -> Path:
-    """Where the dequantized safetensors copy of GGUF file ``path`` lives."""
-    return cache_dir() / "gguf" / f"{path.stem}-{_gguf_key(path)}"
+    """Where the dequantized safetensors copy of GGUF file ``path`` lives. The file's stem names it, with control
+    characters as ``_`` and at most 100 characters (a folder name holds 255 bytes; the key tells files apart)."""
+    stem = re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", "_", path.stem)[:100]
+    return cache_dir() / "gguf" / f"{stem}-{_gguf_key(path)}"
+
+
+# What a finished cache entry holds (lenskit-source.json is lenskit's own): an entry short of one -- removed by hand,
+# copied in part, left by an interrupted older lenskit -- is made again instead of failing every later run.
+GGUF_CACHE_FILES = ("config.json", "model.safetensors", "lenskit-source.json")
+GGUF_VERSIONS = (2, 3)  # what the gguf package reads
+# The fewest bytes a metadata entry (key length, 1-byte key, value type, 1-byte value) and a tensor's description
+# (name length, 1-byte name, dimension count, one dimension, type, offset) take: a header claiming more of them than
+# the file could hold is damaged or hostile (the reader would walk garbage).
+_MIN_KV_BYTES = 8 + 1 + 4 + 1
+_MIN_TENSOR_INFO_BYTES = 8 + 1 + 4 + 8 + 4 + 8
+STALE_TEMP_SECONDS = 24 * 3600  # a temp folder that old in the cache is a killed run's (a live one is minutes old)
+
+
+def _gguf_cache_complete(folder: Path) -> bool:
+    try:
+        return all((folder / name).is_file() for name in GGUF_CACHE_FILES)
+    except OSError:  # a name too long, permissions: not an entry to trust
+        return False
+
+
+def check_gguf_header(path: Path, shown: str) -> None:
+    """Refuse, in microseconds, a file that cannot be a GGUF (empty, another format, truncated inside its 24-byte
+    header, an unknown version, counts past what its size can hold) with a line saying so, instead of the struct and
+    Unicode errors of the reader's walk (after seconds of transformers start-up)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError as e:
+        raise ModelError(f"cannot read GGUF file {shown}: {e.strerror or e}") from None
+    if not head:
+        raise ModelError(f"GGUF file {shown} is empty")
+    if head[:4] != b"GGUF":
+        raise ModelError(f"{shown} is not a GGUF file (it does not start with 'GGUF')")
+    if len(head) < 24:
+        raise ModelError(f"GGUF file {shown} is truncated: {size} bytes, less than a GGUF header")
+    version, n_tensors, n_kv = struct.unpack("<IQQ", head[4:])
+    if version & 0xFFFF == 0:  # a big-endian file (the reader swaps it too)
+        version, n_tensors, n_kv = struct.unpack(">IQQ", head[4:])
+    if version not in GGUF_VERSIONS:
+        raise ModelError(f"GGUF file {shown} is GGUF version {version}; lenskit reads versions "
+                         f"{' and '.join(map(str, GGUF_VERSIONS))}")
+    if n_tensors * _MIN_TENSOR_INFO_BYTES + n_kv * _MIN_KV_BYTES > size - 24:
+        raise ModelError(f"GGUF file {shown} is damaged or truncated: its header claims {n_tensors} tensors and "
+                         f"{n_kv} metadata entries, more than its {size} bytes can hold")
+
+
+def check_recordable(text: str, given: str, what: str) -> None:
+    """Refuse a model id or path a trace cannot record (``model.id``, ``model.source``, which export reads): a line
+    break or control character, or bytes that are not UTF-8 -- before minutes of loading and tracing, not after.
+    ``what``: how the message names it ("GGUF file", "model")."""
+    bad = any(ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029" or 0xD800 <= ord(c) < 0xE000 for c in text)
+    if bad:
+        raise ModelError(f"{what} {one_line(given)}: its name holds a line break, a control character or bytes that "
+                         "are not UTF-8, which a trace cannot record; rename it (or its folder)")
+
+
+def _gguf_read_error(e: Exception, shown: str) -> ModelError:
+    """The line for transformers/gguf failing on a GGUF file: their own message, named as a damaged file where it
+    is the reader tripping over bytes (a cut-off tensor is a numpy reshape error, a cut-off string a struct or
+    Unicode error) rather than a readable file of a kind transformers does not support."""
+    damaged = isinstance(e, (struct.error, UnicodeDecodeError, EOFError, IndexError, OverflowError)) or (
+        isinstance(e, ValueError) and re.search(r"reshape|buffer|mmap|offset", str(e)))
+    if isinstance(e, KeyError) and e.args:  # transformers looks a metadata key up: its message is the bare key
+        return ModelError(f"cannot read GGUF file {shown}: its metadata lacks {one_line(repr(e.args[0]), 100)}")
+    why = "damaged or truncated" if damaged else "unusable"
+    return ModelError(f"cannot read GGUF file {shown} ({why}): {_one_line(e)}")
+
+
+def _sweep_stale_temps(folder: Path) -> None:
+    """Delete temp folders that a killed dequantization left in the cache (a live one's is fresh: kept)."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return
+    now = time.time()
+    for entry in entries:
+        try:
+            stale = entry.name.startswith((".tmp-", ".old-")) and now - entry.lstat().st_mtime > STALE_TEMP_SECONDS
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _install_gguf_entry(tmp: Path, target: Path) -> None:
+    """Rename the finished entry ``tmp`` to ``target`` (one step: no reader sees half of it). An incomplete
+    ``target`` is moved aside and deleted first; a complete one made meanwhile by another process (of the same
+    file) stays, and ``tmp`` is deleted."""
+    if target.exists() and not _gguf_cache_complete(target):
+        aside = Path(tempfile.mkdtemp(prefix=".old-", dir=target.parent))
+        with contextlib.suppress(OSError):  # another process may have moved it already
+            os.rename(target, aside / "entry")
+        shutil.rmtree(aside, ignore_errors=True)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not _gguf_cache_complete(target):
+            raise
 
 
 def _gguf_phases(path: Path) -> dict:
@@ -222,14 +332,25 @@ def _gguf_metadata_once():
 def ensure_gguf_cached(path: Path, log=None) -> Path:
     """Dequantize ``path`` once into a safetensors folder (atomically: temp folder, then rename); return the folder.
 
+    A failure or interrupt at any point leaves no entry (its temp folder is deleted, or swept a day later if the
+    process was killed); two processes dequantizing one file at once both succeed, and one entry stays.
+
     ``log`` (see :func:`lenskit.progress.progress_logger`): a bar with an ETA on a terminal, else plain lines."""
+    shown = one_line(str(path), 300)
     target = gguf_cache_folder(path)
-    if (target / "config.json").is_file():
+    if _gguf_cache_complete(target):
         return target
+    check_gguf_header(path, shown)
+    try:  # before the seconds of dequantizing: an unwritable cache is known now
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelError(f"cannot write lenskit's cache folder {one_line(str(target.parent))} (set LENSKIT_CACHE to "
+                         f"another): {e.strerror or e}") from None
+    _sweep_stale_temps(target.parent)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if log:
-        log(f"dequantizing {path.name} once into {target} ...")
+        log(f"dequantizing {one_line(path.name)} once into {one_line(str(target))} ...")
     at = _gguf_phases(path)
     with Progress(100, "dequantize", "%", log) as progress:
 
@@ -245,10 +366,9 @@ def ensure_gguf_cached(path: Path, log=None) -> Path:
                 model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                              dtype=torch.float32)
         except Exception as e:  # gguf/transformers raise many kinds for a bad file
-            raise ModelError(f"cannot read GGUF file {path}: {_one_line(e)}") from None
+            raise _gguf_read_error(e, shown) from None
         begin("saving")
         model.config.architectures = [model_architecture(model)]
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
         try:
             # transformers refuses save_pretrained on GGUF-loaded models; the weights are plain float32 tensors now
@@ -261,11 +381,15 @@ def ensure_gguf_cached(path: Path, log=None) -> Path:
             config.save_pretrained(tmp)
             tok.save_pretrained(tmp)
             (tmp / "lenskit-source.json").write_text(json.dumps({"gguf": str(path)}))
-            os.replace(tmp, target)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not (target / "config.json").is_file():
+            _install_gguf_entry(tmp, target)
+        except Exception as e:
+            why = e.strerror or str(e) if isinstance(e, OSError) else _io_failure(e)  # safetensors' full disk
+            if why is None:
                 raise
+            raise OutputError(f"cannot write the dequantized copy into lenskit's cache {one_line(str(target.parent))}"
+                              f": {why}") from None
+        finally:  # a full disk, an interrupt: no temp folder of ~4x the GGUF's size stays behind
+            shutil.rmtree(tmp, ignore_errors=True)
         progress.update_to(100)
     return target
 
@@ -416,10 +540,13 @@ def model_config(model: str | None, revision: str | None = None, trust_remote_co
     """The config of a local model folder (or a hub id's snapshot already downloaded), read without its weights, after
     :func:`check_model_folder`, the config.json check and :func:`check_model_size`; None for the default model, a
     ``.gguf`` file or a hub id not downloaded yet (transformers checks those when it loads them)."""
-    if model is None or model.endswith(".gguf"):
+    if model is None:
         return None
     if not model.strip():
         raise ModelError("--model is empty: give a hub id, a model folder or a .gguf file (or leave it out)")
+    check_recordable(model, model, "model")
+    if model.endswith(".gguf"):
+        return None
     local = Path(model).expanduser()
     if local.is_dir():
         folder = local.resolve()
@@ -491,6 +618,8 @@ def load_model(
     source = {"id": model, "revision": revision, "gguf": None, "path": None}
     if model is not None and not model.strip():  # "" would be the current folder
         raise ModelError("--model is empty: give a hub id, a model folder or a .gguf file (or leave it out)")
+    if model is not None:
+        check_recordable(model, model, "model")
     if model is None:
         gguf = default_model_path()
         source.update(id=DEFAULT_MODEL_NAME, gguf=str(gguf))
@@ -498,9 +627,10 @@ def load_model(
     elif model.endswith(".gguf"):
         gguf = Path(model).expanduser()
         if gguf.exists() and not gguf.is_file():  # a folder, FIFO or device: not "not found"
-            raise ModelError(f"GGUF file {model} is not a regular file")
+            raise ModelError(f"GGUF file {one_line(model)} is not a regular file")
         if not gguf.is_file():
-            raise ModelError(f"GGUF file not found: {model}")
+            raise ModelError(f"GGUF file not found: {one_line(model)}")
+        check_recordable(str(gguf.resolve()), model, "GGUF file")
         source.update(gguf=str(gguf.resolve()))
         folder = ensure_gguf_cached(gguf.resolve(), log)
     else:

@@ -19,7 +19,6 @@ import html
 import re
 from pathlib import Path
 
-
 from . import __version__
 from .errors import InputError, LenskitError
 from .server import viewer_root
@@ -157,10 +156,11 @@ def build_html(doc: dict, run_name: str | None = None, page_name: str = "index.h
 
 def write_html(doc: dict, path, page_name: str = "index.html") -> Path:
     """Write the self-contained viewer for ``doc`` (an export; a comparison with ``page_name="compare.html"``) to
-    ``path`` (atomically); return the path."""
-    from .files import atomic_write
+    ``path`` (atomically); return the path. The commands' refusals hold here too (library callers): a folder, a
+    symbolic link, a FIFO or another program's file at ``path`` is refused, never replaced."""
+    from .files import atomic_write, check_output_file
 
-    path = Path(path)
+    path = check_output_file(Path(path), "report")
     text = build_html(doc, run_name=path.stem, page_name=page_name)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return path

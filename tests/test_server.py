@@ -613,3 +613,24 @@ def test_verbose_log_escapes_control_characters(site, capfd):
     err = capfd.readouterr().err
     assert "\x1b" not in err and "\x07" not in err
     assert r"GET /\x1b]0;owned\x07\x1b[2J HTTP/1.1" in err
+
+
+def test_write_html_refuses_what_is_not_a_report(tmp_path, doc):
+    """Called as a library (no command checked the path first): a FIFO, a dangling link, an export or a user's page
+    is refused with one line and left as it was; a folder too."""
+    from lenskit.report import write_html
+
+    (tmp_path / "folder.html").mkdir()
+    (tmp_path / "dangling.html").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "export.json").write_text('{"schema":"lenskit.export/1"}')
+    (tmp_path / "mine.html").write_text("<p>mine</p>")
+    names = ["folder.html", "dangling.html", "export.json", "mine.html"]
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.html")
+        names.append("pipe.html")
+    for name in names:
+        with pytest.raises(OutputError):
+            write_html(doc, tmp_path / name)
+    assert (tmp_path / "mine.html").read_text() == "<p>mine</p>" and (tmp_path / "dangling.html").is_symlink()
+    first = write_html(doc, tmp_path / "report.html")
+    assert write_html(doc, first) == first  # its own report is replaced

@@ -119,8 +119,8 @@ def test_unwritable_output(tiny_dir, tmp_path):
 def test_corrupted_gguf(tmp_path, monkeypatch):
     monkeypatch.setenv("LENSKIT_CACHE", str(tmp_path / "cache"))
     bad = tmp_path / "broken.gguf"
-    bad.write_bytes(b"GGUF" + os.urandom(2000))
-    assert_clean_error(invoke("trace", "hi", "-m", bad, "-o", tmp_path / "r"), "cannot read GGUF file", tmp_path / "r")
+    bad.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + os.urandom(2000))  # its random counts: past its size
+    assert_clean_error(invoke("trace", "hi", "-m", bad, "-o", tmp_path / "r"), "damaged or truncated", tmp_path / "r")
     assert not any((tmp_path / "cache").rglob("*.safetensors"))
 
 
@@ -430,6 +430,17 @@ def test_model_folder_without_a_config(tmp_path, monkeypatch):
                        tmp_path / "r")
     monkeypatch.undo()
     assert_clean_error(invoke("adapters", "--check", tmp_path / "empty"), "has no config.json")
+
+
+def test_model_folder_whose_name_a_trace_cannot_record(tiny_dir, tmp_path, monkeypatch):
+    """A model folder whose path holds a line break: refused before loading (model.id must be one line: the trace
+    would have failed only when written, after the forward passes)."""
+    import shutil
+
+    odd = tmp_path / "new\nline"
+    shutil.copytree(tiny_dir, odd)
+    _no_loading(monkeypatch)
+    assert_clean_error(invoke("trace", "the cat", "-m", odd, "-o", tmp_path / "r"), "line break", tmp_path / "r")
 
 
 def test_hostile_model_arguments(tmp_path):
