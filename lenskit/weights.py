@@ -46,7 +46,7 @@ def model_folder(model: dict, allow_download: bool = False) -> Path:
     gguf = source.get("gguf")
     if isinstance(gguf, str) and gguf:
         if Path(gguf).is_file():
-            from .models import ensure_gguf_cached
+            from .gguf_cache import ensure_gguf_cached
 
             return ensure_gguf_cached(Path(gguf))
         raise ModelError(f"the trace's model weights are gone: {gguf} does not exist")

@@ -10,7 +10,7 @@ import pytest
 from conftest import assert_clean_error
 from typer.testing import CliRunner
 
-from lenskit import models
+from lenskit import gguf_cache as models
 from lenskit.cli import app
 from lenskit.errors import ModelError, OutputError
 

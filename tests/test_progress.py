@@ -84,7 +84,7 @@ def test_progress_logger_keeps_its_stream(monkeypatch, capsys):
 def test_gguf_tensor_steps(tmp_path):
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
-    from lenskit.models import _gguf_phases, _tensor_progress
+    from lenskit.gguf_cache import _gguf_phases, _tensor_progress
 
     f = tmp_path / "m.gguf"
     f.write_bytes(b"\0" * 1000)
@@ -123,7 +123,7 @@ def test_gguf_metadata_read_once_per_file(monkeypatch):
     is served from memory, as an independent copy); tensor reads pass through; the original is restored after."""
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
-    from lenskit.models import _gguf_metadata_once
+    from lenskit.gguf_cache import _gguf_metadata_once
 
     calls = []
 

@@ -360,7 +360,7 @@ def test_model_folder_with_non_regular_files(tiny_dir, tmp_path, monkeypatch, na
     res = invoke("trace", "the cat", "-m", model, "-o", tmp_path / "r")
     assert_clean_error(res, f"{name} {words}", tmp_path / "r")
     from lenskit.errors import ModelError
-    from lenskit.models import check_model_folder
+    from lenskit.model_folder import check_model_folder
 
     with pytest.raises(ModelError, match="not a regular file|broken symbolic link"):
         check_model_folder(model, str(model))

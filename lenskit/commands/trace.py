@@ -136,7 +136,8 @@ def trace(
     from ..adapters import get_module
     from ..capture import trace_prompts
     from ..files import check_run_dir, new_run_dir, replace_run_dir
-    from ..models import load_model, model_config, progress_logger, vocab_size
+    from ..model_folder import model_config, vocab_size
+    from ..models import load_model, progress_logger
     from ..store import TRACE_FILE, is_run_folder, write_trace
 
     log = progress_logger(quiet)

@@ -1,0 +1,281 @@
+"""GGUF files: checked, dequantized once by transformers' GGUF loader and cached as a safetensors folder under
+``$LENSKIT_CACHE`` (default ``$XDG_CACHE_HOME/lenskit`` or ``~/.cache/lenskit``), so later runs load at safetensors
+speed (:func:`ensure_gguf_cached`, used by :mod:`lenskit.models` and by export's :mod:`lenskit.weights`).
+
+* A damaged file (empty, truncated, counts its size cannot hold, an unsupported version) is refused from its header
+  before transformers starts (:func:`check_gguf_header`); the reader's own failures are named as damage.
+* An entry is built under a temporary name and installed whole (:func:`_install_gguf_entry`); only a complete one
+  (:data:`GGUF_CACHE_FILES`) is trusted, and temporary folders of killed runs are swept after a day.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import re
+import shutil
+import struct
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .adapters import model_architecture
+from .errors import ModelError, OutputError
+from .files import _io_failure
+from .models import _one_line, cache_dir, quiet_transformers
+from .progress import Progress
+from .tokens import one_line
+
+
+def _gguf_key(path: Path) -> str:
+    """The cache key of GGUF file ``path``: its name, size and modification time, and its first and last MiB (hashing
+    the whole file would cost seconds per trace for a large model). The time tells apart two same-named files of one
+    size that differ only in the middle -- the default model's tensor table ends 1.77 MB in, beyond the first MiB --
+    which would otherwise share an entry: ``trace`` would use the other's weights (``export`` checks fingerprints)."""
+    st = path.stat()
+    h = hashlib.sha256(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, st.st_size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def gguf_cache_folder(path: Path) -> Path:
+    """Where the dequantized safetensors copy of GGUF file ``path`` lives. The file's stem names it, with control
+    characters as ``_`` and at most 100 characters (a folder name holds 255 bytes; the key tells files apart)."""
+    stem = re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", "_", path.stem)[:100]
+    return cache_dir() / "gguf" / f"{stem}-{_gguf_key(path)}"
+
+
+# What a finished cache entry holds (lenskit-source.json is lenskit's own): an entry short of one -- removed by hand,
+# copied in part, left by an interrupted older lenskit -- is made again instead of failing every later run.
+GGUF_CACHE_FILES = ("config.json", "model.safetensors", "lenskit-source.json")
+GGUF_VERSIONS = (2, 3)  # what the gguf package reads
+# The fewest bytes a metadata entry (key length, 1-byte key, value type, 1-byte value) and a tensor's description
+# (name length, 1-byte name, dimension count, one dimension, type, offset) take: a header claiming more of them than
+# the file could hold is damaged or hostile (the reader would walk garbage).
+_MIN_KV_BYTES = 8 + 1 + 4 + 1
+_MIN_TENSOR_INFO_BYTES = 8 + 1 + 4 + 8 + 4 + 8
+STALE_TEMP_SECONDS = 24 * 3600  # a temp folder that old in the cache is a killed run's (a live one is minutes old)
+
+
+def _gguf_cache_complete(folder: Path) -> bool:
+    try:
+        return all((folder / name).is_file() for name in GGUF_CACHE_FILES)
+    except OSError:  # a name too long, permissions: not an entry to trust
+        return False
+
+
+def check_gguf_header(path: Path, shown: str) -> None:
+    """Refuse, in microseconds, a file that cannot be a GGUF (empty, another format, truncated inside its 24-byte
+    header, an unknown version, counts past what its size can hold) with a line saying so, instead of the struct and
+    Unicode errors of the reader's walk (after seconds of transformers start-up)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError as e:
+        raise ModelError(f"cannot read GGUF file {shown}: {e.strerror or e}") from None
+    if not head:
+        raise ModelError(f"GGUF file {shown} is empty")
+    if head[:4] != b"GGUF":
+        raise ModelError(f"{shown} is not a GGUF file (it does not start with 'GGUF')")
+    if len(head) < 24:
+        raise ModelError(f"GGUF file {shown} is truncated: {size} bytes, less than a GGUF header")
+    version, n_tensors, n_kv = struct.unpack("<IQQ", head[4:])
+    if version & 0xFFFF == 0:  # a big-endian file (the reader swaps it too)
+        version, n_tensors, n_kv = struct.unpack(">IQQ", head[4:])
+    if version not in GGUF_VERSIONS:
+        raise ModelError(f"GGUF file {shown} is GGUF version {version}; lenskit reads versions "
+                         f"{' and '.join(map(str, GGUF_VERSIONS))}")
+    if n_tensors * _MIN_TENSOR_INFO_BYTES + n_kv * _MIN_KV_BYTES > size - 24:
+        raise ModelError(f"GGUF file {shown} is damaged or truncated: its header claims {n_tensors} tensors and "
+                         f"{n_kv} metadata entries, more than its {size} bytes can hold")
+
+
+def _gguf_read_error(e: Exception, shown: str) -> ModelError:
+    """The line for transformers/gguf failing on a GGUF file: their own message, named as a damaged file where it
+    is the reader tripping over bytes (a cut-off tensor is a numpy reshape error, a cut-off string a struct or
+    Unicode error) rather than a readable file of a kind transformers does not support."""
+    damaged = isinstance(e, (struct.error, UnicodeDecodeError, EOFError, IndexError, OverflowError)) or (
+        isinstance(e, ValueError) and re.search(r"reshape|buffer|mmap|offset", str(e)))
+    if isinstance(e, KeyError) and e.args:  # transformers looks a metadata key up: its message is the bare key
+        return ModelError(f"cannot read GGUF file {shown}: its metadata lacks {one_line(repr(e.args[0]), 100)}")
+    why = "damaged or truncated" if damaged else "unusable"
+    return ModelError(f"cannot read GGUF file {shown} ({why}): {_one_line(e)}")
+
+
+def _sweep_stale_temps(folder: Path) -> None:
+    """Delete temp folders that a killed dequantization left in the cache (a live one's is fresh: kept)."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return
+    now = time.time()
+    for entry in entries:
+        try:
+            stale = entry.name.startswith((".tmp-", ".old-")) and now - entry.lstat().st_mtime > STALE_TEMP_SECONDS
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _install_gguf_entry(tmp: Path, target: Path) -> None:
+    """Rename the finished entry ``tmp`` to ``target`` (one step: no reader sees half of it). An incomplete
+    ``target`` is moved aside and deleted first; a complete one made meanwhile by another process (of the same
+    file) stays, and ``tmp`` is deleted."""
+    if target.exists() and not _gguf_cache_complete(target):
+        aside = Path(tempfile.mkdtemp(prefix=".old-", dir=target.parent))
+        with contextlib.suppress(OSError):  # another process may have moved it already
+            os.rename(target, aside / "entry")
+        shutil.rmtree(aside, ignore_errors=True)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not _gguf_cache_complete(target):
+            raise
+
+
+def _gguf_phases(path: Path) -> dict:
+    """Where each step of a first dequantization starts, in % of its estimated time. Timed on SmolLM2-135M (98 MB,
+    ~17 s): reading the GGUF metadata for the tokenizer (5 s), then again with the weight names (9 s; the config's
+    read is remembered, :func:`_gguf_metadata_once`) costs about the same for any model; dequantizing the tensors
+    (~2 s per 100 MB) and saving safetensors (~1 s) grow with it."""
+    mb100 = path.stat().st_size / 1e8
+    seconds = {"tokenizer": 5, "config and weight names": 9, "tensors": 2 * mb100, "saving": mb100}
+    total, starts, done = sum(seconds.values()), {}, 0.0
+    for step, s in seconds.items():
+        starts[step], done = 100 * done / total, done + s
+    return starts
+
+
+@contextlib.contextmanager
+def _tensor_progress(progress: Progress, start: float, stop: float):
+    """Move ``progress`` from ``start`` to ``stop`` % as transformers dequantizes the GGUF tensors one by one: its loop
+    iterates ``tqdm(reader.tensors)``, and that module-level ``tqdm`` is swapped for a counter meanwhile (a
+    transformers without it just has no per-tensor steps)."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    original = getattr(gguf_utils, "tqdm", None)
+
+    def counted(items=None, *args, **kwargs):
+        if items is None:  # not an iteration: leave it to tqdm
+            return original(items, *args, **kwargs)
+        items = list(items)
+
+        def each():
+            progress.update_to(start)
+            progress.note("tensors")
+            for i, item in enumerate(items, 1):
+                yield item
+                progress.update_to(start + (stop - start) * i / len(items))
+
+        return each()
+
+    if original is not None:
+        gguf_utils.tqdm = counted
+    try:
+        yield
+    finally:
+        if original is not None:
+            gguf_utils.tqdm = original
+
+
+@contextlib.contextmanager
+def _gguf_metadata_once():
+    """transformers parses a GGUF's metadata (a slow pure-Python walk over its tokenizer arrays: ~5 s for the default
+    model) once for the tokenizer's config and again for the model's; meanwhile the metadata-only reads of one file
+    are remembered, so the second is free. The tensor read is untouched. Without that function (another transformers)
+    nothing changes."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    original = getattr(gguf_utils, "load_gguf_checkpoint", None)
+    memo: dict = {}
+
+    def once(path, return_tensors=False, *args, **kwargs):
+        if return_tensors or args or kwargs:
+            return original(path, return_tensors, *args, **kwargs)
+        key = str(path)
+        if key not in memo:
+            memo[key] = original(path, return_tensors=False)
+        return copy.deepcopy(memo[key])  # callers may edit what they get
+
+    if original is not None:
+        gguf_utils.load_gguf_checkpoint = once
+    try:
+        yield
+    finally:
+        if original is not None:
+            gguf_utils.load_gguf_checkpoint = original
+
+
+def ensure_gguf_cached(path: Path, log=None) -> Path:
+    """Dequantize ``path`` once into a safetensors folder (atomically: temp folder, then rename); return the folder.
+
+    A failure or interrupt at any point leaves no entry (its temp folder is deleted, or swept a day later if the
+    process was killed); two processes dequantizing one file at once both succeed, and one entry stays.
+
+    ``log`` (see :func:`lenskit.progress.progress_logger`): a bar with an ETA on a terminal, else plain lines."""
+    shown = one_line(str(path), 300)
+    target = gguf_cache_folder(path)
+    if _gguf_cache_complete(target):
+        return target
+    check_gguf_header(path, shown)
+    try:  # before the seconds of dequantizing: an unwritable cache is known now
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelError(f"cannot write lenskit's cache folder {one_line(str(target.parent))} (set LENSKIT_CACHE to "
+                         f"another): {e.strerror or e}") from None
+    _sweep_stale_temps(target.parent)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if log:
+        log(f"dequantizing {one_line(path.name)} once into {one_line(str(target))} ...")
+    at = _gguf_phases(path)
+    with Progress(100, "dequantize", "%", log) as progress:
+
+        def begin(step):
+            progress.update_to(at[step])
+            progress.note(step)
+
+        try:
+            with quiet_transformers(), _gguf_metadata_once(), _tensor_progress(progress, at["tensors"], at["saving"]):
+                begin("tokenizer")
+                tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+                begin("config and weight names")
+                model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                             dtype=torch.float32)
+        except Exception as e:  # gguf/transformers raise many kinds for a bad file
+            raise _gguf_read_error(e, shown) from None
+        begin("saving")
+        model.config.architectures = [model_architecture(model)]
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+        try:
+            # transformers refuses save_pretrained on GGUF-loaded models; the weights are plain float32 tensors now
+            from safetensors.torch import save_model
+
+            save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            config = model.config
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
+            config.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "lenskit-source.json").write_text(json.dumps({"gguf": str(path)}))
+            _install_gguf_entry(tmp, target)
+        except Exception as e:
+            why = e.strerror or str(e) if isinstance(e, OSError) else _io_failure(e)  # safetensors' full disk
+            if why is None:
+                raise
+            raise OutputError(f"cannot write the dequantized copy into lenskit's cache {one_line(str(target.parent))}"
+                              f": {why}") from None
+        finally:  # a full disk, an interrupt: no temp folder of ~4x the GGUF's size stays behind
+            shutil.rmtree(tmp, ignore_errors=True)
+        progress.update_to(100)
+    return target
