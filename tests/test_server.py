@@ -276,6 +276,11 @@ def test_write_html_inlines_everything_safely(tmp_path, doc):
     assert m and "<" not in m.group(1) and "\u2028" not in m.group(1)
     assert json.loads(m.group(1)) == json.loads(json.dumps(doc))
     assert "</script>" in doc["tokens"]  # the fixture really is hostile
+    # the viewer finds the data element by the same id (one constant written in Python and in JS)
+    from lenskit.server import viewer_root
+
+    js = (Path(str(viewer_root())) / "js" / "data.js").read_text(encoding="utf-8")
+    assert f'export const EMBEDDED_ID = "{DATA_ID}";' in js
 
 
 # ---- hostile clients and folders changing while serving (lenskit/server.py's Handler, Server, read_inside)

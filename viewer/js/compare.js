@@ -8,7 +8,7 @@ import { hideTooltip } from "./tooltip.js";
 import { loadCompare, loadCompareList } from "./compare-data.js";
 import { createCompareRanks } from "./compare-ranks.js";
 import { createCompareKl } from "./compare-kl.js";
-import { readUrlState, writeUrlState } from "./state.js";
+import { firstThatLoads, readUrlState, writeUrlState } from "./state.js";
 
 const STATE_KEYS = ["cmp", "pair", "stage", "view"];
 const NUMERIC_KEYS = new Set(["pair", "stage"]);
@@ -99,20 +99,11 @@ async function boot() {
   const wanted = readUrlState(window.location, STATE_KEYS, NUMERIC_KEYS);
   const wantedEntry = list.find((c) => c.name === wanted.cmp) || list[0];
   // The wanted comparison, else the next one that loads: one broken compare.json does not stop the page.
-  let entry = null;
-  let cmp = null;
-  let firstError = null;
-  for (const candidate of [wantedEntry, ...list.filter((c) => c !== wantedEntry)]) {
-    try {
-      cmp = await loadCompare(candidate);
-      entry = candidate;
-      break;
-    } catch (err) {
-      firstError = firstError || new Error(list.length > 1 ? `${candidate.name}: ${err.message || err}` : String(err.message || err));
-    }
-  }
-  if (cmp === null) throw firstError;
-  if (entry !== wantedEntry) showStatus(`${firstError.message} — showing ${entry.name}`, true);
+  const shown = await firstThatLoads(list, wantedEntry, loadCompare, (candidate, err) =>
+    new Error(list.length > 1 ? `${candidate.name}: ${err.message || err}` : String(err.message || err)));
+  const entry = shown.entry;
+  const cmp = shown.value;
+  if (shown.error) showStatus(`${shown.error.message} — showing ${entry.name}`, true);
   if (entry.embedded) d3.select("#single-runs").attr("hidden", true); // a single-file report has no other pages
 
   if (list.length > 1) {

@@ -5,7 +5,7 @@
 
 import { d3 } from "./d3.js";
 import { MODES, loadRun, loadRunList } from "./data.js";
-import { VIEWS, Y_RANGES, createState, readUrlState, writeUrlState } from "./state.js";
+import { VIEWS, Y_RANGES, createState, firstThatLoads, readUrlState, writeUrlState } from "./state.js";
 import { createStrip } from "./strip.js";
 import { GRID_COLOURS, createGrid } from "./grid.js";
 import { createEvolution } from "./evolution.js";
@@ -52,24 +52,16 @@ async function boot() {
   const wanted = readUrlState();
   const first = runs.find((r) => r.name === wanted.run) || runs[0];
   // The wanted run, else the next one that loads and has something to draw: one broken run does not stop the page.
-  let run = null;
-  let runName = null;
-  let firstError = null;
-  for (const entry of [first, ...runs.filter((r) => r !== first)]) {
-    try {
-      const candidate = await loadRun(entry);
-      if (!d3.range(candidate.promptCount).some((p) => candidate.exportedPositions(p).length > 0)) {
-        throw new Error(`run ${entry.name} has no ${candidate.promptCount === 0 ? "prompts" : "exported positions"}`);
-      }
-      run = candidate;
-      runName = entry.name;
-      break;
-    } catch (err) {
-      firstError = firstError || err;
+  const shown = await firstThatLoads(runs, first, async (entry) => {
+    const candidate = await loadRun(entry);
+    if (!d3.range(candidate.promptCount).some((p) => candidate.exportedPositions(p).length > 0)) {
+      throw new Error(`run ${entry.name} has no ${candidate.promptCount === 0 ? "prompts" : "exported positions"}`);
     }
-  }
-  if (run === null) throw firstError;
-  const skipped = runName !== first.name ? `${String(firstError.message || firstError)} — showing ${runName}` : "";
+    return candidate;
+  });
+  let run = shown.value;
+  let runName = shown.entry.name;
+  const skipped = shown.error ? `${String(shown.error.message || shown.error)} — showing ${runName}` : "";
 
   const state = createState({});
   const strip = createStrip(d3.select("#strip-section"), { onPosition: (pos) => state.set({ pos }) });

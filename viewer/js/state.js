@@ -9,6 +9,21 @@ export const VIEWS = ["panels", "shared"];
 // Figure 1's y-range: "layers" (default) from the stages after the embedding, the embedding drawn clipped; "all".
 export const Y_RANGES = ["layers", "all"];
 
+/** The wanted one of `entries` (runs or comparisons), else the next one `load(entry)` opens without throwing:
+ *  {entry, value, error}, `error` the first failure (as `describe(entry, err)` words it; null when the wanted one
+ *  loaded). One broken document does not stop a page; when none loads, the first failure is thrown. */
+export async function firstThatLoads(entries, wanted, load, describe = (entry, err) => err) {
+  let error = null;
+  for (const entry of [wanted, ...entries.filter((e) => e !== wanted)]) {
+    try {
+      return { entry, value: await load(entry), error };
+    } catch (err) {
+      error = error || describe(entry, err);
+    }
+  }
+  throw error;
+}
+
 /** A tiny store: get(), set(patch) notifies subscribers with the changed keys. */
 export function createState(initial) {
   let current = { ...initial };
