@@ -27,9 +27,9 @@ import torch
 from .adapters import model_architecture
 from .errors import ModelError, OutputError
 from .files import _io_failure
-from .models import _one_line, cache_dir, quiet_transformers
+from .models import cache_dir, quiet_transformers
 from .progress import Progress
-from .tokens import one_line
+from .tokens import error_line, one_line
 
 
 def _gguf_key(path: Path) -> str:
@@ -108,7 +108,7 @@ def _gguf_read_error(e: Exception, shown: str) -> ModelError:
     if isinstance(e, KeyError) and e.args:  # transformers looks a metadata key up: its message is the bare key
         return ModelError(f"cannot read GGUF file {shown}: its metadata lacks {one_line(repr(e.args[0]), 100)}")
     why = "damaged or truncated" if damaged else "unusable"
-    return ModelError(f"cannot read GGUF file {shown} ({why}): {_one_line(e)}")
+    return ModelError(f"cannot read GGUF file {shown} ({why}): {error_line(e)}")
 
 
 def _sweep_stale_temps(folder: Path) -> None:

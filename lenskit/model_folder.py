@@ -13,8 +13,8 @@ import stat
 from pathlib import Path
 
 from .errors import ModelError
-from .models import _hub_snapshot, _one_line, check_recordable, quiet_transformers
-from .tokens import is_int, one_line
+from .models import _hub_snapshot, check_recordable, quiet_transformers
+from .tokens import error_line, is_int, one_line
 
 # Files transformers may open in a model folder: a FIFO, device, socket or folder under such a name makes it hang,
 # crash or silently skip the file (a tokenizer_config.json linked to /dev/zero was ignored), so each must be a regular
@@ -79,7 +79,7 @@ def _read_config_json(folder: Path, shown: str) -> None:
     try:
         cfg = json.loads(data.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ModelError(f"model folder {shown}: config.json is not valid JSON: {_one_line(e)}") from None
+        raise ModelError(f"model folder {shown}: config.json is not valid JSON: {error_line(e)}") from None
     if not isinstance(cfg, dict):
         raise ModelError(f"model folder {shown}: config.json is not a JSON object (it is a {type(cfg).__name__})")
 
@@ -179,7 +179,7 @@ def model_config(model: str | None, revision: str | None = None, trust_remote_co
         with quiet_transformers():
             config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 -- transformers raises many kinds for a bad config
-        raise ModelError(f"cannot load model '{model}': {_one_line(e)}") from None
+        raise ModelError(f"cannot load model '{model}': {error_line(e)}") from None
     check_model_size(config, folder, model)
     return config
 

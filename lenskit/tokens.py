@@ -133,6 +133,13 @@ def chat_prompt(tokenizer, text: str, system: str | None = None) -> str:
 _LINE_BREAKING = dict.fromkeys([*range(32), *range(127, 160), 0x2028, 0x2029], " ")
 
 
+def error_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message as one short line (its type's name when it has none): how a library's
+    error is quoted inside lenskit's own."""
+    text = str(e).strip().splitlines()
+    return one_line(text[0], limit) if text else type(e).__name__
+
+
 def one_line(text: str, limit: int = 300) -> str:
     """``text`` as one short line: control characters (NUL, escapes, newlines, and the line and paragraph separators
     that ``str.splitlines`` breaks at) as spaces, at most ``limit`` chars. Only the start of a long text is looked

@@ -14,6 +14,7 @@ import torch
 from .adapters import Adapter, get_module
 from .errors import ModelError
 from .lens import Lens, lens_from_model
+from .tokens import error_line
 
 
 def _checkpoint_files(folder: Path) -> list[Path]:
@@ -62,7 +63,7 @@ def model_folder(model: dict, allow_download: bool = False) -> Path:
                                       local_files_only=not online))
     except Exception as e:
         hint = "" if online else " (not in the local hub cache; --allow-download fetches it)"
-        raise ModelError(f"cannot find the weights of '{model_id}'{hint}: {str(e).splitlines()[0] if str(e) else e}") from None
+        raise ModelError(f"cannot find the weights of '{model_id}'{hint}: {error_line(e)}") from None
 
 
 def _checkpoint_renamer(skeleton):
@@ -116,7 +117,7 @@ def load_lens(folder: Path, adapter: Adapter, dtype: torch.dtype = torch.float32
         with init_empty_weights(), _no_init_weights():  # meta tensors, and no random init of them (0.2 s)
             skeleton = AutoModelForCausalLM.from_config(config)
     except Exception as e:
-        raise ModelError(f"cannot read the model config in {folder}: {str(e).splitlines()[0] if str(e) else e}") from None
+        raise ModelError(f"cannot read the model config in {folder}: {error_line(e)}") from None
     adapter = adapter.for_config(config)
     wanted = [p for p in (adapter.final_norm, adapter.pre_unembed, adapter.unembed) if p]
     wanted = [p for p in wanted if get_module(skeleton, p, optional=True) is not None]
@@ -137,7 +138,7 @@ def load_lens(folder: Path, adapter: Adapter, dtype: torch.dtype = torch.float32
                         found[key] = f.get_tensor(file_key)
         except (OSError, SafetensorError) as e:
             raise ModelError(f"cannot read the model weights {file} (damaged or incomplete?): "
-                             f"{str(e).splitlines()[0] if str(e) else e}") from None
+                             f"{error_line(e)}") from None
     unembed_key = f"{adapter.unembed}.weight"
     if unembed_key not in found and tied_key in found:
         found[unembed_key] = found[tied_key]
@@ -164,7 +165,7 @@ def trace_tokenizer(folder: Path, model: dict):
         with quiet_transformers():
             return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as e:
-        raise ModelError(f"cannot load the tokenizer of '{model.get('id')}': {str(e).splitlines()[0] if str(e) else e}") from None
+        raise ModelError(f"cannot load the tokenizer of '{model.get('id')}': {error_line(e)}") from None
 
 
 def trace_lens(folder: Path, model: dict) -> Lens:

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import InputError
 from ..hookspecs import hookimpl
-from ..tokens import is_int, one_line
+from ..tokens import error_line, is_int, one_line
 from .protocol import LensKind, StageLens, Translator
 
 FORMAT = "lenskit.lens/1"
@@ -96,7 +96,7 @@ def load_translator(folder: Path, cfg: dict) -> Translator:
         with safe_open(str(path), framework="pt") as f:
             w, b = f.get_tensor("translator.weight"), f.get_tensor("translator.bias")
     except (OSError, SafetensorError, KeyError) as e:
-        raise InputError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise InputError(f"cannot read {path}: {error_line(e)}") from None
     if tuple(w.shape) != (S, D, D) or tuple(b.shape) != (S, D):
         raise InputError(f"{path}: translator shapes {tuple(w.shape)}, {tuple(b.shape)} do not match "
                          f"{S} stages x hidden size {D}")
