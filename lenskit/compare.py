@@ -641,7 +641,7 @@ def check_export_prompt(run: Path, export: dict, entry: dict) -> None:
 
 def check_export_positions(run: Path, export: dict, entry: dict, n_tokens: int, n_stages: int) -> None:
     """A prompt entry's position records, as :func:`compare_from_exports` reads them: each position once and within
-    the prompt, tracked tokens in the table, and per tracked token one rank (a whole number >= 1) and one score per
+    the prompt, tracked tokens in the table, and per tracked token one rank (1 to the vocabulary size) and one score per
     stage; ``lse`` per stage."""
     where = f"prompt {entry.get('index', 0)}"
     rows = entry.get("positions")
@@ -659,9 +659,10 @@ def check_export_positions(run: Path, export: dict, entry: dict, n_tokens: int, 
             raise _export_error(run, f"{where}, position {pos}: tracked is not a list of indices into token_ids")
         per_stage = (lambda v, ok: isinstance(v, list) and len(v) == n_stages and all(ok(x) for x in v))
         grid = (lambda v, ok: isinstance(v, list) and len(v) == len(tracked) and all(per_stage(x, ok) for x in v))
-        if not grid(rank, lambda x: is_int(x) and x >= 1) or not grid(score, is_number) or not per_stage(lse, is_number):
+        vocab = export["model"]["vocab_size"]
+        if not grid(rank, lambda x: is_int(x) and 1 <= x <= vocab) or not grid(score, is_number) or not per_stage(lse, is_number):
             raise _export_error(run, f"{where}, position {pos}: rank, score and lse are not one number per stage "
-                                     f"({n_stages}) for each tracked token")
+                                     f"({n_stages}) for each tracked token, ranks from 1 to {vocab}")
 
 
 def _check_export_of_trace(side: Side) -> None:

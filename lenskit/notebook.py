@@ -90,6 +90,8 @@ def _check_doc(doc: dict) -> None:
     lens = doc["lens"]
     if not isinstance(lens, dict) or not (is_int(lens.get("top_k")) and lens["top_k"] >= 0):
         raise _broken("'lens.top_k'", "is missing or not a whole number >= 0")
+    if not (is_int(doc.get("vocab_size")) and 1 <= doc["vocab_size"] <= 2**53):
+        raise _broken("'vocab_size'", f"is {_shown(doc.get('vocab_size'))}, not a vocabulary size")
     hg = doc["histogram"]
     if not isinstance(hg, dict):
         raise _broken("'histogram'", "is not an object")
@@ -113,7 +115,7 @@ def _check_doc(doc: dict) -> None:
 
 def _check_position(doc: dict, P: dict, where: str) -> None:
     """One position's fields, as the DataFrame methods read them: lengths (tracked x stages), types, index ranges."""
-    S, n_tokens = len(doc["stages"]["name"]), len(doc["tokens"])
+    S, n_tokens, V = len(doc["stages"]["name"]), len(doc["tokens"]), doc["vocab_size"]
     for key in ("tracked", "score", "rank", "mean", "std", "lse", "entropy", "kl", "hist"):
         if key not in P:
             raise _broken(where, f"has no {key!r}")
@@ -124,7 +126,7 @@ def _check_position(doc: dict, P: dict, where: str) -> None:
     if P.get("next") is not None and not _is_idx(P["next"], T):
         raise _broken(f"{where}: 'next'", f"is {_shown(P['next'])}, not null or an index into 'tracked' (0..{T - 1})")
     for key, ok, kind in (("score", is_number, "finite numbers"),
-                          ("rank", lambda x: _is_idx(x, 2**63) and x >= 1, "whole numbers >= 1")):
+                          ("rank", lambda x: _is_idx(x, V + 1) and x >= 1, f"whole numbers from 1 to {V}")):
         rows = P[key]
         if not isinstance(rows, list) or len(rows) != T or not all(
                 isinstance(r, list) and len(r) == S and all(ok(x) for x in r) for r in rows):

@@ -83,7 +83,7 @@ _POSITION = {
         },
         "score": _arr(_arr(_NUM, "per stage"), "`[tracked][stage]` lens score (logit) of each tracked token."),
         "rank": _arr(
-            _arr(_INT, "per stage"),
+            _arr({"type": "integer", "minimum": 1}, "per stage, 1 to `vocab_size`"),
             "`[tracked][stage]` rank among all vocabulary tokens: 1 + number of tokens with a strictly greater score.",
         ),
         "bin_edge": _arr(

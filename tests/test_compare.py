@@ -373,6 +373,10 @@ def hand_edit(doc, what):
         row["rank"][0] = row["rank"][0][:2]
     elif what == "rank-text":
         row["rank"][0][0] = "1"
+    elif what == "rank-zero":
+        row["rank"][0][0] = 0
+    elif what == "rank-past-vocab":
+        row["rank"][1][0] = doc["model"]["vocab_size"] + 1
     elif what == "index-bool":
         entry["index"] = False
     elif what == "future-schema":
@@ -386,7 +390,8 @@ def hand_edit(doc, what):
     ("text", "text is not text"), ("negative-token", "indices into the token table"),
     ("id-as-text", "token_ids holds"), ("id-too-big", "token_ids holds"), ("no-stages", "stages.name"),
     ("twice", "listed twice"), ("tracked-negative", "tracked is not"), ("short-rank", "one number per stage"),
-    ("rank-text", "one number per stage"), ("index-bool", "whole-number index"), ("future-schema", "export/99"),
+    ("rank-text", "one number per stage"), ("rank-zero", "ranks from 1 to"), ("rank-past-vocab", "ranks from 1 to"),
+    ("index-bool", "whole-number index"), ("future-schema", "export/99"),
     ("no-prompts", "no prompts"),
 ])
 @pytest.mark.parametrize("beside_trace", [False, True])

@@ -403,6 +403,8 @@ BROKEN = {
     "huge": (lambda d, P: P[-1]["score"][1].__setitem__(1, 1e308), "score[1][1]: not a number: 1e+308"),
     "short": (lambda d, P: P[-1]["score"].__setitem__(0, [1.0]), "score[0]: 1 entries, expected 5"),
     "tracked": (lambda d, P: P[-1]["tracked"].__setitem__(0, 10**6), "tracked[0]: not an integer in"),
+    "rank0": (lambda d, P: P[-1]["rank"][0].__setitem__(0, 0), "rank[0][0]: not an integer in [1, "),
+    "rankbig": (lambda d, P: P[-1]["rank"][1].__setitem__(2, d["vocab_size"] + 1), "rank[1][2]: not an integer in [1, "),
     "pos": (lambda d, P: P[-1].__setitem__("pos", -1), "pos: not a token position of the prompt: -1"),
     "bins": (lambda d, P: d["histogram"].__setitem__("bins", 10**9), "histogram.bins: not an integer in [1, 10000]"),
     "stages": (lambda d, P: d["stages"].__setitem__("kind", ["embed", "__proto__", "ffn", "attn", "ffn"]), 'stages.kind[1]: unknown kind "__proto__"'),

@@ -161,9 +161,9 @@ function checkDocument(doc, v1, vlq) {
   doc.tokens.forEach((t, i) => { if (typeof t !== "string") fail(`tokens[${i}]`, "not a string"); });
   arr(doc.token_ids, "token_ids", T);
   const perLens = (x, where, nTracked) => {
-    for (const k of ["score", "rank"]) {
-      arr(x[k], `${where}.${k}`, nTracked).forEach((row, j) => nums(row, `${where}.${k}[${j}]`, S));
-    }
+    arr(x.score, `${where}.score`, nTracked).forEach((row, j) => nums(row, `${where}.score[${j}]`, S));
+    // ranks are 1 + the number of tokens scoring higher: 1..vocab_size (else Figure 2 draws off its axis)
+    arr(x.rank, `${where}.rank`, nTracked).forEach((row, j) => ints(row, `${where}.rank[${j}]`, S, 1, doc.vocab_size));
     for (const k of ["mean", "std", "lse", "entropy", "kl"]) nums(x[k], `${where}.${k}`, S);
     if (v1) {
       arr(x.bin, `${where}.bin`, nTracked).forEach((row, j) => ints(row, `${where}.bin[${j}]`, S, 0, h.bins - 1));
