@@ -587,3 +587,9 @@ def test_serve_compare_through_a_tuned_lens(runs, base_lens):
                        "needs an argument")
     assert_clean_error(run("serve", runs["base"], runs["other"], "--compare", "--lens", "logit", "--lens", "logit",
                            "--lens", "logit", "--get", "/"), "3 times")
+
+
+def test_html_that_is_the_output_folder_is_refused(runs, tmp_path):
+    """`--html` naming the `-o` folder (spelled differently) is one line naming --html, before anything is read."""
+    res = run("compare", runs["base"], runs["instruct"], "-o", tmp_path / "cmp", "--html", f"{tmp_path}/./cmp")
+    assert_clean_error(res, "Invalid value for '--html': is the -o folder", tmp_path / "cmp")

@@ -79,7 +79,7 @@ def compare(
     if html is not None:
         html = check_output_file(html.expanduser(), "report")
         if target is not None and Path(os.path.abspath(html)) == target:
-            raise typer.BadParameter("--html must not be the -o folder; name a file")
+            raise typer.BadParameter("is the -o folder; name a file beside it", param_hint="'--html'")
 
     def warn(msg):
         typer.echo(f"lenskit: warning: {msg}", err=True)
