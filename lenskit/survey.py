@@ -183,6 +183,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    merge_group: object = None  # the process group of the final merge (made as the job starts, all ranks at once)
 
     @property
     def active(self) -> bool:
@@ -190,6 +191,9 @@ class Dist:
 
 
 MAX_WORLD = 1 << 16  # processes: far past any job; a WORLD_SIZE beyond it is a mistake, not a cluster
+JOIN_SECONDS = 600  # every process joins the job as it starts (before loading the model): a peer missing this long
+# is never coming (a WORLD_SIZE set by hand, a crashed launch)
+MERGE_SECONDS = 7200  # rank 0 waits this long at the merge for the slowest shard
 
 
 def _env_int(name: str, default: str | None, lo: int, hi: int) -> int:
@@ -225,8 +229,9 @@ def read_dist_env() -> Dist:
     return Dist(rank, world, local)
 
 
-def init_distributed(device: str) -> Dist:
-    """Join the ``torchrun`` / ``accelerate launch`` job named by the environment (gloo on CPU, NCCL on CUDA)."""
+def init_distributed(device: str, log=None) -> Dist:
+    """Join the ``torchrun`` / ``accelerate launch`` job named by the environment (gloo on CPU, NCCL on CUDA),
+    waiting at most JOIN_SECONDS for the other processes (the merge's own group waits MERGE_SECONDS)."""
     d = read_dist_env()
     if not d.active:
         return d
@@ -241,12 +246,16 @@ def init_distributed(device: str) -> Dist:
                               f"({torch.cuda.device_count()} visible); use --nproc-per-node <= the GPU count")
         torch.cuda.set_device(d.local_rank)
     if not dist.is_initialized():
+        if log:
+            log(f"joining the torchrun job of {d.world} processes at {os.environ.get('MASTER_ADDR')}:"
+                f"{os.environ.get('MASTER_PORT')} (waiting up to {JOIN_SECONDS // 60} min for the others)")
         try:
-            dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
+            dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=JOIN_SECONDS))
         except (RuntimeError, ValueError) as e:  # DistNetworkError / DistStoreError: a bad address, a port in use
             msg = " ".join(str(e).split())[:300]
             raise SurveyError(f"cannot join the torchrun job (MASTER_ADDR {os.environ.get('MASTER_ADDR')!r}, "
                               f"MASTER_PORT {os.environ.get('MASTER_PORT')!r}): {msg}") from None
+    d.merge_group = dist.new_group(timeout=datetime.timedelta(seconds=MERGE_SECONDS))  # shards finish unevenly
     return d
 
 
@@ -397,7 +406,7 @@ def run_survey(loaded, opts: SurveyOptions, target: Path, resume: bool = False, 
     import torch.distributed as dist
 
     states = [None] * d.world if d.rank == 0 else None
-    dist.gather_object(agg.state(), states, dst=0)
+    dist.gather_object(agg.state(), states, dst=0, group=d.merge_group)
     if d.rank != 0:
         return None
     merged = Aggregates(agg.n_stages, opts.examples)

@@ -373,6 +373,27 @@ def test_torchrun_environment_garbage_is_one_line(tmp_path, monkeypatch, env, fr
     assert_clean_error(res, fragment, tmp_path / "r")
 
 
+def test_a_peer_that_never_joins_is_one_line(tmp_path, monkeypatch):
+    """WORLD_SIZE=2 set by hand with no second process: rank 0 says it is joining, waits JOIN_SECONDS (10 min; 2 s
+    here) for the peer, then one line -- not torch's 2-hour wait. Nothing is written."""
+    import socket
+
+    import lenskit.survey as survey_mod
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(survey_mod, "JOIN_SECONDS", 2)
+    for k, v in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(k, v)
+    (tmp_path / "a.txt").write_text("the cat")
+    res = CliRunner().invoke(app, ["survey", str(tmp_path / "a.txt"), "-m", str(tmp_path / "no-model"), "-o",
+                                   str(tmp_path / "r")])
+    assert "joining the torchrun job of 2 processes at 127.0.0.1" in res.stderr
+    assert_clean_error(res, "cannot join the torchrun job", tmp_path / "r")
+
+
 def test_cli_refuses_a_fifo_corpus_before_the_model_loads(tmp_path):
     os.mkfifo(tmp_path / "pipe.jsonl")
     res = CliRunner().invoke(app, ["survey", str(tmp_path / "pipe.jsonl"), "-m", str(tmp_path / "no-model"), "-o",

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -72,7 +73,7 @@ def survey(
         raise InputError("give a CORPUS or --demo, not both")
     if not demo and not corpus:
         raise InputError("no corpus: name files or folders (or '-' for stdin), or use --demo")
-    dist_info = init_distributed(device)
+    dist_info = init_distributed(device, progress_logger(quiet or os.environ.get("RANK", "0") != "0"))
     log = progress_logger(quiet or dist_info.rank != 0)
     sources = [DEMO_SOURCE] if demo else expand_sources(list(corpus))
     if "-" in sources and (dist_info.active or resume):
