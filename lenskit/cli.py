@@ -121,6 +121,9 @@ def _assemble() -> None:
 
     for module in (trace, export, validate, serve, adapters, schema, survey, fit_lens, compare):
         module.register(app)
+    for info in app.registered_commands:  # `lenskit --help` lists each by its docstring's first paragraph, unwrapped
+        if info.short_help is None and info.callback is not None and info.callback.__doc__:
+            info.short_help = " ".join(info.callback.__doc__.strip().split("\n\n")[0].split())
 
 
 _assemble()

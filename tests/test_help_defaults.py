@@ -287,3 +287,15 @@ def test_command_help_agrees_with_defaults_and_schema():
                 f"lenskit {name} --help names {version}; lenskit writes {SCHEMA_VERSION}")
         for host, port in re.findall(r"https?://([0-9.]+|localhost):([0-9]+)/", text):
             assert (host, int(port)) == (_declared(name, "host"), _declared(name, "port")), f"lenskit {name}: {text}"
+
+
+def test_command_list_shows_each_first_paragraph_unwrapped():
+    """`lenskit --help` lists every command by its docstring's whole first paragraph, joined into one line (Typer
+    kept the docstring's line breaks: "(comparison counting),⏎ z-score ...")."""
+    from typer.testing import CliRunner
+
+    for info in app.registered_commands:
+        first = " ".join(info.callback.__doc__.strip().split("\n\n")[0].split())
+        assert info.short_help == first, info.name
+    res = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "400"})
+    assert "exact ranks (comparison counting), z-score histograms" in res.output
