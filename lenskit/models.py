@@ -109,20 +109,24 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 @contextlib.contextmanager
 def quiet_transformers(enabled: bool = True):
-    """Silence transformers' own progress bars and chatter (lenskit reports progress itself)."""
+    """Silence transformers' and the hub client's progress bars and chatter (lenskit reports progress itself; the
+    hub client's "Retrying in 1s" lines go to the stderr its logger captured at import, past ``redirect_stderr``)."""
     if not enabled:
         yield
         return
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
 
-    verbosity = hf_logging.get_verbosity()
+    verbosity, hub_verbosity = hf_logging.get_verbosity(), hub_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
         with contextlib.redirect_stderr(io.StringIO()):
             yield
     finally:
         hf_logging.set_verbosity(verbosity)
+        hub_logging.set_verbosity(hub_verbosity)
         hf_logging.enable_progress_bar()
 
 
@@ -155,6 +159,7 @@ def load_model(
     adapter: str | None = None,
     device_map: str | None = None,
     log=None,
+    allow_download: bool = False,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, and find its adapter.
 
@@ -168,6 +173,9 @@ def load_model(
             candidate layouts of :mod:`lenskit.adapters.infer` (``LoadedModel.inferred``), verified on the first prompt.
         device_map: accelerate device map (``auto``) for models larger than one device.
         log: callable taking a progress message, or None.
+        allow_download: let the hub download a hub id not on this machine. Without it (or an explicit
+            ``HF_HUB_OFFLINE=0``) a hub id is read from the local Hugging Face cache only and the hub is never
+            contacted: a model not there is one ModelError at once, not minutes of retries.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -205,6 +213,16 @@ def load_model(
         load_from = str(Path(model).expanduser().resolve())
     source["path"] = load_from if folder or Path(load_from).is_dir() else None
     kwargs = dict(revision=revision, trust_remote_code=trust_remote_code)
+    if folder is None and source["path"] is None:  # a hub id
+        from .weights import downloads_allowed
+
+        if not downloads_allowed(allow_download):
+            if _hub_snapshot(model, revision) is None:
+                at = f" at revision {one_line(revision, 80)}" if revision else ""
+                raise ModelError(f"model '{one_line(model, 200)}'{at} is not on this machine (not in the Hugging Face "
+                                 "cache, and lenskit never downloads unless asked): pass --allow-download, download "
+                                 f"it first (`hf download {one_line(model, 200)}`), or give a local folder")
+            kwargs["local_files_only"] = True
     if log:
         log(f"loading {source['id']} ...")
     try:

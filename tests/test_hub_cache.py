@@ -1,4 +1,5 @@
-"""A hub id goes through the ordinary from_pretrained path: offline, from the hub cache, pinned revision recorded."""
+"""A hub id goes through the ordinary from_pretrained path: from the local hub cache, pinned revision recorded, and
+the hub never contacted unless the user asks (--allow-download, or HF_HUB_OFFLINE=0 set explicitly)."""
 
 import json
 import os
@@ -16,7 +17,9 @@ def test_hub_id_from_the_offline_cache(tmp_path):
     save_model(snap, llama_config())
     (cache / "models--tiny-org--tiny-llama" / "refs").mkdir(parents=True)
     (cache / "models--tiny-org--tiny-llama" / "refs" / "main").write_text(COMMIT)
-    env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", LENSKIT_LOAD_PLUGINS="0")
+    env = dict(os.environ, HF_HUB_CACHE=str(cache), LENSKIT_LOAD_PLUGINS="0")
+    env.pop("HF_HUB_OFFLINE", None)  # not offline: a hub that is contacted at all fails the test
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # the discard port: nothing listens
     run = tmp_path / "run"
     cli = [sys.executable, "-m", "lenskit.cli"]
     res = subprocess.run([*cli, "trace", "the cat sat", "-m", "tiny-org/tiny-llama", "-o", str(run), "-q"],
@@ -31,6 +34,33 @@ def test_hub_id_from_the_offline_cache(tmp_path):
     res = subprocess.run([*cli, "export", str(run), "-o", str(tmp_path / "e.json"), "-q"], env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     # an id that is not in the cache: one line, no traceback
-    res = subprocess.run([*cli, "trace", "hi", "-m", "tiny-org/absent", "-o", str(tmp_path / "r2")], env=env, capture_output=True, text=True)
-    assert res.returncode == 1 and "Traceback" not in res.stderr
-    assert res.stderr.strip().splitlines()[-1].startswith("lenskit: error: cannot load model 'tiny-org/absent'")
+    for cmd in (["trace", "hi"], ["survey", "--demo"], ["adapters", "--check"]):
+        res = subprocess.run([*cli, *cmd, "-m", "tiny-org/absent", "-o", str(tmp_path / "r2")] if cmd[0] != "adapters"
+                             else [*cli, *cmd, "tiny-org/absent"], env=env, capture_output=True, text=True)
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        assert res.stderr.strip().splitlines()[-1].startswith(
+            "lenskit: error: model 'tiny-org/absent' is not on this machine"), res.stderr
+        assert "Retrying" not in res.stderr and not (tmp_path / "r2").exists()
+
+
+def test_allow_download_lets_from_pretrained_reach_the_hub(tmp_path, monkeypatch):
+    """--allow-download (or HF_HUB_OFFLINE=0) hands a missing hub id to from_pretrained without local_files_only."""
+    import transformers
+    from typer.testing import CliRunner
+
+    from lenskit.cli import app
+
+    seen = []
+
+    def fake(name, **kw):
+        seen.append((name, kw.get("local_files_only", False)))
+        raise OSError("no network in tests")
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake)
+    for extra, env in ((["--allow-download"], {}), ([], {"HF_HUB_OFFLINE": "0"})):
+        res = CliRunner().invoke(app, ["trace", "hi", "-m", "tiny-org/absent", "-o", str(tmp_path / "r"), *extra],
+                                 env=env)
+        assert res.exit_code == 1 and "cannot load model 'tiny-org/absent'" in res.stderr
+    assert seen == [("tiny-org/absent", False)] * 2

@@ -77,7 +77,7 @@ def test_unknown_model_path(tmp_path):
 
 def test_unknown_model_id(tmp_path):
     res = invoke("trace", "hi", "-m", "nobody-at-all/not-a-model-xyz", "-o", tmp_path / "r")
-    assert_clean_error(res, "cannot load model", tmp_path / "r")
+    assert_clean_error(res, "is not on this machine", tmp_path / "r")
 
 
 def test_prompt_longer_than_context(tiny_dir, tmp_path):

@@ -28,6 +28,7 @@ def adapters(
         "on a short built-in prompt. Exit 0 if one fits, 1 if none does.",
     ),
     revision: str | None = typer.Option(None, "--revision", help="With --check: hub revision (branch, tag or commit)."),
+    allow_download: bool = typer.Option(False, "--allow-download", help="With --check: " + options.DOWNLOAD_HELP),
     device: str = typer.Option(
         "auto", "--device", callback=options.device, help="With --check: auto | cpu | cuda[:N] | mps (auto: CUDA when present)."
     ),
@@ -62,7 +63,7 @@ def adapters(
     if plugins and not markdown:
         raise InputError("--plugins only applies with --markdown (the plain list and --json always show plugins)")
     if check is not None:
-        _check(check, revision, device, dtype, trust_remote_code)
+        _check(check, revision, device, dtype, trust_remote_code, allow_download)
         return
     if markdown:
         typer.echo(coverage_markdown(builtin_only=not plugins), nl=False)
@@ -76,7 +77,7 @@ def adapters(
     typer.echo(table(rows), nl=False)
 
 
-def _check(model: str, revision, device: str, dtype: str, trust_remote_code: bool) -> None:
+def _check(model: str, revision, device: str, dtype: str, trust_remote_code: bool, allow_download: bool) -> None:
     """``--check MODEL``: the adapter lookup, layout inference and verification of ``lenskit trace``, alone."""
     import torch
 
@@ -85,7 +86,8 @@ def _check(model: str, revision, device: str, dtype: str, trust_remote_code: boo
     from ..testing import CHECK_PROMPT, verify_layouts
     from ..tokens import context_length, tokenize
 
-    loaded = load_model(model, revision, device, dtype, trust_remote_code, log=progress_logger(False))
+    loaded = load_model(model, revision, device, dtype, trust_remote_code, log=progress_logger(False),
+                        allow_download=allow_download)
     ids = torch.tensor(tokenize(loaded.tokenizer, CHECK_PROMPT, context_length(loaded.model.config)))
     arch = loaded.architecture
     candidates = loaded.inferred or (loaded.adapter,)

@@ -19,9 +19,8 @@ def fit_lens(
         None, help="Text files, folders, JSONL/Parquet files with a `text` field, or '-' for stdin. "
         "Not with --import."
     ),
-    model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="Hub id, local folder or .gguf file. Default: the embedded SmolLM2-135M-Instruct."
-    ),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=options.MODEL_HELP),
+    allow_download: bool = typer.Option(False, "--allow-download", help=options.DOWNLOAD_HELP),
     output: Path = typer.Option(..., "--output", "-o", help="Lens folder to write (lens.safetensors + lens.json)."),
     import_dir: Optional[Path] = typer.Option(
         None, "--import", help="Convert a tuned-lens folder (config.json + params.pt) instead of fitting."
@@ -70,7 +69,7 @@ def fit_lens(
         from ..lenses.fit import check_tuned_lens_folder, import_tuned_lens
 
         check_tuned_lens_folder(import_dir)  # a wrong folder is named before the model loads
-        loaded = load_model(model, device=device, dtype="float32", log=log)
+        loaded = load_model(model, device=device, dtype="float32", log=log, allow_download=allow_download)
         verify_inferred(loaded)  # an architecture without an adapter: settle the inferred layout first
         import_tuned_lens(import_dir, loaded, out, log=log)
         typer.echo(str(out))
@@ -79,7 +78,7 @@ def fit_lens(
     from ..lenses.fit import FitOptions, fit_lens as run_fit
 
     sources = expand_sources(list(corpus))
-    loaded = load_model(model, device=device, dtype="float32", log=log)
+    loaded = load_model(model, device=device, dtype="float32", log=log, allow_download=allow_download)
     verify_inferred(loaded)  # an architecture without an adapter: settle the inferred layout first
     from ..tokens import context_length
 

@@ -18,6 +18,9 @@ DEVICES = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", re.ASCII)
 SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:I?B)?", re.ASCII | re.IGNORECASE)
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+MODEL_HELP = "Hub id, local folder or .gguf file. Default: the embedded SmolLM2-135M-Instruct."
+DOWNLOAD_HELP = ("Let the hub download the model when it is not on this machine (default: never: a hub id is read from "
+                 "the local Hugging Face cache only; or set HF_HUB_OFFLINE=0).")
 
 
 def device(value: str) -> str:

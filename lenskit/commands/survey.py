@@ -24,9 +24,9 @@ def survey(
         ".parquet (a 'text' column), a datasets save_to_disk folder, or folders of those."),
     demo: bool = typer.Option(False, "--demo", help=f"Survey Python's own help topics (pydoc_data.topics, offline); "
                               f"the first {DEMO_DOCS} unless --max-docs."),
-    model: str | None = typer.Option(
-        None, "--model", "-m", help="Hub id, local folder or .gguf file. Default: the embedded SmolLM2-135M-Instruct."),
+    model: str | None = typer.Option(None, "--model", "-m", help=options.MODEL_HELP),
     revision: str | None = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit)."),
+    allow_download: bool = typer.Option(False, "--allow-download", help=options.DOWNLOAD_HELP),
     output: Path | None = typer.Option(None, "--output", "-o", help="Run folder to create. Default: runs/survey-<model>-<time>."),
     force: bool = typer.Option(False, "--force", help="Replace the output folder if it is an earlier lenskit survey run."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted survey into the same -o (same corpus, "
@@ -83,7 +83,7 @@ def survey(
     target = check_run_dir(out, force, is_survey_run)
     _check_ancestors(target)
     loaded = load_model(model, revision, process_device(device, dist_info), dtype, trust_remote_code, adapter,
-                        device_map, log=log)
+                        device_map, log=log, allow_download=allow_download)
     from ..testing import verify_inferred
 
     verify_inferred(loaded)  # an architecture without an adapter: settle the inferred layout before batching

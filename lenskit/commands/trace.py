@@ -101,10 +101,9 @@ def trace(
         None, help="Prompt texts, one per argument (quote each). None and no --file: the standard test paragraph."
     ),
     file: Optional[List[Path]] = typer.Option(None, "--file", "-f", help="Read a prompt from a file ('-' = stdin). Repeatable. Prompts given as arguments come first, then the files', each in the order given."),
-    model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="Hub id, local folder or .gguf file. Default: the embedded SmolLM2-135M-Instruct."
-    ),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=options.MODEL_HELP),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit)."),
+    allow_download: bool = typer.Option(False, "--allow-download", help=options.DOWNLOAD_HELP),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder to create. Default: runs/<model>-<time>."),
     force: bool = typer.Option(
         False, "--force", help="Replace the output folder if it is an earlier lenskit run (nothing else is ever replaced)."
@@ -161,7 +160,8 @@ def trace(
             raise InputError(f"--stage-top {stage_top} must be between 0 and the vocabulary size ({vocab})")
     tmp = new_run_dir(target)
     try:
-        loaded = load_model(model, revision, device, dtype, trust_remote_code, adapter, device_map, log=log)
+        loaded = load_model(model, revision, device, dtype, trust_remote_code, adapter, device_map, log=log,
+                            allow_download=allow_download)
         if export:  # check the export options now, not after the forward passes
             from ..export import check_export_options
             from ..lens import lens_from_model
