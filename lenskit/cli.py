@@ -6,6 +6,7 @@ on stderr and exiting with status 1.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import sys
@@ -18,7 +19,7 @@ try:  # typer >= 0.20 vendors click
 except ImportError:  # pragma: no cover
     from click import exceptions as cx
 
-from .errors import LenskitError
+from .errors import InputError, LenskitError
 
 
 MAX_ERROR = 2000  # characters of an error line at most
@@ -36,6 +37,7 @@ class _Group(TyperGroup):
 
     def invoke(self, ctx):
         try:
+            _check_environment()
             return super().invoke(ctx)
         except LenskitError as e:
             _fail(str(e), 1)
@@ -56,6 +58,70 @@ class _Group(TyperGroup):
             if why is None:
                 _unexpected(e)
             _fail(why, 1)
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def _check_environment() -> None:
+    """The environment variables that change how lenskit's libraries run, checked before they are imported: a thread
+    count that is not a whole number from 1 (``OMP_NUM_THREADS=0``, ``NUMBA_NUM_THREADS=abc``: OpenMP printed two
+    lines of its own, numba a traceback, or failed with a bare ValueError) is dropped with one warning line; an
+    unknown ``LENSKIT_KERNELS`` is refused (:func:`lenskit.stats.kernels_setting`). So is a current folder that was
+    deleted: torch's MKL then kills the process as it loads (``Intel oneMKL FATAL ERROR``, exit 2), and the relative
+    paths (the default ``runs/...``) have nowhere to go."""
+    try:
+        os.getcwd()
+    except OSError as e:
+        raise InputError(f"the current folder is gone ({e.strerror or e}: deleted?); cd to a folder that "
+                         "exists") from None
+    for name in THREAD_VARIABLES:
+        raw = os.environ.get(name)
+        if raw is None:
+            continue
+        counts = raw.strip().split(",") if name == "OMP_NUM_THREADS" else [raw.strip()]  # OpenMP: one per level
+        if not all(c.isascii() and c.isdigit() and 0 < int(c) <= 1 << 20 for c in counts):
+            del os.environ[name]
+            if raw.strip():  # empty: the same as unset
+                typer.echo(f"lenskit: warning: {name}={raw[:40]!r} is not a number of threads from 1 to "
+                           f"{1 << 20}; ignored", err=True)
+    if os.environ.get("LENSKIT_KERNELS"):  # stats imports torch: only when there is something to check
+        from .stats import kernels_setting
+
+        kernels_setting()
+
+
+def _escape(e: UnicodeEncodeError):
+    """Encoding error handler of stdout and stderr: a lone surrogate (a path's undecodable byte) as that byte, any
+    other character the encoding lacks (``PYTHONIOENCODING=latin-1``) as a backslash escape."""
+    try:
+        return codecs.lookup_error("surrogateescape")(e)
+    except UnicodeError:
+        return codecs.lookup_error("backslashreplace")(e)
+
+
+codecs.register_error("lenskit-escape", _escape)
+
+
+def _standard_streams() -> None:
+    """Make the standard streams safe before anything runs. A closed descriptor 0, 1 or 2 (``<&-``, ``>&-``,
+    ``2>&-``) is opened on /dev/null, so no file lenskit opens takes its number (what C libraries write to fd 2 would
+    land in a trace); a closed stderr gets a writer there (``print(file=None)`` writes to stdout); stdout and stderr
+    escape what their encoding cannot hold (:func:`_escape`) instead of failing after the work is done. A closed
+    stdin or stdout stays None: the commands that read or write one say so (``-f -``, ``-o -``)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd itself
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 -- for the whole process
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="lenskit-escape")
 
 
 def _unexpected(e: Exception):
@@ -131,6 +197,7 @@ _assemble()
 
 def main() -> None:
     """Console-script entry point."""
+    _standard_streams()
     app()
 
 

@@ -6,18 +6,23 @@ speed (:func:`ensure_gguf_cached`, used by :mod:`lenskit.models` and by export's
   before transformers starts (:func:`check_gguf_header`); the reader's own failures are named as damage.
 * An entry is built under a temporary name and installed whole (:func:`_install_gguf_entry`); only a complete one
   (:data:`GGUF_CACHE_FILES`) is trusted, and temporary folders of killed runs are swept after a day.
+* A default cache that cannot be written (a read-only home or container, ``HOME`` unset) costs a dequantization per
+  run into a temporary folder, with one warning line; an unwritable ``$LENSKIT_CACHE`` is refused (:func:`_workspace`).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
 import struct
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +32,7 @@ import torch
 from .adapters import model_architecture
 from .errors import ModelError, OutputError
 from .files import _io_failure
-from .models import cache_dir, quiet_transformers
+from .models import cache_dir, quiet_transformers, recordable
 from .progress import Progress
 from .tokens import error_line, one_line
 
@@ -46,11 +51,16 @@ def _gguf_key(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def gguf_cache_folder(path: Path) -> Path:
-    """Where the dequantized safetensors copy of GGUF file ``path`` lives. The file's stem names it, with control
-    characters as ``_`` and at most 100 characters (a folder name holds 255 bytes; the key tells files apart)."""
+def _entry_name(path: Path) -> str:
+    """The cache entry's folder name for GGUF file ``path``: its stem, with control characters as ``_`` and at most
+    100 characters (a folder name holds 255 bytes), then its key (which tells files apart)."""
     stem = re.sub(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]", "_", path.stem)[:100]
-    return cache_dir() / "gguf" / f"{stem}-{_gguf_key(path)}"
+    return f"{stem}-{_gguf_key(path)}"
+
+
+def gguf_cache_folder(path: Path) -> Path:
+    """Where the dequantized safetensors copy of GGUF file ``path`` lives."""
+    return cache_dir() / "gguf" / _entry_name(path)
 
 
 # What a finished cache entry holds (lenskit-source.json is lenskit's own): an entry short of one -- removed by hand,
@@ -63,6 +73,7 @@ GGUF_VERSIONS = (2, 3)  # what the gguf package reads
 _MIN_KV_BYTES = 8 + 1 + 4 + 1
 _MIN_TENSOR_INFO_BYTES = 8 + 1 + 4 + 8 + 4 + 8
 STALE_TEMP_SECONDS = 24 * 3600  # a temp folder that old in the cache is a killed run's (a live one is minutes old)
+_PRIVATE_ENTRIES: dict = {}  # entry name -> this process's temporary entry, made when the default cache is unusable
 
 
 def _gguf_cache_complete(folder: Path) -> bool:
@@ -125,6 +136,47 @@ def _sweep_stale_temps(folder: Path) -> None:
             continue
         if stale:
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def _cache_root() -> Path:
+    """:func:`lenskit.models.cache_dir`, or OSError when its name is one a trace cannot record (a line break: the
+    trace names the entry it loaded, and was refused after the whole run)."""
+    root = cache_dir()
+    if not recordable(str(root)):
+        raise OSError(errno.EINVAL, "its name holds a line break, a control character or bytes that are not UTF-8, "
+                      "which a trace cannot record")
+    return root
+
+
+def _workspace(name: str) -> tuple[Path, Path | None]:
+    """Where to dequantize the entry ``name``: a new temp folder in the cache and the entry's folder, or -- when the
+    default cache cannot be written (a read-only home or container, ``HOME`` unset, a file in the way) -- a temp
+    folder of the system's, deleted when this process ends, and None, with one warning line. A ``$LENSKIT_CACHE``
+    that cannot be written is the user's explicit choice: ModelError, before the seconds of dequantizing."""
+    where = os.environ.get("LENSKIT_CACHE") or "~/.cache/lenskit"
+    try:
+        where = str(cache_dir() / "gguf")
+        target = _cache_root() / "gguf" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent)), target
+    except OSError as e:
+        why = e.strerror or str(e)
+    if os.environ.get("LENSKIT_CACHE"):
+        raise ModelError(f"cannot write lenskit's cache folder {one_line(where)} (set LENSKIT_CACHE to another): "
+                         f"{why}")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix="lenskit-gguf-"))
+        if not recordable(str(tmp)):  # TMPDIR with a line break
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OSError(errno.EINVAL, f"{one_line(str(tmp))}: its name holds a line break or a control character")
+    except OSError as e:  # FileNotFoundError too: no usable temporary folder at all
+        raise ModelError(f"cannot write lenskit's cache folder {one_line(where)} ({why}) nor a temporary folder "
+                         f"({e.strerror or e}): set LENSKIT_CACHE to a writable folder") from None
+    atexit.register(shutil.rmtree, tmp, True)
+    print(f"lenskit: warning: cannot write lenskit's cache folder {one_line(where)} ({why}); dequantizing into a "
+          f"temporary folder for this run only (set LENSKIT_CACHE to a writable folder to keep the copy)",
+          file=sys.stderr, flush=True)
+    return tmp, None
 
 
 def _install_gguf_entry(tmp: Path, target: Path) -> None:
@@ -220,24 +272,42 @@ def ensure_gguf_cached(path: Path, log=None) -> Path:
     """Dequantize ``path`` once into a safetensors folder (atomically: temp folder, then rename); return the folder.
 
     A failure or interrupt at any point leaves no entry (its temp folder is deleted, or swept a day later if the
-    process was killed); two processes dequantizing one file at once both succeed, and one entry stays.
+    process was killed); two processes dequantizing one file at once both succeed, and one entry stays. A default
+    cache that cannot be written gets a private entry in a temporary folder instead, for this process only
+    (:func:`_workspace`); a read-only cache that already holds the entry is used as it is.
 
     ``log`` (see :func:`lenskit.progress.progress_logger`): a bar with an ETA on a terminal, else plain lines."""
     shown = one_line(str(path), 300)
-    target = gguf_cache_folder(path)
-    if _gguf_cache_complete(target):
-        return target
+    name = _entry_name(path)
+    if name in _PRIVATE_ENTRIES:
+        return _PRIVATE_ENTRIES[name]
+    with contextlib.suppress(OSError):  # no cache folder can be named: :func:`_workspace` says why
+        if _gguf_cache_complete(_cache_root() / "gguf" / name):  # a read-only cache that holds it is fine
+            return _cache_root() / "gguf" / name
     check_gguf_header(path, shown)
-    try:  # before the seconds of dequantizing: an unwritable cache is known now
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ModelError(f"cannot write lenskit's cache folder {one_line(str(target.parent))} (set LENSKIT_CACHE to "
-                         f"another): {e.strerror or e}") from None
-    _sweep_stale_temps(target.parent)
+    tmp, target = _workspace(name)  # before the seconds of dequantizing: an unwritable cache is known now
+    kept = False
+    try:
+        if target is not None:
+            _sweep_stale_temps(target.parent)
+        kept = _dequantize(path, shown, tmp, target, log)
+    finally:  # a full disk, an interrupt: no temp folder of ~4x the GGUF's size stays behind
+        if not kept:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if target is None:
+        _PRIVATE_ENTRIES[name] = tmp
+        return tmp
+    return target
+
+
+def _dequantize(path: Path, shown: str, tmp: Path, target: Path | None, log) -> bool:
+    """Dequantize GGUF file ``path`` into folder ``tmp``, then install it as the cache entry ``target`` (None: ``tmp``
+    is this process's private entry). Whether ``tmp`` is to be kept (a private entry)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if log:
-        log(f"dequantizing {one_line(path.name)} once into {one_line(str(target))} ...")
+        into = f"once into {one_line(str(target))}" if target is not None else "into a temporary folder"
+        log(f"dequantizing {one_line(path.name)} {into} ...")
     at = _gguf_phases(path)
     with Progress(100, "dequantize", "%", log) as progress:
 
@@ -256,7 +326,6 @@ def ensure_gguf_cached(path: Path, log=None) -> Path:
             raise _gguf_read_error(e, shown) from None
         begin("saving")
         model.config.architectures = [model_architecture(model)]
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
         try:
             # transformers refuses save_pretrained on GGUF-loaded models; the weights are plain float32 tensors now
             from safetensors.torch import save_model
@@ -268,14 +337,13 @@ def ensure_gguf_cached(path: Path, log=None) -> Path:
             config.save_pretrained(tmp)
             tok.save_pretrained(tmp)
             (tmp / "lenskit-source.json").write_text(json.dumps({"gguf": str(path)}))
-            _install_gguf_entry(tmp, target)
+            if target is not None:
+                _install_gguf_entry(tmp, target)
         except Exception as e:
             why = e.strerror or str(e) if isinstance(e, OSError) else _io_failure(e)  # safetensors' full disk
             if why is None:
                 raise
-            raise OutputError(f"cannot write the dequantized copy into lenskit's cache {one_line(str(target.parent))}"
-                              f": {why}") from None
-        finally:  # a full disk, an interrupt: no temp folder of ~4x the GGUF's size stays behind
-            shutil.rmtree(tmp, ignore_errors=True)
+            where = "lenskit's cache " + one_line(str(target.parent)) if target is not None else one_line(str(tmp))
+            raise OutputError(f"cannot write the dequantized copy into {where}: {why}") from None
         progress.update_to(100)
-    return target
+    return target is None

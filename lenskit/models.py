@@ -52,11 +52,25 @@ class LoadedModel:
 
 
 def cache_dir() -> Path:
-    """Root of lenskit's cache (``$LENSKIT_CACHE`` overrides)."""
+    """Root of lenskit's cache: ``$LENSKIT_CACHE`` (a relative one from the current folder), else
+    ``$XDG_CACHE_HOME/lenskit`` when that is absolute (the XDG rule: a relative one is ignored), else
+    ``~/.cache/lenskit`` -- ``$HOME`` when absolute, else the account's home (``HOME=`` would put the cache in the
+    current folder). OSError when no folder can be named (the current folder deleted, an account without a home)."""
     if os.environ.get("LENSKIT_CACHE"):
-        return Path(os.environ["LENSKIT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "lenskit"
+        return Path(os.path.abspath(os.environ["LENSKIT_CACHE"]))
+    if os.path.isabs(os.environ.get("XDG_CACHE_HOME", "")):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "lenskit"
+    home = os.environ.get("HOME", "")
+    if not os.path.isabs(home):
+        import pwd
+
+        try:
+            home = pwd.getpwuid(os.getuid()).pw_dir
+        except KeyError:
+            home = ""
+    if not os.path.isabs(home):
+        raise FileNotFoundError(2, "no home folder to hold it (HOME is unset or relative)")
+    return Path(home) / ".cache" / "lenskit"
 
 
 def default_model_path() -> Path:
@@ -130,12 +144,16 @@ def quiet_transformers(enabled: bool = True):
         hf_logging.enable_progress_bar()
 
 
+def recordable(text: str) -> bool:
+    """Whether a trace can record ``text`` as a path or id: no line break, control character or undecodable byte."""
+    return not any(ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029" or 0xD800 <= ord(c) < 0xE000 for c in text)
+
+
 def check_recordable(text: str, given: str, what: str) -> None:
     """Refuse a model id or path a trace cannot record (``model.id``, ``model.source``, which export reads): a line
     break or control character, or bytes that are not UTF-8 -- before minutes of loading and tracing, not after.
     ``what``: how the message names it ("GGUF file", "model")."""
-    bad = any(ord(c) < 32 or 127 <= ord(c) < 160 or c in "\u2028\u2029" or 0xD800 <= ord(c) < 0xE000 for c in text)
-    if bad:
+    if not recordable(text):
         raise ModelError(f"{what} {one_line(given)}: its name holds a line break, a control character or bytes that "
                          "are not UTF-8, which a trace cannot record; rename it (or its folder)")
 

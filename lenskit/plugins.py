@@ -87,8 +87,20 @@ def load_plugins() -> None:
     _loaded = True
     for name in DEFAULT_PLUGINS:
         pm.register(importlib.import_module(name), name=name)
-    if os.environ.get("LENSKIT_LOAD_PLUGINS", "1") != "0":
+    if third_party_wanted():
         _load_entry_points("lenskit")
+
+
+def third_party_wanted() -> bool:
+    """``LENSKIT_LOAD_PLUGINS``: ``0``, ``false``, ``no`` or ``off`` (any case) skip third-party plugins (``false``
+    loaded them before); unset, empty, ``1``, ``true``, ``yes`` or ``on`` load them; another value loads them with a
+    one-line warning."""
+    raw = os.environ.get("LENSKIT_LOAD_PLUGINS", "").strip().lower()
+    if raw in ("0", "false", "no", "off"):
+        return False
+    if raw not in ("", "1", "true", "yes", "on"):
+        warn(f"LENSKIT_LOAD_PLUGINS={raw[:40]!r} is not 0 or 1; third-party plugins are loaded")
+    return True
 
 
 def _load_entry_points(group: str) -> None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import InputError
 from .schema import HIST_BINS, HIST_SAMPLES, HIST_Z_MAX, HIST_Z_MIN
 
 FINE = 64  # sub-bins per histogram bin (a power of two: y * FINE is exact)
@@ -198,13 +199,29 @@ def stage_top_torch(s: torch.Tensor, n: int, col_ids: torch.Tensor | None = None
 _kernels = None  # lenskit.kernels once imported; False when numba is not importable
 
 
+def kernels_setting() -> str:
+    """``LENSKIT_KERNELS``, checked: ``torch`` (always the torch implementation) or empty (the fastest available);
+    InputError for another value (``LENSKIT_KERNELS=tourch`` silently used the fused kernels)."""
+    raw = os.environ.get(KERNELS_ENV, "").strip().lower()
+    if raw not in ("", "torch"):
+        raise InputError(f"the environment variable {KERNELS_ENV}={raw[:40]!r} is not 'torch' (the reference "
+                         "kernels); unset it for the fastest available")
+    return raw
+
+
 def fused_available() -> bool:
-    """Whether the numba kernels can run (imported on first call: numba's import costs ~0.5 s)."""
+    """Whether the numba kernels can run (imported on first call: numba's import costs ~0.5 s); not under
+    ``NUMBA_DISABLE_JIT=1``, where they cannot run as plain Python."""
     global _kernels
     if _kernels is None:
         try:
-            from . import kernels
-            _kernels = kernels
+            import numba
+
+            if numba.config.DISABLE_JIT:
+                _kernels = False
+            else:
+                from . import kernels
+                _kernels = kernels
         except ImportError:
             _kernels = False
     return _kernels is not False
@@ -222,7 +239,7 @@ def use_fused(s: torch.Tensor, bound: torch.Tensor | None) -> bool:
 
 def fused_enabled() -> bool:
     """Whether exact CPU scores go to the fused kernel: numba importable and ``LENSKIT_KERNELS`` is not ``torch``."""
-    return os.environ.get(KERNELS_ENV, "").lower() != "torch" and fused_available()
+    return kernels_setting() != "torch" and fused_available()
 
 
 @torch.inference_mode()
@@ -256,7 +273,7 @@ def chunk_stats(s: torch.Tensor, n_stages: int, tracked_cols: torch.Tensor, ws: 
 def use_triton(s: torch.Tensor, bound: torch.Tensor | None) -> bool:
     """The Triton kernels apply to exact float32 scores on CUDA (same conditions as :func:`use_fused`), when triton
     is importable (it ships with CUDA builds of torch)."""
-    if os.environ.get(KERNELS_ENV, "").lower() == "torch" or s.device.type != "cuda" or s.dtype != torch.float32:
+    if kernels_setting() == "torch" or s.device.type != "cuda" or s.dtype != torch.float32:
         return False
     if bound is not None and bool(bound.any()):
         return False

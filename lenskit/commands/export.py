@@ -62,6 +62,7 @@ def export(
     machine, and their fingerprint is checked against the trace. Example:
     lenskit export runs/paris -o - | jq '.prompts[0].positions[-1].rank[0]'
     """
+    from ..errors import OutputError
     from ..export import ExportOptions, export_run_dir, write_document
     from ..files import check_output_file
     from ..lenses import parse_lens_spec
@@ -78,6 +79,8 @@ def export(
     note = progress_logger(quiet)
     source = trace_path(run)
     html = html.expanduser() if html is not None else None
+    if output == "-":
+        options.require_stream("stdout", "-o -")
     if output not in (None, "-"):
         output = str(Path(output).expanduser())
     if output is None and html is None:
@@ -92,7 +95,12 @@ def export(
     )
     doc = export_run_dir(run, opts, log=log, allow_download=allow_download)
     if output is not None:
-        write_document(doc, output)
+        try:
+            write_document(doc, output)
+        except OSError as e:  # stdout on a full disk or /dev/full (a file's failures are OutputErrors already)
+            if output != "-" or isinstance(e, BrokenPipeError):  # `| head`: the CLI's quiet exit 141
+                raise
+            raise OutputError(f"cannot write the export to stdout: {e.strerror or e}") from None
         if note and output != "-":
             note(f"wrote {output}")
     if html is not None:

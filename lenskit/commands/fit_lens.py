@@ -78,6 +78,8 @@ def fit_lens(
     from ..lenses.fit import FitOptions, fit_lens as run_fit
 
     sources = expand_sources(list(corpus))
+    if "-" in sources:
+        options.require_stream("stdin", "the corpus '-'")
     loaded = load_model(model, device=device, dtype="float32", log=log, allow_download=allow_download)
     verify_inferred(loaded)  # an architecture without an adapter: settle the inferred layout first
     from ..tokens import context_length

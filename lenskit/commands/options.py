@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 
 import typer
 
+from ..errors import InputError
 from ..schema import PRECISIONS  # noqa: F401  (re-exported: the one list of --precision values)
 
 DEVICES = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", re.ASCII)
@@ -38,6 +40,14 @@ def choice(kind: str, *allowed: str):
         return value
 
     return check
+
+
+def require_stream(name: str, what: str) -> None:
+    """InputError when the standard stream ``name`` (``stdin`` or ``stdout``) that ``what`` reads or writes was closed
+    by the shell (``<&-``, ``>&-``: Python has None there), before any work."""
+    if getattr(sys, name) is None:
+        raise InputError(f"{what} uses {name}, but {name} is closed; "
+                         f"{'give a file instead' if name == 'stdin' else 'name a file with -o'}")
 
 
 def size(value: str | None) -> int | None:

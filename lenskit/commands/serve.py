@@ -84,6 +84,9 @@ def serve(
         runs = {}
     site = Site(runs, compares=compares)
     if get is not None:
+        from .options import require_stream
+
+        require_stream("stdout", "--get")
         res = site.get(get)
         if tmp is not None:
             tmp.cleanup()

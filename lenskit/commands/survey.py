@@ -76,6 +76,8 @@ def survey(
     dist_info = init_distributed(device, progress_logger(quiet or os.environ.get("RANK", "0") != "0"))
     log = progress_logger(quiet or dist_info.rank != 0)
     sources = [DEMO_SOURCE] if demo else expand_sources(list(corpus))
+    if "-" in sources:
+        options.require_stream("stdin", "the corpus '-'")
     if "-" in sources and (dist_info.active or resume):
         raise InputError("stdin ('-') cannot be " + ("shared between processes" if dist_info.active else "read again "
                          "by --resume") + "; save it to a file")

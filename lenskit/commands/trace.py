@@ -61,6 +61,8 @@ def read_prompts(prompts: list[str], files: list[Path]) -> list[str]:
 
     File and stdin text is UTF-8; a leading byte-order mark (Windows editors write one) is not part of the prompt."""
     texts = list(prompts)
+    if any(str(f) == "-" for f in files):
+        options.require_stream("stdin", "--file -")
     for f in files:
         data = _read_prompt_bytes(f)
         try:
