@@ -19,6 +19,61 @@ if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 pytest_plugins = ["browser_fixtures"]
 
+def _loopback_or_literal(host) -> bool:
+    """A host a test may reach without the network: loopback, unspecified, or a local socket path."""
+    import ipaddress
+
+    if not isinstance(host, str) or host in ("", "localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_unspecified
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_network():
+    """Tests never use the network (the brief's rule, enforced): a name lookup or a connection to anything but this
+    machine fails the calling code at once with an OSError naming the host (subprocesses inherit HF_HUB_OFFLINE=1)."""
+    import socket
+
+    real_connect, real_connect_ex, real_getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+
+    def refuse(host):
+        return OSError(f"a test tried to reach {host!r} over the network; tests must stay offline")
+
+    def connect(self, address, *a):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _loopback_or_literal(address[0]):
+            raise refuse(address[0])
+        return real_connect(self, address, *a)
+
+    def connect_ex(self, address, *a):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _loopback_or_literal(address[0]):
+            raise refuse(address[0])
+        return real_connect_ex(self, address, *a)
+
+    def getaddrinfo(host, *a, **k):
+        h = host.decode() if isinstance(host, bytes) else host
+        if h is not None and not _loopback_or_literal(h) and not _is_ip(h):
+            raise socket.gaierror(socket.EAI_NONAME, f"a test tried to look up {h!r}; tests must stay offline")
+        return real_getaddrinfo(host, *a, **k)
+
+    socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = connect, connect_ex, getaddrinfo
+    yield
+    socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo = real_connect, real_connect_ex, real_getaddrinfo
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host.split("%")[0])
+        return True
+    except ValueError:
+        return False
+
+
 WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "and", "ran", "to", "Paris", "is", "capital", "of", "France", "."]
 
 
