@@ -153,6 +153,17 @@ def fingerprint_info(loaded) -> dict:
     }
 
 
+def _check_ids(ids: list, n_embed: int | None, which: str) -> None:
+    """InputError unless the tokenizer gave ``which`` at least one token id, each one the model embeds (a tokenizer of
+    another model failed as an IndexError inside the embedding, no ids as a dtype error)."""
+    if not ids:
+        raise InputError(f"{which}: the tokenizer gave no tokens for it")
+    top = max(ids)
+    if n_embed is not None and top >= n_embed:
+        raise InputError(f"{which}: the tokenizer gave token id {top}, past the model's {n_embed} embeddings: "
+                         "is loaded.tokenizer another model's?")
+
+
 def trace_prompts(loaded, texts: list[str], log=None, chat: bool = False,
                   system: str | None = None) -> tuple[list[torch.Tensor], dict]:
     """Capture every prompt; return the ``[S, T, D]`` stage tensors and the trace metadata document.
@@ -162,8 +173,13 @@ def trace_prompts(loaded, texts: list[str], log=None, chat: bool = False,
     the prompt's ``text`` and the message as ``chat.user``."""
     from .progress import Progress
     from .store import build_metadata
-    from .tokens import chat_prompt, context_length, is_utf8, token_texts, tokenize
+    from .tokens import chat_prompt, check_callback, check_flag, context_length, is_utf8, token_texts, tokenize
 
+    if not all(hasattr(loaded, k) for k in ("model", "tokenizer", "adapter", "source")):
+        raise InputError(f"loaded must be what lenskit.models.load_model returns (a LoadedModel), not "
+                         f"{type(loaded).__name__}")
+    check_flag(chat, "chat")
+    check_callback(log, "log")
     if isinstance(texts, str) or not isinstance(texts, (list, tuple)):  # a str would be traced letter by letter
         raise InputError(f"texts must be a list of prompt strings (e.g. [\"The capital of France is\"]), "
                          f"not {type(texts).__name__}")
@@ -194,6 +210,8 @@ def trace_prompts(loaded, texts: list[str], log=None, chat: bool = False,
             except InputError as e:
                 raise InputError(f"prompt {i + 1}: {e}" if len(users) > 1 else str(e)) from None
     max_len = context_length(loaded.model.config)
+    emb = loaded.model.get_input_embeddings()
+    n_embed = getattr(emb, "num_embeddings", None) or getattr(loaded.model.config, "vocab_size", None)
     # validate every prompt before running any
     encoded = []
     for i, t in enumerate(texts):
@@ -207,6 +225,7 @@ def trace_prompts(loaded, texts: list[str], log=None, chat: bool = False,
                 raise InputError(f"{which} is {len(ids)} tokens long in the chat template ({parts}); the model's "
                                  f"context is {max_len} tokens")
             raise InputError(f"{which} is {len(ids)} tokens long; the model's context is {max_len} tokens")
+        _check_ids(ids, n_embed, f"prompt {i + 1}" if len(texts) > 1 else "the prompt")
         encoded.append(ids)
     states, prompts = [], []
     # a bar over the tokens on a terminal (prompt i/n beside it), else today's line per prompt; nothing if log is None

@@ -881,6 +881,30 @@ def is_compare_dir(folder: Path) -> bool:
     return (file_head(Path(folder) / COMPARE_FILE, 64) or b"").startswith(b'{"schema":"lenskit.compare/')
 
 
+def _check_compare_args(run_a, run_b, prompt_a, prompt_b, top_k, device, max_memory, exports_only, allow_download,
+                        log, warn) -> tuple:
+    """:func:`run_compare`'s arguments as the Python API may give them, checked before any file is opened: paths a
+    str or Path, indices ints (numpy ints too; not bools or floats), flags True or False. Returns ``(run_a, run_b,
+    prompt_a, prompt_b, top_k)`` as Paths and ints."""
+    from .tokens import as_index, as_path, check_callback, check_flag
+
+    run_a, run_b = as_path(run_a, "run_a"), as_path(run_b, "run_b")
+    ints = []
+    for value, name in ((prompt_a, "prompt_a"), (prompt_b, "prompt_b"), (top_k, "top_k")):
+        if as_index(value) is None:
+            raise InputError(f"{name} must be a whole number (an int), not {type(value).__name__}")
+        ints.append(as_index(value))
+    if not isinstance(device, str):
+        raise InputError(f"device must be a string (auto, cpu, cuda, cuda:N or mps), not {type(device).__name__}")
+    if max_memory is not None and not (is_int(as_index(max_memory)) and as_index(max_memory) > 0):
+        raise InputError(f"max_memory must be a positive number of bytes or None, not {max_memory!r:.60}")
+    check_flag(exports_only, "exports_only")
+    check_flag(allow_download, "allow_download")
+    check_callback(log, "log")
+    check_callback(warn, "warn")
+    return (run_a, run_b, *ints)
+
+
 def run_compare(run_a: Path, run_b: Path, prompt_a: int = 0, prompt_b: int = 0, align: str = "auto",
                 positions: str | None = None, top_k: int = DEFAULT_TOP_K, device: str = "auto",
                 max_memory: int | None = None, exports_only: bool = False, allow_download: bool = False, log=None,
@@ -895,6 +919,8 @@ def run_compare(run_a: Path, run_b: Path, prompt_a: int = 0, prompt_b: int = 0, 
     from .lenses import DEFAULT_LENS, parse_lens_spec
     from .tokens import one_line
 
+    run_a, run_b, prompt_a, prompt_b, top_k = _check_compare_args(run_a, run_b, prompt_a, prompt_b, top_k, device,
+                                                                  max_memory, exports_only, allow_download, log, warn)
     a, b = open_side(run_a, prompt_a, "A"), open_side(run_b, prompt_b, "B")
     if not is_int(top_k) or top_k < 1:
         raise InputError("--top-k must be a whole number, at least 1")

@@ -43,7 +43,7 @@ from .schema import (
     z_bin,
 )
 from .scoring import Scorer, resolve_precision
-from .tokens import as_index
+from .tokens import as_index, check_callback, one_line
 
 
 @dataclass
@@ -65,6 +65,7 @@ class ExportOptions:
 
 POSITION_PART = re.compile(r"(-?[0-9]+)(?:-(-?[0-9]+))?", re.ASCII)
 TOKEN_ID = re.compile(r"[0-9]+", re.ASCII)
+FINGERPRINT = re.compile(r"[0-9a-f]{16}")  # Lens.fingerprint's form
 MAX_DIGITS = 18  # more (leading zeros aside) is beyond any vocabulary or prompt; Python's int() refuses > 4300
 
 
@@ -423,13 +424,20 @@ def build_document(meta: dict, prompts_out: list[tuple[int, list[dict]]], tokeni
     }
 
 
-def check_option_types(options: ExportOptions) -> None:
+def check_option_types(options: ExportOptions) -> ExportOptions:
     """The Python API's :class:`ExportOptions` hold the types the CLI gives them (else one clear InputError, not a
-    TypeError deep inside; a string for ``track`` would be followed letter by letter)."""
+    TypeError deep inside; a string for ``track`` would be followed letter by letter). Returns the options with numpy
+    integers (``np.argsort``'s ids, ``np.int64`` counts) as Python ints."""
     from .tokens import is_int
 
     if not isinstance(options, ExportOptions):
         raise InputError(f"options must be an ExportOptions, not {type(options).__name__}")
+    ints = {name: as_index(v) for name in ("top_k", "samples", "stage_top", "prompt", "max_memory")
+            if not is_int(v := getattr(options, name)) and as_index(v) is not None}
+    if isinstance(options.track, (list, tuple)) and any(not isinstance(t, str) and as_index(t) is not None
+                                                        for t in options.track):
+        ints["track"] = [t if isinstance(t, str) or as_index(t) is None else as_index(t) for t in options.track]
+    options = replace(options, **ints) if ints else options
     for name in ("top_k", "samples", "stage_top"):
         if not is_int(getattr(options, name)):
             raise InputError(f"ExportOptions.{name} must be an int, not {getattr(options, name)!r}")
@@ -454,13 +462,14 @@ def check_option_types(options: ExportOptions) -> None:
             isinstance(x, str) for x in options.lenses):
         raise InputError(f"ExportOptions.lenses must be a non-empty list of lens specs (e.g. ['logit']), "
                          f"not {options.lenses!r}")
+    return options
 
 
 def plan_export(meta: dict, tokenizer, options: ExportOptions) -> tuple[list[tuple[int, list[int]]], list[int]]:
     """Check the options against a trace's metadata and tokenizer, before any lens weights load.
 
     Returns ``[(prompt, positions)]`` to export and the ``--track`` token ids."""
-    check_option_types(options)
+    options = check_option_types(options)
     if not 0 <= options.samples <= 100:
         raise InputError(f"--samples {_int_text(options.samples)} must be between 0 and 100")
     if options.precision not in PRECISIONS:
@@ -476,6 +485,18 @@ def plan_export(meta: dict, tokenizer, options: ExportOptions) -> tuple[list[tup
             for i in chosen], track_ids
 
 
+def _check_meta_ids(meta: dict, vocab_size: int) -> None:
+    """InputError unless every prompt of ``meta`` has a list of token ids within the lens's vocabulary (a
+    hand-built or another model's metadata failed as an IndexError while the document was assembled)."""
+    from .tokens import is_int
+
+    for i, p in enumerate(meta["prompts"]):
+        ids = p.get("token_ids") if isinstance(p, dict) else None
+        if not isinstance(ids, list) or not all(is_int(t) and 0 <= t < vocab_size for t in ids):
+            raise InputError(f"meta['prompts'][{i}]['token_ids'] must be a list of token ids from 0 to "
+                             f"{vocab_size - 1} (the lens's vocabulary): metadata of another model?")
+
+
 def export_document(meta: dict, lens, tokenizer, stages_for_prompt, options: ExportOptions, log=None,
                     plan=None) -> dict:
     """Compute the whole export document for a trace's metadata and a way to read each prompt's stages.
@@ -488,16 +509,36 @@ def export_document(meta: dict, lens, tokenizer, stages_for_prompt, options: Exp
     from .lens import Lens
     from .lenses import logit_lens
     from .models import resolve_device
+    from .store import check_finite
 
     if not (isinstance(meta, dict) and isinstance(meta.get("prompts"), list) and isinstance(meta.get("stages"), list)
             and isinstance(meta.get("model"), dict)):
         raise InputError("meta must be a trace's metadata (as trace_prompts or read_trace(...).meta give it)")
-    check_option_types(options)
+    options = check_option_types(options)
+    if isinstance(lens, Lens) and [s.strip() for s in options.lenses] != ["logit"]:
+        raise InputError(f"ExportOptions.lenses {one_line(repr(options.lenses), 80)} is not used with a bare Lens: "
+                         "pass the lenses themselves (lenskit.lenses.open_lenses(...), each .bind(lens)), or "
+                         "use export_run_dir")
     lenses = list(lens) if isinstance(lens, (list, tuple)) else [logit_lens(lens) if isinstance(lens, Lens) else lens]
     if not lenses or not all(isinstance(getattr(x, "head", None), Lens) for x in lenses):
-        raise InputError(f"lens must be a Lens (lens_from_model), a StageLens or a non-empty list of them, not {lens!r}")
+        raise InputError(f"lens must be a Lens (lens_from_model), a StageLens or a non-empty list of them, "
+                         f"not {one_line(repr(lens), 80)}")
     if tokenizer is None:
         raise InputError("export_document needs the model's tokenizer (for the token texts), not None")
+    if not (callable(tokenizer) and all(hasattr(tokenizer, a) for a in ("batch_decode", "convert_ids_to_tokens"))):
+        raise InputError(f"tokenizer must be the model's Hugging Face tokenizer (loaded.tokenizer), not "
+                         f"{type(tokenizer).__name__}")  # a path or model failed only after every statistic
+    if not callable(stages_for_prompt):
+        raise InputError(f"stages_for_prompt must be a function i -> ((p0, p1) -> [S, p1 - p0, D] tensor), e.g. "
+                         f"lambda i: (lambda p0, p1: states[i][:, p0:p1]), not {type(stages_for_prompt).__name__}")
+    _check_meta_ids(meta, lenses[0].head.vocab_size)
+    # another model's lens of the same shapes gives wrong numbers silently; compared when meta holds a fingerprint as
+    # Lens.fingerprint writes it (16 hex digits), not a hand-built metadata's placeholder
+    traced = meta["model"].get("fingerprint")
+    if isinstance(traced, str) and FINGERPRINT.fullmatch(traced) and traced != (fp := lenses[0].head.fingerprint()):
+        raise InputError(f"the lens is not the traced model's (its fingerprint {fp} differs from the trace's "
+                         f"{one_line(traced, 40)}): build it from the model that made these states")
+    check_callback(log, "log")
     device = resolve_device(options.device)
     options = replace(options, precision=resolve_precision(options.precision, device))  # the document records the mode
     V = lenses[0].head.vocab_size
@@ -507,6 +548,10 @@ def export_document(meta: dict, lens, tokenizer, stages_for_prompt, options: Exp
 
     def stages_for_prompt(i):  # the caller's reader, its shapes checked (a torch error deep in the engine otherwise)
         read = read_stages(i)
+        if not callable(read):  # e.g. lambda i: states[i] -- a tensor, not a reader
+            raise InputError(f"stages_for_prompt({i}) gave {type(read).__name__}; it must return a function "
+                             "(p0, p1) -> [S, p1 - p0, D], e.g. lambda i: (lambda p0, p1: states[i][:, p0:p1])")
+        finite = getattr(read, "checks_finite", False)  # a trace's reader checks its values itself
 
         def checked(p0, p1):
             h = read(p0, p1)
@@ -515,6 +560,11 @@ def export_document(meta: dict, lens, tokenizer, stages_for_prompt, options: Exp
                 got = tuple(h.shape) if isinstance(h, torch.Tensor) else type(h).__name__
                 raise InputError(f"stages_for_prompt({i})({p0}, {p1}) gave {got}; expected a tensor [S, p1 - p0, D] "
                                  f"= {list(want)}")
+            if not h.is_floating_point():
+                raise InputError(f"stages_for_prompt({i})({p0}, {p1}) gave a tensor of "
+                                 f"{str(h.dtype).removeprefix('torch.')}; stages are floating point")
+            if not finite:  # NaN would be exported as statistics of nothing (a silent wrong document)
+                check_finite(h, meta, i, p0, f"stages_for_prompt({i})")
             return h
 
         return checked
@@ -580,7 +630,7 @@ def export_run_dir(run_dir: Path, options: ExportOptions, loaded=None, states=No
     from .store import check_finite, read_trace
     from .weights import model_folder, trace_lens, trace_tokenizer
 
-    check_option_types(options)
+    options = check_option_types(options)
     trace = read_trace(run_dir)
     meta = trace.meta
     lenses = open_lenses(options.lenses, meta["model"], meta["stages"])  # checked before any model weights load
@@ -605,6 +655,7 @@ def export_run_dir(run_dir: Path, options: ExportOptions, loaded=None, states=No
             check_finite(h, meta, i, p0, "the traced model")
             return h
 
+        read.checks_finite = True  # export_document need not check again
         return read
 
     return export_document(meta, lenses, tok, stages_for_prompt, options, log, plan=plan)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .adapters import Adapter, get_module
+from .tokens import check_flag
 
 
 @dataclass
@@ -62,8 +63,23 @@ class Lens:
     @torch.inference_mode()
     def __call__(self, h: torch.Tensor, norm: bool = True) -> torch.Tensor:
         """Scores for ``h`` ``[N, D]`` -> ``[N, V]`` (in the lens's dtype)."""
+        self._check_states(h)
+        check_flag(norm, "norm")
         x = self.normed(h.to(self.device, self.weight.dtype), norm)  # [N, D]
         return self.finish(torch.nn.functional.linear(x, self.weight, self.bias))  # [N, V]
+
+    def _check_states(self, h) -> None:
+        """InputError unless ``h`` is a floating-point tensor ``[..., D]`` of this lens's hidden size (an integer or
+        complex tensor would be cast silently; another model's states, or ``[D, N]``, fail deep inside torch)."""
+        from .errors import InputError
+
+        if not isinstance(h, torch.Tensor):
+            raise InputError(f"the lens takes a torch tensor [N, D] of stream states, not {type(h).__name__}")
+        if not h.is_floating_point():
+            raise InputError(f"the lens takes floating-point states, not {str(h.dtype).removeprefix('torch.')}")
+        if h.dim() == 0 or h.shape[-1] != self.hidden_size:
+            raise InputError(f"the lens takes states [N, D] with D = {self.hidden_size} (this model's hidden size), "
+                             f"not {list(h.shape)}: states of another model, or transposed?")
 
     def to(self, device=None, dtype=None) -> "Lens":
         """A copy on ``device`` with floating-point parameters in ``dtype`` (the model's own modules stay untouched)."""
@@ -100,6 +116,14 @@ def _config_value(config, attr: str | None):
 
 def lens_from_model(model, adapter: Adapter) -> Lens:
     """The lens of a loaded model, sharing its modules and weights."""
+    from .errors import InputError
+
+    if hasattr(model, "model") and hasattr(model, "adapter") and not isinstance(model, torch.nn.Module):
+        raise InputError("lens_from_model takes the model and its adapter: lens_from_model(loaded.model, loaded.adapter)")
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        raise InputError(f"model must be a Hugging Face model (loaded.model), not {type(model).__name__}")
+    if not isinstance(adapter, Adapter):
+        raise InputError(f"adapter must be a lenskit Adapter (loaded.adapter), not {type(adapter).__name__}")
     adapter = adapter.for_config(model.config)  # config-dependent variants (OPT post-LN: no final norm)
     head = get_module(model, adapter.unembed)
     norm = get_module(model, adapter.final_norm) if adapter.final_norm else None

@@ -168,6 +168,33 @@ def _hub_snapshot(model_id: str, revision: str | None) -> str | None:
         return None
 
 
+def _check_load_args(model, revision, device, dtype, trust_remote_code, adapter, device_map, log, allow_download):
+    """:func:`load_model`'s arguments as the Python API may give them, checked before anything loads: ``model`` a str,
+    a ``pathlib.Path`` (as its str) or None; ``device`` a str or ``torch.device``; ``dtype`` a str or one of
+    :data:`DTYPES`' torch dtypes; flags True or False. Returns ``(model, device, dtype)`` as strings."""
+    from .tokens import as_path, check_callback, check_flag, check_optional_str
+
+    if model is not None and not isinstance(model, str):
+        try:
+            model = str(as_path(model, "model"))
+        except InputError:
+            raise InputError(f"model must be a hub id, a model folder or a .gguf file (a str or pathlib.Path), or "
+                             f"None for the default model, not {type(model).__name__}") from None
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise InputError(f"device must be a string (auto, cpu, cuda, cuda:N or mps), not {one_line(repr(device), 60)}")
+    dtype = next((name for name, t in DTYPES.items() if t == dtype), dtype) if isinstance(dtype, torch.dtype) else dtype
+    if not isinstance(dtype, str):
+        raise InputError(f"dtype must be a string (auto, {', '.join(DTYPES)}), not {one_line(repr(dtype), 60)}")
+    for value, name in ((revision, "revision"), (adapter, "adapter"), (device_map, "device_map")):
+        check_optional_str(value, name)
+    check_flag(trust_remote_code, "trust_remote_code")
+    check_flag(allow_download, "allow_download")
+    check_callback(log, "log")
+    return model, device, dtype
+
+
 def load_model(
     model: str | None = None,
     revision: str | None = None,
@@ -195,6 +222,8 @@ def load_model(
             ``HF_HUB_OFFLINE=0``) a hub id is read from the local Hugging Face cache only and the hub is never
             contacted: a model not there is one ModelError at once, not minutes of retries.
     """
+    model, device, dtype = _check_load_args(model, revision, device, dtype, trust_remote_code, adapter, device_map, log,
+                                            allow_download)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = resolve_device(device)

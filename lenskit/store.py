@@ -44,11 +44,32 @@ SHOW = 80  # at most this many characters of a value quoted from a file in a mes
 
 
 def write_trace(path: Path, stages: list[torch.Tensor], meta: dict) -> None:
-    """Write one ``[S, T, D]`` tensor per prompt and the metadata document, atomically."""
+    """Write one ``[S, T, D]`` tensor per prompt and the metadata document, atomically.
+
+    What is written is checked against the contract (as :func:`read_trace` will) before it is renamed into place: a
+    file no reader would take is an InputError, never written."""
     from safetensors.torch import save_file
 
-    tensors = {f"prompt.{i}.stages": s.contiguous() for i, s in enumerate(stages)}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta, ensure_ascii=False)}))
+    from .errors import InputError
+    from .tokens import as_path
+
+    path = as_path(path, "path")
+    if not isinstance(stages, (list, tuple)) or not all(isinstance(s, torch.Tensor) for s in stages):
+        raise InputError("stages must be a list of [S, T, D] torch tensors, one per prompt (as trace_prompts gives "
+                         f"them), not {type(stages).__name__}")
+    try:
+        text = json.dumps(meta, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as e:  # numpy values, NaN, a circular reference
+        raise InputError(f"meta cannot be written as JSON ({error_line(e, 120)}): give trace_prompts' metadata") from None
+    tensors = {f"prompt.{i}.stages": s.detach().cpu().contiguous() for i, s in enumerate(stages)}
+
+    def write(tmp: str) -> None:
+        save_file(tensors, tmp, metadata={META_KEY: text})
+        problems = _problems(Path(tmp))[0]
+        if problems:
+            raise InputError(f"write_trace: the stages and meta do not make a valid trace, not written: {problems[0]}")
+
+    atomic_write(path, write)
 
 
 def trace_path(run: Path) -> Path:
@@ -372,6 +393,7 @@ class Trace:
             check_finite(h, self.meta, i, p0, self.path)
             return h
 
+        read.checks_finite = True  # export_document need not check again
         return read
 
     def stages(self, i: int) -> torch.Tensor:
@@ -398,7 +420,7 @@ def check_finite(h: torch.Tensor, meta: dict, prompt: int, p0: int, path) -> Non
 
 def validate_trace(run: Path) -> list[str]:
     """Every violation of the trace contract in ``run`` (header, metadata, tensors, then values), one line each."""
-    path = trace_path(run)
+    path = trace_path(_run_path(run))
     try:
         problems, meta, hidden = _problems(path)
         if not problems:
@@ -408,9 +430,16 @@ def validate_trace(run: Path) -> list[str]:
     return [p if p.startswith((str(path), "no trace at")) else f"{path}: {p}" for p in problems]
 
 
+def _run_path(run) -> Path:
+    """``run`` as the Python API may give it (a str or Path); InputError for None, bytes or a number."""
+    from .tokens import as_path
+
+    return as_path(run, "run (a run folder or its trace.safetensors)")
+
+
 def read_trace(run: Path) -> Trace:
     """Open and validate a trace (see the module docstring); raise :class:`TraceFileError` on the first violation."""
-    path = trace_path(run)
+    path = trace_path(_run_path(run))
     problems, meta, hidden = _problems(path)
     if problems:
         p = problems[0]

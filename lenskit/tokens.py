@@ -64,13 +64,42 @@ def is_number(x) -> bool:
 
 def as_index(x) -> int | None:
     """A token id or position as given to the API -- an int or a numpy integer, not a bool -- as a Python int;
-    None for anything else."""
-    if isinstance(x, bool):
+    None for anything else (a bool, or a 0-d bool tensor, which torch would give as 0 or 1)."""
+    if isinstance(x, bool) or str(getattr(x, "dtype", "")) in ("torch.bool", "bool"):
         return None
     try:
         return operator.index(x)
     except TypeError:
         return None
+
+
+def as_path(x, name: str):
+    """An API argument naming a file or folder -- a str or an ``os.PathLike`` such as ``pathlib.Path`` -- as a Path;
+    InputError naming ``name`` for anything else (None, bytes, a number), not a TypeError from deep inside."""
+    import os
+    from pathlib import Path
+
+    if isinstance(x, str) or (isinstance(x, os.PathLike) and isinstance(os.fspath(x), str)):
+        return Path(x)
+    raise InputError(f"{name} must be a path (a str or pathlib.Path), not {type(x).__name__}")
+
+
+def check_flag(x, name: str) -> None:
+    """InputError unless ``x`` is True or False: ``chat="no"`` or ``allow_download=0`` would be read by truth value."""
+    if not isinstance(x, bool):
+        raise InputError(f"{name} must be True or False, not {one_line(repr(x), 60)}")
+
+
+def check_callback(x, name: str) -> None:
+    """InputError unless ``x`` is None or callable (a progress ``log`` that is a number failed only when first used)."""
+    if x is not None and not callable(x):
+        raise InputError(f"{name} must be a function taking a message, or None, not {type(x).__name__}")
+
+
+def check_optional_str(x, name: str) -> None:
+    """InputError unless ``x`` is None or a str (``revision=3`` or ``adapter=b"llama"`` would be quoted wrongly)."""
+    if x is not None and not isinstance(x, str):
+        raise InputError(f"{name} must be a string or None, not {type(x).__name__}")
 
 
 def is_utf8(text: str) -> bool:
