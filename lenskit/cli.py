@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import os
 import re
+import signal
 import sys
 
 import typer
@@ -32,7 +33,8 @@ class _Group(TyperGroup):
     a full disk), a path Python cannot use (a NUL byte, ``~nosuchuser``), memory the machine does not have (torch's
     out-of-memory errors) and a bad option or argument exit 1;
     anything else is a bug in lenskit, reported on one line too (exit 1; ``LENSKIT_DEBUG=1`` shows the traceback);
-    Ctrl-C exits 130; a closed stdout pipe (``| head``) exits 141 quietly, as Unix tools do.
+    Ctrl-C exits 130, SIGTERM 143 and SIGHUP 129 (once :func:`main` has turned them into :class:`Terminated`: the
+    same clean path, temporary files removed); a closed stdout pipe (``| head``) exits 141 quietly, as Unix tools do.
     """
 
     def invoke(self, ctx):
@@ -45,6 +47,8 @@ class _Group(TyperGroup):
             raise
         except cx.UsageError as e:
             _fail(" ".join(e.format_message().split()), 1)
+        except Terminated as e:
+            _fail(f"terminated ({signal.Signals(e.signum).name})", 128 + e.signum)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
         except BrokenPipeError:  # stdout's reader left (`lenskit export RUN -o - | head`): quiet, as Unix tools are
@@ -124,6 +128,31 @@ def _standard_streams() -> None:
             stream.reconfigure(errors="lenskit-escape")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, ``docker stop``, CI runners) or SIGHUP (the terminal closed), raised where the
+    program is, like Ctrl-C: every ``finally`` and ``except BaseException`` runs, so temporary files and folders are
+    removed and a half-replaced run is put back. A KeyboardInterrupt so that code handling Ctrl-C handles it too."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, frame):
+    """The handler :func:`main` installs for SIGTERM and SIGHUP."""
+    raise Terminated(signum)
+
+
+def _handle_signals() -> None:
+    """Turn SIGTERM and SIGHUP into :class:`Terminated` (Python's default kills the process at once, leaving
+    temporary folders of up to gigabytes beside the target and in the GGUF cache). A signal the parent set to be
+    ignored (``nohup``) stays ignored. Only the command line installs this, never an import of the library."""
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _terminate)
+
+
 def _unexpected(e: Exception):
     """Anything else is a bug in lenskit: one line all the same (``LENSKIT_DEBUG=1`` re-raises it)."""
     if os.environ.get("LENSKIT_DEBUG") == "1":
@@ -167,7 +196,10 @@ def _fail(message: str, code: int):
     from .tokens import one_line
 
     # one line whatever the message quotes (a path holding a newline, a model id of megabytes): MAX_ERROR characters
-    typer.echo(f"lenskit: error: {one_line(message, MAX_ERROR)}", err=True)
+    try:
+        typer.echo(f"lenskit: error: {one_line(message, MAX_ERROR)}", err=True)
+    except OSError:  # stderr is gone (SIGHUP: the terminal closed): the exit status still says it
+        pass
     raise typer.Exit(code) from None
 
 
@@ -196,8 +228,10 @@ _assemble()
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (and ``python -m lenskit``): safe standard streams; SIGTERM and SIGHUP handled
+    like Ctrl-C."""
     _standard_streams()
+    _handle_signals()
     app()
 
 

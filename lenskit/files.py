@@ -9,13 +9,20 @@
   empty, never the current folder, one of its parents or the home folder; the replacement renames the old run
   aside, moves the new one in, then deletes the old (:func:`replace_run_dir`): a failure or interrupt at any point
   leaves one complete run in place.
+* Two commands writing one target at once never mix their outputs: the final check and the replacement of a run
+  folder happen under a lock on its parent folder (:func:`locked`), so the last to finish replaces the whole run, or
+  refuses when the folder it checked at the start has changed meanwhile; a folder a command keeps writing into for
+  its whole duration (a lens folder, a survey's checkpoints) is held with :func:`hold_folder`, and a second command
+  is refused with one line. The locks are ``flock`` locks on the folders themselves: no lock file is ever created.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from .errors import OutputError
@@ -43,7 +50,7 @@ def atomic_write(path: Path, write) -> None:
 def atomic_write_all(items: list[tuple[Path, object]], before_renames=None, what: str | None = None) -> None:
     """:func:`atomic_write` of several files as one change: every ``write(tmp_path)`` of ``items`` ``[(path,
     write)]`` runs to the end first (a full disk or an error leaves every target as it was), then ``before_renames()``
-    if given, then the renames in order. Errors as OutputError naming ``what`` (default: the first path)."""
+    if given, then the renames in order, with signals held back (:func:`signals_deferred`). Errors as OutputError naming ``what`` (default: the first path)."""
     items = [(Path(p), w) for p, w in items]
     what = what or str(items[0][0])
     for path, _ in items:
@@ -61,10 +68,11 @@ def atomic_write_all(items: list[tuple[Path, object]], before_renames=None, what
         for tmp, (_, write) in zip(temps, items):
             write(tmp)
             os.chmod(tmp, default_mode())
-        if before_renames is not None:
-            before_renames()
-        for tmp, (path, _) in zip(temps, items):
-            os.replace(tmp, path)
+        with signals_deferred():  # all of the renames or none: never one file of a pair new, the other old
+            if before_renames is not None:
+                before_renames()
+            for tmp, (path, _) in zip(temps, items):
+                os.replace(tmp, path)
     except OSError as e:
         raise OutputError(f"cannot write {what}: {e.strerror or e}") from None
     except Exception as e:
@@ -217,10 +225,129 @@ def new_run_dir(out: Path) -> Path:
         raise OutputError(f"cannot write to {out.parent}: {e.strerror or e}") from None
 
 
-def replace_run_dir(tmp: Path, out: Path) -> None:
+def _flock(fd: int) -> bool:
+    """Try ``flock(fd, LOCK_EX)`` without waiting; False when another process holds it. A file system without locks
+    (some network mounts) or a platform without ``fcntl`` counts as locked: lenskit works as it did without them."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (Windows)
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # ENOLCK, EINVAL: no locks here
+        return True
+    return True
+
+
+LOCK_WAIT = 60.0  # seconds a short critical section waits for another's lock before it goes on without it
+
+
+@contextlib.contextmanager
+def locked(folder: Path):
+    """Hold an exclusive lock on ``folder`` (an existing folder, typically a target's parent) for a short critical
+    section, waiting for another lenskit command's (they hold it for milliseconds). An unreadable folder is not
+    locked, and after LOCK_WAIT seconds the section runs without the lock: a lock someone else holds for ever (any
+    user can lock ``/tmp``) must not hang a finished command."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        yield
+        return
+    try:
+        end = time.monotonic() + LOCK_WAIT
+        while not _flock(fd) and time.monotonic() < end:
+            time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def hold_folder(folder: Path, busy: str):
+    """Create ``folder`` if needed and hold an exclusive lock on it while the block runs; OutputError ``busy`` at
+    once when another process holds it (a second ``fit-lens`` or ``survey`` into the same folder). The folder
+    opened is checked to still be the one at that path (another process may have just removed it). A folder made
+    here and still empty when the block fails or is interrupted is removed."""
+    created = not folder.exists()
+    for _ in range(5):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError as e:
+            raise OutputError(f"cannot write to {folder}: {e.strerror or e}") from None
+        try:
+            if not _flock(fd):
+                raise OutputError(busy)
+            if os.path.samestat(os.fstat(fd), os.stat(folder)):
+                break
+        except FileNotFoundError:  # removed by the process that held it: make it again
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    else:
+        raise OutputError(busy)
+    try:
+        yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):  # only an empty folder goes
+                folder.rmdir()
+        raise
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Hold Ctrl-C, SIGTERM and SIGHUP back while the block runs, then deliver them again: a replacement is finished
+    or not begun, never cut between renaming the old run aside and deleting it (which left a ``.NAME.*.old`` folder).
+    Only the main thread handles signals; elsewhere the block just runs."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    saved = {}
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        num = getattr(signal, name, None)
+        handler = signal.getsignal(num) if num is not None else None
+        if handler not in (None, signal.SIG_IGN):  # None: not set from Python, cannot be put back
+            saved[num] = handler
+            signal.signal(num, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for num, handler in saved.items():
+            signal.signal(num, handler)
+        if caught:
+            os.kill(os.getpid(), caught[0])  # to its own handler now
+
+
+def replace_run_dir(tmp: Path, out: Path, check=None) -> None:
     """Move the finished run ``tmp`` to ``out``: the old run (if any) is renamed aside, the new one moved in, then
-    the old one deleted. On any failure or interrupt the old run is put back, so ``out`` is complete either way."""
+    the old one deleted. On any failure or interrupt the old run is put back, so ``out`` is complete either way.
+
+    All of it happens under a lock on ``out``'s parent (:func:`locked`), after ``check()`` (the command's checks of
+    ``out``, made again now: another command may have written ``out`` or a user put files there since the start),
+    so two commands writing one run folder leave the whole run of one of them, never a mix."""
     out = Path(out)
+    with locked(out.parent), signals_deferred():
+        if check is not None:
+            try:
+                check()
+            except OutputError as e:
+                raise OutputError(f"{e} (it changed while this command ran; nothing was written)") from None
+        _replace_run_dir(tmp, out)
+
+
+def _replace_run_dir(tmp: Path, out: Path) -> None:
+    """:func:`replace_run_dir`'s renames, with the lock held."""
     aside, done = None, False
     try:
         if out.exists():

@@ -331,7 +331,25 @@ def survey_shard(loaded, opts: SurveyOptions, target: Path, resume: bool = False
     """Survey the blocks of process ``dist_info.rank`` of ``dist_info.world``, checkpointing into ``target``'s
     partial folder after each block; return this shard's aggregates.
 
-    ``on_checkpoint(n_blocks_done)`` is called after each checkpoint (tests inject failures there)."""
+    The partial folder is held (:func:`lenskit.files.hold_folder`, by rank 0 of a ``torchrun`` job) while the
+    shard runs: a second survey into the same ``-o`` meanwhile is refused, instead of both writing one checkpoint
+    (or a ``--resume`` continuing a survey that is still running). ``on_checkpoint(n_blocks_done)`` is called after
+    each checkpoint (tests inject failures there)."""
+    from .files import hold_folder
+
+    d = dist_info or Dist()
+    args = (loaded, opts, target, resume, quiet, d, on_checkpoint, timing)
+    if d.rank != 0:  # the job's other processes write beside rank 0's, into the folder it holds
+        return _survey_shard(*args)
+    folder = partial_dir(target)
+    with hold_folder(folder, f"another lenskit survey into {target} is running now (its checkpoints are in {folder}); "
+                     "wait for it to finish or name another -o"):
+        return _survey_shard(*args)
+
+
+def _survey_shard(loaded, opts: SurveyOptions, target: Path, resume: bool, quiet: bool, d: Dist, on_checkpoint,
+                  timing: dict | None) -> Aggregates:
+    """:func:`survey_shard` with the partial folder held."""
     from .capture import stage_names  # noqa: F401  (keeps the import graph: capture before survey)
     from .corpus import count_documents, iter_documents
     from .lens import lens_from_model
@@ -339,7 +357,6 @@ def survey_shard(loaded, opts: SurveyOptions, target: Path, resume: bool = False
     from .planning import auto_max_memory, useful_budget
     from .scoring import Scorer, resolve_precision
 
-    d = dist_info or Dist()
     n_layers = layer_count(loaded)
     S = 2 * n_layers + 1
     recipe = dict(opts.recipe(), model=_model_key(loaded), world=d.world, version=SURVEY_VERSION)

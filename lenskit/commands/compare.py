@@ -91,7 +91,7 @@ def compare(
         tmp = new_run_dir(target)
         try:
             atomic_write(tmp / COMPARE_FILE, lambda t: Path(t).write_bytes(data))
-            replace_run_dir(tmp, target)
+            replace_run_dir(tmp, target, check=lambda: check_output_dir(target, force, (run_a, run_b)))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     if html is not None:

@@ -8,6 +8,8 @@ weights load; each file is written under a temporary name and renamed into place
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import typer
@@ -93,10 +95,12 @@ def export(
         top_k=top_k, track=list(track or []), positions=positions, prompt=prompt, norm=norm, precision=precision,
         max_memory=max_memory, device=device, samples=samples, lenses=list(lens or ["logit"]), stage_top=stage_top,
     )
+    traced = _identity(source)
     doc = export_run_dir(run, opts, log=log, allow_download=allow_download)
     if output is not None:
         try:
-            write_document(doc, output)
+            with _same_run(source, traced, output):
+                write_document(doc, output)
         except OSError as e:  # stdout on a full disk or /dev/full (a file's failures are OutputErrors already)
             if output != "-" or isinstance(e, BrokenPipeError):  # `| head`: the CLI's quiet exit 141
                 raise
@@ -106,9 +110,39 @@ def export(
     if html is not None:
         from ..report import write_html
 
-        write_html(doc, html)
+        with _same_run(source, traced, html):
+            write_html(doc, html)
         if note:
             note(f"wrote {html}")
+
+
+def _identity(path: Path):
+    """What tells one file from its replacement: device, inode, size and modification time (None: unreadable)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@contextlib.contextmanager
+def _same_run(source: Path, traced, output):
+    """Around writing ``output``: when it goes into the run folder of trace ``source`` (``RUN/export.json``), hold
+    the lock that ``trace --force`` replaces that folder under (:func:`lenskit.files.locked`) and refuse when the
+    trace is no longer the one exported -- another command replaced the run meanwhile; writing would put this
+    export beside another trace."""
+    from ..errors import OutputError
+    from ..files import locked
+
+    run = Path(os.path.abspath(source.parent))
+    if str(output) == "-" or Path(output).resolve().parent != run.resolve():
+        yield
+        return
+    with locked(run.parent):
+        if _identity(source) != traced:
+            raise OutputError(f"{source} was replaced while it was exported (another lenskit command wrote {run}); "
+                              f"nothing was written: export it again")
+        yield
 
 
 def register(app: typer.Typer) -> None:

@@ -71,7 +71,10 @@ def fit_lens(
         check_tuned_lens_folder(import_dir)  # a wrong folder is named before the model loads
         loaded = load_model(model, device=device, dtype="float32", log=log, allow_download=allow_download)
         verify_inferred(loaded)  # an architecture without an adapter: settle the inferred layout first
-        import_tuned_lens(import_dir, loaded, out, log=log)
+        from ..lenses.fit import hold_lens_dir
+
+        with hold_lens_dir(out):  # two imports at once would leave one's lens.json beside the other's weights
+            import_tuned_lens(import_dir, loaded, out, log=log)
         typer.echo(str(out))
         return
     from ..corpus import expand_sources, iter_documents

@@ -119,7 +119,7 @@ def survey(
         prompts = list(range(sum(len(v) for v in agg.examples.values()))) if export_doc else None
         doc = build_survey_document(agg, loaded, opts, prompts, elapsed, dist_info.world)
         write_survey_run(tmp, doc, export_doc)
-        replace_run_dir(tmp, target)
+        replace_run_dir(tmp, target, check=lambda: check_run_dir(target, force, is_survey_run))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     remove_partial(target)

@@ -187,7 +187,7 @@ def trace(
             opts = ExportOptions(top_k=top_k, track=list(track or []), lenses=list(lens or ["logit"]),
                                  stage_top=stage_top)
             write_document(export_run_dir(tmp, opts, loaded=loaded, states=states, log=log), tmp / EXPORT_FILE)
-        replace_run_dir(tmp, target)
+        replace_run_dir(tmp, target, check=lambda: check_run_dir(target, force, is_run_folder))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     typer.echo(str(out))

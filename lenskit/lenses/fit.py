@@ -349,11 +349,29 @@ def model_record(loaded) -> dict:
 
 
 def fit_lens(loaded, texts, out_dir: Path, opts: FitOptions, log=None, quiet: bool = False) -> dict:
-    """Fit a tuned lens on ``texts`` and write ``out_dir``; returns the ``lens.json`` document's ``fit`` section."""
+    """Fit a tuned lens on ``texts`` and write ``out_dir``; returns the ``lens.json`` document's ``fit`` section.
+
+    One fit at a time writes a lens folder (:func:`lenskit.files.hold_folder`): a second would resume from the
+    first's checkpoint while it runs, and the two would overwrite each other's checkpoints and lens files."""
+    out_dir = Path(out_dir).expanduser()
+    with hold_lens_dir(out_dir):
+        return _fit_lens(loaded, texts, out_dir, opts, log, quiet)
+
+
+def hold_lens_dir(out_dir: Path):
+    """:func:`lenskit.files.hold_folder` for a lens folder: one ``fit-lens`` (fit or ``--import``) writes it at a
+    time; another meanwhile is refused with one line."""
+    from ..files import hold_folder
+
+    return hold_folder(Path(out_dir), f"-o {out_dir}: another lenskit fit-lens is writing this lens folder now; wait "
+                       "for it to finish or name another folder")
+
+
+def _fit_lens(loaded, texts, out_dir: Path, opts: FitOptions, log, quiet: bool) -> dict:
+    """:func:`fit_lens` with the lens folder made and held."""
     from ..capture import stage_names
 
     torch.manual_seed(opts.seed)
-    out_dir = Path(out_dir).expanduser()
     seqs = token_sequences(loaded.tokenizer, texts, opts.seq_len, opts.max_tokens)
     train, held = split_heldout(seqs, opts.heldout, opts.heldout_tokens)
     fitter = Fitter(loaded, [])
@@ -372,12 +390,6 @@ def fit_lens(loaded, texts, out_dir: Path, opts: FitOptions, log=None, quiet: bo
     key = {k: v for k, v in asdict(opts).items() if k not in ("steps", "eval_every", "checkpoint_every")}
     key.update(model=model["fingerprint"], corpus=_digest(seqs))
     ckpt = out_dir / CHECKPOINT_FILE
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:  # a file in the way, no permission, a read-only disk
-        from ..errors import OutputError
-
-        raise OutputError(f"cannot write to {out_dir}: {e.strerror or e}") from None
     state = {"step": 0, "key": key}
     if ckpt.is_file():
         state = fitter.load_checkpoint(ckpt, opts.lr, key)
