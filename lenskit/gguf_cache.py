@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import copy
+import glob
 import errno
 import hashlib
 import json
@@ -37,17 +38,28 @@ from .progress import Progress
 from .tokens import error_line, one_line
 
 
+KEY_SAMPLES = 64  # evenly spaced pieces of the file's middle hashed into its cache key, KEY_SAMPLE bytes each
+KEY_SAMPLE = 16 << 10
+
+
 def _gguf_key(path: Path) -> str:
-    """The cache key of GGUF file ``path``: its name, size and modification time, and its first and last MiB (hashing
-    the whole file would cost seconds per trace for a large model). The time tells apart two same-named files of one
-    size that differ only in the middle -- the default model's tensor table ends 1.77 MB in, beyond the first MiB --
-    which would otherwise share an entry: ``trace`` would use the other's weights (``export`` checks fingerprints)."""
+    """The cache key of GGUF file ``path``: its name, size and modification time, its first and last MiB, and
+    KEY_SAMPLES pieces of 16 KiB evenly spaced in between (~2 MiB read; hashing the whole file would cost seconds per
+    trace for a large model). The time and the pieces tell apart two same-named files of one size that differ in the
+    middle -- another quantization or conversion of one model: the default model's tensor table ends 1.77 MB in,
+    beyond the first MiB -- which would otherwise share an entry: ``trace`` would use the other's weights (``export``
+    checks fingerprints). Two files differing only between the pieces, with equal times, still share one."""
     st = path.stat()
     h = hashlib.sha256(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    head = 1 << 20
     with open(path, "rb") as f:
-        h.update(f.read(1 << 20))
-        f.seek(max(0, st.st_size - (1 << 20)))
-        h.update(f.read(1 << 20))
+        h.update(f.read(head))
+        middle = max(0, st.st_size - 2 * head)
+        for k in range(KEY_SAMPLES if middle > KEY_SAMPLE else 0):
+            f.seek(head + (middle - KEY_SAMPLE) * k // max(1, KEY_SAMPLES - 1))
+            h.update(f.read(KEY_SAMPLE))
+        f.seek(max(0, st.st_size - head))
+        h.update(f.read(head))
     return h.hexdigest()[:16]
 
 
@@ -195,6 +207,26 @@ def _install_gguf_entry(tmp: Path, target: Path) -> None:
             raise
 
 
+def _remove_superseded(target: Path, path: Path) -> None:
+    """Delete the cache entries of GGUF file ``path`` other than ``target``: made from it before it changed (another
+    time or content, or an older key), they can never be used again and hold ~4x the file's size each. Only
+    complete entries whose ``lenskit-source.json`` names ``path`` itself, and whose folder name is the same stem
+    followed by a key, are touched."""
+    stem = target.name[: -len(_gguf_key(path)) - 1]
+    for entry in target.parent.glob(f"{glob.escape(stem)}-*"):
+        if entry == target or not re.fullmatch(r"[0-9a-f]{16}", entry.name[len(stem) + 1:]):
+            continue
+        try:
+            source = json.loads((entry / "lenskit-source.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(source, dict) and source.get("gguf") == str(path) and _gguf_cache_complete(entry):
+            aside = Path(tempfile.mkdtemp(prefix=".old-", dir=target.parent))  # a reader never sees half of it
+            with contextlib.suppress(OSError):
+                os.rename(entry, aside / "entry")
+            shutil.rmtree(aside, ignore_errors=True)
+
+
 def _gguf_phases(path: Path) -> dict:
     """Where each step of a first dequantization starts, in % of its estimated time. Timed on SmolLM2-135M (98 MB,
     ~17 s): reading the GGUF metadata for the tokenizer (5 s), then again with the weight names (9 s; the config's
@@ -339,6 +371,7 @@ def _dequantize(path: Path, shown: str, tmp: Path, target: Path | None, log) -> 
             (tmp / "lenskit-source.json").write_text(json.dumps({"gguf": str(path)}))
             if target is not None:
                 _install_gguf_entry(tmp, target)
+                _remove_superseded(target, path)
         except Exception as e:
             why = e.strerror or str(e) if isinstance(e, OSError) else _io_failure(e)  # safetensors' full disk
             if why is None:

@@ -156,12 +156,31 @@ def test_unwritable_cache_refused_before_dequantizing(tiny_gguf, tmp_path, monke
 
 def test_files_differing_only_in_the_middle_get_their_own_entries(tmp_path):
     """Two same-named GGUF files of one size whose first and last MiB agree (the default model's tensor table lies
-    beyond the first MiB) must not share a cache entry: the key includes the modification time."""
+    beyond the first MiB) must not share a cache entry: the key includes the modification time and pieces of the
+    middle, so another quantization of one model (different bytes throughout) gets its own even at the same time."""
     a, b = tmp_path / "a" / "m.gguf", tmp_path / "b" / "m.gguf"
     for p, middle in ((a, b"\0"), (b, b"\1")):
         p.parent.mkdir()
         p.write_bytes(b"GGUF" + b"x" * (3 << 20) + middle + b"y" * (3 << 20))
     os.utime(b, ns=(os.stat(a).st_mtime_ns + 10**9,) * 2)
     assert models.gguf_cache_folder(a) != models.gguf_cache_folder(b)
-    os.utime(b, ns=(os.stat(a).st_mtime_ns,) * 2)  # same name, size, ends and time: one entry (the key's limit)
-    assert models.gguf_cache_folder(a) == models.gguf_cache_folder(b)
+    os.utime(b, ns=(os.stat(a).st_mtime_ns,) * 2)  # same name, size, ends and time, one byte apart: one entry (the
+    assert models.gguf_cache_folder(a) == models.gguf_cache_folder(b)  # key's limit: a byte between its pieces)
+    ends = b"x" * (1 << 20)
+    b.write_bytes(ends + bytes(range(256)) * (16 << 12) + ends)  # other tensor data throughout, same size
+    a.write_bytes(ends + bytes(range(255, -1, -1)) * (16 << 12) + ends)
+    os.utime(b, ns=(os.stat(a).st_mtime_ns,) * 2)
+    assert os.stat(a).st_size == os.stat(b).st_size
+    assert models.gguf_cache_folder(a) != models.gguf_cache_folder(b)
+
+
+def test_an_entry_of_a_changed_file_is_replaced_not_kept(tiny_gguf, private_cache, tmp_path):
+    """A GGUF file that changed (here: a new modification time) gets a new entry, and its old one -- never usable
+    again, ~4x the file's size -- is deleted; the entry of another file of the same name stays."""
+    (tmp_path / "sub").mkdir()
+    other = write_tiny_gguf(tmp_path / "sub" / "tiny.gguf")
+    old, kept = models.ensure_gguf_cached(tiny_gguf), models.ensure_gguf_cached(other)
+    os.utime(tiny_gguf, ns=(os.stat(tiny_gguf).st_mtime_ns + 10**9,) * 2)
+    new = models.ensure_gguf_cached(tiny_gguf)
+    assert new != old and not old.exists() and new.exists() and kept.exists()
+    assert entries(private_cache) == sorted([new.name, kept.name])
