@@ -187,8 +187,11 @@ def _check_load_args(model, revision, device, dtype, trust_remote_code, adapter,
     dtype = next((name for name, t in DTYPES.items() if t == dtype), dtype) if isinstance(dtype, torch.dtype) else dtype
     if not isinstance(dtype, str):
         raise InputError(f"dtype must be a string (auto, {', '.join(DTYPES)}), not {one_line(repr(dtype), 60)}")
-    for value, name in ((revision, "revision"), (adapter, "adapter"), (device_map, "device_map")):
+    for value, name in ((revision, "revision"), (adapter, "adapter")):
         check_optional_str(value, name)
+    if device_map is not None and not isinstance(device_map, (str, dict)):  # accelerate takes "auto" or a dict
+        raise InputError(f"device_map must be a string such as 'auto', a dict of module -> device, or None, not "
+                         f"{type(device_map).__name__}")
     check_flag(trust_remote_code, "trust_remote_code")
     check_flag(allow_download, "allow_download")
     check_callback(log, "log")
@@ -202,7 +205,7 @@ def load_model(
     dtype: str = "auto",
     trust_remote_code: bool = False,
     adapter: str | None = None,
-    device_map: str | None = None,
+    device_map: str | dict | None = None,
     log=None,
     allow_download: bool = False,
 ) -> LoadedModel:
@@ -216,7 +219,8 @@ def load_model(
         trust_remote_code: allow a hub repository's own modelling code (off by default).
         adapter: force a registered adapter by name. Without it, an architecture no adapter names gets the
             candidate layouts of :mod:`lenskit.adapters.infer` (``LoadedModel.inferred``), verified on the first prompt.
-        device_map: accelerate device map (``auto``) for models larger than one device.
+        device_map: accelerate device map (``auto``, or a dict of module -> device) for models larger than one
+            device.
         log: callable taking a progress message, or None.
         allow_download: let the hub download a hub id not on this machine. Without it (or an explicit
             ``HF_HUB_OFFLINE=0``) a hub id is read from the local Hugging Face cache only and the hub is never

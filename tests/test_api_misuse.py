@@ -59,6 +59,7 @@ def reader(states):
     ({"model": "x", "trust_remote_code": "no"}, "trust_remote_code must be True or False"),
     ({"model": "x", "allow_download": 0}, "allow_download must be True or False"),
     ({"model": "x", "log": 1}, "log must be a function"),
+    ({"model": "x", "device_map": 3}, "device_map must be a string such as 'auto', a dict"),  # a dict is accelerate's
 ])
 def test_load_model_arguments(kw, fragment):
     from lenskit.models import load_model
