@@ -7,7 +7,7 @@
 
 import { d3 } from "./d3.js";
 import { setChanged, setTextChanged } from "./chart.js";
-import { appendTokenParts, formatNumber, formatRank } from "./format.js";
+import { MAX_TOKEN_CHARS, appendTokenParts, formatNumber, formatRank } from "./format.js";
 import { showTooltip, hideTooltip } from "./tooltip.js";
 
 export const TOKEN_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"];
@@ -158,7 +158,9 @@ export function renderLegend(container, position) {
     .selectAll("span.legend-item")
     .data(items, (it) => it.j)
     .join((enter) => {
-      const item = enter.append("span");
+      const item = enter.append("span")
+        .on("pointerenter pointermove", function (event) { showTooltip(event, { title: this.lenskitText }); })
+        .on("pointerleave", hideTooltip);
       item.append("span").attr("class", "swatch");
       item.append("span").attr("class", "legend-tag");
       item.append("span").attr("class", "tok-text");
@@ -168,13 +170,14 @@ export function renderLegend(container, position) {
     .call(setChanged, "data-token", (it) => it.j)
     .each(function (it) {
       const item = d3.select(this);
+      this.lenskitText = it.text; // the exact text, for the hover (the label may be cut)
       const swatch = item.select("span.swatch");
       if (swatch.property("lenskitColor") !== it.color) swatch.style("background", it.color).property("lenskitColor", it.color);
       item.select("span.legend-tag").call(setTextChanged, it.tag);
       const text = item.select("span.tok-text");
       if (text.property("lenskitToken") !== it.text) {
         text.selectAll("*").remove();
-        appendTokenParts(text, it.text);
+        appendTokenParts(text, it.text, MAX_TOKEN_CHARS);
         text.property("lenskitToken", it.text);
       }
     });

@@ -5,6 +5,7 @@
 
 import { d3 } from "./d3.js";
 import { MODES, loadRun, loadRunList } from "./data.js";
+import { plainLabel } from "./format.js";
 import { VIEWS, Y_RANGES, createState, firstThatLoads, readUrlState, writeUrlState } from "./state.js";
 import { createStrip } from "./strip.js";
 import { GRID_COLOURS, createGrid } from "./grid.js";
@@ -21,6 +22,13 @@ const MIN_PLOT_WIDTH = 480;
 function defaultPosition(run, prompt) {
   const exported = run.exportedPositions(prompt);
   return exported[exported.length - 1];
+}
+
+/** The number of the sorted `list` nearest to `x` (the lower one of a tie). */
+function nearest(list, x) {
+  let best = list[0];
+  for (const v of list) if (Math.abs(v - x) < Math.abs(best - x)) best = v;
+  return best;
 }
 
 /** Framed by a notebook (lenskit.show: a sandboxed iframe), tell the parent page the viewer's height, now and on every
@@ -84,7 +92,8 @@ async function boot() {
     const wantPrompt = clampInt(want.prompt, 0, target.promptCount - 1, drawable[0]);
     const prompt = drawable.includes(wantPrompt) ? wantPrompt : drawable[0];
     const exported = target.exportedPositions(prompt);
-    const pos = prompt === wantPrompt && exported.includes(want.pos) ? want.pos : defaultPosition(target, prompt);
+    // A position that was not exported (a link to a trace exported with --positions): the nearest one that was.
+    const pos = prompt === wantPrompt && Number.isInteger(want.pos) ? nearest(exported, want.pos) : defaultPosition(target, prompt);
     return {
       run: want.run,
       prompt,
@@ -164,7 +173,7 @@ async function boot() {
       .join("option")
       .attr("value", (p) => p)
       .property("disabled", (p) => run.exportedPositions(p).length === 0)
-      .text((p) => `${p}: ${Array.from(run.promptLabel(p)).slice(0, 60).join("")}` +
+      .text((p) => `${p}: ${Array.from(plainLabel(run.promptLabel(p))).slice(0, 60).join("")}` +
         (run.exportedPositions(p).length === 0 ? " (no positions exported)" : ""));
     d3.select("#prompt-picker").attr("hidden", run.promptCount > 1 ? null : true);
     d3.select("#model-info").text(run.modelSummary);

@@ -2,7 +2,7 @@
 // highlighted and its actual next token outlined; clicking a token, the position slider or the ←/→ keys select a
 // position; a line under it names the actual next token and the model's top-1.
 
-import { appendTokenParts, formatNumber, formatRank } from "./format.js";
+import { MAX_TOKEN_CHARS, appendTokenParts, formatNumber, formatRank } from "./format.js";
 import { showTooltip, hideTooltip } from "./tooltip.js";
 
 /** The strip inside `root` (.strip, .pos-slider, .pos-label, .prediction); `onPosition(pos)` on a selection. */
@@ -13,6 +13,8 @@ export function createStrip(root, { onPosition }) {
   const prediction = root.select(".prediction");
   let exported = [];
   let built = null;
+  let nodes = []; // the token spans by position (a redraw touches the two it marks, not every span of a long prompt)
+  let marked = []; // the spans marked selected / next by the last redraw
 
   slider.on("input", function () {
     const pos = exported[Number(this.value)];
@@ -29,13 +31,16 @@ export function createStrip(root, { onPosition }) {
     const texts = run.promptTokenTexts(prompt);
     const ids = run.promptTokenIds(prompt);
     strip.selectAll("*").remove();
+    nodes = [];
+    marked = [];
     texts.forEach((text, i) => {
       const span = strip
         .append("span")
         .attr("class", has.has(i) ? "tok" : "tok not-exported")
         .attr("data-pos", i)
         .attr("tabindex", -1);
-      appendTokenParts(span, text);
+      nodes.push(span.node());
+      appendTokenParts(span, text, MAX_TOKEN_CHARS);
       span
         .on("click", () => {
           if (has.has(i)) onPosition(i);
@@ -57,17 +62,21 @@ export function createStrip(root, { onPosition }) {
   function draw(run, prompt, position) {
     build(run, prompt);
     const pos = position.pos;
-    strip.selectAll("span.tok").classed("selected", false).classed("next", false);
-    const sel = strip.select(`span.tok[data-pos="${pos}"]`).classed("selected", true);
-    strip.select(`span.tok[data-pos="${pos + 1}"]`).classed("next", true);
-    const node = sel.node();
+    for (const el of marked) el.classList.remove("selected", "next");
+    const node = nodes[pos];
+    const after = nodes[pos + 1];
+    if (node) node.classList.add("selected");
+    if (after) after.classList.add("next");
+    marked = [node, after].filter(Boolean);
     if (node) requestAnimationFrame(() => scrollIntoStrip(node, strip.node()));
     slider.property("value", exported.indexOf(pos));
     label.text(`position ${pos} of ${run.promptTokenTexts(prompt).length - 1}`);
 
     prediction.selectAll("*").remove();
     const last = run.stageCount - 1;
-    const addToken = (text, cls) => appendTokenParts(prediction.append("span").attr("class", `tok ${cls}`), text);
+    const addToken = (text, cls) => appendTokenParts(prediction.append("span").attr("class", `tok ${cls}`), text, MAX_TOKEN_CHARS)
+      .on("pointerenter pointermove", (event) => showTooltip(event, { title: text }))
+      .on("pointerleave", hideTooltip);
     prediction.append("span").attr("class", "pred-label").text("after ");
     addToken(run.promptTokenTexts(prompt)[pos], "selected");
     prediction.append("span").attr("class", "pred-label").text(" the model's top-1 is ");
