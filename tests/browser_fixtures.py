@@ -24,6 +24,7 @@ Nothing here imports Playwright or lenskit at import time: conftest loads this m
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -122,6 +123,34 @@ def served(docs, tmp_path_factory):
     yield srv
     srv.shutdown()
     srv.server_close()
+
+
+def serve_docs(root: Path, docs: dict):
+    """A running server (thread, port 0) over one run folder under ``root`` per ``{name: export document}``, each
+    written as its export.json (``json.dumps`` escapes lone surrogates: the viewer parses them from JSON escapes)."""
+    import json
+
+    from lenskit.server import Server, Site, find_runs
+
+    dirs = []
+    for name, d in docs.items():
+        (root / name).mkdir()
+        (root / name / "export.json").write_text(json.dumps(d), encoding="utf-8")
+        dirs.append(root / name)
+    srv = Server(Site(find_runs(dirs)), "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+@contextlib.contextmanager
+def serving(root: Path, docs: dict):
+    """:func:`serve_docs` for the length of a ``with`` block."""
+    srv = serve_docs(root, docs)
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from browser_fixtures import (  # noqa: E402
     open_view,
     positions,
     require_chromium,
+    serve_docs,
     shot,
     state,
 )
@@ -342,18 +343,6 @@ def test_panels_have_stage_ticks_and_striping(page, served, docs):
 # ---- single file
 
 
-def _serve_docs(tmp_path, docs: dict) -> Server:
-    """A running server over one run folder per ``{name: export document}`` (each written as its export.json)."""
-    dirs = []
-    for name, d in docs.items():
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "export.json").write_text(json.dumps(d), encoding="utf-8")
-        dirs.append(tmp_path / name)
-    srv = Server(Site(find_runs(dirs)), "127.0.0.1", 0)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv
-
-
 def test_prompts_and_runs_without_positions(page, tmp_path):
     """Schema-valid documents the viewer cannot fully draw: a prompt with no exported positions is skipped (its
     picker entry disabled) instead of throwing, and a run with no prompts, reached by a link, leaves the shown run in
@@ -362,7 +351,7 @@ def test_prompts_and_runs_without_positions(page, tmp_path):
     doc["prompts"][1]["positions"] = []
     empty = make_export(prompts=1, positions=4, layers=2, seed=6)
     empty["prompts"] = []
-    srv = _serve_docs(tmp_path, {"partial": doc, "empty": empty})
+    srv = serve_docs(tmp_path, {"partial": doc, "empty": empty})
     try:
         open_view(page, srv.url + "#run=partial&prompt=1&pos=2")
         assert state(page)["prompt"] == "0" and state(page)["pos"] == "3"  # prompt 0's default: its last position
@@ -426,7 +415,7 @@ def test_documents_that_cannot_be_drawn_say_why(page, tmp_path):
     docs = {"good": good, **{name: _broken(good, edit) for name, (edit, _) in BROKEN.items()}}
     docs["b64"] = _broken(good, lambda d, P: P[-1]["hist"]["counts"].__setitem__(4, "!!=="))
     docs["oddid"] = _broken(good, lambda d, P: d["model"].update(id={"toString": 1}, architecture=[PWN]))
-    srv = _serve_docs(tmp_path, docs)
+    srv = serve_docs(tmp_path, docs)
     try:
         for name, (_, words) in BROKEN.items():
             page.goto("about:blank")

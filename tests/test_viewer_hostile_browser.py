@@ -9,22 +9,18 @@ As in the other browser files, any console error, page error, dialog or foreign 
 from __future__ import annotations
 
 import copy
-import json
 import sys
-import threading
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from browser_fixtures import median_ms, open_view, require_chromium, shot, state  # noqa: E402
+from browser_fixtures import median_ms, open_view, require_chromium, serving, shot, state  # noqa: E402
 
 require_chromium()
 
 from viewer_fixture import make_export  # noqa: E402
-
-from lenskit.server import Server, Site, find_runs  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
@@ -36,18 +32,6 @@ ODD = ["\u202eevil\u202c", "\u2066iso", "a\u2069b", "zw\u200d\u200bj", ZALGO, LO
        "\u00a0", "", "\ufeff", "\U000e0041tag", "\u05e9\u05dc\u05d5\u05dd", "ok"]
 
 
-def _serve(tmp_path, docs: dict) -> Server:
-    dirs = []
-    for name, d in docs.items():
-        (tmp_path / name).mkdir()
-        # json.dumps escapes lone surrogates as \\udXXX: the viewer parses them from JSON escapes
-        (tmp_path / name / "export.json").write_text(json.dumps(d), encoding="utf-8")
-        dirs.append(tmp_path / name)
-    srv = Server(Site(find_runs(dirs)), "127.0.0.1", 0)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv
-
-
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     """A run of 2 prompts with two lenses and a small one (runs named like the links below try to reach)."""
@@ -55,10 +39,8 @@ def two_runs(tmp_path_factory):
             "other": make_export(prompts=1, positions=6, layers=1, seed=1)}
     other = docs["other"]["prompts"][0]
     other["positions"] = [x for x in other["positions"] if x["pos"] in (0, 2, 5)]  # as `--positions` exports
-    srv = _serve(tmp_path_factory.mktemp("hostile-url"), docs)
-    yield srv, docs
-    srv.shutdown()
-    srv.server_close()
+    with serving(tmp_path_factory.mktemp("hostile-url"), docs) as srv:
+        yield srv, docs
 
 
 def check_valid_view(page, docs):
@@ -135,10 +117,8 @@ def odd_run(tmp_path_factory):
     for i in range(len(doc["tokens"])):
         doc["tokens"][i] = ODD[i % len(ODD)]
     doc["prompts"][0]["text"] = "".join(ODD)
-    srv = _serve(tmp_path_factory.mktemp("hostile-text"), {"odd": doc})
-    yield srv, doc
-    srv.shutdown()
-    srv.server_close()
+    with serving(tmp_path_factory.mktemp("hostile-text"), {"odd": doc}) as srv:
+        yield srv, doc
 
 
 def test_odd_token_texts_stay_in_their_boxes(page, odd_run):
@@ -215,10 +195,8 @@ def _long_doc(n: int) -> dict:
 @pytest.fixture(scope="module")
 def long_run(tmp_path_factory):
     doc = _long_doc(4096)
-    srv = _serve(tmp_path_factory.mktemp("hostile-long"), {"long": doc})
-    yield srv, doc
-    srv.shutdown()
-    srv.server_close()
+    with serving(tmp_path_factory.mktemp("hostile-long"), {"long": doc}) as srv:
+        yield srv, doc
 
 
 def test_4096_positions_redraw_touches_the_selection_only(page, long_run):
