@@ -187,7 +187,7 @@ def trace_prompts(loaded, texts: list[str], log=None, chat: bool = False,
         raise InputError("no prompts to trace: give at least one prompt string")
     for i, t in enumerate(texts):
         if not isinstance(t, str):
-            raise InputError(f"prompt {i} must be a string, not {type(t).__name__}")
+            raise InputError(f"texts[{i}] must be a string (a prompt), not {type(t).__name__}")
         if not is_utf8(t):  # lone surrogates: no tokenizer takes them
             raise InputError(f"prompt {i + 1} is not valid UTF-8 text (it holds lone surrogates)")
     if system is not None and not chat:

@@ -82,8 +82,8 @@ def test_load_model_accepts_path_and_torch_types(api):
     ((np.array(["the cat"]),), {}, "texts must be a list"),
     (([],), {}, "no prompts to trace"),
     (([""],), {}, "the prompt is empty"),
-    ((["the cat", None],), {}, "prompt 1 must be a string"),
-    (([b"the cat"],), {}, "prompt 0 must be a string"),
+    ((["the cat", None],), {}, "texts[1] must be a string"),
+    (([b"the cat"],), {}, "texts[0] must be a string"),
     ((["the cat"],), {"chat": "no"}, "chat must be True or False"),  # "no" is truthy
     ((["the cat"],), {"log": 1}, "log must be a function"),
     ((["the cat"],), {"system": "be brief"}, "--system needs --chat"),

@@ -185,7 +185,7 @@ def test_export_document_checks_its_arguments(tiny_dir):
     loaded = load_model(tiny_dir, device="cpu")
     with pytest.raises(InputError, match="list of prompt strings"):
         trace_prompts(loaded, "the cat")  # a str, not a list: would be traced letter by letter
-    with pytest.raises(InputError, match="prompt 1 must be a string"):
+    with pytest.raises(InputError, match=r"texts\[1\] must be a string"):
         trace_prompts(loaded, ["the cat", 5])
     states, meta = trace_prompts(loaded, ["the cat sat"])
     lens = lens_from_model(loaded.model, loaded.adapter)
