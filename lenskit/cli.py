@@ -48,9 +48,9 @@ class _Group(TyperGroup):
         except cx.UsageError as e:
             _fail(" ".join(e.format_message().split()), 1)
         except Terminated as e:
-            _fail(f"terminated ({signal.Signals(e.signum).name})", 128 + e.signum)
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
+            _fail(f"terminated ({signal.Signals(e.signum).name}){_hint(e)}", 128 + e.signum)
+        except KeyboardInterrupt as e:
+            _fail(f"interrupted{_hint(e)}", 130)
         except BrokenPipeError:  # stdout's reader left (`lenskit export RUN -o - | head`): quiet, as Unix tools are
             _quiet_exit(141)
         except OSError as e:  # the file system refused (a name too long, a full disk, permissions): the user's to fix
@@ -126,6 +126,12 @@ def _standard_streams() -> None:
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="lenskit-escape")
+
+
+def _hint(e: BaseException) -> str:
+    """What to do next, when the command that was stopped said (a survey's ``--resume``): ``e.hint``."""
+    hint = getattr(e, "hint", None)
+    return f"; {hint}" if isinstance(hint, str) and hint else ""
 
 
 class Terminated(KeyboardInterrupt):

@@ -552,3 +552,27 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_dir, corpus, tmp_pa
     assert res.returncode == 0, res.stderr
     assert _doc_without_run(out / "survey.json") == _doc_without_run(tmp_path / "whole" / "survey.json")
     assert (out / "export.json").read_bytes() == (tmp_path / "whole" / "export.json").read_bytes()
+
+
+def test_an_interrupted_survey_says_how_to_resume(tiny_dir, corpus, tmp_path):
+    """Ctrl-C once a checkpoint exists: exit 130 and one line that says the checkpoints are kept for --resume."""
+    import signal
+    import time
+
+    out = tmp_path / "cut"
+    ck = tmp_path / f".{out.name}.survey-partial" / "shard-000-of-001.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", LENSKIT_LOAD_PLUGINS="0")
+    proc = subprocess.Popen([sys.executable, "-m", "lenskit.cli", "survey", str(corpus), "-m", tiny_dir, "--max-tokens",
+                             "24", "-b", "1", "--block-docs", "1", "-q", "-o", str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not ck.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if proc.poll() is not None:
+        pytest.skip("the survey finished before it could be interrupted (machine too fast for this corpus)")
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == ("lenskit: error: interrupted; the checkpoints are kept: rerun the same "
+                                            "command with --resume to continue")
+    assert ck.exists() and not out.exists()

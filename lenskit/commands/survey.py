@@ -65,7 +65,7 @@ def survey(
     from ..corpus import DEMO_SOURCE, expand_sources
     from ..files import check_run_dir, new_run_dir, replace_run_dir
     from ..models import load_model, progress_logger
-    from ..survey import SurveyOptions, init_distributed, process_device, remove_partial, run_survey
+    from ..survey import SurveyOptions, init_distributed, partial_dir, process_device, remove_partial, run_survey
     from ..survey_document import build_survey_document, export_examples, is_survey_run, write_survey_run
     from ..tokens import context_length
 
@@ -98,7 +98,12 @@ def survey(
                          max_chars=max_chars, norm=norm, precision=precision, max_memory=max_memory,
                          device=process_device(device, dist_info))
     started = time.perf_counter()
-    agg = run_survey(loaded, opts, target, resume=resume, quiet=quiet, dist_info=dist_info)
+    try:
+        agg = run_survey(loaded, opts, target, resume=resume, quiet=quiet, dist_info=dist_info)
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: the checkpoints stay; say how to go on from them
+        if any(partial_dir(target).glob("shard-*.json")):
+            e.hint = "the checkpoints are kept: rerun the same command with --resume to continue"
+        raise
     if agg is None:  # another process's shard: rank 0 writes the run
         return
     elapsed = time.perf_counter() - started
