@@ -299,6 +299,9 @@ def test_hostile_token_text_stays_text(page, tiny_compare, tmp_path):
         p["tokens"][0]["text"] = HOSTILE_IMG
         p["next"] = [HOSTILE_IMG, "\u202eevil"]
     doc["runs"][0]["tokens"] = [HOSTILE_IMG] * len(doc["runs"][0]["tokens"])
+    long = "L" * 500  # cut to 32 characters in the strips, legend and summary (the whole text in their titles)
+    doc["runs"][1]["tokens"][0] = long
+    doc["pairs"][0]["tokens"][1]["text"] = long
     folder = tmp_path / "hostile"
     folder.mkdir()
     (folder / COMPARE_FILE).write_text(json.dumps(doc), encoding="utf-8")
@@ -309,6 +312,8 @@ def test_hostile_token_text_stays_text(page, tiny_compare, tmp_path):
         shown = HOSTILE_IMG.replace(" ", "\u2423")  # spaces shown as ␣, the markup as text
         assert shown in page.text_content("#fig-cmp-ranks .legend")
         assert shown in page.text_content("#strip-a")
+        assert "L" * 31 + "…" in page.text_content("#strip-b") and long not in page.text_content("body")
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # nothing widens the page
     finally:
         srv.shutdown()
         srv.server_close()

@@ -4,7 +4,7 @@
 
 import { d3 } from "./d3.js";
 import { createChart } from "./chart.js";
-import { appendTokenParts, formatNumber, formatRank } from "./format.js";
+import { MAX_TOKEN_CHARS, appendTokenParts, formatNumber, formatRank } from "./format.js";
 import { hideTooltip, showTooltip } from "./tooltip.js";
 import { colorOf, renderBands, renderDecisions, renderStageMarker, stageAt, stageAxis, stageX } from "./compare-chart.js";
 
@@ -148,9 +148,9 @@ function renderCompareLegend(container, cmp, pair, hidden, onToggle) {
   const tokens = container.append("div").attr("class", "legend-tokens");
   for (let j = 0; j < pair.tokenCount; j++) {
     const item = tokens.append("span").attr("class", `legend-item${hidden.has(j) ? " off" : ""}`)
-      .attr("data-token", j).attr("title", "click to hide or show");
+      .attr("data-token", j).attr("title", `${pair.text(j)} (click to hide or show)`);
     item.append("span").attr("class", "swatch").style("background", colorOf(j));
-    appendTokenParts(item.append("span").attr("class", "tok-text"), pair.text(j));
+    appendTokenParts(item.append("span").attr("class", "tok-text"), pair.text(j), MAX_TOKEN_CHARS);
     item.append("span").attr("class", "legend-roles").text(roles(pair, j));
     for (const k of [0, 1]) {
       if (pair.missing(j, k)) item.append("span").attr("class", "legend-gap").text(`no ${"AB"[k]} curve: ${pair.missing(j, k)}`);

@@ -3,7 +3,7 @@
 // KL figure, and links them through one small state store. Token texts are set with .text() only.
 
 import { d3 } from "./d3.js";
-import { appendTokenParts, formatNumber } from "./format.js";
+import { MAX_TOKEN_CHARS, appendTokenParts, formatNumber } from "./format.js";
 import { hideTooltip } from "./tooltip.js";
 import { loadCompare, loadCompareList } from "./compare-data.js";
 import { createCompareRanks } from "./compare-ranks.js";
@@ -44,7 +44,7 @@ function relationNote(cmp) {
 function drawStrip(el, cmp, k, pair, onPair) {
   const run = cmp.runs[k];
   const toks = el.selectAll("span.tok").data(run.tokens).join((enter) => enter.append("span").each(function (t) {
-    appendTokenParts(d3.select(this), t);
+    appendTokenParts(d3.select(this), t, MAX_TOKEN_CHARS); // the title holds the whole text
   }));
   toks.attr("class", (_, pos) => {
     const i = cmp.pairOf(k, pos);
@@ -71,14 +71,14 @@ function drawSummary(el, cmp, pair, stage) {
       row.append("span").text("top-1 not listed"); // a hand-edited document: no token has top 1 on this side
     } else {
       row.append("span").text("top-1 ");
-      appendTokenParts(row.append("span").attr("class", "tok"), pair.text(j));
+      appendTokenParts(row.append("span").attr("class", "tok").attr("title", pair.text(j)), pair.text(j), MAX_TOKEN_CHARS);
       const logp = pair.logp(j, k);
       if (logp && logp[last] !== null) row.append("span").text(` p = ${formatNumber(Math.exp(logp[last]), 3)}`);
     }
     row.append("span").text(` · decides at ${cmp.runs[k].stageName(pair.decide[k])} (stage ${pair.decide[k]} of ${last})`);
     if (pair.next[k] !== null) {
       row.append("span").text(" · actual next ");
-      appendTokenParts(row.append("span").attr("class", "tok"), pair.next[k]);
+      appendTokenParts(row.append("span").attr("class", "tok").attr("title", pair.next[k]), pair.next[k], MAX_TOKEN_CHARS);
     }
   }
   if (pair.kl) {
