@@ -1,7 +1,8 @@
 """What lenskit writes to disk, and the rules that keep a user's files safe.
 
 * Every file is written to a temporary name beside its target and renamed into place (:func:`atomic_write`), so an
-  interrupted command leaves the old file or the new one, never half of one.
+  interrupted command leaves the old file or the new one, never half of one; what a killed one (SIGKILL) left there
+  is swept a day later by the next command writing that target (:func:`sweep_stale`).
 * A command overwrites only what it was asked to write, and only when that is lenskit's own output of the same
   kind (:func:`check_output_file`): an export, a report, a run folder. Anything else is refused with one line.
 * A run folder is replaced only when it is recognisably a lenskit run (a ``trace.safetensors`` with lenskit metadata
@@ -42,6 +43,31 @@ def default_mode(mode: int = 0o666) -> int:
     return mode & ~umask
 
 
+STALE_SECONDS = 24 * 3600  # a temporary file or folder of lenskit's this old beside a target is a killed run's
+
+
+def sweep_stale(target: Path) -> None:
+    """Delete what a killed lenskit command (SIGKILL, a power cut) left beside ``target``: its temporary files and
+    folders, named exactly as this module makes them (``.NAME.xxxxxxxx.tmp`` / ``.old``: tempfile's 8 random
+    characters) and untouched for STALE_SECONDS -- a live command's are minutes old. Anything else is never touched;
+    a link is removed, never followed."""
+    import re
+
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.(?:tmp|old)")
+    try:
+        entries = [e for e in os.scandir(target.parent) if pattern.fullmatch(e.name)]
+    except OSError:
+        return
+    for e in entries:
+        with contextlib.suppress(OSError):
+            if time.time() - e.stat(follow_symlinks=False).st_mtime < STALE_SECONDS:
+                continue
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path, ignore_errors=True)
+            else:
+                os.unlink(e.path)
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then rename ``tmp_path`` to ``path``; remove the temp file on any failure."""
     atomic_write_all([(Path(path), write)])
@@ -57,6 +83,8 @@ def atomic_write_all(items: list[tuple[Path, object]], before_renames=None, what
         if path.is_dir():
             raise OutputError(f"cannot write {path}: it is a folder")
     temps: list[str] = []
+    for path, _ in items:
+        sweep_stale(path)
     try:
         for path, _ in items:
             try:
@@ -218,6 +246,7 @@ def new_run_dir(out: Path) -> Path:
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale(out)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
         tmp.chmod(default_mode(0o777))
         return tmp

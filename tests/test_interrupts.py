@@ -250,3 +250,29 @@ def test_serve_stops_on_sigterm(run_copy):
     p.proc.send_signal(signal.SIGTERM)
     rc, out, err = p.finish()
     assert rc == 0 and err.strip().splitlines()[-1] == "lenskit: stopped" and "Traceback" not in err, err
+
+
+def test_a_killed_commands_leftovers_are_swept_a_day_later(tmp_path):
+    """SIGKILL leaves `.NAME.xxxxxxxx.tmp` beside the target (nothing can clean up then); the next command writing
+    that target deletes such leftovers once they are a day old -- a live command's are younger -- and nothing else."""
+    import os
+
+    from lenskit.files import STALE_SECONDS, atomic_write, new_run_dir
+
+    out = tmp_path / "run"
+    old_dir, old_file, fresh = tmp_path / ".run.abcd1234.tmp", tmp_path / ".export.json.zz9_x0y1.tmp", tmp_path / ".run.fresh001.tmp"
+    keep = [tmp_path / ".run.notes.tmp", tmp_path / "run.abcd1234.tmp", tmp_path / ".run.abcd1234.tmp.bak"]
+    old_dir.mkdir()
+    (old_dir / "trace.safetensors").write_bytes(b"x" * 100)
+    old_file.write_text("{")
+    fresh.mkdir()
+    for p in keep:
+        p.mkdir()
+    past = os.stat(tmp_path).st_mtime - STALE_SECONDS - 60
+    for p in (old_dir, old_file, *keep):
+        os.utime(p, (past, past))
+    tmp = new_run_dir(out)
+    assert not old_dir.exists() and fresh.exists() and all(p.exists() for p in keep)
+    assert old_file.exists()  # another target's: only `export.json`'s writer sweeps it
+    atomic_write(tmp_path / "export.json", lambda t: open(t, "w").write("{}"))
+    assert not old_file.exists() and tmp.exists()
