@@ -49,13 +49,17 @@ STALE_SECONDS = 24 * 3600  # a temporary file or folder of lenskit's this old be
 def sweep_stale(target: Path) -> None:
     """Delete what a killed lenskit command (SIGKILL, a power cut) left beside ``target``: its temporary files and
     folders, named exactly as this module makes them (``.NAME.xxxxxxxx.tmp`` / ``.old``: tempfile's 8 random
-    characters) and untouched for STALE_SECONDS -- a live command's are minutes old. Anything else is never touched;
-    a link is removed, never followed."""
+    characters) and untouched for STALE_SECONDS -- a live command's are minutes old (:func:`sweep_stale_in`)."""
     import re
 
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.(?:tmp|old)")
+    sweep_stale_in(target.parent, re.compile(rf"\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.(?:tmp|old)"))
+
+
+def sweep_stale_in(folder: Path, pattern) -> None:
+    """Delete the entries of ``folder`` whose whole name matches ``pattern`` (a compiled regex) and that nothing has
+    touched for STALE_SECONDS. Anything else is never touched; a link is removed, never followed."""
     try:
-        entries = [e for e in os.scandir(target.parent) if pattern.fullmatch(e.name)]
+        entries = [e for e in os.scandir(folder) if pattern.fullmatch(e.name)]
     except OSError:
         return
     for e in entries:

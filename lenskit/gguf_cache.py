@@ -25,14 +25,13 @@ import shutil
 import struct
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from .adapters import model_architecture
 from .errors import ModelError, OutputError
-from .files import _io_failure
+from .files import _io_failure, sweep_stale_in
 from .models import cache_dir, quiet_transformers, recordable
 from .progress import Progress
 from .tokens import error_line, one_line
@@ -84,7 +83,6 @@ GGUF_VERSIONS = (2, 3)  # what the gguf package reads
 # the file could hold is damaged or hostile (the reader would walk garbage).
 _MIN_KV_BYTES = 8 + 1 + 4 + 1
 _MIN_TENSOR_INFO_BYTES = 8 + 1 + 4 + 8 + 4 + 8
-STALE_TEMP_SECONDS = 24 * 3600  # a temp folder that old in the cache is a killed run's (a live one is minutes old)
 _PRIVATE_ENTRIES: dict = {}  # entry name -> this process's temporary entry, made when the default cache is unusable
 
 
@@ -136,18 +134,7 @@ def _gguf_read_error(e: Exception, shown: str) -> ModelError:
 
 def _sweep_stale_temps(folder: Path) -> None:
     """Delete temp folders that a killed dequantization left in the cache (a live one's is fresh: kept)."""
-    try:
-        entries = list(folder.iterdir())
-    except OSError:
-        return
-    now = time.time()
-    for entry in entries:
-        try:
-            stale = entry.name.startswith((".tmp-", ".old-")) and now - entry.lstat().st_mtime > STALE_TEMP_SECONDS
-        except OSError:
-            continue
-        if stale:
-            shutil.rmtree(entry, ignore_errors=True)
+    sweep_stale_in(folder, re.compile(r"\.(?:tmp|old)-[a-z0-9_]{8}"))
 
 
 def _cache_root() -> Path:

@@ -123,12 +123,16 @@ def test_entry_made_meanwhile_wins(tmp_path):
 
 def test_stale_temp_folders_swept(tiny_gguf, private_cache):
     """A killed run's temp folder goes on the next dequantization; a fresh one (a live run's) stays."""
-    (private_cache / "gguf" / ".tmp-old").mkdir(parents=True)
-    (private_cache / "gguf" / ".tmp-live").mkdir()
-    day_ago = time.time() - models.STALE_TEMP_SECONDS - 60
-    os.utime(private_cache / "gguf" / ".tmp-old", (day_ago, day_ago))
+    from lenskit.files import STALE_SECONDS
+
+    (private_cache / "gguf" / ".tmp-k2j4h5g6").mkdir(parents=True)  # tempfile's names: 8 random characters
+    (private_cache / "gguf" / ".tmp-a1b2c3d4").mkdir()
+    (private_cache / "gguf" / ".tmp-notes").mkdir()  # not a name lenskit makes: kept however old
+    day_ago = time.time() - STALE_SECONDS - 60
+    for name in (".tmp-k2j4h5g6", ".tmp-notes"):
+        os.utime(private_cache / "gguf" / name, (day_ago, day_ago))
     folder = models.ensure_gguf_cached(tiny_gguf)
-    assert entries(private_cache) == sorted([".tmp-live", folder.name])
+    assert entries(private_cache) == sorted([".tmp-a1b2c3d4", ".tmp-notes", folder.name])
 
 
 def test_gguf_name_with_line_break(tmp_path, private_cache):
