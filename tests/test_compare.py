@@ -305,9 +305,31 @@ def test_exports_only_refuses_an_export_that_is_not_of_the_trace(runs, tmp_path,
 
 
 def test_html_that_is_the_output_folder_is_refused_first(runs, tmp_path):
+    """`--html` naming the `-o` folder (also spelled differently) is one line naming --html, before anything is read."""
     out = tmp_path / "cmp"
     assert_clean_error(run("compare", runs["base"], runs["instruct"], "-o", out, "--html", out, "-q"), "--html")
     assert not out.exists()
+    res = run("compare", runs["base"], runs["instruct"], "-o", out, "--html", f"{tmp_path}/./cmp")
+    assert_clean_error(res, "Invalid value for '--html': is the -o folder", out)
+
+
+def test_a_report_that_cannot_be_written_leaves_the_output_folder_as_it_was(runs, tmp_path, monkeypatch):
+    """`--html` is written before the `-o` folder moves in: when the report fails, the earlier comparison stays."""
+    import lenskit.report
+    from lenskit.errors import OutputError
+
+    out = tmp_path / "cmp"
+    assert run("compare", runs["base"], runs["instruct"], "-o", out, "-q").exit_code == 0
+    before = (out / COMPARE_FILE).read_bytes()
+
+    def full_disk(*a, **k):
+        raise OutputError("cannot write the report: No space left on device")
+
+    monkeypatch.setattr(lenskit.report, "write_html", full_disk)
+    res = run("compare", runs["instruct"], runs["base"], "-o", out, "--force", "--html", tmp_path / "r.html", "-q")
+    assert_clean_error(res, "No space left on device")
+    assert (out / COMPARE_FILE).read_bytes() == before and not (tmp_path / "r.html").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
 
 
 def test_output_inside_a_compared_run_is_refused(runs):
@@ -588,8 +610,3 @@ def test_serve_compare_through_a_tuned_lens(runs, base_lens):
     assert_clean_error(run("serve", runs["base"], runs["other"], "--compare", "--lens", "logit", "--lens", "logit",
                            "--lens", "logit", "--get", "/"), "3 times")
 
-
-def test_html_that_is_the_output_folder_is_refused(runs, tmp_path):
-    """`--html` naming the `-o` folder (spelled differently) is one line naming --html, before anything is read."""
-    res = run("compare", runs["base"], runs["instruct"], "-o", tmp_path / "cmp", "--html", f"{tmp_path}/./cmp")
-    assert_clean_error(res, "Invalid value for '--html': is the -o folder", tmp_path / "cmp")

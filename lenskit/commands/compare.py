@@ -86,18 +86,20 @@ def compare(
 
     doc = run_compare(run_a, run_b, prompt_a, prompt_b, align, positions, top_k, device, max_memory, exports_only,
                       allow_download, log=log, warn=warn, lenses=lens)
-    if target is not None:
-        data = dumps(doc)
-        tmp = new_run_dir(target)
-        try:
+    tmp = new_run_dir(target) if target is not None else None
+    try:
+        if tmp is not None:
+            data = dumps(doc)
             atomic_write(tmp / COMPARE_FILE, lambda t: Path(t).write_bytes(data))
-            replace_run_dir(tmp, target, check=lambda: check_output_dir(target, force, (run_a, run_b)))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    if html is not None:
-        from ..report import write_html
+        if html is not None:  # before -o moves in: a report that cannot be written leaves -o as it was
+            from ..report import write_html
 
-        write_html(doc, html, page_name="compare.html")
+            write_html(doc, html, page_name="compare.html")
+        if tmp is not None:
+            replace_run_dir(tmp, target, check=lambda: check_output_dir(target, force, (run_a, run_b)))
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     if log:
         log(f"compared {len(doc['pairs'])} aligned position(s) ({doc['relation']}, aligned by {doc['align']}, "
             f"from {doc['source']})")
