@@ -481,8 +481,27 @@ def plan_export(meta: dict, tokenizer, options: ExportOptions) -> tuple[list[tup
                                      options.stage_top)
     chosen = [options.prompt] if options.prompt is not None else list(range(n_prompts))
     has = "the prompt has {{n}} tokens" if n_prompts == 1 else "prompt {i} has {{n}} tokens"
-    return [(i, parse_positions(options.positions, len(meta["prompts"][i]["token_ids"]), has=has.format(i=i)))
-            for i in chosen], track_ids
+    plan = [(i, parse_positions(options.positions, len(meta["prompts"][i]["token_ids"]), has=has.format(i=i)))
+            for i in chosen]
+    check_document_size(sum(len(p) for _, p in plan), len(meta["stages"]), options.top_k + len(track_ids) + 1,
+                        options.stage_top, len(options.lenses))
+    return plan, track_ids
+
+
+MAX_DOCUMENT_VALUES = 50_000_000  # numbers an export may hold (~400 MB of JSON, GBs as Python objects while built):
+# 9x the 4,096-token export at the defaults; beyond it, a --top-k in the thousands over every position
+
+
+def check_document_size(positions: int, stages: int, tracked: int, stage_top: int, lenses: int) -> None:
+    """InputError before any weights load when the document would hold more than MAX_DOCUMENT_VALUES numbers: per
+    position, stage and lens a score and a rank for each of ``tracked`` tokens and two numbers for each of the stage's
+    own top ``stage_top`` (``--top-k 49152`` over the test paragraph: 1.1 billion numbers, hours of rank passes)."""
+    values = positions * stages * lenses * (2 * tracked + 2 * stage_top)
+    if values > MAX_DOCUMENT_VALUES:
+        raise InputError(f"this export would hold ~{values / 1e6:,.0f} million numbers ({positions} positions x "
+                         f"{stages} stages x {tracked} tracked tokens; ~{values * 8 / 1e9:,.1f} GB of JSON), more "
+                         f"than {MAX_DOCUMENT_VALUES:,}: lower --top-k or --stage-top, or export "
+                         "fewer --positions at a time")
 
 
 def _check_meta_ids(meta: dict, vocab_size: int) -> None:

@@ -84,6 +84,23 @@ def test_export_bad_options(tiny_run, tmp_path, args, fragment):
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
+def test_an_export_too_big_to_hold_is_refused_before_the_weights_load(tiny_run, tmp_path, monkeypatch):
+    """`--top-k` near the vocabulary over every position (49,152 over the test paragraph: 1.1 billion numbers, hours
+    of rank passes, GBs of memory) is one line naming the size, before any lens weights load; fewer positions pass."""
+    import lenskit.export
+    import lenskit.weights
+
+    def boom(*a, **k):
+        raise AssertionError("lens weights loaded before the document size was checked")
+
+    monkeypatch.setattr(lenskit.export, "MAX_DOCUMENT_VALUES", 20_000)
+    with monkeypatch.context() as m:
+        m.setattr(lenskit.weights, "trace_lens", boom)
+        res = invoke("export", tiny_run, "-o", tmp_path / "x.json", "--top-k", "90")
+        assert_clean_error(res, "more than 20,000: lower --top-k or --stage-top, or export fewer --positions")
+    assert invoke("export", tiny_run, "-o", tmp_path / "y.json", "--top-k", "90", "-p", "0", "-q").exit_code == 0
+
+
 def _copy_run(tiny_run, tmp_path):
     dst = tmp_path / "run"
     shutil.copytree(tiny_run, dst)
