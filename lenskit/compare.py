@@ -956,6 +956,10 @@ def run_compare(run_a: Path, run_b: Path, prompt_a: int = 0, prompt_b: int = 0, 
                 side.export = _load_export(side.run)
             _check_export_shape(side)
     plan = plan_compare(a, b, align, positions)
+    from .export import check_document_size  # both final top-k per pair, ranked at every stage of both sides
+
+    check_document_size(len(plan.pairs), a.n_stages + b.n_stages, 2 * top_k, 0, 1, "comparison",
+                        "lower --top-k, or compare fewer --positions at a time")
     if why is None:
         return compare_from_traces(a, b, plan, top_k, device, max_memory, log)
     if warn and not exports_only:

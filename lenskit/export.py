@@ -492,16 +492,18 @@ MAX_DOCUMENT_VALUES = 50_000_000  # numbers an export may hold (~400 MB of JSON,
 # 9x the 4,096-token export at the defaults; beyond it, a --top-k in the thousands over every position
 
 
-def check_document_size(positions: int, stages: int, tracked: int, stage_top: int, lenses: int) -> None:
+def check_document_size(positions: int, stages: int, tracked: int, stage_top: int, lenses: int,
+                        what: str = "export", advice: str = "lower --top-k or --stage-top, or export fewer --positions "
+                        "at a time") -> None:
     """InputError before any weights load when the document would hold more than MAX_DOCUMENT_VALUES numbers: per
     position, stage and lens a score and a rank for each of ``tracked`` tokens and two numbers for each of the stage's
-    own top ``stage_top`` (``--top-k 49152`` over the test paragraph: 1.1 billion numbers, hours of rank passes)."""
+    own top ``stage_top`` (``--top-k 49152`` over the test paragraph: 1.1 billion numbers, hours of rank passes).
+    ``what`` and ``advice`` word it for another command's document (compare's)."""
     values = positions * stages * lenses * (2 * tracked + 2 * stage_top)
     if values > MAX_DOCUMENT_VALUES:
-        raise InputError(f"this export would hold ~{values / 1e6:,.0f} million numbers ({positions} positions x "
+        raise InputError(f"this {what} would hold ~{values / 1e6:,.0f} million numbers ({positions} positions x "
                          f"{stages} stages x {tracked} tracked tokens; ~{values * 8 / 1e9:,.1f} GB of JSON), more "
-                         f"than {MAX_DOCUMENT_VALUES:,}: lower --top-k or --stage-top, or export "
-                         "fewer --positions at a time")
+                         f"than {MAX_DOCUMENT_VALUES:,}: {advice}")
 
 
 def _check_meta_ids(meta: dict, vocab_size: int) -> None:

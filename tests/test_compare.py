@@ -332,6 +332,22 @@ def test_a_report_that_cannot_be_written_leaves_the_output_folder_as_it_was(runs
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
 
 
+def test_a_comparison_too_big_to_hold_is_refused_before_it_is_computed(runs, tmp_path, monkeypatch):
+    """`--top-k` near the vocabulary (49,152 over 16 pairs of the default model: 384 million numbers, minutes to
+    hours) is one line naming the size before any statistic is computed; nothing is written."""
+    import lenskit.compare
+    import lenskit.export
+
+    def boom(*a, **k):
+        raise AssertionError("computed before the document size was checked")
+
+    monkeypatch.setattr(lenskit.export, "MAX_DOCUMENT_VALUES", 2_000)
+    monkeypatch.setattr(lenskit.compare, "compare_from_traces", boom)
+    res = run("compare", runs["base"], runs["instruct"], "-o", tmp_path / "cmp", "--top-k", "50")
+    assert_clean_error(res, "this comparison would hold", tmp_path / "cmp")
+    assert "lower --top-k, or compare fewer --positions" in res.stderr
+
+
 def test_output_inside_a_compared_run_is_refused(runs):
     out = runs["base"] / "cmp"
     assert_clean_error(run("compare", runs["base"], runs["instruct"], "-o", out, "-q"), "inside one")
