@@ -7,9 +7,9 @@
   kind (:func:`check_output_file`): an export, a report, a run folder. Anything else is refused with one line.
 * A run folder is replaced only when it is recognisably a lenskit run (a ``trace.safetensors`` with lenskit metadata
   and nothing but lenskit's files beside it, each recognised by its content: :func:`_written_by_lenskit`) or
-  empty, never the current folder, one of its parents or the home folder; the replacement renames the old run
-  aside, moves the new one in, then deletes the old (:func:`replace_run_dir`): a failure or interrupt at any point
-  leaves one complete run in place.
+  empty, never the current folder, one of its parents or the home folder; the replacement swaps the new run with
+  the old in one step where Linux can (``renameat2``), else renames the old run aside and moves the new one in, then
+  deletes the old (:func:`replace_run_dir`): a failure or interrupt at any point leaves one complete run in place.
 * Two commands writing one target at once never mix their outputs: the final check and the replacement of a run
   folder happen under a lock on its parent folder (:func:`locked`), so the last to finish replaces the whole run, or
   refuses when the folder it checked at the start has changed meanwhile; a folder a command keeps writing into for
@@ -379,8 +379,41 @@ def replace_run_dir(tmp: Path, out: Path, check=None) -> None:
         _replace_run_dir(tmp, out)
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the two existing paths ``a`` and ``b`` in one step (Linux ``renameat2(RENAME_EXCHANGE)``): at no moment
+    does either name point nowhere. False, with nothing changed, where the system or file system lacks it."""
+    import ctypes
+    import errno
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library without it (glibc < 2.28, musl)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EXDEV):  # not here: the two-rename way
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def _replace_run_dir(tmp: Path, out: Path) -> None:
-    """:func:`replace_run_dir`'s renames, with the lock held."""
+    """:func:`replace_run_dir`'s renames, with the lock held. An existing run is swapped with the new one in one
+    step where the system can (:func:`_exchange`: a reader, ``lenskit serve`` say, never finds the folder missing,
+    and a power cut leaves one of the two complete runs in place); then the old one, now at ``tmp``, goes with it.
+    Elsewhere the old run is renamed aside, the new one moved in, and the old one deleted."""
+    if out.is_dir() and not out.is_symlink():
+        try:
+            if _exchange(tmp, out):
+                shutil.rmtree(tmp, ignore_errors=True)  # the old run
+                return
+        except OSError as e:
+            raise OutputError(f"cannot move the run into {out}: {e.strerror or e}") from None
     aside, done = None, False
     try:
         if out.exists():
