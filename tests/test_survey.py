@@ -525,10 +525,23 @@ def test_torchrun_two_processes_equal_one(tiny_dir, corpus, tmp_path):
     assert (tmp_path / "two" / "export.json").read_bytes() == (tmp_path / "one" / "export.json").read_bytes()
 
 
+def _started_until(checkpoint, cmd, env, what: str, stderr=subprocess.DEVNULL):
+    """A survey process started and left running until its first ``checkpoint`` file exists (skips the test when it
+    finishes first: a machine too fast for the corpus to be ``what``, killed or interrupted, mid-way)."""
+    import time
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if proc.poll() is not None:
+        pytest.skip(f"the survey finished before it could be {what} (machine too fast for this corpus)")
+    return proc
+
+
 def test_killed_run_resumes_to_the_uninterrupted_result(tiny_dir, corpus, tmp_path):
     """SIGKILL a real `lenskit survey` process once a checkpoint exists; `--resume` gives the uninterrupted result."""
     import signal
-    import time
 
     args = [str(corpus), "-m", tiny_dir, "--max-tokens", "24", "-b", "1", "--block-docs", "1", "--examples", "3", "-q"]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", LENSKIT_LOAD_PLUGINS="0")
@@ -537,12 +550,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_dir, corpus, tmp_pa
     assert whole.returncode == 0, whole.stderr
     out = tmp_path / "cut"
     ck = tmp_path / f".{out.name}.survey-partial" / "shard-000-of-001.json"
-    proc = subprocess.Popen([*cli, "-o", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not ck.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if proc.poll() is not None:
-        pytest.skip("the survey finished before it could be killed (machine too fast for this corpus)")
+    proc = _started_until(ck, [*cli, "-o", str(out)], env, "killed")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert not out.exists() and ck.exists()  # nothing half-written in place: only the checkpoint
@@ -557,19 +565,13 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_dir, corpus, tmp_pa
 def test_an_interrupted_survey_says_how_to_resume(tiny_dir, corpus, tmp_path):
     """Ctrl-C once a checkpoint exists: exit 130 and one line that says the checkpoints are kept for --resume."""
     import signal
-    import time
 
     out = tmp_path / "cut"
     ck = tmp_path / f".{out.name}.survey-partial" / "shard-000-of-001.json"
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", LENSKIT_LOAD_PLUGINS="0")
-    proc = subprocess.Popen([sys.executable, "-m", "lenskit.cli", "survey", str(corpus), "-m", tiny_dir, "--max-tokens",
-                             "24", "-b", "1", "--block-docs", "1", "-q", "-o", str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not ck.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if proc.poll() is not None:
-        pytest.skip("the survey finished before it could be interrupted (machine too fast for this corpus)")
+    proc = _started_until(ck, [sys.executable, "-m", "lenskit.cli", "survey", str(corpus), "-m", tiny_dir,
+                               "--max-tokens", "24", "-b", "1", "--block-docs", "1", "-q", "-o", str(out)], env,
+                          "interrupted", stderr=subprocess.PIPE)
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130, err
